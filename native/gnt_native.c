@@ -1,0 +1,174 @@
+/*
+ * gnt_native: the two things Node cannot do by itself and gnt-hotplug needs.
+ *
+ *   unixConnect(path)             -> fd   connected AF_UNIX stream socket (CLOEXEC)
+ *   sendWithFds(fd, buf, fds[])   -> n    sendmsg() of buf, fds attached by SCM_RIGHTS
+ *   openTap(template, vnetHdr)    -> {fd, name}  TUNSETIFF on /dev/net/tun
+ *
+ * Every error is thrown as a JS Error whose `code` is the errno name
+ * (e.g. "ENOENT") and whose message names the call and its argument.
+ */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <fcntl.h>
+#include <linux/if.h>
+#include <linux/if_tun.h>
+#include <node_api.h>
+#include <poll.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/ioctl.h>
+#include <sys/socket.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#define MAX_FDS 16
+#define SEND_TIMEOUT_MS 5000
+
+static napi_value throw_errno(napi_env env, int err, const char *what) {
+  char msg[512];
+  const char *name = strerrorname_np(err);
+  snprintf(msg, sizeof msg, "%s: %s", what, strerror(err));
+  napi_throw_error(env, name ? name : "EUNKNOWN", msg);
+  return NULL;
+}
+
+static napi_value throw_type(napi_env env, const char *msg) {
+  napi_throw_type_error(env, "EINVAL", msg);
+  return NULL;
+}
+
+static int get_string(napi_env env, napi_value v, char *buf, size_t len) {
+  size_t got = 0;
+  if (napi_get_value_string_utf8(env, v, buf, len, &got) != napi_ok) return -1;
+  return got >= len - 1 ? -1 : 0;
+}
+
+static napi_value make_int(napi_env env, int64_t v) {
+  napi_value out;
+  napi_create_int64(env, v, &out);
+  return out;
+}
+
+static napi_value unix_connect(napi_env env, napi_callback_info info) {
+  size_t argc = 1;
+  napi_value argv[1];
+  struct sockaddr_un addr = {.sun_family = AF_UNIX};
+  char what[sizeof addr.sun_path + 32];
+  napi_get_cb_info(env, info, &argc, argv, NULL, NULL);
+  if (argc < 1 || get_string(env, argv[0], addr.sun_path, sizeof addr.sun_path) != 0)
+    return throw_type(env, "unixConnect(path): path must be a string shorter than 108 bytes");
+  snprintf(what, sizeof what, "connect(%s)", addr.sun_path);
+  int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  if (fd < 0) return throw_errno(env, errno, "socket(AF_UNIX)");
+  if (connect(fd, (struct sockaddr *)&addr, sizeof addr) != 0) {
+    int err = errno;
+    close(fd);
+    return throw_errno(env, err, what);
+  }
+  return make_int(env, fd);
+}
+
+static int wait_writable(int fd) {
+  struct pollfd p = {.fd = fd, .events = POLLOUT};
+  int r = poll(&p, 1, SEND_TIMEOUT_MS);
+  if (r == 0) return ETIMEDOUT;
+  if (r < 0) return errno;
+  return 0;
+}
+
+/* Sends all of buf; the fds ride on the first chunk that goes out. */
+static int send_all(int sock, const char *buf, size_t len, const int *fds, size_t nfds) {
+  size_t sent = 0;
+  while (sent < len) {
+    struct iovec iov = {.iov_base = (void *)(buf + sent), .iov_len = len - sent};
+    struct msghdr msg = {.msg_iov = &iov, .msg_iovlen = 1};
+    char control[CMSG_SPACE(sizeof(int) * MAX_FDS)];
+    if (nfds > 0 && sent == 0) {
+      memset(control, 0, sizeof control);
+      msg.msg_control = control;
+      msg.msg_controllen = CMSG_SPACE(sizeof(int) * nfds);
+      struct cmsghdr *c = CMSG_FIRSTHDR(&msg);
+      c->cmsg_level = SOL_SOCKET;
+      c->cmsg_type = SCM_RIGHTS;
+      c->cmsg_len = CMSG_LEN(sizeof(int) * nfds);
+      memcpy(CMSG_DATA(c), fds, sizeof(int) * nfds);
+    }
+    ssize_t n = sendmsg(sock, &msg, MSG_NOSIGNAL);
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      if (errno == EAGAIN || errno == EWOULDBLOCK) {
+        int err = wait_writable(sock);
+        if (err) return err;
+        continue;
+      }
+      return errno;
+    }
+    sent += (size_t)n;
+  }
+  return 0;
+}
+
+static napi_value send_with_fds(napi_env env, napi_callback_info info) {
+  size_t argc = 3;
+  napi_value argv[3];
+  int32_t sock;
+  void *data;
+  size_t len;
+  uint32_t nfds = 0;
+  int fds[MAX_FDS];
+  napi_get_cb_info(env, info, &argc, argv, NULL, NULL);
+  if (argc < 3 || napi_get_value_int32(env, argv[0], &sock) != napi_ok ||
+      napi_get_buffer_info(env, argv[1], &data, &len) != napi_ok ||
+      napi_get_array_length(env, argv[2], &nfds) != napi_ok)
+    return throw_type(env, "sendWithFds(fd, buffer, fds[]): bad arguments");
+  if (nfds > MAX_FDS) return throw_type(env, "sendWithFds: at most 16 fds per message");
+  for (uint32_t i = 0; i < nfds; i++) {
+    napi_value el;
+    napi_get_element(env, argv[2], i, &el);
+    if (napi_get_value_int32(env, el, &fds[i]) != napi_ok || fds[i] < 0)
+      return throw_type(env, "sendWithFds: fds must be non-negative integers");
+  }
+  int err = send_all(sock, data, len, fds, nfds);
+  if (err) return throw_errno(env, err, "sendmsg(SCM_RIGHTS)");
+  return make_int(env, (int64_t)len);
+}
+
+static napi_value open_tap(napi_env env, napi_callback_info info) {
+  size_t argc = 2;
+  napi_value argv[2], out, name_v;
+  struct ifreq ifr;
+  bool vnet_hdr = true;
+  char what[IFNAMSIZ + 48];
+  napi_get_cb_info(env, info, &argc, argv, NULL, NULL);
+  memset(&ifr, 0, sizeof ifr);
+  if (argc < 1 || get_string(env, argv[0], ifr.ifr_name, IFNAMSIZ) != 0)
+    return throw_type(env, "openTap(name): name must be a string of at most 15 bytes");
+  if (argc >= 2) napi_get_value_bool(env, argv[1], &vnet_hdr);
+  ifr.ifr_flags = IFF_TAP | IFF_NO_PI | (vnet_hdr ? IFF_VNET_HDR : 0);
+  int fd = open("/dev/net/tun", O_RDWR | O_CLOEXEC);
+  if (fd < 0) return throw_errno(env, errno, "open(/dev/net/tun)");
+  if (ioctl(fd, TUNSETIFF, &ifr) != 0) {
+    int err = errno;
+    close(fd);
+    snprintf(what, sizeof what, "ioctl(TUNSETIFF, %s)", ifr.ifr_name);
+    return throw_errno(env, err, what);
+  }
+  napi_create_object(env, &out);
+  napi_set_named_property(env, out, "fd", make_int(env, fd));
+  napi_create_string_utf8(env, ifr.ifr_name, NAPI_AUTO_LENGTH, &name_v);
+  napi_set_named_property(env, out, "name", name_v);
+  return out;
+}
+
+static napi_value init(napi_env env, napi_value exports) {
+  napi_property_descriptor props[] = {
+      {"unixConnect", NULL, unix_connect, NULL, NULL, NULL, napi_enumerable, NULL},
+      {"sendWithFds", NULL, send_with_fds, NULL, NULL, NULL, napi_enumerable, NULL},
+      {"openTap", NULL, open_tap, NULL, NULL, NULL, napi_enumerable, NULL},
+  };
+  napi_define_properties(env, exports, sizeof props / sizeof props[0], props);
+  return exports;
+}
+
+NAPI_MODULE(NODE_GYP_MODULE_NAME, init)

@@ -1,0 +1,50 @@
+/**
+ * QEMU device ids: `<type>-<first part of uuid>-pci-<slot>`, e.g.
+ * `nic-3f2a9c1e-pci-5`. They follow from the runtime file alone, so a device
+ * can be found and removed after the node daemon restarts.
+ */
+import { InvalidArgumentError } from './errors';
+
+export type DeviceKind = 'nic' | 'disk';
+
+export const MAX_ID_LENGTH = 32;
+const ID_RULE = /^[A-Za-z][A-Za-z0-9._-]*$/;
+
+/** Returns why `id` is not acceptable to QEMU, or undefined if it is. */
+export function idProblem(id: string): string | undefined {
+  if (id.length === 0) return 'it is empty';
+  if (id.length > MAX_ID_LENGTH) return `it is ${id.length} characters long (at most ${MAX_ID_LENGTH})`;
+  if (!/^[A-Za-z]/.test(id)) return 'it does not start with a letter';
+  if (!ID_RULE.test(id)) return 'it may contain only letters, digits, ".", "_" and "-"';
+  return undefined;
+}
+
+export function assertValidId(id: string): string {
+  const problem = idProblem(id);
+  if (problem) throw new InvalidArgumentError(`device id "${id}" is not valid for QEMU: ${problem}`);
+  return id;
+}
+
+/** The first dash-separated part of a uuid, as the id's middle part. */
+export function uuidPart(uuid: string): string {
+  const part = uuid.split('-')[0];
+  if (!part) throw new InvalidArgumentError(`device uuid "${uuid}" is empty or starts with "-"`);
+  return part;
+}
+
+export function deviceId(kind: DeviceKind, uuid: string, slot: number): string {
+  return assertValidId(`${kind}-${uuidPart(uuid)}-pci-${slot}`);
+}
+
+export interface ParsedDeviceId {
+  kind: string;
+  uuidPart: string;
+  slot: number;
+}
+
+/** Parses an id made by deviceId(); undefined for anything else. */
+export function parseDeviceId(id: string): ParsedDeviceId | undefined {
+  const m = /^([a-z]+)-([A-Za-z0-9._]+)-pci-(\d{1,2})$/.exec(id);
+  if (!m) return undefined;
+  return { kind: m[1], uuidPart: m[2], slot: Number(m[3]) };
+}

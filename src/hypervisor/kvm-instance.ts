@@ -1,0 +1,465 @@
+/**
+ * One instance on this node: its runtime file, its QEMU process and its
+ * monitor, and the hotplug operations that keep the three in step.
+ *
+ * Every change of a device goes: validate (nothing touched yet) -> record the
+ * intent in the runtime file (state "attaching"/"detaching") -> QMP steps ->
+ * record the result. A kill -9 at any point leaves a runtime file that
+ * `reconcile()` can settle against what QEMU really has.
+ *
+ * Operations on one instance run one at a time, in call order.
+ */
+import { EventEmitter } from 'node:events';
+import * as fs from 'node:fs';
+import { attachDisk, detachDisk, diskBootArgs, diskId, diskKind, openDisk, releaseDisk } from './disk';
+import { DeviceExistsError, DeviceNotFoundError, InstanceStateError, InvalidArgumentError, errorMessage } from './errors';
+import { instancePaths, type InstancePaths } from './instance-paths';
+import { attachNic, detachNic, nicBootArgs, nicId, normalizeMac, prepareNicTap, releaseNic } from './nic';
+import { crossCheckPci, fromQueryPci, parseInfoPci, type QueryPciBus } from './pci-info';
+import { DEFAULT_RESERVED_SLOTS, PciSlotMap } from './pci-slots';
+import { isDeletionOf, listDeviceIds } from './qdev';
+import { DEFAULT_QEMU, qemuFeatures } from './qemu-binary';
+import { buildFixedCommand, nodeLocalArgs, securityArgs, type InstanceSpec } from './qemu-command';
+import { runningPid, spawnQemu, waitForExit } from './qemu-process';
+import { QmpClient, type Monitor, type QmpEvent } from './qmp-client';
+import {
+  loadRuntimeFile,
+  saveRuntimeFile,
+  type DiskRecord,
+  type HvParams,
+  type NicRecord,
+  type RuntimeData,
+} from './runtime-file';
+import { assertBridge } from './tap';
+
+export interface KvmInstanceOptions {
+  qemuBinary?: string;
+  /** How long to wait for the guest to eject a device. */
+  unplugTimeoutMs?: number;
+  /** Wraps the monitor (tests use it to inject faults a real QEMU cannot produce on demand). */
+  wrapMonitor?: (mon: QmpClient) => Monitor;
+}
+
+export interface NicRequest {
+  uuid: string;
+  mac: string;
+  link?: string;
+  /** A specific PCI slot; by default the first free one. */
+  slot?: number;
+}
+
+export interface DiskRequest {
+  uuid: string;
+  path: string;
+  slot?: number;
+}
+
+export interface ReconcileReport {
+  completed: string[];
+  rolledBack: string[];
+}
+
+type Kind = 'nic' | 'disk';
+type AnyRecord = NicRecord | DiskRecord;
+
+const DEFAULT_UNPLUG_TIMEOUT_MS = 15_000;
+
+export class KvmInstance extends EventEmitter {
+  readonly name: string;
+  readonly paths: InstancePaths;
+  private data: RuntimeData;
+  private client: QmpClient | undefined;
+  private mon: Monitor | undefined;
+  private queue: Promise<unknown> = Promise.resolve();
+  private readonly options: KvmInstanceOptions;
+
+  private constructor(name: string, paths: InstancePaths, data: RuntimeData, options: KvmInstanceOptions) {
+    super();
+    this.name = name;
+    this.paths = paths;
+    this.data = data;
+    this.options = options;
+  }
+
+  /** Creates the runtime file of a new instance, placing its devices on free slots. */
+  static create(
+    dataDir: string,
+    spec: InstanceSpec,
+    devices: { nics?: NicRequest[]; disks?: DiskRequest[]; hvparams?: HvParams } = {},
+    options: KvmInstanceOptions = {},
+  ): KvmInstance {
+    const paths = instancePaths(dataDir, spec.name);
+    if (fs.existsSync(paths.runtimeFile)) throw new DeviceExistsError(spec.name, `a runtime file at ${paths.runtimeFile}`);
+    const data: RuntimeData = {
+      version: 2,
+      instance: spec.name,
+      kvm_cmd: buildFixedCommand(spec),
+      nics: [],
+      hvparams: { ...(devices.hvparams ?? {}) },
+      block_devices: [],
+    };
+    const slots = new PciSlotMap(spec.name, DEFAULT_RESERVED_SLOTS);
+    const uuids = new Set<string>();
+    const place = (uuid: string, slot: number | undefined, what: string): number => {
+      if (!uuid) throw new InvalidArgumentError(`${what} has no uuid`);
+      if (uuids.has(uuid)) throw new InvalidArgumentError(`uuid ${uuid} is given to two devices`);
+      uuids.add(uuid);
+      const s = slot === undefined ? slots.firstFree() : slots.claim(slot);
+      slots.addRecorded(s, `${what} ${uuid}`);
+      return s;
+    };
+    for (const d of devices.disks ?? []) {
+      diskKind(d.path);
+      const disk: DiskRecord = { uuid: d.uuid, path: d.path, pci: place(d.uuid, d.slot, 'disk') };
+      diskId(disk, disk.pci as number);
+      data.block_devices.push(disk);
+    }
+    for (const n of devices.nics ?? []) {
+      const nic: NicRecord = { uuid: n.uuid, mac: normalizeMac(n.mac), pci: place(n.uuid, n.slot, 'NIC') };
+      if (n.link) nic.link = n.link;
+      nicId(nic, nic.pci as number);
+      data.nics.push(nic);
+    }
+    fs.mkdirSync(paths.dir, { recursive: true, mode: 0o700 });
+    saveRuntimeFile(paths.runtimeFile, data);
+    return new KvmInstance(spec.name, paths, data, options);
+  }
+
+  /** Opens an instance from its runtime file. */
+  static open(dataDir: string, name: string, options: KvmInstanceOptions = {}): KvmInstance {
+    const paths = instancePaths(dataDir, name);
+    return new KvmInstance(name, paths, loadRuntimeFile(paths.runtimeFile, name), options);
+  }
+
+  /** A deep copy of the runtime data as it is on disk. */
+  get runtime(): RuntimeData {
+    return JSON.parse(JSON.stringify(this.data)) as RuntimeData;
+  }
+
+  get pid(): number | undefined {
+    return runningPid(this.paths);
+  }
+
+  private get qemuBinary(): string {
+    return this.options.qemuBinary ?? DEFAULT_QEMU;
+  }
+
+  private get unplugTimeoutMs(): number {
+    return this.options.unplugTimeoutMs ?? DEFAULT_UNPLUG_TIMEOUT_MS;
+  }
+
+  private save(): void {
+    saveRuntimeFile(this.paths.runtimeFile, this.data);
+  }
+
+  /** Runs `fn` after every earlier operation on this instance has finished. */
+  private serialize<T>(fn: () => Promise<T>): Promise<T> {
+    const run = this.queue.then(fn, fn);
+    this.queue = run.catch(() => undefined);
+    return run;
+  }
+
+  // ---- process ----------------------------------------------------------
+
+  start(): Promise<number> {
+    return this.serialize(() => this.startNow());
+  }
+
+  stop(timeoutMs = 10_000): Promise<void> {
+    return this.serialize(() => this.stopNow(timeoutMs));
+  }
+
+  private async startNow(): Promise<number> {
+    if (this.pid !== undefined) throw new InstanceStateError(`instance ${this.name} is already running (pid ${this.pid})`);
+    this.dropPendingDevices();
+    this.assignMissingSlots();
+    const qemu = qemuFeatures(this.qemuBinary);
+    const args = [...this.data.kvm_cmd, ...nodeLocalArgs(this.paths), ...securityArgs(this.data.hvparams, qemu)];
+    const fds: number[] = [];
+    try {
+      this.data.block_devices.forEach((disk, i) => {
+        fds.push(openDisk(disk.path));
+        args.push(...diskBootArgs(disk, disk.pci as number, 2 + fds.length, i + 1));
+      });
+      for (const nic of this.data.nics) {
+        const tap = await prepareNicTap(nic);
+        fds.push(tap.fd);
+        nic.tap = tap.name;
+        args.push(...nicBootArgs(nic, nic.pci as number, 2 + fds.length));
+      }
+      const pid = await spawnQemu(this.qemuBinary, args, fds, this.paths);
+      this.save();
+      return pid;
+    } finally {
+      for (const fd of fds) fs.closeSync(fd);
+    }
+  }
+
+  private async stopNow(timeoutMs: number): Promise<void> {
+    const pid = this.pid;
+    if (pid === undefined) {
+      this.disconnect();
+      return;
+    }
+    try {
+      const mon = await this.monitor();
+      await mon.execute('quit').catch(() => undefined);
+    } catch {
+      /* monitor gone: the pid is handled below */
+    }
+    this.disconnect();
+    await waitForExit(this.paths, pid, timeoutMs);
+    for (const f of [this.paths.qmpSocket, this.paths.pidFile]) fs.rmSync(f, { force: true });
+  }
+
+  /** Devices whose hotplug was never confirmed, or whose removal was asked, do not come back at boot. */
+  private dropPendingDevices(): void {
+    const before = this.data.nics.length + this.data.block_devices.length;
+    this.data.nics = this.data.nics.filter((n) => !n.state);
+    this.data.block_devices = this.data.block_devices.filter((d) => !d.state);
+    if (this.data.nics.length + this.data.block_devices.length !== before) this.save();
+  }
+
+  /** Devices from old runtime files have no slot: give them one, as Ganeti does at start. */
+  private assignMissingSlots(): void {
+    const all: AnyRecord[] = [...this.data.block_devices, ...this.data.nics];
+    if (all.every((d) => d.pci !== null)) return;
+    const map = new PciSlotMap(this.name);
+    for (const d of all) if (d.pci !== null) map.addRecorded(d.pci, d.uuid);
+    for (const d of all) {
+      if (d.pci !== null) continue;
+      d.pci = map.firstFree();
+      map.addRecorded(d.pci, d.uuid);
+    }
+    this.save();
+  }
+
+  // ---- monitor ----------------------------------------------------------
+
+  /** The monitor, connected on first use and again after QEMU restarts. */
+  async monitor(): Promise<Monitor> {
+    if (this.client && !this.client.closed && this.mon) return this.mon;
+    const client = await QmpClient.connect(this.paths.qmpSocket);
+    client.on('event', (e: QmpEvent) => this.onEvent(e));
+    this.client = client;
+    this.mon = this.options.wrapMonitor ? this.options.wrapMonitor(client) : client;
+    return this.mon;
+  }
+
+  disconnect(): void {
+    this.client?.close();
+    this.client = undefined;
+    this.mon = undefined;
+  }
+
+  /** A guest may eject a device on its own, or finish a timed-out unplug late. */
+  private onEvent(e: QmpEvent): void {
+    if (e.event !== 'DEVICE_DELETED') return;
+    for (const [kind, rec] of this.devices()) {
+      if (rec.pci === null || !isDeletionOf(this.idOf(kind, rec), e)) continue;
+      void this.serialize(async () => {
+        if (this.find(kind, rec.uuid) !== rec) return; // an API remove already finished it
+        await this.finishRemoval(kind, rec, await this.monitor());
+        this.emit('device-removed', { kind, uuid: rec.uuid });
+      }).catch((err) => this.emit('warning', `late removal of ${kind} ${rec.uuid}: ${errorMessage(err)}`));
+    }
+  }
+
+  private devices(): Array<[Kind, AnyRecord]> {
+    return [
+      ...this.data.nics.map((n): [Kind, AnyRecord] => ['nic', n]),
+      ...this.data.block_devices.map((d): [Kind, AnyRecord] => ['disk', d]),
+    ];
+  }
+
+  private idOf(kind: Kind, rec: AnyRecord): string {
+    return kind === 'nic' ? nicId(rec as NicRecord, rec.pci as number) : diskId(rec as DiskRecord, rec.pci as number);
+  }
+
+  private find(kind: Kind, uuid: string): AnyRecord | undefined {
+    const list: AnyRecord[] = kind === 'nic' ? this.data.nics : this.data.block_devices;
+    return list.find((d) => d.uuid === uuid);
+  }
+
+  private forget(kind: Kind, uuid: string): void {
+    if (kind === 'nic') this.data.nics = this.data.nics.filter((n) => n.uuid !== uuid);
+    else this.data.block_devices = this.data.block_devices.filter((d) => d.uuid !== uuid);
+  }
+
+  // ---- PCI slots --------------------------------------------------------
+
+  /** The PCI slot map as QEMU shows it now (info pci, cross-checked with query-pci) plus the runtime file. */
+  async slotMap(mon: Monitor): Promise<PciSlotMap> {
+    const [text, query] = await Promise.all([mon.hmp('info pci'), mon.execute<QueryPciBus[]>('query-pci')]);
+    const live = parseInfoPci(text);
+    const structured = fromQueryPci(query);
+    const problems = crossCheckPci(live, structured);
+    if (problems.length) this.emit('warning', `info pci and query-pci disagree: ${problems.join('; ')}`);
+    const map = new PciSlotMap(this.name).addLive(live).addLive(structured);
+    for (const [kind, rec] of this.devices()) if (rec.pci !== null) map.addRecorded(rec.pci, this.idOf(kind, rec));
+    return map;
+  }
+
+  private async chooseSlot(mon: Monitor, requested: number | undefined): Promise<number> {
+    const map = await this.slotMap(mon);
+    return requested === undefined ? map.firstFree() : map.claim(requested);
+  }
+
+  private assertNewUuid(uuid: string): void {
+    if (!uuid) throw new InvalidArgumentError('a device needs a uuid');
+    if (this.find('nic', uuid) || this.find('disk', uuid))
+      throw new DeviceExistsError(this.name, `a device with uuid ${uuid}`);
+  }
+
+  private requireRunning(): void {
+    if (this.pid === undefined) throw new InstanceStateError(`instance ${this.name} is not running; start it or change it without hotplug`);
+  }
+
+  // ---- hotplug ----------------------------------------------------------
+
+  hotAddNic(req: NicRequest): Promise<NicRecord> {
+    return this.serialize(() => this.addNicNow(req));
+  }
+
+  hotRemoveNic(uuid: string): Promise<void> {
+    return this.serialize(() => this.removeNow('nic', uuid));
+  }
+
+  /** A new MAC or link: remove the NIC and add it again at the same slot. */
+  hotModifyNic(uuid: string, change: { mac?: string; link?: string }): Promise<NicRecord> {
+    return this.serialize(async () => {
+      const old = this.find('nic', uuid) as NicRecord | undefined;
+      if (!old) throw new DeviceNotFoundError(this.name, `NIC with uuid ${uuid}`);
+      const next: NicRequest = { uuid, mac: change.mac ?? old.mac, link: change.link ?? old.link, slot: old.pci ?? undefined };
+      normalizeMac(next.mac);
+      if (next.link) assertBridge(next.link);
+      await this.removeNow('nic', uuid);
+      try {
+        return await this.addNicNow(next);
+      } catch (err) {
+        const restore = await this.addNicNow({ uuid, mac: old.mac, link: old.link, slot: next.slot }).then(
+          () => 'the old NIC was put back',
+          (e) => `putting the old NIC back failed too: ${errorMessage(e)}`,
+        );
+        throw new InstanceStateError(`modify of NIC ${uuid} on ${this.name}: ${errorMessage(err)}; ${restore}`);
+      }
+    });
+  }
+
+  hotAddDisk(req: DiskRequest): Promise<DiskRecord> {
+    return this.serialize(() => this.addDiskNow(req));
+  }
+
+  hotRemoveDisk(uuid: string): Promise<void> {
+    return this.serialize(() => this.removeNow('disk', uuid));
+  }
+
+  private async addNicNow(req: NicRequest): Promise<NicRecord> {
+    const mac = normalizeMac(req.mac);
+    if (req.link) assertBridge(req.link);
+    this.assertNewUuid(req.uuid);
+    this.requireRunning();
+    const mon = await this.monitor();
+    const slot = await this.chooseSlot(mon, req.slot);
+    const nic: NicRecord = { uuid: req.uuid, mac, pci: slot, state: 'attaching' };
+    if (req.link) nic.link = req.link;
+    nicId(nic, slot);
+    return this.attachRecorded('nic', nic, async () => {
+      nic.tap = await attachNic(mon, nic, slot);
+    });
+  }
+
+  private async addDiskNow(req: DiskRequest): Promise<DiskRecord> {
+    diskKind(req.path);
+    this.assertNewUuid(req.uuid);
+    this.requireRunning();
+    const mon = await this.monitor();
+    const slot = await this.chooseSlot(mon, req.slot);
+    const disk: DiskRecord = { uuid: req.uuid, path: req.path, pci: slot, state: 'attaching' };
+    diskId(disk, slot);
+    return this.attachRecorded('disk', disk, () => attachDisk(mon, disk, slot));
+  }
+
+  /** Records the intent, attaches, records the result; on failure the file is as before. */
+  private async attachRecorded<T extends AnyRecord>(kind: Kind, rec: T, attach: () => Promise<void>): Promise<T> {
+    const list: AnyRecord[] = kind === 'nic' ? this.data.nics : this.data.block_devices;
+    list.push(rec);
+    this.save();
+    try {
+      await attach();
+    } catch (err) {
+      this.forget(kind, rec.uuid);
+      this.save();
+      throw err;
+    }
+    delete rec.state;
+    this.save();
+    return { ...rec };
+  }
+
+  private async removeNow(kind: Kind, uuid: string): Promise<void> {
+    const rec = this.find(kind, uuid);
+    const what = kind === 'nic' ? 'NIC' : 'disk';
+    if (!rec) throw new DeviceNotFoundError(this.name, `${what} with uuid ${uuid}`);
+    if (rec.pci === null)
+      throw new InstanceStateError(`${what} ${uuid} of ${this.name} has no PCI slot recorded (old runtime file); remove it with a restart`);
+    this.requireRunning();
+    const mon = await this.monitor();
+    const wasPending = rec.state;
+    rec.state = 'detaching';
+    this.save();
+    try {
+      if (kind === 'nic') await detachNic(mon, rec as NicRecord, rec.pci, this.unplugTimeoutMs);
+      else await detachDisk(mon, rec as DiskRecord, rec.pci, this.unplugTimeoutMs);
+    } catch (err) {
+      if (err instanceof Error && 'code' in err && err.code === 'DEADLINE_EXCEEDED') {
+        throw new InstanceStateError(
+          `the guest of ${this.name} did not release ${what} ${uuid} in time; it stays marked as detaching and is removed when the guest lets go or at the next start`,
+        );
+      }
+      if (wasPending) rec.state = wasPending;
+      else delete rec.state;
+      this.save();
+      throw err;
+    }
+    await this.finishRemoval(kind, rec, mon);
+  }
+
+  /** The one path that ends a removal: backend released, record dropped. */
+  private async finishRemoval(kind: Kind, rec: AnyRecord, mon: Monitor): Promise<void> {
+    if (kind === 'nic') await releaseNic(mon, rec as NicRecord, rec.pci as number);
+    else await releaseDisk(mon, rec as DiskRecord, rec.pci as number);
+    this.forget(kind, rec.uuid);
+    this.save();
+  }
+
+  /**
+   * Settles devices left half-done by a crash: an unconfirmed attach that QEMU
+   * has is kept, one it lacks is cleaned up; a removal is carried to its end.
+   */
+  reconcile(): Promise<ReconcileReport> {
+    return this.serialize(async () => {
+      const report: ReconcileReport = { completed: [], rolledBack: [] };
+      const pending = this.devices().filter(([, rec]) => rec.state && rec.pci !== null);
+      if (!pending.length) return report;
+      const mon = await this.monitor();
+      const present = await listDeviceIds(mon);
+      for (const [kind, rec] of pending) {
+        const id = this.idOf(kind, rec);
+        if (rec.state === 'attaching' && present.has(id)) {
+          delete rec.state;
+          this.save();
+          report.completed.push(id);
+          continue;
+        }
+        if (rec.state === 'detaching' && present.has(id)) {
+          if (kind === 'nic') await detachNic(mon, rec as NicRecord, rec.pci as number, this.unplugTimeoutMs);
+          else await detachDisk(mon, rec as DiskRecord, rec.pci as number, this.unplugTimeoutMs);
+        }
+        (rec.state === 'attaching' ? report.rolledBack : report.completed).push(id);
+        await this.finishRemoval(kind, rec, mon);
+      }
+      return report;
+    });
+  }
+}

@@ -1,0 +1,57 @@
+/**
+ * Typed access to the project's N-API addon (native/gnt_native.c), which does
+ * what Node's own modules cannot: send file descriptors over a unix socket
+ * (SCM_RIGHTS) and create tap devices (TUNSETIFF ioctl).
+ */
+import * as path from 'node:path';
+
+export interface TapHandle {
+  /** The open /dev/net/tun fd; the tap exists as long as some fd to it is open. */
+  fd: number;
+  /** The interface name the kernel gave the tap. */
+  name: string;
+}
+
+interface NativeAddon {
+  unixConnect(socketPath: string): number;
+  sendWithFds(fd: number, data: Buffer, fds: number[]): number;
+  openTap(nameTemplate: string, vnetHdr: boolean): TapHandle;
+}
+
+/** An errno-carrying error thrown by the addon. */
+export interface NativeError extends Error {
+  code: string;
+}
+
+export function isNativeError(err: unknown): err is NativeError {
+  return err instanceof Error && typeof (err as { code?: unknown }).code === 'string';
+}
+
+function loadAddon(): NativeAddon {
+  // dist/src/hypervisor/native.js and src/hypervisor/native.ts both sit three
+  // levels below the package root when compiled; resolve from the root.
+  const candidates = [
+    path.resolve(__dirname, '../../../build/Release/gnt_native.node'),
+    path.resolve(__dirname, '../../build/Release/gnt_native.node'),
+  ];
+  let lastError: unknown;
+  for (const candidate of candidates) {
+    try {
+      return require(candidate) as NativeAddon;
+    } catch (err) {
+      lastError = err;
+    }
+  }
+  throw new Error(
+    `gnt_native addon not found (looked in ${candidates.join(', ')}); run "npm ci" or "npx node-gyp rebuild"`,
+    { cause: lastError },
+  );
+}
+
+const addon: NativeAddon = loadAddon();
+
+export const unixConnect = (socketPath: string): number => addon.unixConnect(socketPath);
+export const sendWithFds = (fd: number, data: Buffer, fds: number[]): number =>
+  addon.sendWithFds(fd, data, fds);
+export const openTap = (nameTemplate: string, vnetHdr = true): TapHandle =>
+  addon.openTap(nameTemplate, vnetHdr);

@@ -1,0 +1,100 @@
+/**
+ * NIC hotplug (virtio-net-pci on a tap), in libvirt's shape:
+ *   prepare  -> host tap, up and on its bridge
+ *   attach   -> getfd, netdev_add, device_add (each undone if a later one fails)
+ *   detach   -> device_del, wait for DEVICE_DELETED
+ *   release  -> netdev_del (QEMU closes the tap fd; the tap disappears)
+ * The same release path serves an API remove, a guest-initiated eject and
+ * reconciliation after a restart.
+ */
+import * as fs from 'node:fs';
+import { deviceId } from './device-id';
+import { InvalidArgumentError } from './errors';
+import { inTransaction } from './hotplug-transaction';
+import { deleteDevice, ignoreNotFound, pciAddr } from './qdev';
+import type { Monitor } from './qmp-client';
+import type { NicRecord } from './runtime-file';
+import { assertBridge, connectTap, createTap } from './tap';
+
+const MAC_RULE = /^([0-9a-f]{2}:){5}[0-9a-f]{2}$/;
+
+export function normalizeMac(mac: string): string {
+  const m = mac.trim().toLowerCase();
+  if (!MAC_RULE.test(m)) throw new InvalidArgumentError(`MAC address "${mac}" is not of the form aa:bb:cc:dd:ee:ff`);
+  if (parseInt(m.slice(0, 2), 16) & 1) throw new InvalidArgumentError(`MAC address "${mac}" is a multicast address`);
+  return m;
+}
+
+/** Checks what can be checked before anything is changed. */
+export function validateNic(nic: Pick<NicRecord, 'mac' | 'link'>): void {
+  normalizeMac(nic.mac);
+  if (nic.link) assertBridge(nic.link);
+}
+
+export const nicId = (nic: NicRecord, slot: number): string => deviceId('nic', nic.uuid, slot);
+
+/** Host side for a boot: an open tap on its bridge. The caller closes the fd after QEMU starts. */
+export async function prepareNicTap(nic: NicRecord): Promise<{ fd: number; name: string }> {
+  const tap = createTap();
+  try {
+    await connectTap(tap.name, nic.link);
+  } catch (err) {
+    fs.closeSync(tap.fd);
+    throw err;
+  }
+  return tap;
+}
+
+/** QEMU arguments that create the NIC at boot, its tap at child fd `childFd`. */
+export function nicBootArgs(nic: NicRecord, slot: number, childFd: number): string[] {
+  const id = nicId(nic, slot);
+  return [
+    '-netdev', `tap,id=${id},fd=${childFd}`,
+    '-device', `virtio-net-pci,netdev=${id},id=${id},mac=${nic.mac},bus=pci.0,addr=${pciAddr(slot)}`,
+  ];
+}
+
+/** Hot-adds the NIC at `slot`; returns the tap's name. Undoes every step on failure. */
+export async function attachNic(mon: Monitor, nic: NicRecord, slot: number): Promise<string> {
+  const id = nicId(nic, slot);
+  return inTransaction(`hot-add of NIC ${id}`, async (tx) => {
+    let tapFd: number | undefined;
+    const closeTap = (): void => {
+      if (tapFd !== undefined) fs.closeSync(tapFd);
+      tapFd = undefined;
+    };
+    try {
+      const tap = await tx.step('create tap', () => createTap(), closeTap);
+      tapFd = tap.fd;
+      await tx.step('connect tap', () => connectTap(tap.name, nic.link));
+      await tx.step('getfd', () => mon.execute('getfd', { fdname: id }, { fds: [tap.fd] }), () =>
+        mon.execute('closefd', { fdname: id }),
+      );
+      closeTap(); // QEMU holds its copy now
+      await tx.step('netdev_add', () => mon.execute('netdev_add', { type: 'tap', id, fd: id }), () =>
+        mon.execute('netdev_del', { id }),
+      );
+      tx.forget('getfd'); // netdev_add consumed the named fd
+      await tx.step('device_add', () =>
+        mon.execute('device_add', {
+          driver: 'virtio-net-pci', id, netdev: id, mac: nic.mac, bus: 'pci.0', addr: pciAddr(slot),
+        }),
+      );
+      return tap.name;
+    } finally {
+      closeTap();
+    }
+  });
+}
+
+/** Asks the guest to release the NIC and waits for QEMU to delete it. */
+export async function detachNic(mon: Monitor, nic: NicRecord, slot: number, timeoutMs: number): Promise<void> {
+  await deleteDevice(mon, nicId(nic, slot), timeoutMs);
+}
+
+/** Frees the NIC's backend; harmless when it is already gone. */
+export async function releaseNic(mon: Monitor, nic: NicRecord, slot: number): Promise<void> {
+  const id = nicId(nic, slot);
+  await ignoreNotFound(mon.execute('netdev_del', { id }));
+  await ignoreNotFound(mon.execute('closefd', { fdname: id }));
+}

@@ -1,0 +1,90 @@
+/**
+ * Building QEMU's command line.
+ *
+ * The runtime file keeps only the fixed, machine-defining part (`kvm_cmd`).
+ * At start the node adds its own paths (monitor, console, pid file), the
+ * privilege-drop options from hvparams, and every disk and NIC at its
+ * recorded PCI slot, so a restart gives the guest the same PCI layout.
+ */
+import { InvalidArgumentError } from './errors';
+import type { QemuFeatures } from './qemu-binary';
+import type { HvParams } from './runtime-file';
+
+export interface InstanceSpec {
+  name: string;
+  uuid?: string;
+  /** Boot memory in MiB. */
+  memoryMiB: number;
+  /** Room for memory hotplug in MiB (0 or equal to memory: none). */
+  maxMemoryMiB?: number;
+  memorySlots?: number;
+  vcpus: number;
+  maxVcpus?: number;
+  kernel: string;
+  initrd?: string;
+  kernelArgs?: string;
+  machine?: string;
+  accel?: string;
+}
+
+const positiveInt = (v: number, what: string): number => {
+  if (!Number.isInteger(v) || v < 1) throw new InvalidArgumentError(`${what} must be a positive integer, not ${v}`);
+  return v;
+};
+
+/** The fixed part of the command: what the guest sees as its machine. */
+export function buildFixedCommand(spec: InstanceSpec): string[] {
+  const memory = positiveInt(spec.memoryMiB, 'memory (MiB)');
+  const vcpus = positiveInt(spec.vcpus, 'vcpus');
+  const maxVcpus = positiveInt(spec.maxVcpus ?? vcpus, 'maxvcpus');
+  if (maxVcpus < vcpus) throw new InvalidArgumentError(`maxvcpus ${maxVcpus} is below vcpus ${vcpus}`);
+  const maxMem = spec.maxMemoryMiB ?? memory;
+  if (maxMem < memory) throw new InvalidArgumentError(`maxmem ${maxMem} MiB is below memory ${memory} MiB`);
+  const mem = maxMem > memory ? `${memory}M,slots=${spec.memorySlots ?? 4},maxmem=${maxMem}M` : `${memory}M`;
+  const cmd = [
+    '-name', spec.name,
+    '-machine', spec.machine ?? 'pc',
+    '-accel', spec.accel ?? 'tcg',
+    '-m', mem,
+    '-smp', `${vcpus},maxcpus=${maxVcpus}`,
+    '-nodefaults', '-no-user-config', '-display', 'none',
+    '-kernel', spec.kernel,
+  ];
+  if (spec.uuid) cmd.push('-uuid', spec.uuid);
+  if (spec.initrd) cmd.push('-initrd', spec.initrd);
+  if (spec.kernelArgs) cmd.push('-append', spec.kernelArgs);
+  return cmd;
+}
+
+export interface NodePaths {
+  qmpSocket: string;
+  consoleLog: string;
+  pidFile: string;
+}
+
+/** Monitor, console and pid file: paths of the node that runs the instance. */
+export function nodeLocalArgs(paths: NodePaths): string[] {
+  return [
+    '-qmp', `unix:${paths.qmpSocket},server=on,wait=off`,
+    '-chardev', `file,id=console,path=${paths.consoleLog}`,
+    '-serial', 'chardev:console',
+    '-pidfile', paths.pidFile,
+  ];
+}
+
+/**
+ * hvparams security_model=user runs QEMU as `security_domain` (optionally in
+ * `chroot`) with a seccomp sandbox that forbids spawning and privilege games.
+ */
+export function securityArgs(hv: HvParams, qemu: QemuFeatures): string[] {
+  if ((hv.security_model ?? 'none') === 'none') return [];
+  if (hv.security_model !== 'user') throw new InvalidArgumentError(`unknown security_model "${String(hv.security_model)}"`);
+  const user = hv.security_domain;
+  if (typeof user !== 'string' || !user) throw new InvalidArgumentError('security_model=user needs security_domain (a user name)');
+  const chroot = typeof hv.chroot === 'string' && hv.chroot ? hv.chroot : undefined;
+  const args: string[] = [];
+  if (qemu.runWith) args.push('-run-with', chroot ? `user=${user},chroot=${chroot}` : `user=${user}`);
+  else args.push('-runas', user, ...(chroot ? ['-chroot', chroot] : []));
+  if (qemu.sandbox) args.push('-sandbox', 'on,obsolete=deny,spawn=deny,resourcecontrol=deny');
+  return args;
+}

@@ -1,0 +1,254 @@
+/**
+ * QMP client: one connection to one QEMU monitor socket.
+ *
+ * - negotiates capabilities on connect;
+ * - matches replies to requests by `id`, so commands may overlap;
+ * - times out each command (QmpTimeoutError) without leaving it pending;
+ * - hands events to listeners and to `waitForEvent`;
+ * - when QEMU goes away every pending command and event wait rejects with
+ *   QmpUnavailableError, and later commands fail at once;
+ * - sends file descriptors along with a command by SCM_RIGHTS (getfd, add-fd).
+ *
+ * All writes go through the native sendmsg so that bytes and fds keep their order.
+ */
+import { EventEmitter } from 'node:events';
+import * as net from 'node:net';
+import { isNativeError, sendWithFds, unixConnect } from './native';
+import { QmpCommandError, QmpTimeoutError, QmpUnavailableError, errorMessage } from './errors';
+
+export type QmpArgs = Record<string, unknown>;
+
+export interface QmpEvent {
+  event: string;
+  data: Record<string, unknown>;
+  timestamp: { seconds: number; microseconds: number };
+}
+
+export interface ExecuteOptions {
+  /** File descriptors to attach to this command (getfd, add-fd). */
+  fds?: number[];
+  timeoutMs?: number;
+}
+
+/** What the hotplug code needs of a monitor; tests may wrap a real client. */
+export interface Monitor {
+  execute<T = unknown>(command: string, args?: QmpArgs, options?: ExecuteOptions): Promise<T>;
+  hmp(commandLine: string): Promise<string>;
+  waitForEvent(match: (e: QmpEvent) => boolean, timeoutMs: number, what: string): EventWait;
+}
+
+/** A registered wait; register it before the command that causes the event. */
+export interface EventWait {
+  promise: Promise<QmpEvent>;
+  cancel(): void;
+}
+
+interface Pending {
+  command: string;
+  resolve(value: unknown): void;
+  reject(err: Error): void;
+  timer: NodeJS.Timeout;
+}
+
+export interface QmpVersion {
+  major: number;
+  minor: number;
+  micro: number;
+}
+
+const DEFAULT_TIMEOUT_MS = 10_000;
+
+export class QmpClient extends EventEmitter implements Monitor {
+  readonly socketPath: string;
+  private readonly socket: net.Socket;
+  private readonly fd: number;
+  private readonly pending = new Map<number, Pending>();
+  private nextId = 1;
+  private buffer = '';
+  private closedError: Error | undefined;
+  private greeting: { QMP: { version: { qemu: QmpVersion } } } | undefined;
+  private greetingWaiter: ((err?: Error) => void) | undefined;
+  readonly defaultTimeoutMs: number;
+
+  private constructor(socketPath: string, fd: number, defaultTimeoutMs: number) {
+    super();
+    this.socketPath = socketPath;
+    this.fd = fd;
+    this.defaultTimeoutMs = defaultTimeoutMs;
+    this.socket = new net.Socket({ fd, readable: true, writable: true });
+    this.socket.setEncoding('utf8');
+    this.socket.on('data', (chunk: string) => this.onData(chunk));
+    this.socket.on('error', (err) => this.onClose(err));
+    this.socket.on('close', () => this.onClose());
+  }
+
+  /** Connects and negotiates capabilities. Throws QmpUnavailableError if nothing listens. */
+  static async connect(
+    socketPath: string,
+    options: { timeoutMs?: number } = {},
+  ): Promise<QmpClient> {
+    let fd: number;
+    try {
+      fd = unixConnect(socketPath);
+    } catch (err) {
+      const code = isNativeError(err) ? err.code : '';
+      const hint = code === 'ENOENT' || code === 'ECONNREFUSED' ? ' (is the instance running?)' : '';
+      throw new QmpUnavailableError(`cannot reach the QEMU monitor at ${socketPath}: ${errorMessage(err)}${hint}`, {
+        cause: err,
+      });
+    }
+    const client = new QmpClient(socketPath, fd, options.timeoutMs ?? DEFAULT_TIMEOUT_MS);
+    try {
+      await client.awaitGreeting();
+      await client.execute('qmp_capabilities');
+    } catch (err) {
+      client.close();
+      throw err;
+    }
+    return client;
+  }
+
+  get qemuVersion(): QmpVersion | undefined {
+    return this.greeting?.QMP.version.qemu;
+  }
+
+  get closed(): boolean {
+    return this.closedError !== undefined;
+  }
+
+  execute<T = unknown>(command: string, args?: QmpArgs, options: ExecuteOptions = {}): Promise<T> {
+    if (this.closedError) return Promise.reject(this.closedError);
+    const id = this.nextId++;
+    const message: Record<string, unknown> = { execute: command, id };
+    if (args && Object.keys(args).length > 0) message.arguments = args;
+    const timeoutMs = options.timeoutMs ?? this.defaultTimeoutMs;
+    return new Promise<T>((resolve, reject) => {
+      const timer = setTimeout(() => {
+        this.pending.delete(id);
+        reject(new QmpTimeoutError(command, this.socketPath, timeoutMs));
+      }, timeoutMs);
+      this.pending.set(id, { command, resolve: resolve as (v: unknown) => void, reject, timer });
+      try {
+        sendWithFds(this.fd, Buffer.from(JSON.stringify(message) + '\n'), options.fds ?? []);
+      } catch (err) {
+        clearTimeout(timer);
+        this.pending.delete(id);
+        reject(new QmpUnavailableError(`cannot send ${command} to ${this.socketPath}: ${errorMessage(err)}`));
+      }
+    });
+  }
+
+  async hmp(commandLine: string): Promise<string> {
+    return this.execute<string>('human-monitor-command', { 'command-line': commandLine });
+  }
+
+  waitForEvent(match: (e: QmpEvent) => boolean, timeoutMs: number, what: string): EventWait {
+    let cancel = (): void => {};
+    const promise = new Promise<QmpEvent>((resolve, reject) => {
+      if (this.closedError) {
+        reject(this.closedError);
+        return;
+      }
+      const cleanup = (): void => {
+        clearTimeout(timer);
+        this.off('event', onEvent);
+        this.off('disconnected', onClosed);
+      };
+      const onEvent = (e: QmpEvent): void => {
+        if (!match(e)) return;
+        cleanup();
+        resolve(e);
+      };
+      const onClosed = (err: Error): void => {
+        cleanup();
+        reject(err);
+      };
+      const timer = setTimeout(() => {
+        cleanup();
+        reject(new QmpTimeoutError(`wait for ${what}`, this.socketPath, timeoutMs));
+      }, timeoutMs);
+      this.on('event', onEvent);
+      this.on('disconnected', onClosed);
+      cancel = (): void => {
+        cleanup();
+        resolve({ event: 'CANCELLED', data: {}, timestamp: { seconds: 0, microseconds: 0 } });
+      };
+    });
+    return { promise, cancel: () => cancel() };
+  }
+
+  close(): void {
+    this.onClose(new QmpUnavailableError(`QMP connection to ${this.socketPath} was closed`));
+    this.socket.destroy();
+  }
+
+  private awaitGreeting(): Promise<void> {
+    if (this.greeting) return Promise.resolve();
+    return new Promise<void>((resolve, reject) => {
+      const timer = setTimeout(() => {
+        this.greetingWaiter = undefined;
+        reject(new QmpTimeoutError('greeting', this.socketPath, this.defaultTimeoutMs));
+      }, this.defaultTimeoutMs);
+      this.greetingWaiter = (err) => {
+        clearTimeout(timer);
+        this.greetingWaiter = undefined;
+        if (err) reject(err);
+        else resolve();
+      };
+    });
+  }
+
+  private onData(chunk: string): void {
+    this.buffer += chunk;
+    let nl: number;
+    while ((nl = this.buffer.indexOf('\n')) >= 0) {
+      const line = this.buffer.slice(0, nl).trim();
+      this.buffer = this.buffer.slice(nl + 1);
+      if (line) this.onMessage(line);
+    }
+  }
+
+  private onMessage(line: string): void {
+    let msg: Record<string, unknown>;
+    try {
+      msg = JSON.parse(line) as Record<string, unknown>;
+    } catch {
+      this.emit('protocol-error', line);
+      return;
+    }
+    if ('QMP' in msg) {
+      this.greeting = msg as unknown as NonNullable<QmpClient['greeting']>;
+      this.greetingWaiter?.();
+    } else if ('event' in msg) {
+      this.emit('event', { data: {}, ...msg } as QmpEvent);
+    } else if (typeof msg.id === 'number') {
+      this.settle(msg.id, msg);
+    }
+  }
+
+  private settle(id: number, msg: Record<string, unknown>): void {
+    const p = this.pending.get(id);
+    if (!p) return; // timed out earlier; a late answer is dropped
+    this.pending.delete(id);
+    clearTimeout(p.timer);
+    const error = msg.error as { class?: string; desc?: string } | undefined;
+    if (error) p.reject(new QmpCommandError(p.command, error.class ?? 'GenericError', error.desc ?? 'unknown error'));
+    else p.resolve(msg.return);
+  }
+
+  private onClose(cause?: Error): void {
+    if (this.closedError) return;
+    const why = cause ? `: ${cause.message}` : '';
+    this.closedError =
+      cause instanceof QmpUnavailableError
+        ? cause
+        : new QmpUnavailableError(`QEMU monitor at ${this.socketPath} went away${why}`, { cause });
+    for (const [id, p] of this.pending) {
+      clearTimeout(p.timer);
+      p.reject(this.closedError);
+      this.pending.delete(id);
+    }
+    this.greetingWaiter?.(this.closedError);
+    this.emit('disconnected', this.closedError);
+  }
+}

@@ -1,0 +1,196 @@
+/**
+ * The KVM runtime file of one instance: everything needed to start an
+ * identical QEMU again (after a stop, or on a migration target).
+ *
+ * Format (version 2, JSON):
+ *   { "version": 2, "instance": NAME,
+ *     "kvm_cmd": [fixed, machine-defining QEMU arguments],
+ *     "nics": [{uuid, mac, link?, pci, tap?, state?}],
+ *     "hvparams": {...},
+ *     "block_devices": [{uuid, path, pci, state?}] }
+ *
+ * Ganeti's files are JSON lists: [kvm_cmd, nics, hvparams] (old style, disks
+ * inside kvm_cmd) or [kvm_cmd, nics, hvparams, block_devices]. Both load; an
+ * old-style file loads with no block devices, and every save writes version 2.
+ *
+ * Saves are atomic and durable: temp file in the same directory, fsync,
+ * rename over the old file, fsync the directory.
+ */
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+import { RuntimeFileError } from './errors';
+
+export const RUNTIME_VERSION = 2;
+
+/** A device whose hotplug or unplug was started but not confirmed. */
+export type PendingState = 'attaching' | 'detaching';
+
+export interface NicRecord {
+  uuid: string;
+  mac: string;
+  /** Bridge the tap is attached to; none for an unattached tap. */
+  link?: string;
+  /** Slot on PCI bus 0; null for devices from old runtime files. */
+  pci: number | null;
+  /** Name of the tap currently backing the NIC (host side). */
+  tap?: string;
+  state?: PendingState;
+}
+
+export interface DiskRecord {
+  uuid: string;
+  /** Host path: a regular file or a block device. */
+  path: string;
+  pci: number | null;
+  state?: PendingState;
+}
+
+export type HvValue = string | number | boolean;
+export type HvParams = Record<string, HvValue>;
+
+export interface RuntimeData {
+  version: typeof RUNTIME_VERSION;
+  instance: string;
+  kvm_cmd: string[];
+  nics: NicRecord[];
+  hvparams: HvParams;
+  block_devices: DiskRecord[];
+}
+
+export interface SaveHooks {
+  /** Called after the temp file is durable and before it replaces the old file (tests). */
+  beforeRename?: (tempPath: string) => void;
+}
+
+const isObject = (v: unknown): v is Record<string, unknown> =>
+  typeof v === 'object' && v !== null && !Array.isArray(v);
+
+function pciOf(v: unknown): number | null {
+  return typeof v === 'number' && Number.isInteger(v) && v >= 0 && v < 32 ? v : null;
+}
+
+function nicFrom(file: string, raw: unknown): NicRecord {
+  if (!isObject(raw) || typeof raw.mac !== 'string') throw new RuntimeFileError(file, 'a NIC entry has no "mac"');
+  const nicparams = isObject(raw.nicparams) ? raw.nicparams : {};
+  const link = typeof raw.link === 'string' ? raw.link : typeof nicparams.link === 'string' ? nicparams.link : undefined;
+  const nic: NicRecord = { uuid: typeof raw.uuid === 'string' ? raw.uuid : '', mac: raw.mac, pci: pciOf(raw.pci) };
+  if (link) nic.link = link;
+  if (typeof raw.tap === 'string') nic.tap = raw.tap;
+  if (raw.state === 'attaching' || raw.state === 'detaching') nic.state = raw.state;
+  return nic;
+}
+
+function diskFrom(file: string, raw: unknown): DiskRecord {
+  // Ganeti stores (disk, link, uri) tuples; the first element is the disk.
+  const d = Array.isArray(raw) ? raw[0] : raw;
+  const hostPath = Array.isArray(raw) && typeof raw[1] === 'string' ? raw[1] : isObject(d) ? d.path : undefined;
+  if (!isObject(d) || typeof hostPath !== 'string') throw new RuntimeFileError(file, 'a block device entry has no path');
+  const disk: DiskRecord = { uuid: typeof d.uuid === 'string' ? d.uuid : '', path: hostPath, pci: pciOf(d.pci) };
+  if (d.state === 'attaching' || d.state === 'detaching') disk.state = d.state;
+  return disk;
+}
+
+function hvparamsFrom(file: string, raw: unknown): HvParams {
+  if (!isObject(raw)) throw new RuntimeFileError(file, '"hvparams" is not an object');
+  const out: HvParams = {};
+  for (const [k, v] of Object.entries(raw)) {
+    if (typeof v === 'string' || typeof v === 'number' || typeof v === 'boolean') out[k] = v;
+  }
+  return out;
+}
+
+function cmdFrom(file: string, raw: unknown): string[] {
+  if (!Array.isArray(raw) || !raw.every((a) => typeof a === 'string'))
+    throw new RuntimeFileError(file, '"kvm_cmd" is not a list of strings');
+  return raw as string[];
+}
+
+function listFrom<T>(file: string, raw: unknown, what: string, item: (f: string, v: unknown) => T): T[] {
+  if (raw === undefined) return [];
+  if (!Array.isArray(raw)) throw new RuntimeFileError(file, `"${what}" is not a list`);
+  return raw.map((v) => item(file, v));
+}
+
+/** Parses runtime file text of any supported format into version 2. */
+export function parseRuntime(file: string, text: string, instance: string): RuntimeData {
+  let raw: unknown;
+  try {
+    raw = JSON.parse(text);
+  } catch (err) {
+    throw new RuntimeFileError(file, `not valid JSON (${(err as Error).message})`);
+  }
+  if (Array.isArray(raw)) {
+    if (raw.length !== 3 && raw.length !== 4)
+      throw new RuntimeFileError(file, `a Ganeti-style list must have 3 or 4 entries, not ${raw.length}`);
+    return {
+      version: RUNTIME_VERSION,
+      instance,
+      kvm_cmd: cmdFrom(file, raw[0]),
+      nics: listFrom(file, raw[1], 'nics', nicFrom),
+      hvparams: hvparamsFrom(file, raw[2]),
+      block_devices: raw.length === 4 ? listFrom(file, raw[3], 'block_devices', diskFrom) : [],
+    };
+  }
+  if (!isObject(raw)) throw new RuntimeFileError(file, 'neither a version 2 object nor a Ganeti-style list');
+  if (raw.version !== RUNTIME_VERSION)
+    throw new RuntimeFileError(file, `unsupported version ${String(raw.version)} (this node reads ${RUNTIME_VERSION})`);
+  return {
+    version: RUNTIME_VERSION,
+    instance: typeof raw.instance === 'string' ? raw.instance : instance,
+    kvm_cmd: cmdFrom(file, raw.kvm_cmd),
+    nics: listFrom(file, raw.nics, 'nics', nicFrom),
+    hvparams: hvparamsFrom(file, raw.hvparams ?? {}),
+    block_devices: listFrom(file, raw.block_devices, 'block_devices', diskFrom),
+  };
+}
+
+export function loadRuntimeFile(file: string, instance: string): RuntimeData {
+  let text: string;
+  try {
+    text = fs.readFileSync(file, 'utf8');
+  } catch (err) {
+    const code = (err as NodeJS.ErrnoException).code;
+    throw new RuntimeFileError(file, code === 'ENOENT' ? 'does not exist (instance not created on this node?)' : String(err));
+  }
+  return parseRuntime(file, text, instance);
+}
+
+export function serializeRuntime(data: RuntimeData): string {
+  const ordered: RuntimeData = {
+    version: RUNTIME_VERSION,
+    instance: data.instance,
+    kvm_cmd: data.kvm_cmd,
+    nics: data.nics,
+    hvparams: data.hvparams,
+    block_devices: data.block_devices,
+  };
+  return JSON.stringify(ordered, null, 2) + '\n';
+}
+
+function fsyncDir(dir: string): void {
+  const fd = fs.openSync(dir, 'r');
+  try {
+    fs.fsyncSync(fd);
+  } finally {
+    fs.closeSync(fd);
+  }
+}
+
+/** Writes `data` so that a crash at any point leaves either the old or the new file. */
+export function saveRuntimeFile(file: string, data: RuntimeData, hooks: SaveHooks = {}): void {
+  const dir = path.dirname(file);
+  const temp = path.join(dir, `.${path.basename(file)}.tmp-${process.pid}`);
+  const fd = fs.openSync(temp, 'w', 0o600);
+  try {
+    fs.writeFileSync(fd, serializeRuntime(data));
+    fs.fsyncSync(fd);
+  } catch (err) {
+    fs.closeSync(fd);
+    fs.rmSync(temp, { force: true });
+    throw new RuntimeFileError(file, `could not be written: ${(err as Error).message}`);
+  }
+  fs.closeSync(fd);
+  hooks.beforeRename?.(temp);
+  fs.renameSync(temp, file);
+  fsyncDir(dir);
+}

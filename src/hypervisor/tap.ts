@@ -1,0 +1,52 @@
+/**
+ * Host side of a NIC: a tap device opened with TUNSETIFF (IFF_TAP, IFF_NO_PI,
+ * IFF_VNET_HDR) and, when the NIC has a link, enslaved to that bridge. The tap
+ * is not persistent: it disappears when the last fd to it (ours, then QEMU's
+ * copy) is closed, so a crash can never leak it.
+ */
+import { execFile } from 'node:child_process';
+import * as fs from 'node:fs';
+import { promisify } from 'node:util';
+import { InvalidArgumentError, errorMessage } from './errors';
+import { openTap, type TapHandle } from './native';
+
+const run = promisify(execFile);
+
+/** Kernel name template: the kernel picks the first free number. */
+export const TAP_NAME_TEMPLATE = 'gnttap%d';
+
+export function bridgeExists(link: string): boolean {
+  return fs.existsSync(`/sys/class/net/${link}/bridge`);
+}
+
+export function assertBridge(link: string): void {
+  if (!/^[A-Za-z0-9_.:-]{1,15}$/.test(link))
+    throw new InvalidArgumentError(`link "${link}" is not a valid network interface name`);
+  if (!bridgeExists(link)) throw new InvalidArgumentError(`bridge "${link}" does not exist on this node`);
+}
+
+export function tapExists(name: string): boolean {
+  return fs.existsSync(`/sys/class/net/${name}`);
+}
+
+/** Opens a new tap; the caller owns the fd and must close it. */
+export function createTap(): TapHandle {
+  try {
+    return openTap(TAP_NAME_TEMPLATE, true);
+  } catch (err) {
+    throw new Error(`cannot create a tap device: ${errorMessage(err)}`, { cause: err });
+  }
+}
+
+/** Brings the tap up, enslaved to `link` when given. */
+export async function connectTap(tap: string, link: string | undefined): Promise<void> {
+  const args = ['link', 'set', 'dev', tap];
+  if (link) args.push('master', link);
+  args.push('up');
+  try {
+    await run('ip', args);
+  } catch (err) {
+    const stderr = (err as { stderr?: string }).stderr?.trim();
+    throw new Error(`ip ${args.join(' ')} failed: ${stderr || errorMessage(err)}`, { cause: err });
+  }
+}

@@ -9,6 +9,7 @@ PACKAGES=(busybox-static cpio iproute2 kmod gzip util-linux passwd)
 SOURCES=/etc/apt/sources.list.d/debian.sources
 BACKPORTS=/etc/apt/sources.list.d/gnt-hotplug-backports.sources
 STAMP=/var/lib/gnt-hotplug-host-setup.done
+QEMU_USER=gnt-qemu
 
 log() { printf '[setup-host] %s\n' "$*" >&2; }
 
@@ -63,9 +64,17 @@ have_packages() {
   qemu_is_current
 }
 
+# The dedicated unprivileged user QEMU runs as (hvparams security_model=user).
+ensure_qemu_user() {
+  id -u "$QEMU_USER" >/dev/null 2>&1 && return 0
+  log "creating system user $QEMU_USER"
+  useradd --system --no-create-home --home-dir /nonexistent --shell /usr/sbin/nologin "$QEMU_USER"
+}
+
 main() {
   need_root
   if [ -f "$STAMP" ] && have_packages; then
+    ensure_qemu_user
     log "host packages already installed ($(qemu-system-x86_64 --version | head -1))"
     return 0
   fi
@@ -76,6 +85,7 @@ main() {
     log "backports QEMU not available; installing the distribution's QEMU"
     DEBIAN_FRONTEND=noninteractive apt-get install -y qemu-system-x86
   fi
+  ensure_qemu_user
   touch "$STAMP"
   log "installed: $(qemu-system-x86_64 --version | head -1)"
 }

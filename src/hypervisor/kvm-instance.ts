@@ -148,6 +148,10 @@ export class KvmInstance extends EventEmitter {
     return this.options.unplugTimeoutMs ?? DEFAULT_UNPLUG_TIMEOUT_MS;
   }
 
+  private get nicOptions(): { noRom: boolean } {
+    return { noRom: typeof this.data.hvparams.chroot === 'string' && this.data.hvparams.chroot !== '' };
+  }
+
   private save(): void {
     saveRuntimeFile(this.paths.runtimeFile, this.data);
   }
@@ -185,7 +189,7 @@ export class KvmInstance extends EventEmitter {
         const tap = await prepareNicTap(nic);
         fds.push(tap.fd);
         nic.tap = tap.name;
-        args.push(...nicBootArgs(nic, nic.pci as number, 2 + fds.length));
+        args.push(...nicBootArgs(nic, nic.pci as number, 2 + fds.length, this.nicOptions));
       }
       const pid = await spawnQemu(this.qemuBinary, args, fds, this.paths);
       this.save();
@@ -365,7 +369,7 @@ export class KvmInstance extends EventEmitter {
     if (req.link) nic.link = req.link;
     nicId(nic, slot);
     return this.attachRecorded('nic', nic, async () => {
-      nic.tap = await attachNic(mon, nic, slot);
+      nic.tap = await attachNic(mon, nic, slot, this.nicOptions);
     });
   }
 

@@ -45,17 +45,34 @@ export async function prepareNicTap(nic: NicRecord): Promise<{ fd: number; name:
   return tap;
 }
 
-/** QEMU arguments that create the NIC at boot, its tap at child fd `childFd`. */
-export function nicBootArgs(nic: NicRecord, slot: number, childFd: number): string[] {
+export interface NicDeviceOptions {
+  /**
+   * Leave out the NIC's option ROM. Needed when QEMU runs in a chroot, where
+   * it cannot read the ROM files. Boot-time and hot-added NICs must agree on
+   * it, or a migration target's RAM blocks would not match the source's.
+   */
+  noRom?: boolean;
+}
+
+/** The device_add properties of the NIC; the same at boot and at hotplug. */
+export function nicDeviceProps(nic: NicRecord, slot: number, options: NicDeviceOptions): Record<string, string> {
   const id = nicId(nic, slot);
-  return [
-    '-netdev', `tap,id=${id},fd=${childFd}`,
-    '-device', `virtio-net-pci,netdev=${id},id=${id},mac=${nic.mac},bus=pci.0,addr=${pciAddr(slot)}`,
-  ];
+  const props: Record<string, string> = { driver: 'virtio-net-pci', id, netdev: id, mac: nic.mac, bus: 'pci.0', addr: pciAddr(slot) };
+  if (options.noRom) props.romfile = '';
+  return props;
+}
+
+const toDeviceArg = (props: Record<string, string>): string =>
+  [props.driver, ...Object.entries(props).filter(([k]) => k !== 'driver').map(([k, v]) => `${k}=${v}`)].join(',');
+
+/** QEMU arguments that create the NIC at boot, its tap at child fd `childFd`. */
+export function nicBootArgs(nic: NicRecord, slot: number, childFd: number, options: NicDeviceOptions): string[] {
+  const id = nicId(nic, slot);
+  return ['-netdev', `tap,id=${id},fd=${childFd}`, '-device', toDeviceArg(nicDeviceProps(nic, slot, options))];
 }
 
 /** Hot-adds the NIC at `slot`; returns the tap's name. Undoes every step on failure. */
-export async function attachNic(mon: Monitor, nic: NicRecord, slot: number): Promise<string> {
+export async function attachNic(mon: Monitor, nic: NicRecord, slot: number, options: NicDeviceOptions): Promise<string> {
   const id = nicId(nic, slot);
   return inTransaction(`hot-add of NIC ${id}`, async (tx) => {
     let tapFd: number | undefined;
@@ -75,11 +92,7 @@ export async function attachNic(mon: Monitor, nic: NicRecord, slot: number): Pro
         mon.execute('netdev_del', { id }),
       );
       tx.forget('getfd'); // netdev_add consumed the named fd
-      await tx.step('device_add', () =>
-        mon.execute('device_add', {
-          driver: 'virtio-net-pci', id, netdev: id, mac: nic.mac, bus: 'pci.0', addr: pciAddr(slot),
-        }),
-      );
+      await tx.step('device_add', () => mon.execute('device_add', nicDeviceProps(nic, slot, options)));
       return tap.name;
     } finally {
       closeTap();

@@ -48,6 +48,7 @@ export async function deviceExists(mon: Monitor, id: string): Promise<boolean> {
  */
 export async function deleteDevice(mon: Monitor, id: string, timeoutMs: number): Promise<void> {
   const wait = mon.waitForEvent((e) => isDeletionOf(id, e), timeoutMs, `DEVICE_DELETED of ${id} (guest eject)`);
+  wait.promise.catch(() => undefined); // awaited below on every path; never an unhandled rejection
   try {
     await mon.execute('device_del', { id });
   } catch (err) {

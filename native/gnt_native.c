@@ -1,7 +1,9 @@
 /*
  * gnt_native: the two things Node cannot do by itself and gnt-hotplug needs.
  *
- *   unixConnect(path)             -> fd   connected AF_UNIX stream socket (CLOEXEC)
+ *   unixConnect(path)             -> fd   connected AF_UNIX stream socket (CLOEXEC,
+ *                                        non-blocking: a full backlog throws EAGAIN
+ *                                        instead of stalling the event loop)
  *   sendWithFds(fd, buf, fds[])   -> n    sendmsg() of buf, fds attached by SCM_RIGHTS
  *   openTap(template, vnetHdr)    -> {fd, name}  TUNSETIFF on /dev/net/tun
  *
@@ -59,7 +61,7 @@ static napi_value unix_connect(napi_env env, napi_callback_info info) {
   if (argc < 1 || get_string(env, argv[0], addr.sun_path, sizeof addr.sun_path) != 0)
     return throw_type(env, "unixConnect(path): path must be a string shorter than 108 bytes");
   snprintf(what, sizeof what, "connect(%s)", addr.sun_path);
-  int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
   if (fd < 0) return throw_errno(env, errno, "socket(AF_UNIX)");
   if (connect(fd, (struct sockaddr *)&addr, sizeof addr) != 0) {
     int err = errno;

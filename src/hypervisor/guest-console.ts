@@ -82,6 +82,7 @@ export class GuestConsole {
   private pendingText = '';
   private last: GuestState | undefined;
   private ticks = -1;
+  private tickScanFrom = 0;
 
   constructor(readonly file: string) {}
 
@@ -105,14 +106,27 @@ export class GuestConsole {
     } finally {
       fs.closeSync(fd);
     }
-    const cut = this.pendingText.lastIndexOf('\n');
-    if (cut < 0) return this.last;
-    const complete = this.pendingText.slice(0, cut + 1);
-    this.pendingText = this.pendingText.slice(cut + 1);
-    const states = parseGuestStates(complete);
+    this.consumeTicks();
+    // Parse only up to the last complete block; an unfinished one waits for the next poll
+    // (QEMU writes the serial log byte by byte, so a block can arrive in pieces).
+    const ends = [...this.pendingText.matchAll(/gnt-guest end \d+\r?\n/g)];
+    const lastEnd = ends[ends.length - 1];
+    if (lastEnd?.index === undefined) return this.last;
+    const cut = lastEnd.index + lastEnd[0].length;
+    const states = parseGuestStates(this.pendingText.slice(0, cut));
+    this.pendingText = this.pendingText.slice(cut);
+    this.tickScanFrom = Math.max(0, this.tickScanFrom - cut);
     if (states.length) this.last = states[states.length - 1];
-    for (const m of complete.matchAll(/gnt-guest tick (\d+)/g)) this.ticks = Number(m[1]);
     return this.last;
+  }
+
+  /** Heartbeats in complete lines not scanned yet. */
+  private consumeTicks(): void {
+    const text = this.pendingText;
+    const lastNl = text.lastIndexOf('\n');
+    if (lastNl < this.tickScanFrom) return;
+    for (const m of text.slice(this.tickScanFrom, lastNl + 1).matchAll(/gnt-guest tick (\d+)/g)) this.ticks = Number(m[1]);
+    this.tickScanFrom = lastNl + 1;
   }
 
   get latest(): GuestState | undefined {

@@ -9,6 +9,7 @@
  *
  * Operations on one instance run one at a time, in call order.
  */
+import { randomUUID } from 'node:crypto';
 import { EventEmitter } from 'node:events';
 import * as fs from 'node:fs';
 import { attachDisk, detachDisk, diskBootArgs, diskId, diskKind, openDisk, releaseDisk } from './disk';
@@ -176,7 +177,7 @@ export class KvmInstance extends EventEmitter {
   private async startNow(): Promise<number> {
     if (this.pid !== undefined) throw new InstanceStateError(`instance ${this.name} is already running (pid ${this.pid})`);
     this.dropPendingDevices();
-    this.assignMissingSlots();
+    this.completeLegacyDevices();
     const qemu = qemuFeatures(this.qemuBinary);
     const args = [...this.data.kvm_cmd, ...nodeLocalArgs(this.paths), ...securityArgs(this.data.hvparams, qemu)];
     const fds: number[] = [];
@@ -224,13 +225,18 @@ export class KvmInstance extends EventEmitter {
     if (this.data.nics.length + this.data.block_devices.length !== before) this.save();
   }
 
-  /** Devices from old runtime files have no slot: give them one, as Ganeti does at start. */
-  private assignMissingSlots(): void {
+  /**
+   * Devices from old (Ganeti) runtime files may lack a slot or a uuid: give
+   * them both at start, as Ganeti assigns slots then, so that they get
+   * device ids and can be hot-removed from now on.
+   */
+  private completeLegacyDevices(): void {
     const all: AnyRecord[] = [...this.data.block_devices, ...this.data.nics];
-    if (all.every((d) => d.pci !== null)) return;
+    if (all.every((d) => d.pci !== null && d.uuid)) return;
     const map = new PciSlotMap(this.name);
-    for (const d of all) if (d.pci !== null) map.addRecorded(d.pci, d.uuid);
+    for (const d of all) if (d.pci !== null) map.addRecorded(d.pci, d.uuid || 'a device');
     for (const d of all) {
+      if (!d.uuid) d.uuid = randomUUID();
       if (d.pci !== null) continue;
       d.pci = map.firstFree();
       map.addRecorded(d.pci, d.uuid);
@@ -260,7 +266,7 @@ export class KvmInstance extends EventEmitter {
   private onEvent(e: QmpEvent): void {
     if (e.event !== 'DEVICE_DELETED') return;
     for (const [kind, rec] of this.devices()) {
-      if (rec.pci === null || !isDeletionOf(this.idOf(kind, rec), e)) continue;
+      if (rec.pci === null || !rec.uuid || !isDeletionOf(this.idOf(kind, rec), e)) continue;
       void this.serialize(async () => {
         if (this.find(kind, rec.uuid) !== rec) return; // an API remove already finished it
         await this.finishRemoval(kind, rec, await this.monitor());
@@ -300,7 +306,9 @@ export class KvmInstance extends EventEmitter {
     const problems = crossCheckPci(live, structured);
     if (problems.length) this.emit('warning', `info pci and query-pci disagree: ${problems.join('; ')}`);
     const map = new PciSlotMap(this.name).addLive(live).addLive(structured);
-    for (const [kind, rec] of this.devices()) if (rec.pci !== null) map.addRecorded(rec.pci, this.idOf(kind, rec));
+    for (const [kind, rec] of this.devices()) {
+      if (rec.pci !== null) map.addRecorded(rec.pci, rec.uuid ? this.idOf(kind, rec) : `a ${kind} from an old runtime file`);
+    }
     return map;
   }
 
@@ -406,7 +414,7 @@ export class KvmInstance extends EventEmitter {
     const what = kind === 'nic' ? 'NIC' : 'disk';
     if (!rec) throw new DeviceNotFoundError(this.name, `${what} with uuid ${uuid}`);
     if (rec.pci === null)
-      throw new InstanceStateError(`${what} ${uuid} of ${this.name} has no PCI slot recorded (old runtime file); remove it with a restart`);
+      throw new InstanceStateError(`${what} ${uuid} of ${this.name} has no PCI slot recorded (old runtime file); remove it without hotplug, or restart the instance once to give it a slot`);
     this.requireRunning();
     const mon = await this.monitor();
     const wasPending = rec.state;

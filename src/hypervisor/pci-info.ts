@@ -74,7 +74,7 @@ export function fromQueryPci(buses: QueryPciBus[]): PciFunction[] {
         bus: d.bus,
         slot: d.slot,
         function: d.function,
-        className: d.class_info.desc ?? `Class ${hex4(d.class_info.class)}`,
+        className: d.class_info.desc ?? `Class ${String(d.class_info.class).padStart(4, '0')}`, // decimal, as info pci prints it
         vendorDevice: `${hex4(d.id.vendor)}:${hex4(d.id.device)}`,
         qdevId: d.qdev_id,
       });

@@ -58,8 +58,7 @@ export class PciSlotMap {
   claim(slot: number): number {
     if (!Number.isInteger(slot) || slot < 0 || slot >= PCI_SLOTS)
       throw new InvalidArgumentError(`PCI slot ${slot} is out of range (0 to ${PCI_SLOTS - 1})`);
-    const holder = this.holders.get(slot);
-    if (holder) throw new PciSlotTakenError(this.instance, slot, holder);
+    if (this.holders.has(slot)) throw new PciSlotTakenError(this.instance, slot, this.holders.get(slot) || 'another device');
     return slot;
   }
 }

@@ -38,7 +38,7 @@ export function buildFixedCommand(spec: InstanceSpec): string[] {
   const vcpus = positiveInt(spec.vcpus, 'vcpus');
   const maxVcpus = positiveInt(spec.maxVcpus ?? vcpus, 'maxvcpus');
   if (maxVcpus < vcpus) throw new InvalidArgumentError(`maxvcpus ${maxVcpus} is below vcpus ${vcpus}`);
-  const maxMem = spec.maxMemoryMiB ?? memory;
+  const maxMem = spec.maxMemoryMiB || memory; // 0 or unset: no memory hotplug
   if (maxMem < memory) throw new InvalidArgumentError(`maxmem ${maxMem} MiB is below memory ${memory} MiB`);
   const mem = maxMem > memory ? `${memory}M,slots=${spec.memorySlots ?? 4},maxmem=${maxMem}M` : `${memory}M`;
   const cmd = [

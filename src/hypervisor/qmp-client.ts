@@ -57,6 +57,33 @@ export interface QmpVersion {
 }
 
 const DEFAULT_TIMEOUT_MS = 10_000;
+const CONNECT_RETRY_MS = 10;
+
+async function connectSocket(socketPath: string, timeoutMs: number, retryRefusedMs: number): Promise<number> {
+  const started = Date.now();
+  for (;;) {
+    try {
+      return unixConnect(socketPath);
+    } catch (err) {
+      const code = isNativeError(err) ? err.code : '';
+      const waited = Date.now() - started;
+      const retry = (code === 'EAGAIN' && waited < timeoutMs) || (code === 'ECONNREFUSED' && waited < retryRefusedMs);
+      if (retry) {
+        await new Promise((r) => setTimeout(r, CONNECT_RETRY_MS));
+        continue;
+      }
+      const hint =
+        code === 'EAGAIN'
+          ? ' (the monitor is busy: another client holds it)'
+          : code === 'ENOENT' || code === 'ECONNREFUSED'
+            ? ' (is the instance running?)'
+            : '';
+      throw new QmpUnavailableError(`cannot reach the QEMU monitor at ${socketPath}: ${errorMessage(err)}${hint}`, {
+        cause: err,
+      });
+    }
+  }
+}
 
 export class QmpClient extends EventEmitter implements Monitor {
   readonly socketPath: string;
@@ -82,22 +109,19 @@ export class QmpClient extends EventEmitter implements Monitor {
     this.socket.on('close', () => this.onClose());
   }
 
-  /** Connects and negotiates capabilities. Throws QmpUnavailableError if nothing listens. */
+  /**
+   * Connects and negotiates capabilities. Throws QmpUnavailableError if
+   * nothing listens. A monitor whose backlog is full (another client holds
+   * it) is retried until `timeoutMs`; a refused connection only within
+   * `retryRefusedMs` (for a QEMU that is still starting).
+   */
   static async connect(
     socketPath: string,
-    options: { timeoutMs?: number } = {},
+    options: { timeoutMs?: number; retryRefusedMs?: number } = {},
   ): Promise<QmpClient> {
-    let fd: number;
-    try {
-      fd = unixConnect(socketPath);
-    } catch (err) {
-      const code = isNativeError(err) ? err.code : '';
-      const hint = code === 'ENOENT' || code === 'ECONNREFUSED' ? ' (is the instance running?)' : '';
-      throw new QmpUnavailableError(`cannot reach the QEMU monitor at ${socketPath}: ${errorMessage(err)}${hint}`, {
-        cause: err,
-      });
-    }
-    const client = new QmpClient(socketPath, fd, options.timeoutMs ?? DEFAULT_TIMEOUT_MS);
+    const timeoutMs = options.timeoutMs ?? DEFAULT_TIMEOUT_MS;
+    const fd = await connectSocket(socketPath, timeoutMs, options.retryRefusedMs ?? 0);
+    const client = new QmpClient(socketPath, fd, timeoutMs);
     try {
       await client.awaitGreeting();
       await client.execute('qmp_capabilities');
@@ -187,7 +211,7 @@ export class QmpClient extends EventEmitter implements Monitor {
     return new Promise<void>((resolve, reject) => {
       const timer = setTimeout(() => {
         this.greetingWaiter = undefined;
-        reject(new QmpTimeoutError('greeting', this.socketPath, this.defaultTimeoutMs));
+        reject(new QmpTimeoutError('greeting (is another client holding the monitor?)', this.socketPath, this.defaultTimeoutMs));
       }, this.defaultTimeoutMs);
       this.greetingWaiter = (err) => {
         clearTimeout(timer);

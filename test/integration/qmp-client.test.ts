@@ -30,7 +30,7 @@ describe('QMP client against a real QEMU', function () {
   beforeEach(async () => {
     dir = tempDir('qmp');
     qemu = await startBareQemu(dir);
-    qmp = await QmpClient.connect(qemu.socket, { timeoutMs: 5000 });
+    qmp = await QmpClient.connect(qemu.socket, { timeoutMs: 5000, retryRefusedMs: 5000 });
   });
   afterEach(async () => {
     qmp.close();
@@ -120,6 +120,25 @@ describe('QMP client against a real QEMU', function () {
     }
     const sets = await qmp.execute<Array<{ 'fdset-id': number; fds: Array<{ opaque?: string }> }>>('query-fdsets');
     assert.deepEqual(sets.find((s) => s['fdset-id'] === set)?.fds.map((f) => f.opaque), ['disk-x']);
+  });
+
+  it('does not block the process when the monitor backlog is full', async () => {
+    // QEMU serves one client; later ones queue in the kernel backlog until it is full.
+    const queued: QmpClient[] = [];
+    const attempts = Array.from({ length: 4 }, () =>
+      QmpClient.connect(qemu.socket, { timeoutMs: 400 }).then((c) => (queued.push(c), c)),
+    );
+    let ticks = 0;
+    const timer = setInterval(() => ticks++, 20);
+    const results = await Promise.allSettled(attempts);
+    clearInterval(timer);
+    for (const c of queued) c.close();
+    assert.ok(ticks >= 10, `the event loop kept running (${ticks} ticks)`);
+    for (const r of results) {
+      assert.equal(r.status, 'rejected');
+      assert.match(String((r as PromiseRejectedResult).reason.message), /busy: another client holds it|is another client holding the monitor/);
+    }
+    assert.equal((await qmp.execute<{ status: string }>('query-status')).status, 'prelaunch', 'the first client still works');
   });
 
   it('names the socket and the cause when nothing listens', async () => {

@@ -3,8 +3,12 @@ import * as fs from 'node:fs';
 import { QmpUnavailableError } from '../../src/hypervisor/errors';
 import { KvmInstance } from '../../src/hypervisor/kvm-instance';
 import { GuestConsole } from '../../src/hypervisor/guest-console';
+import { instancePaths } from '../../src/hypervisor/instance-paths';
+import { buildFixedCommand } from '../../src/hypervisor/qemu-command';
+import type { RuntimeData } from '../../src/hypervisor/runtime-file';
 import {
   bootGuest,
+  guestFiles,
   makeDiskFile,
   netInterfaces,
   newUuid,
@@ -69,6 +73,35 @@ describe('stop and start from the runtime file', function () {
     await console.waitFor((s) => s.nets.length === 1, SEEN_TIMEOUT_MS, 'NIC removed after restart');
     g.instance.disconnect();
     g.instance = reopened;
+  });
+
+  it('starts from a Ganeti old-style 3-entry runtime file and rewrites it as version 2', async () => {
+    const dataDir = tempDir('legacy');
+    const { kernel, initrd } = guestFiles();
+    const kvmCmd = buildFixedCommand({ name: 'legacy1', memoryMiB: 256, vcpus: 1, kernel, initrd, kernelArgs: 'console=ttyS0 quiet panic=-1' });
+    const paths = instancePaths(dataDir, 'legacy1');
+    fs.mkdirSync(paths.dir, { mode: 0o700 });
+    // Ganeti's old format: [kvm_cmd, nics, hvparams]; NICs with neither pci nor uuid.
+    fs.writeFileSync(paths.runtimeFile, JSON.stringify([kvmCmd, [{ mac: '52:54:00:66:00:01', nicparams: { mode: 'bridged', link: '' } }], {}]));
+    const inst = KvmInstance.open(dataDir, 'legacy1');
+    assert.deepEqual(inst.runtime.block_devices, []);
+    try {
+      await inst.start();
+      const con = new GuestConsole(inst.paths.consoleLog);
+      await con.waitFor((s) => s.nets.some((n) => n.mac === '52:54:00:66:00:01'), BOOT_TIMEOUT_MS, 'the legacy NIC');
+      const saved = JSON.parse(fs.readFileSync(paths.runtimeFile, 'utf8')) as RuntimeData;
+      assert.equal(saved.version, 2);
+      assert.deepEqual(saved.block_devices, []);
+      assert.equal(saved.nics[0].pci, 4, 'given the first free slot');
+      assert.match(saved.nics[0].uuid, /^[0-9a-f-]{36}$/, 'given a uuid so it can be hot-removed');
+      // and a disk can be hot-added next to it
+      const disk = await inst.hotAddDisk({ uuid: newUuid(), path: makeDiskFile(dataDir, 'new.img', 4 * MiB) });
+      assert.equal(disk.pci, 5);
+      await con.waitFor((s) => s.blks.some((b) => b.pci === slotAddr(5)), SEEN_TIMEOUT_MS, 'the new disk');
+    } finally {
+      await inst.stop();
+      fs.rmSync(dataDir, { recursive: true, force: true });
+    }
   });
 
   it('reports a clear error when the QMP socket is gone, and changes nothing', async () => {

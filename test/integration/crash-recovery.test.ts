@@ -1,0 +1,85 @@
+import { strict as assert } from 'node:assert';
+import { spawnSync } from 'node:child_process';
+import * as path from 'node:path';
+import { KvmInstance } from '../../src/hypervisor/kvm-instance';
+import { listDeviceIds } from '../../src/hypervisor/qdev';
+import { bootGuest, newUuid, REPO, SEEN_TIMEOUT_MS, type BootedGuest } from '../support/guest';
+
+/**
+ * Runs one hotplug operation in a child process that kills itself with
+ * SIGKILL right after QEMU answers `command`: a crash of the node at that line.
+ */
+function crashAfter(g: BootedGuest, command: string, operation: string): void {
+  const script = `
+    const { KvmInstance } = require(${JSON.stringify(path.join(REPO, 'dist/src/hypervisor/kvm-instance.js'))});
+    const wrap = (mon) => ({
+      hmp: (c) => mon.hmp(c),
+      waitForEvent: (m, t, w) => mon.waitForEvent(m, t, w),
+      async execute(cmd, args, opts) {
+        const r = await mon.execute(cmd, args, opts);
+        if (cmd === ${JSON.stringify(command)}) process.kill(process.pid, 'SIGKILL');
+        return r;
+      },
+    });
+    const inst = KvmInstance.open(${JSON.stringify(g.dataDir)}, ${JSON.stringify(g.instance.name)}, { wrapMonitor: wrap });
+    (async () => { ${operation} })().catch((e) => { console.error(e); process.exit(3); });`;
+  g.instance.disconnect(); // the QMP socket serves one client at a time
+  const r = spawnSync(process.execPath, ['-e', script], { encoding: 'utf8', timeout: 60_000 });
+  assert.equal(r.signal, 'SIGKILL', `child should die by SIGKILL after ${command}: ${r.stderr}`);
+}
+
+describe('kill -9 in the middle of a hotplug, then reconcile', function () {
+  let g: BootedGuest;
+
+  before(async () => {
+    g = await bootGuest();
+  });
+  after(async () => {
+    await g?.destroy();
+  });
+
+  it('a NIC whose device_add went through but was never recorded as done is kept', async () => {
+    const uuid = newUuid();
+    crashAfter(g, 'device_add', `await inst.hotAddNic({ uuid: '${uuid}', mac: '52:54:00:99:00:01' });`);
+    const after = KvmInstance.open(g.dataDir, g.instance.name);
+    assert.equal(after.runtime.nics[0].state, 'attaching', 'the intent is on disk');
+    const report = await after.reconcile();
+    assert.equal(report.completed.length, 1);
+    assert.equal(after.runtime.nics[0].state, undefined);
+    await g.console.waitFor((s) => s.nets.some((n) => n.mac === '52:54:00:99:00:01'), SEEN_TIMEOUT_MS, 'the NIC');
+    g.instance = after;
+  });
+
+  it('a removal cut off after device_del is carried to its end', async () => {
+    const uuid = g.instance.runtime.nics[0].uuid;
+    crashAfter(g, 'device_del', `await inst.hotRemoveNic('${uuid}');`);
+    const after = KvmInstance.open(g.dataDir, g.instance.name);
+    assert.equal(after.runtime.nics[0].state, 'detaching');
+    const report = await after.reconcile();
+    assert.deepEqual(report.rolledBack, []);
+    assert.equal(report.completed.length, 1);
+    assert.equal(after.runtime.nics.length, 0);
+    await g.console.waitFor((s) => s.nets.length === 0, SEEN_TIMEOUT_MS, 'the NIC gone');
+    const mon = await after.monitor();
+    assert.doesNotMatch(await mon.hmp('info network'), /nic-/, 'netdev released');
+    g.instance = after;
+  });
+
+  it('a disk whose blockdev-add went through but not its device_add is rolled back', async () => {
+    const file = path.join(g.dataDir, 'crash.img');
+    require('node:fs').writeFileSync(file, Buffer.alloc(1024 * 1024));
+    crashAfter(g, 'blockdev-add', `await inst.hotAddDisk({ uuid: '${newUuid()}', path: '${file}' });`);
+    const after = KvmInstance.open(g.dataDir, g.instance.name);
+    assert.equal(after.runtime.block_devices[0].state, 'attaching');
+    const report = await after.reconcile();
+    assert.equal(report.rolledBack.length, 1);
+    assert.equal(after.runtime.block_devices.length, 0);
+    const mon = await after.monitor();
+    const nodes = await mon.execute<Array<{ 'node-name': string }>>('query-named-block-nodes');
+    assert.ok(!nodes.some((n) => n['node-name'].startsWith('disk-')), 'block node released');
+    const fdsets = await mon.execute<unknown[]>('query-fdsets');
+    assert.deepEqual(fdsets, [], 'fdset released');
+    assert.ok(!(await listDeviceIds(mon)).size, 'no device left');
+    g.instance = after;
+  });
+});

@@ -5,7 +5,7 @@
 # Debian entry, so no package host is named here.
 set -euo pipefail
 
-PACKAGES=(busybox-static cpio iproute2 kmod gzip util-linux passwd)
+PACKAGES=(busybox-static cpio iproute2 kmod gzip util-linux passwd openssl)
 SOURCES=/etc/apt/sources.list.d/debian.sources
 BACKPORTS=/etc/apt/sources.list.d/gnt-hotplug-backports.sources
 STAMP=/var/lib/gnt-hotplug-host-setup.done

@@ -6,6 +6,8 @@
  *                                        instead of stalling the event loop)
  *   sendWithFds(fd, buf, fds[])   -> n    sendmsg() of buf, fds attached by SCM_RIGHTS
  *   openTap(template, vnetHdr)    -> {fd, name}  TUNSETIFF on /dev/net/tun
+ *   linkUp(name)                          sets IFF_UP (SIOCSIFFLAGS), as `ip link set up`
+ *   bridgeAddIf(bridge, name)             enslaves name to bridge (SIOCBRADDIF)
  *
  * Every error is thrown as a JS Error whose `code` is the errno name
  * (e.g. "ENOENT") and whose message names the call and its argument.
@@ -14,6 +16,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <linux/if.h>
+#include <linux/sockios.h>
 #include <linux/if_tun.h>
 #include <node_api.h>
 #include <poll.h>
@@ -23,6 +26,8 @@
 #include <sys/socket.h>
 #include <sys/un.h>
 #include <unistd.h>
+
+unsigned int if_nametoindex(const char *ifname);
 
 #define MAX_FDS 16
 #define SEND_TIMEOUT_MS 5000
@@ -163,11 +168,63 @@ static napi_value open_tap(napi_env env, napi_callback_info info) {
   return out;
 }
 
+/* Runs one interface ioctl on a throwaway AF_UNIX datagram socket. */
+static int if_ioctl(unsigned long req, struct ifreq *ifr) {
+  int s = socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+  if (s < 0) return errno;
+  int rc = ioctl(s, req, ifr) == 0 ? 0 : errno;
+  close(s);
+  return rc;
+}
+
+static int get_ifname(napi_env env, napi_value v, char name[IFNAMSIZ]) {
+  memset(name, 0, IFNAMSIZ);
+  return get_string(env, v, name, IFNAMSIZ);
+}
+
+static napi_value link_up(napi_env env, napi_callback_info info) {
+  size_t argc = 1;
+  napi_value argv[1];
+  struct ifreq ifr;
+  char what[IFNAMSIZ + 32];
+  napi_get_cb_info(env, info, &argc, argv, NULL, NULL);
+  memset(&ifr, 0, sizeof ifr);
+  if (argc < 1 || get_ifname(env, argv[0], ifr.ifr_name) != 0)
+    return throw_type(env, "linkUp(name): name must be a string of at most 15 bytes");
+  snprintf(what, sizeof what, "SIOCGIFFLAGS(%s)", ifr.ifr_name);
+  int err = if_ioctl(SIOCGIFFLAGS, &ifr);
+  if (err) return throw_errno(env, err, what);
+  ifr.ifr_flags |= IFF_UP;
+  snprintf(what, sizeof what, "SIOCSIFFLAGS(%s, up)", ifr.ifr_name);
+  err = if_ioctl(SIOCSIFFLAGS, &ifr);
+  if (err) return throw_errno(env, err, what);
+  return NULL;
+}
+
+static napi_value bridge_add_if(napi_env env, napi_callback_info info) {
+  size_t argc = 2;
+  napi_value argv[2];
+  struct ifreq ifr;
+  char port[IFNAMSIZ], what[2 * IFNAMSIZ + 32];
+  napi_get_cb_info(env, info, &argc, argv, NULL, NULL);
+  memset(&ifr, 0, sizeof ifr);
+  if (argc < 2 || get_ifname(env, argv[0], ifr.ifr_name) != 0 || get_ifname(env, argv[1], port) != 0)
+    return throw_type(env, "bridgeAddIf(bridge, name): names must be strings of at most 15 bytes");
+  snprintf(what, sizeof what, "SIOCBRADDIF(%s, %s)", ifr.ifr_name, port);
+  ifr.ifr_ifindex = (int)if_nametoindex(port);
+  if (ifr.ifr_ifindex == 0) return throw_errno(env, errno, what);
+  int err = if_ioctl(SIOCBRADDIF, &ifr);
+  if (err) return throw_errno(env, err, what);
+  return NULL;
+}
+
 static napi_value init(napi_env env, napi_value exports) {
   napi_property_descriptor props[] = {
       {"unixConnect", NULL, unix_connect, NULL, NULL, NULL, napi_enumerable, NULL},
       {"sendWithFds", NULL, send_with_fds, NULL, NULL, NULL, napi_enumerable, NULL},
       {"openTap", NULL, open_tap, NULL, NULL, NULL, napi_enumerable, NULL},
+      {"linkUp", NULL, link_up, NULL, NULL, NULL, napi_enumerable, NULL},
+      {"bridgeAddIf", NULL, bridge_add_if, NULL, NULL, NULL, napi_enumerable, NULL},
   };
   napi_define_properties(env, exports, sizeof props / sizeof props[0], props);
   return exports;

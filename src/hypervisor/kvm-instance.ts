@@ -164,10 +164,97 @@ export class KvmInstance extends EventEmitter {
     return run;
   }
 
+  /**
+   * Runs `fn` in this instance's queue: after every earlier operation, before
+   * every later one. `fn` must not call the queued public methods of this
+   * instance (it would wait for itself). Used for work that must not overlap
+   * with the instance's operations, such as deleting it.
+   */
+  exclusive<T>(fn: () => Promise<T>): Promise<T> {
+    return this.serialize(fn);
+  }
+
   // ---- process ----------------------------------------------------------
 
   start(): Promise<number> {
     return this.serialize(() => this.startNow());
+  }
+
+  /**
+   * Rewrites the runtime file of a stopped instance from a new spec and
+   * starts it, as one operation. `kvm_cmd` and hvparams are rebuilt from the
+   * spec; a device whose uuid is already recorded keeps its PCI slot, a new
+   * one gets the first free slot, and a recorded device the spec lacks is
+   * dropped. Everything is validated before the file is touched.
+   */
+  reconfigureAndStart(
+    spec: InstanceSpec,
+    devices: { nics?: NicRequest[]; disks?: DiskRequest[]; hvparams?: HvParams } = {},
+  ): Promise<number> {
+    return this.serialize(async () => {
+      this.reconfigureNow(spec, devices);
+      return this.startNow();
+    });
+  }
+
+  private reconfigureNow(
+    spec: InstanceSpec,
+    devices: { nics?: NicRequest[]; disks?: DiskRequest[]; hvparams?: HvParams },
+  ): void {
+    if (spec.name !== this.name) throw new InvalidArgumentError(`spec names instance ${spec.name}, not ${this.name}`);
+    const pid = this.pid;
+    if (pid !== undefined) throw new InstanceStateError(`instance ${this.name} is already running (pid ${pid}); stop it before changing its spec`);
+    const kvmCmd = buildFixedCommand(spec);
+    const oldSlot = (kind: Kind, uuid: string): number | null => {
+      const rec = this.find(kind, uuid);
+      return rec && rec.uuid ? rec.pci : null;
+    };
+    const slots = new PciSlotMap(this.name, DEFAULT_RESERVED_SLOTS);
+    const uuids = new Set<string>();
+    const wanted: Array<[Kind, NicRequest | DiskRequest]> = [
+      ...(devices.disks ?? []).map((d): [Kind, DiskRequest] => ['disk', d]),
+      ...(devices.nics ?? []).map((n): [Kind, NicRequest] => ['nic', n]),
+    ];
+    for (const [kind, d] of wanted) {
+      if (!d.uuid) throw new InvalidArgumentError(`a ${kind} of ${this.name} has no uuid`);
+      if (uuids.has(d.uuid)) throw new InvalidArgumentError(`uuid ${d.uuid} is given to two devices`);
+      uuids.add(d.uuid);
+    }
+    // Kept devices first, so that a new device can never take a kept one's slot.
+    const chosen = new Map<string, number>();
+    for (const [kind, d] of wanted) {
+      const keep = d.slot ?? oldSlot(kind, d.uuid);
+      if (keep === null) continue;
+      chosen.set(d.uuid, slots.claim(keep));
+      slots.addRecorded(keep, `${kind} ${d.uuid}`);
+    }
+    for (const [kind, d] of wanted) {
+      if (chosen.has(d.uuid)) continue;
+      const s = slots.firstFree();
+      chosen.set(d.uuid, s);
+      slots.addRecorded(s, `${kind} ${d.uuid}`);
+    }
+    const disks: DiskRecord[] = (devices.disks ?? []).map((d) => {
+      diskKind(d.path);
+      const disk: DiskRecord = { uuid: d.uuid, path: d.path, pci: chosen.get(d.uuid) as number };
+      diskId(disk, disk.pci as number);
+      return disk;
+    });
+    const nics: NicRecord[] = (devices.nics ?? []).map((n) => {
+      const nic: NicRecord = { uuid: n.uuid, mac: normalizeMac(n.mac), pci: chosen.get(n.uuid) as number };
+      if (n.link) nic.link = n.link;
+      nicId(nic, nic.pci as number);
+      return nic;
+    });
+    this.data = {
+      version: 2,
+      instance: this.name,
+      kvm_cmd: kvmCmd,
+      nics,
+      hvparams: { ...(devices.hvparams ?? {}) },
+      block_devices: disks,
+    };
+    this.save();
   }
 
   stop(timeoutMs = 10_000): Promise<void> {

@@ -16,6 +16,8 @@ interface NativeAddon {
   unixConnect(socketPath: string): number;
   sendWithFds(fd: number, data: Buffer, fds: number[]): number;
   openTap(nameTemplate: string, vnetHdr: boolean): TapHandle;
+  linkUp(name: string): void;
+  bridgeAddIf(bridge: string, name: string): void;
 }
 
 /** An errno-carrying error thrown by the addon. */
@@ -55,3 +57,5 @@ export const sendWithFds = (fd: number, data: Buffer, fds: number[]): number =>
   addon.sendWithFds(fd, data, fds);
 export const openTap = (nameTemplate: string, vnetHdr = true): TapHandle =>
   addon.openTap(nameTemplate, vnetHdr);
+export const linkUp = (name: string): void => addon.linkUp(name);
+export const bridgeAddIf = (bridge: string, name: string): void => addon.bridgeAddIf(bridge, name);

@@ -37,7 +37,7 @@ export const nicId = (nic: NicRecord, slot: number): string => deviceId('nic', n
 export async function prepareNicTap(nic: NicRecord): Promise<{ fd: number; name: string }> {
   const tap = createTap();
   try {
-    await connectTap(tap.name, nic.link);
+    connectTap(tap.name, nic.link);
   } catch (err) {
     fs.closeSync(tap.fd);
     throw err;

@@ -4,13 +4,9 @@
  * is not persistent: it disappears when the last fd to it (ours, then QEMU's
  * copy) is closed, so a crash can never leak it.
  */
-import { execFile } from 'node:child_process';
 import * as fs from 'node:fs';
-import { promisify } from 'node:util';
 import { InvalidArgumentError, errorMessage } from './errors';
-import { openTap, type TapHandle } from './native';
-
-const run = promisify(execFile);
+import { bridgeAddIf, linkUp, openTap, type TapHandle } from './native';
 
 /** Kernel name template: the kernel picks the first free number. */
 export const TAP_NAME_TEMPLATE = 'gnttap%d';
@@ -38,15 +34,12 @@ export function createTap(): TapHandle {
   }
 }
 
-/** Brings the tap up, enslaved to `link` when given. */
-export async function connectTap(tap: string, link: string | undefined): Promise<void> {
-  const args = ['link', 'set', 'dev', tap];
-  if (link) args.push('master', link);
-  args.push('up');
+/** Brings the tap up, enslaved to `link` when given (ioctls, no `ip` process). */
+export function connectTap(tap: string, link: string | undefined): void {
   try {
-    await run('ip', args);
+    if (link) bridgeAddIf(link, tap);
+    linkUp(tap);
   } catch (err) {
-    const stderr = (err as { stderr?: string }).stderr?.trim();
-    throw new Error(`ip ${args.join(' ')} failed: ${stderr || errorMessage(err)}`, { cause: err });
+    throw new Error(`cannot bring tap ${tap} up${link ? ` on bridge ${link}` : ''}: ${errorMessage(err)}`, { cause: err });
   }
 }

@@ -2,7 +2,7 @@
  * Helpers shared by every device kind: PCI addresses, device deletion that
  * waits for QEMU's DEVICE_DELETED, presence checks, idempotent cleanup.
  */
-import { QmpCommandError } from './errors';
+import { QmpCommandError, QmpTimeoutError } from './errors';
 import type { Monitor, QmpEvent } from './qmp-client';
 
 export const pciAddr = (slot: number): string => `0x${slot.toString(16)}`;
@@ -41,27 +41,43 @@ export async function deviceExists(mon: Monitor, id: string): Promise<boolean> {
   return (await listDeviceIds(mon)).has(id);
 }
 
+const POLL_MS = 200;
+
+/** Events after which a pending unplug may have finished. */
+function mayEndUnplug(id: string, e: QmpEvent): boolean {
+  if (e.event === 'ACPI_DEVICE_OST') return true; // vCPU and DIMM ejects report here, often without the id
+  if (e.event !== 'DEVICE_DELETED') return false;
+  const path = typeof e.data.path === 'string' ? e.data.path : '';
+  return e.data.device === id || path.startsWith(peripheralPath(id));
+}
+
 /**
- * device_del and wait for DEVICE_DELETED (the guest's eject). A device that is
- * already gone counts as deleted. On timeout the device may still go later;
- * the caller keeps it marked as detaching so that a retry or reconcile ends it.
+ * device_del, then wait until QEMU no longer has the device. DEVICE_DELETED of
+ * the device ends the wait at once; any related event (a child's
+ * DEVICE_DELETED, ACPI_DEVICE_OST) or a short poll makes us look at
+ * /machine/peripheral, because not every device kind announces its own end
+ * (a vCPU on QEMU 10 reports only its lapic child). A device that is already
+ * gone counts as deleted. On timeout the device may still go later; the
+ * caller keeps it marked as detaching so that a retry or reconcile ends it.
  */
 export async function deleteDevice(mon: Monitor, id: string, timeoutMs: number): Promise<void> {
-  const wait = mon.waitForEvent((e) => isDeletionOf(id, e), timeoutMs, `DEVICE_DELETED of ${id} (guest eject)`);
-  wait.promise.catch(() => undefined); // awaited below on every path; never an unhandled rejection
+  const deadline = Date.now() + timeoutMs;
+  let done = false;
   try {
     await mon.execute('device_del', { id });
   } catch (err) {
-    wait.cancel();
-    await wait.promise;
     if (isNotFound(err)) return;
     throw err;
   }
-  try {
-    await wait.promise;
-  } catch (err) {
-    // The event may have been missed while disconnected; trust QEMU's own view.
-    if (!(await deviceExists(mon, id).catch(() => true))) return;
-    throw err;
+  while (!done) {
+    const left = deadline - Date.now();
+    if (left <= 0) break;
+    const wait = mon.waitForEvent((e) => isDeletionOf(id, e) || mayEndUnplug(id, e), Math.min(POLL_MS, left), `unplug of ${id}`);
+    const event = await wait.promise.catch((err: unknown) => {
+      if (err instanceof QmpTimeoutError) return undefined; // poll interval elapsed
+      throw err; // the monitor went away
+    });
+    done = (event !== undefined && isDeletionOf(id, event)) || !(await deviceExists(mon, id));
   }
+  if (!done) throw new QmpTimeoutError(`unplug of ${id} (the guest did not eject it)`, 'the monitor', timeoutMs);
 }

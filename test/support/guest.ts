@@ -31,6 +31,8 @@ export interface BootOptions {
   disks?: DiskRequest[];
   hvparams?: HvParams;
   memoryMiB?: number;
+  /** Extra kernel arguments, e.g. gnt.memonline=online_movable. */
+  kernelArgs?: string;
   instanceOptions?: KvmInstanceOptions;
 }
 
@@ -58,7 +60,7 @@ export async function bootGuest(options: BootOptions = {}): Promise<BootedGuest>
       maxVcpus: 4,
       kernel,
       initrd,
-      kernelArgs: 'console=ttyS0 quiet loglevel=1 panic=-1',
+      kernelArgs: `console=ttyS0 quiet loglevel=1 panic=-1 ${options.kernelArgs ?? ''}`.trim(),
     },
     { nics: options.nics, disks: options.disks, hvparams: options.hvparams },
     { unplugTimeoutMs: 20_000, ...options.instanceOptions },

@@ -1,0 +1,85 @@
+/**
+ * vCPU hotplug. QEMU offers the free CPU sockets/cores/threads in
+ * `query-hotpluggable-cpus`; a vCPU is added by `device_add` of that entry's
+ * type with its topology properties, and removed by `device_del` (the guest
+ * ejects it; on QEMU 10 DEVICE_DELETED names only the QOM path, which
+ * deleteDevice matches). Ids follow from the topology, so an id is never in
+ * use twice at once.
+ */
+import { InstanceStateError, InvalidArgumentError } from './errors';
+import { deleteDevice } from './qdev';
+import type { Monitor } from './qmp-client';
+
+export type CpuProps = Record<string, number>;
+
+export interface HotpluggableCpu {
+  type: string;
+  'vcpus-count': number;
+  props: CpuProps;
+  'qom-path'?: string;
+}
+
+/** A hot-added vCPU as the runtime file records it. */
+export interface CpuRecord {
+  id: string;
+  driver: string;
+  props: CpuProps;
+}
+
+const TOPOLOGY = ['socket-id', 'die-id', 'cluster-id', 'core-id', 'thread-id'] as const;
+
+export function cpuId(props: CpuProps): string {
+  const part = (k: string, p: string): string => (props[k] === undefined ? '' : `-${p}${props[k]}`);
+  return `vcpu${part('socket-id', 's')}${part('die-id', 'd')}${part('core-id', 'c')}${part('thread-id', 't')}`;
+}
+
+function compareTopology(a: CpuProps, b: CpuProps): number {
+  for (const k of TOPOLOGY) if ((a[k] ?? 0) !== (b[k] ?? 0)) return (a[k] ?? 0) - (b[k] ?? 0);
+  return 0;
+}
+
+export async function queryHotpluggableCpus(mon: Monitor): Promise<HotpluggableCpu[]> {
+  const cpus = await mon.execute<HotpluggableCpu[]>('query-hotpluggable-cpus');
+  return [...cpus].sort((a, b) => compareTopology(a.props, b.props));
+}
+
+/** Present vCPUs (booted and hot-added). */
+export const presentCount = (cpus: HotpluggableCpu[]): number => cpus.filter((c) => c['qom-path']).length;
+
+/** The next `count` free CPU slots, lowest topology first. */
+export function freeCpuSlots(instance: string, cpus: HotpluggableCpu[], count: number): CpuRecord[] {
+  const free = cpus.filter((c) => !c['qom-path']);
+  if (free.length < count)
+    throw new InvalidArgumentError(
+      `instance ${instance} has room for ${free.length} more vCPUs (maxvcpus ${cpus.length}), not ${count}`,
+    );
+  return free.slice(0, count).map((c) => ({ id: cpuId(c.props), driver: c.type, props: { ...c.props } }));
+}
+
+export async function attachCpu(mon: Monitor, cpu: CpuRecord): Promise<void> {
+  await mon.execute('device_add', { driver: cpu.driver, id: cpu.id, ...cpu.props });
+}
+
+export async function detachCpu(mon: Monitor, cpu: CpuRecord, timeoutMs: number): Promise<void> {
+  await deleteDevice(mon, cpu.id, timeoutMs);
+}
+
+export function cpuBootArgs(cpu: CpuRecord): string[] {
+  const props = Object.entries(cpu.props).map(([k, v]) => `${k}=${v}`);
+  return ['-device', [cpu.driver, `id=${cpu.id}`, ...props].join(',')];
+}
+
+/**
+ * QEMU before 8.0 (Debian 12's 7.2) corrupts its heap on a vCPU device_add
+ * that follows a vCPU device_del in the same process: refuse it plainly.
+ */
+export function assertCpuReplugSafe(
+  instance: string,
+  version: { major: number } | undefined,
+  unpluggedInThisProcess: boolean,
+): void {
+  if (unpluggedInThisProcess && version !== undefined && version.major < 8)
+    throw new InstanceStateError(
+      `instance ${instance} runs QEMU ${version.major}.x, which crashes when a vCPU is added after one was removed; restart the instance first, or upgrade QEMU (8.0 or later)`,
+    );
+}

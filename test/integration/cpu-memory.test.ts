@@ -2,6 +2,7 @@ import { strict as assert } from 'node:assert';
 import { attachCpu, detachCpu, freeCpuSlots, presentCount, queryHotpluggableCpus, type CpuRecord } from '../../src/hypervisor/cpu';
 import { countCpuList } from '../../src/hypervisor/guest-console';
 import { attachDimm, detachDimm, nextDimmId, type DimmRecord } from '../../src/hypervisor/memory';
+import { applyResize, validateResize, type ResourceState } from '../../src/hypervisor/resize';
 import { bootGuest, SEEN_TIMEOUT_MS, type BootedGuest } from '../support/guest';
 
 describe('vCPU and DIMM hotplug modules against the real guest', function () {
@@ -65,5 +66,34 @@ describe('vCPU and DIMM hotplug modules against the real guest', function () {
     await assert.rejects(attachDimm(mon, { id: 'dimm-too-big', sizeMiB: 4096 }), /hot-add of 4096 MiB DIMM dimm-too-big failed at step device_add: .*rolled back: object-add/);
     const objects = await mon.execute<Array<{ name: string }>>('qom-list', { path: '/objects' });
     assert.ok(!objects.some((o) => o.name === 'mem-dimm-too-big'));
+  });
+});
+
+describe('resize (vCPUs and ACPI memory in one request) against the real guest', function () {
+  let g: BootedGuest;
+  before(async () => {
+    g = await bootGuest();
+  });
+  after(async () => {
+    await g?.destroy();
+  });
+
+  it('applies vcpus=2,memory=384M together, and records each device as it lands', async () => {
+    const mon = await g.instance.monitor();
+    const s: ResourceState = { bootVcpus: 1, maxVcpus: 4, bootMemoryMiB: 256, maxMemoryMiB: 1024, memoryHotplug: 'acpi', cpus: [], dimms: [] };
+    const saved: string[] = [];
+    const ctx = { instance: g.instance.name, mon, cpuUnplugged: false, unplugTimeoutMs: 20_000, save: (x: ResourceState) => saved.push(JSON.stringify(x)) };
+    const before = (await g.console.waitFor(() => true, SEEN_TIMEOUT_MS, 'a state')).memTotalKiB;
+    validateResize(g.instance.name, s, { vcpus: 2, memoryMiB: 384 }, { freeMemoryMiB: 4096, cpus: 2 });
+    const result = await applyResize(ctx, s, { vcpus: 2, memoryMiB: 384 });
+    assert.deepEqual([result.vcpus, result.memoryMiB, result.notes], [2, 384, []]);
+    await g.console.waitFor((x) => countCpuList(x.cpusOnline) === 2 && x.memTotalKiB === before + 128 * 1024, SEEN_TIMEOUT_MS, '2 CPUs and +128 MiB');
+    assert.equal(saved.length, 2, 'saved after the DIMM and after the vCPU');
+
+    const shrink = await applyResize(ctx, s, { vcpus: 1, memoryMiB: 256 });
+    assert.equal(shrink.vcpus, 1);
+    assert.equal(s.pendingMemoryMiB, 256);
+    assert.match(shrink.notes.join(' '), /ACPI memory cannot shrink live: 256 MiB is recorded and takes effect at the next start/);
+    await g.console.waitFor((x) => countCpuList(x.cpusOnline) === 1, SEEN_TIMEOUT_MS, 'back to 1 CPU');
   });
 });

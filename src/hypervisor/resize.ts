@@ -1,0 +1,185 @@
+/**
+ * Live vCPU and memory resize, as Cloud Hypervisor's `resize`: one request
+ * names the wanted vCPU count and/or memory size; growth is hotplugged now,
+ * within `maxvcpus`/`maxmem`; vCPUs shrink live down to the boot count by
+ * unplugging the most recently added; ACPI memory shrink is recorded for the
+ * next start; virtio-mem grows and shrinks live and reports what the guest
+ * really plugged. The resource state lives in the runtime file.
+ */
+import { assertCpuReplugSafe, attachCpu, detachCpu, freeCpuSlots, queryHotpluggableCpus, type CpuRecord } from './cpu';
+import { HypervisorError, InvalidArgumentError } from './errors';
+import { inTransaction } from './hotplug-transaction';
+import {
+  assertAcpiStep,
+  assertVirtioMemSize,
+  attachDimm,
+  detachDimm,
+  nextDimmId,
+  resizeVirtioMem,
+  type DimmRecord,
+  type VirtioMemRecord,
+} from './memory';
+import type { Monitor } from './qmp-client';
+
+export type MemoryHotplug = 'none' | 'acpi' | 'virtio-mem';
+
+/** vCPUs and memory of an instance: what it booted with, what was hot-added, its limits. */
+export interface ResourceState {
+  bootVcpus: number;
+  maxVcpus: number;
+  bootMemoryMiB: number;
+  maxMemoryMiB: number;
+  memoryHotplug: MemoryHotplug;
+  cpus: CpuRecord[];
+  dimms: DimmRecord[];
+  virtioMem?: VirtioMemRecord;
+  /** A memory size asked for that only a restart can give (ACPI shrink). */
+  pendingMemoryMiB?: number;
+}
+
+export interface ResizeRequest {
+  vcpus?: number;
+  memoryMiB?: number;
+}
+
+/** What the node can still give (free memory, CPUs): a grow beyond it is refused. */
+export interface NodeCapacity {
+  freeMemoryMiB: number;
+  cpus: number;
+}
+
+export interface ResizeResult {
+  vcpus: number;
+  memoryMiB: number;
+  /** virtio-mem: what the guest actually plugged on top of boot memory. */
+  pluggedMiB?: number;
+  notes: string[];
+}
+
+export class ResourceExhaustedError extends HypervisorError {
+  constructor(message: string) {
+    super('RESOURCE_EXHAUSTED', message);
+  }
+}
+
+export const currentVcpus = (s: ResourceState): number => s.bootVcpus + s.cpus.length;
+
+export function currentMemoryMiB(s: ResourceState): number {
+  const dimms = s.dimms.reduce((n, d) => n + d.sizeMiB, 0);
+  return s.bootMemoryMiB + dimms + (s.virtioMem?.requestedMiB ?? 0);
+}
+
+function checkVcpus(instance: string, s: ResourceState, vcpus: number, node: NodeCapacity): void {
+  if (!Number.isInteger(vcpus) || vcpus < 1) throw new InvalidArgumentError(`vcpus must be at least 1, not ${vcpus}`);
+  if (vcpus > s.maxVcpus)
+    throw new InvalidArgumentError(`instance ${instance} can have at most ${s.maxVcpus} vCPUs (maxvcpus); ${vcpus} asked`);
+  if (vcpus > currentVcpus(s) && vcpus > node.cpus)
+    throw new ResourceExhaustedError(`the node has ${node.cpus} CPUs; instance ${instance} cannot grow to ${vcpus} vCPUs`);
+}
+
+function checkMemory(instance: string, s: ResourceState, memoryMiB: number, node: NodeCapacity): void {
+  if (!Number.isInteger(memoryMiB) || memoryMiB <= 0) throw new InvalidArgumentError(`memory must be a positive number of MiB, not ${memoryMiB}`);
+  const current = currentMemoryMiB(s);
+  if (memoryMiB === current) return;
+  if (s.memoryHotplug === 'none' || s.maxMemoryMiB <= s.bootMemoryMiB)
+    throw new InvalidArgumentError(
+      `instance ${instance} was started without room for memory hotplug (maxmem ${s.maxMemoryMiB} MiB, memory_hotplug ${s.memoryHotplug}); change memory without --hotplug and restart it`,
+    );
+  if (memoryMiB > s.maxMemoryMiB)
+    throw new InvalidArgumentError(`instance ${instance} can have at most ${s.maxMemoryMiB} MiB (maxmem); ${memoryMiB} MiB asked`);
+  const grow = memoryMiB - current;
+  if (grow > 0 && grow > node.freeMemoryMiB)
+    throw new ResourceExhaustedError(
+      `the node has ${node.freeMemoryMiB} MiB of memory free; instance ${instance} cannot grow by ${grow} MiB to ${memoryMiB} MiB`,
+    );
+  if (s.memoryHotplug === 'acpi' && grow > 0) assertAcpiStep(grow);
+  if (s.memoryHotplug === 'virtio-mem' && s.virtioMem) assertVirtioMemSize(s.virtioMem, memoryMiB - s.bootMemoryMiB);
+}
+
+/** Checks the whole request before anything changes. */
+export function validateResize(instance: string, s: ResourceState, req: ResizeRequest, node: NodeCapacity): void {
+  if (req.vcpus === undefined && req.memoryMiB === undefined) throw new InvalidArgumentError('nothing to resize: give vcpus and/or memory');
+  if (req.vcpus !== undefined) checkVcpus(instance, s, req.vcpus, node);
+  if (req.memoryMiB !== undefined) checkMemory(instance, s, req.memoryMiB, node);
+}
+
+export interface ResizeContext {
+  instance: string;
+  mon: Monitor;
+  qemuVersion?: { major: number };
+  /** Whether a vCPU was unplugged in this QEMU process (QEMU < 8 cannot re-plug then). */
+  cpuUnplugged: boolean;
+  unplugTimeoutMs: number;
+  /** Persists the state after each device that changed (the runtime file). */
+  save(s: ResourceState): void;
+}
+
+async function resizeCpus(ctx: ResizeContext, s: ResourceState, vcpus: number, notes: string[]): Promise<void> {
+  const now = currentVcpus(s);
+  if (vcpus > now) {
+    assertCpuReplugSafe(ctx.instance, ctx.qemuVersion, ctx.cpuUnplugged);
+    const plan = freeCpuSlots(ctx.instance, await queryHotpluggableCpus(ctx.mon), vcpus - now);
+    for (const cpu of plan) {
+      await attachCpu(ctx.mon, cpu);
+      s.cpus.push(cpu);
+      ctx.save(s);
+    }
+  } else if (vcpus < now) {
+    const live = Math.max(vcpus, s.bootVcpus);
+    while (currentVcpus(s) > live) {
+      const cpu = s.cpus[s.cpus.length - 1];
+      await detachCpu(ctx.mon, cpu, ctx.unplugTimeoutMs);
+      ctx.cpuUnplugged = true;
+      s.cpus.pop();
+      ctx.save(s);
+    }
+    if (vcpus < s.bootVcpus) notes.push(`the instance booted with ${s.bootVcpus} vCPUs; going down to ${vcpus} takes effect at the next start`);
+  }
+}
+
+async function resizeMemory(ctx: ResizeContext, s: ResourceState, memoryMiB: number, notes: string[]): Promise<number | undefined> {
+  const now = currentMemoryMiB(s);
+  if (s.memoryHotplug === 'virtio-mem' && s.virtioMem) {
+    const vm = s.virtioMem;
+    vm.requestedMiB = memoryMiB - s.bootMemoryMiB;
+    ctx.save(s);
+    const plugged = await resizeVirtioMem(ctx.mon, vm, vm.requestedMiB, ctx.unplugTimeoutMs);
+    if (plugged !== vm.requestedMiB)
+      notes.push(`the guest plugged ${plugged} MiB of the ${vm.requestedMiB} MiB asked of virtio-mem (it could not give more back yet)`);
+    return plugged;
+  }
+  if (memoryMiB > now) {
+    const dimm: DimmRecord = { id: nextDimmId(s.dimms.map((d) => d.id)), sizeMiB: memoryMiB - now };
+    await attachDimm(ctx.mon, dimm);
+    s.dimms.push(dimm);
+    delete s.pendingMemoryMiB;
+    ctx.save(s);
+  } else if (memoryMiB < now) {
+    s.pendingMemoryMiB = memoryMiB;
+    ctx.save(s);
+    notes.push(`ACPI memory cannot shrink live: ${memoryMiB} MiB is recorded and takes effect at the next start (now ${now} MiB)`);
+  }
+  return undefined;
+}
+
+/**
+ * Applies a validated request: memory first (a guest with more memory takes
+ * more CPUs better), then vCPUs. If the vCPU step fails after memory grew,
+ * the memory growth is undone.
+ */
+export async function applyResize(ctx: ResizeContext, s: ResourceState, req: ResizeRequest): Promise<ResizeResult> {
+  const notes: string[] = [];
+  let plugged: number | undefined;
+  await inTransaction(`resize of instance ${ctx.instance}`, async (tx) => {
+    if (req.memoryMiB !== undefined && req.memoryMiB !== currentMemoryMiB(s)) {
+      const dimmsBefore = s.dimms.length;
+      plugged = await tx.step('memory', () => resizeMemory(ctx, s, req.memoryMiB as number, notes), async () => {
+        for (const dimm of s.dimms.splice(dimmsBefore)) await detachDimm(ctx.mon, dimm, ctx.unplugTimeoutMs);
+        ctx.save(s);
+      });
+    }
+    if (req.vcpus !== undefined && req.vcpus !== currentVcpus(s)) await tx.step('vcpus', () => resizeCpus(ctx, s, req.vcpus as number, notes));
+  });
+  return { vcpus: currentVcpus(s), memoryMiB: currentMemoryMiB(s), pluggedMiB: plugged, notes };
+}
+

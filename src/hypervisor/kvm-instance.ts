@@ -18,7 +18,7 @@ import { instancePaths, type InstancePaths } from './instance-paths';
 import { attachNic, detachNic, nicBootArgs, nicId, normalizeMac, prepareNicTap, releaseNic } from './nic';
 import { crossCheckPci, fromQueryPci, parseInfoPci, type QueryPciBus } from './pci-info';
 import { DEFAULT_RESERVED_SLOTS, PciSlotMap } from './pci-slots';
-import { isDeletionOf, listDeviceIds } from './qdev';
+import { deviceExists, isDeletionOf, listDeviceIds } from './qdev';
 import { DEFAULT_QEMU, qemuFeatures } from './qemu-binary';
 import { buildFixedCommand, nodeLocalArgs, securityArgs, type InstanceSpec } from './qemu-command';
 import { runningPid, spawnQemu, waitForExit } from './qemu-process';
@@ -54,6 +54,13 @@ export interface DiskRequest {
   path: string;
   slot?: number;
 }
+
+/**
+ * Work a caller needs done inside an operation, in the instance's queue, once
+ * the cheap checks have passed (e.g. creating a disk file). It may return an
+ * undo, which runs if the operation fails before it changes anything.
+ */
+export type PrepareStep = () => (() => void) | void;
 
 export interface ReconcileReport {
   completed: string[];
@@ -190,9 +197,18 @@ export class KvmInstance extends EventEmitter {
   reconfigureAndStart(
     spec: InstanceSpec,
     devices: { nics?: NicRequest[]; disks?: DiskRequest[]; hvparams?: HvParams } = {},
+    prepare?: PrepareStep,
   ): Promise<number> {
     return this.serialize(async () => {
-      this.reconfigureNow(spec, devices);
+      const pid = this.pid;
+      if (pid !== undefined) throw new InstanceStateError(`instance ${this.name} is already running (pid ${pid}); stop it before changing its spec`);
+      const undo = prepare?.();
+      try {
+        this.reconfigureNow(spec, devices);
+      } catch (err) {
+        undo?.();
+        throw err;
+      }
       return this.startNow();
     });
   }
@@ -202,8 +218,6 @@ export class KvmInstance extends EventEmitter {
     devices: { nics?: NicRequest[]; disks?: DiskRequest[]; hvparams?: HvParams },
   ): void {
     if (spec.name !== this.name) throw new InvalidArgumentError(`spec names instance ${spec.name}, not ${this.name}`);
-    const pid = this.pid;
-    if (pid !== undefined) throw new InstanceStateError(`instance ${this.name} is already running (pid ${pid}); stop it before changing its spec`);
     const kvmCmd = buildFixedCommand(spec);
     const oldSlot = (kind: Kind, uuid: string): number | null => {
       const rec = this.find(kind, uuid);
@@ -356,7 +370,11 @@ export class KvmInstance extends EventEmitter {
       if (rec.pci === null || !rec.uuid || !isDeletionOf(this.idOf(kind, rec), e)) continue;
       void this.serialize(async () => {
         if (this.find(kind, rec.uuid) !== rec) return; // an API remove already finished it
-        await this.finishRemoval(kind, rec, await this.monitor());
+        const mon = await this.monitor();
+        // Events can arrive late: trust QEMU's device list, not the event (after a
+        // NIC modify, the same id already names the new device).
+        if (await deviceExists(mon, this.idOf(kind, rec))) return;
+        await this.finishRemoval(kind, rec, mon);
         this.emit('device-removed', { kind, uuid: rec.uuid });
       }).catch((err) => this.emit('warning', `late removal of ${kind} ${rec.uuid}: ${errorMessage(err)}`));
     }
@@ -420,8 +438,9 @@ export class KvmInstance extends EventEmitter {
     return this.serialize(() => this.addNicNow(req));
   }
 
-  hotRemoveNic(uuid: string): Promise<void> {
-    return this.serialize(() => this.removeNow('nic', uuid));
+  /** Resolves with the record the NIC had. */
+  hotRemoveNic(uuid: string): Promise<NicRecord> {
+    return this.serialize(() => this.removeNow('nic', uuid) as Promise<NicRecord>);
   }
 
   /** A new MAC or link: remove the NIC and add it again at the same slot. */
@@ -445,12 +464,14 @@ export class KvmInstance extends EventEmitter {
     });
   }
 
-  hotAddDisk(req: DiskRequest): Promise<DiskRecord> {
-    return this.serialize(() => this.addDiskNow(req));
+  /** `prepare` runs in the queue once the instance is known to run and the uuid to be new (e.g. to create the file). */
+  hotAddDisk(req: DiskRequest, prepare?: PrepareStep): Promise<DiskRecord> {
+    return this.serialize(() => this.addDiskNow(req, prepare));
   }
 
-  hotRemoveDisk(uuid: string): Promise<void> {
-    return this.serialize(() => this.removeNow('disk', uuid));
+  /** Resolves with the record the disk had. */
+  hotRemoveDisk(uuid: string): Promise<DiskRecord> {
+    return this.serialize(() => this.removeNow('disk', uuid) as Promise<DiskRecord>);
   }
 
   private async addNicNow(req: NicRequest): Promise<NicRecord> {
@@ -468,15 +489,22 @@ export class KvmInstance extends EventEmitter {
     });
   }
 
-  private async addDiskNow(req: DiskRequest): Promise<DiskRecord> {
-    diskKind(req.path);
+  private async addDiskNow(req: DiskRequest, prepare?: PrepareStep): Promise<DiskRecord> {
+    if (!prepare) diskKind(req.path);
     this.assertNewUuid(req.uuid);
     this.requireRunning();
-    const mon = await this.monitor();
-    const slot = await this.chooseSlot(mon, req.slot);
-    const disk: DiskRecord = { uuid: req.uuid, path: req.path, pci: slot, state: 'attaching' };
-    diskId(disk, slot);
-    return this.attachRecorded('disk', disk, () => attachDisk(mon, disk, slot));
+    const undo = prepare?.();
+    try {
+      if (prepare) diskKind(req.path);
+      const mon = await this.monitor();
+      const slot = await this.chooseSlot(mon, req.slot);
+      const disk: DiskRecord = { uuid: req.uuid, path: req.path, pci: slot, state: 'attaching' };
+      diskId(disk, slot);
+      return await this.attachRecorded('disk', disk, () => attachDisk(mon, disk, slot));
+    } catch (err) {
+      undo?.();
+      throw err;
+    }
   }
 
   /** Records the intent, attaches, records the result; on failure the file is as before. */
@@ -496,10 +524,12 @@ export class KvmInstance extends EventEmitter {
     return { ...rec };
   }
 
-  private async removeNow(kind: Kind, uuid: string): Promise<void> {
+  private async removeNow(kind: Kind, uuid: string): Promise<AnyRecord> {
     const rec = this.find(kind, uuid);
     const what = kind === 'nic' ? 'NIC' : 'disk';
     if (!rec) throw new DeviceNotFoundError(this.name, `${what} with uuid ${uuid}`);
+    const removed: AnyRecord = { ...rec };
+    delete removed.state;
     if (rec.pci === null)
       throw new InstanceStateError(`${what} ${uuid} of ${this.name} has no PCI slot recorded (old runtime file); remove it without hotplug, or restart the instance once to give it a slot`);
     this.requireRunning();
@@ -522,6 +552,7 @@ export class KvmInstance extends EventEmitter {
       throw err;
     }
     await this.finishRemoval(kind, rec, mon);
+    return removed;
   }
 
   /** The one path that ends a removal: backend released, record dropped. */

@@ -1,0 +1,85 @@
+/** The CLI's connection to gnt-masterd: mutual TLS with the CLI certificate of the cluster dir. */
+import * as grpc from '@grpc/grpc-js';
+import * as fs from 'node:fs';
+import { readIdentity } from '../../common/pki';
+import type { MasterClient } from '../../generated/gnt/master/v1/Master';
+import type { Job__Output } from '../../generated/gnt/master/v1/Job';
+import type { SubmitJobRequest } from '../../generated/gnt/master/v1/SubmitJobRequest';
+import { ClusterDir } from '../cluster-dir';
+import { loadMasterProto } from '../server';
+
+export class CliError extends Error {
+  constructor(message: string, readonly exitCode = 1) {
+    super(message);
+    this.name = 'CliError';
+  }
+}
+
+export function connectMaster(dir: ClusterDir): { client: MasterClient; address: string } {
+  const { master_address: address } = dir.readClusterFile();
+  const id = dir.cliIdentity;
+  for (const f of [id.ca, id.cert, id.key])
+    if (!fs.existsSync(f)) throw new CliError(`missing ${f}: the CLI certificate of the cluster is needed to talk to the master`);
+  let tls;
+  try {
+    tls = readIdentity(id);
+  } catch (err) {
+    throw new CliError(`cannot read the CLI certificate: ${(err as Error).message}`);
+  }
+  const Ctor = loadMasterProto().gnt.master.v1.Master;
+  return { client: new Ctor(address, grpc.credentials.createSsl(tls.ca, tls.key, tls.cert)), address };
+}
+
+type Unary<Req, Rep> = (req: Req, options: grpc.CallOptions, cb: grpc.requestCallback<Rep>) => grpc.ClientUnaryCall;
+
+export function call<Req, Rep>(client: MasterClient, address: string, method: keyof MasterClient & string, req: Req, timeoutMs = 60_000): Promise<Rep> {
+  const fn = (client[method] as unknown as Unary<Req, Rep>).bind(client);
+  return new Promise((resolve, reject) =>
+    fn(req, { deadline: Date.now() + timeoutMs }, (err, reply) => (err ? reject(masterError(err, address)) : resolve(reply as Rep))),
+  );
+}
+
+export function masterError(err: grpc.ServiceError, address: string): CliError {
+  const detail = (err.details || err.message).replace(/\s*Resolution note:\s*$/, '').trim();
+  if (err.code === grpc.status.UNAVAILABLE) return new CliError(`cannot reach the master at ${address}: ${detail} (is gnt-masterd running?)`);
+  if (err.code === grpc.status.DEADLINE_EXCEEDED) return new CliError(`the master at ${address} did not answer in time`);
+  return new CliError(detail, 1);
+}
+
+const time = (iso: string): string => iso.replace('T', ' ').replace(/\.\d+Z$/, 'Z');
+
+/** Streams the job's log lines to stdout until it ends; returns the finished job. */
+export function watchJob(client: MasterClient, address: string, id: number | string, out: NodeJS.WritableStream = process.stdout): Promise<Job__Output> {
+  return new Promise((resolve, reject) => {
+    let done: Job__Output | undefined;
+    const stream = client.WatchJob({ id, afterSeq: 0 });
+    stream.on('data', (ev: { line?: { time: string; message: string } | null; done?: Job__Output | null }) => {
+      if (ev.line) out.write(`${time(ev.line.time)} ${ev.line.message}\n`);
+      if (ev.done) done = ev.done;
+    });
+    stream.on('error', (err: grpc.ServiceError) => reject(masterError(err, address)));
+    stream.on('end', () => (done ? resolve(done) : reject(new CliError(`the master ended the watch of job ${id} before it finished`))));
+  });
+}
+
+/** Submits; with `submitOnly` prints the job id, else watches it. Exit code 0 on success, 1 on failure. */
+export async function runJob(dir: ClusterDir, req: SubmitJobRequest, submitOnly: boolean): Promise<number> {
+  const { client, address } = connectMaster(dir);
+  try {
+    const reply = await call<SubmitJobRequest, { jobId: string }>(client, address, 'SubmitJob', req);
+    if (submitOnly) {
+      process.stdout.write(`${reply.jobId}\n`);
+      return 0;
+    }
+    const job = await watchJob(client, address, reply.jobId);
+    return finishedJobExit(job);
+  } finally {
+    client.close();
+  }
+}
+
+export function finishedJobExit(job: Job__Output): number {
+  if (job.status === 'success') return 0;
+  process.stderr.write(`Failure: job ${job.id} ${job.status === 'canceled' ? 'was canceled' : `failed: ${job.error}`}\n`);
+  return 1;
+}

@@ -1,0 +1,70 @@
+/** gnt-cluster: init, issue-node-cert, info. These work on the cluster directory itself, not through the master. */
+import * as fs from 'node:fs';
+import type { CommandGroup } from './common';
+import { positionals } from './common';
+import { block, json } from './output';
+import { checkName, UsageError } from '../validate';
+
+export const clusterCommands: CommandGroup = {
+  init: {
+    usage: 'gnt-cluster init --master-address HOST:PORT [--name NAME] [--cluster-dir DIR]',
+    spec: { values: ['master-address', 'name'] },
+    async run(args, { dir }) {
+      positionals(args, []);
+      const masterAddress = args.value('master-address');
+      if (!masterAddress) throw new UsageError('--master-address HOST:PORT is required');
+      const name = args.value('name') ?? 'cluster';
+      checkName('node', name);
+      const file = dir.init({ name, masterAddress });
+      process.stdout.write(
+        `cluster "${file.name}" initialised in ${dir.dir}\n` +
+          `  CA:      ${dir.ca.cert}\n` +
+          `  master:  ${dir.masterIdentity.cert}\n` +
+          `  CLI:     ${dir.cliIdentity.cert}\n` +
+          `  config:  ${dir.dbFile}\n` +
+          `start the master with: gnt-masterd --cluster-dir ${dir.dir}   (listens on ${file.master_address})\n` +
+          `issue node certificates with: gnt-cluster issue-node-cert NODE --out DIR --cluster-dir ${dir.dir}\n`,
+      );
+      return 0;
+    },
+  },
+  'issue-node-cert': {
+    usage: 'gnt-cluster issue-node-cert NODE --out DIR [--ip IP]... [--dns NAME]... [--cluster-dir DIR]',
+    spec: { values: ['out'], multi: ['ip', 'dns'] },
+    async run(args, { dir }) {
+      const [name] = positionals(args, ['NODE']);
+      checkName('node', name);
+      const out = args.value('out');
+      if (!out) throw new UsageError('--out DIR is required');
+      for (const ip of args.all('ip')) if (!/^[0-9.]+$|^[0-9a-fA-F:]+$/.test(ip)) throw new UsageError(`--ip "${ip}" is not an IP address`);
+      dir.readClusterFile();
+      const files = dir.issueNodeCert(name, out, { ip: args.all('ip'), dns: args.all('dns') });
+      process.stdout.write(
+        `certificate for node ${name} written to ${out}: ${files.cert}, ${files.key} (0600), ${files.ca}\n` +
+          `start the node daemon with: gnt-noded --name ${name} --listen HOST:PORT --ca ${files.ca} --cert ${files.cert} --key ${files.key} ...\n`,
+      );
+      return 0;
+    },
+  },
+  info: {
+    usage: 'gnt-cluster info [--output json] [--cluster-dir DIR]',
+    spec: {},
+    async run(args, { dir, output }) {
+      positionals(args, []);
+      const file = dir.readClusterFile();
+      const info = {
+        name: file.name,
+        master_address: file.master_address,
+        created_at: file.created_at,
+        cluster_dir: dir.dir,
+        database: dir.dbFile,
+        ca: dir.ca.cert,
+        master_cert: dir.masterIdentity.cert,
+        cli_cert: dir.cliIdentity.cert,
+        database_present: fs.existsSync(dir.dbFile),
+      };
+      process.stdout.write(output === 'json' ? json(info) : block(Object.entries(info)));
+      return 0;
+    },
+  },
+};

@@ -1,0 +1,195 @@
+/** gnt-instance: add, start, stop, remove, modify, list, info. */
+import type { ParsedArgs } from './args';
+import type { CommandGroup } from './common';
+import { positionals } from './common';
+import { call, connectMaster, runJob } from './client';
+import { block, json, table } from './output';
+import { parseDiskChange, parseDiskSpec, parseHvparams, parseNicChange, parseNicSpec } from './parse';
+import { checkCount, checkName, checkNodePath, formatSize, parseSizeMiB, UsageError } from '../validate';
+import type { ListInstancesReply__Output } from '../../generated/gnt/master/v1/ListInstancesReply';
+import type { InstanceDetails__Output } from '../../generated/gnt/master/v1/InstanceDetails';
+import type { InstanceModifyOp } from '../../generated/gnt/master/v1/InstanceModifyOp';
+
+const nameArg = (args: ParsedArgs): string => checkName('instance', positionals(args, ['INSTANCE'])[0]);
+
+export const instanceCommands: CommandGroup = {
+  add: {
+    usage:
+      'gnt-instance add -n NODE --vcpus N [--maxvcpus N] --memory SIZE [--maxmem SIZE] --kernel PATH [--initrd PATH]\n' +
+      '    [--kernel-args STR] [--disk size=SIZE]... [--net [mac=MAC][,link=BR]]... [-H key=value,...] [--no-start] [--submit] INSTANCE',
+    spec: {
+      values: ['node', 'vcpus', 'maxvcpus', 'memory', 'maxmem', 'kernel', 'initrd', 'kernel-args'],
+      multi: ['disk', 'net', 'hvparams'],
+      flags: ['no-start', 'submit'],
+      aliases: { n: 'node', H: 'hvparams' },
+    },
+    async run(args, { dir }) {
+      const name = nameArg(args);
+      const node = args.value('node');
+      if (!node) throw new UsageError('-n NODE is required');
+      checkName('node', node);
+      const vcpusText = args.value('vcpus');
+      if (!vcpusText) throw new UsageError('--vcpus N is required');
+      const vcpus = checkCount(vcpusText, 'vcpus');
+      const maxvcpus = args.value('maxvcpus') ? checkCount(args.value('maxvcpus')!, 'maxvcpus') : vcpus;
+      if (maxvcpus < vcpus) throw new UsageError(`--maxvcpus ${maxvcpus} is less than --vcpus ${vcpus}`);
+      const memText = args.value('memory');
+      if (!memText) throw new UsageError('--memory SIZE is required (e.g. 512M)');
+      const memoryMib = parseSizeMiB(memText, 'memory');
+      const maxmemMib = args.value('maxmem') ? parseSizeMiB(args.value('maxmem')!, 'maxmem') : memoryMib;
+      if (maxmemMib < memoryMib) throw new UsageError(`--maxmem is less than --memory`);
+      const kernel = args.value('kernel');
+      if (!kernel) throw new UsageError('--kernel PATH is required (a path on the node)');
+      checkNodePath(kernel, 'kernel');
+      const initrd = args.value('initrd') ?? '';
+      if (initrd) checkNodePath(initrd, 'initrd');
+      return runJob(
+        dir,
+        {
+          instanceAdd: {
+            name, node, vcpus, maxvcpus, memoryMib, maxmemMib, kernel, initrd,
+            kernelArgs: args.value('kernel-args') ?? '',
+            disks: args.all('disk').map((d, i) => parseDiskSpec(d, i)),
+            nics: args.all('net').map((n, i) => parseNicSpec(n, i)),
+            hvparams: parseHvparams(args.all('hvparams')),
+            noStart: args.flags.has('no-start'),
+          },
+        },
+        args.flags.has('submit'),
+      );
+    },
+  },
+  start: {
+    usage: 'gnt-instance start [--submit] INSTANCE',
+    spec: { flags: ['submit'] },
+    async run(args, { dir }) {
+      return runJob(dir, { instanceStart: { name: nameArg(args) } }, args.flags.has('submit'));
+    },
+  },
+  stop: {
+    usage: 'gnt-instance stop [--timeout SECONDS] [--submit] INSTANCE',
+    spec: { values: ['timeout'], flags: ['submit'] },
+    async run(args, { dir }) {
+      const name = nameArg(args);
+      const timeoutMs = args.value('timeout') ? checkCount(args.value('timeout')!, 'timeout', 1, 3600) * 1000 : 0;
+      return runJob(dir, { instanceStop: { name, timeoutMs } }, args.flags.has('submit'));
+    },
+  },
+  remove: {
+    usage: 'gnt-instance remove [--submit] INSTANCE',
+    spec: { flags: ['submit'] },
+    async run(args, { dir }) {
+      return runJob(dir, { instanceRemove: { name: nameArg(args) } }, args.flags.has('submit'));
+    },
+  },
+  modify: {
+    usage:
+      'gnt-instance modify [--hotplug | --hotplug-if-possible] [--net add[:mac=MAC,link=BR] | --net N:mac=MAC[,link=BR] | --net N:remove]...\n' +
+      '    [--disk add:size=SIZE | --disk N:remove]... [--submit] INSTANCE',
+    spec: { multi: ['net', 'disk'], flags: ['hotplug', 'hotplug-if-possible', 'submit'] },
+    async run(args, { dir }) {
+      const name = nameArg(args);
+      if (args.flags.has('hotplug') && args.flags.has('hotplug-if-possible'))
+        throw new UsageError('--hotplug and --hotplug-if-possible exclude each other');
+      const op: InstanceModifyOp = {
+        name,
+        nics: args.all('net').map(parseNicChange),
+        disks: args.all('disk').map(parseDiskChange),
+        hotplug: args.flags.has('hotplug') ? 'HOTPLUG' : args.flags.has('hotplug-if-possible') ? 'HOTPLUG_IF_POSSIBLE' : 'HOTPLUG_MODE_UNSPECIFIED',
+      };
+      if (!op.nics!.length && !op.disks!.length) throw new UsageError('nothing to change: give --net or --disk');
+      return runJob(dir, { instanceModify: op }, args.flags.has('submit'));
+    },
+  },
+  list: {
+    usage: 'gnt-instance list [--no-live] [--output json]',
+    spec: { flags: ['no-live'] },
+    async run(args, { dir, output }) {
+      positionals(args, []);
+      const { client, address } = connectMaster(dir);
+      try {
+        const reply = await call<object, ListInstancesReply__Output>(client, address, 'ListInstances', { live: !args.flags.has('no-live') });
+        if (output === 'json') process.stdout.write(json(reply.instances));
+        else
+          process.stdout.write(
+            table(
+              ['Instance', 'Node', 'Admin', 'Status', 'VCPUs', 'Memory', 'NICs', 'Disks'],
+              reply.instances.map(({ instance: i, operState }) => [
+                i!.name, i!.node, i!.adminState, operState, `${i!.vcpus}/${i!.maxvcpus}`, `${i!.memoryMib}M/${i!.maxmemMib}M`, i!.nics.length, i!.disks.length,
+              ]),
+            ),
+          );
+        return 0;
+      } finally {
+        client.close();
+      }
+    },
+  },
+  info: {
+    usage: 'gnt-instance info [--output json] INSTANCE',
+    spec: {},
+    async run(args, { dir, output }) {
+      const name = nameArg(args);
+      const { client, address } = connectMaster(dir);
+      try {
+        const d = await call<object, InstanceDetails__Output>(client, address, 'GetInstance', { name });
+        if (output === 'json') {
+          process.stdout.write(json(d));
+          return 0;
+        }
+        process.stdout.write(formatInstanceInfo(d));
+        return 0;
+      } finally {
+        client.close();
+      }
+    },
+  },
+};
+
+export function formatInstanceInfo(d: InstanceDetails__Output): string {
+  const i = d.instance!;
+  const rt = d.runtime!;
+  const rtNic = new Map(rt.nics.map((n) => [n.uuid, n]));
+  const rtDisk = new Map(rt.disks.map((x) => [x.uuid, x]));
+  const cfgUuids = new Set([...i.nics.map((n) => n.uuid), ...i.disks.map((x) => x.uuid)]);
+  let out = block([
+    ['Instance', i.name],
+    ['UUID', i.uuid],
+    ['Node', i.node],
+    ['Admin state', i.adminState],
+    ['Runtime', rt.known ? (rt.running ? `running, pid ${rt.pid}` : 'stopped') : `unknown (${rt.error})`],
+    ['VCPUs', `${i.vcpus} (max ${i.maxvcpus})`],
+    ['Memory', `${i.memoryMib} MiB (max ${i.maxmemMib} MiB)`],
+    ['Kernel', i.kernel],
+    ['Initrd', i.initrd],
+    ['Kernel args', i.kernelArgs],
+    ['Hypervisor parameters', Object.keys(i.hvparams).length ? Object.entries(i.hvparams).map(([k, v]) => `${k}=${v}`).join(', ') : 'defaults (QEMU runs as root)'],
+  ]);
+  out += 'NICs (config | node runtime):\n';
+  out += i.nics.length
+    ? table(
+        ['  #', 'MAC', 'Link', 'UUID', 'PCI', 'Device id', 'Tap'],
+        i.nics.map((n) => {
+          const r = rtNic.get(n.uuid);
+          return [`  ${n.index}`, n.mac, n.link || '-', n.uuid, r && r.pci >= 0 ? r.pci : '-', r?.deviceId || '-', r?.tap || '-'];
+        }),
+      )
+    : '  none\n';
+  out += 'Disks (config | node runtime):\n';
+  out += i.disks.length
+    ? table(
+        ['  #', 'Size', 'UUID', 'PCI', 'Device id', 'Path'],
+        i.disks.map((x) => {
+          const r = rtDisk.get(x.uuid);
+          return [`  ${x.index}`, formatSize(Number(x.sizeBytes)), x.uuid, r && r.pci >= 0 ? r.pci : '-', r?.deviceId || '-', r?.path || '-'];
+        }),
+      )
+    : '  none\n';
+  const extra = [...rt.nics, ...rt.disks].filter((x) => !cfgUuids.has(x.uuid));
+  if (extra.length)
+    out += `Devices on the node but not in the configuration (pending removal at the next start):\n${extra.map((x) => `  ${x.uuid} PCI ${x.pci} ${x.deviceId}\n`).join('')}`;
+  const g = rt.guest;
+  if (g?.known)
+    out += block([['Guest view', { 'CPUs online': g.cpusOnline, 'MemTotal': `${g.memTotalKib} KiB`, NICs: g.nics, Disks: g.disks }]]);
+  return out;
+}

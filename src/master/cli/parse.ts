@@ -1,0 +1,123 @@
+/**
+ * Parsers for Ganeti's device syntax into typed master requests. They only
+ * parse and check the form of values; the master decides everything else
+ * (uuids, generated MACs, whether an index exists).
+ *
+ *   gnt-instance add:    --net [N:]mac=MAC,link=BR   --disk [N:]size=SIZE
+ *   gnt-instance modify: --net add[:mac=MAC,link=BR] | N:mac=MAC[,link=BR] | N:link=BR | N:remove
+ *                        --disk add:size=SIZE | N:remove
+ */
+import type { NicChange } from '../../generated/gnt/master/v1/NicChange';
+import type { DiskChange } from '../../generated/gnt/master/v1/DiskChange';
+import type { NicSpec } from '../../generated/gnt/master/v1/NicSpec';
+import type { DiskSpec } from '../../generated/gnt/master/v1/DiskSpec';
+import { checkLink, checkMac, parseSize, UsageError } from '../validate';
+
+/** "a=1,b=2" with only the allowed keys, each at most once. */
+export function parseKeyValues(text: string, allowed: string[], what: string): Record<string, string> {
+  const out: Record<string, string> = {};
+  if (text === '') return out;
+  for (const part of text.split(',')) {
+    const eq = part.indexOf('=');
+    if (eq <= 0) throw new UsageError(`${what}: "${part}" is not KEY=VALUE`);
+    const key = part.slice(0, eq).trim();
+    const value = part.slice(eq + 1).trim();
+    if (!allowed.includes(key)) throw new UsageError(`${what}: unknown parameter "${key}" (allowed: ${allowed.join(', ')})`);
+    if (key in out) throw new UsageError(`${what}: parameter "${key}" given twice`);
+    out[key] = value;
+  }
+  return out;
+}
+
+function parseIndex(text: string, what: string): number {
+  if (!/^\d+$/.test(text)) throw new UsageError(`${what}: "${text}" is not a device index (0, 1, ...)`);
+  const n = Number(text);
+  if (n > 1000) throw new UsageError(`${what}: index ${n} is out of range`);
+  return n;
+}
+
+function macValue(v: string | undefined): string {
+  if (v === undefined || v === '' || v === 'auto' || v === 'generate') return '';
+  return checkMac(v);
+}
+
+/** Splits "N:rest", "add:rest", "add", "N:remove". */
+function splitHead(text: string): { head: string; rest: string } {
+  const colon = text.indexOf(':');
+  return colon < 0 ? { head: text, rest: '' } : { head: text.slice(0, colon), rest: text.slice(colon + 1) };
+}
+
+/** One --net of gnt-instance add, in position `pos`. */
+export function parseNicSpec(text: string, pos: number): NicSpec {
+  let body = text;
+  const m = /^(\d+):(.*)$/.exec(text);
+  if (m) {
+    if (Number(m[1]) !== pos) throw new UsageError(`--net ${text}: NIC index ${m[1]} given in position ${pos}`);
+    body = m[2];
+  }
+  const kv = parseKeyValues(body, ['mac', 'link'], `--net ${text}`);
+  return { mac: macValue(kv.mac), link: checkLink(kv.link ?? '') };
+}
+
+/** One --disk of gnt-instance add, in position `pos`. */
+export function parseDiskSpec(text: string, pos: number): DiskSpec {
+  let body = text;
+  const m = /^(\d+):(.*)$/.exec(text);
+  if (m) {
+    if (Number(m[1]) !== pos) throw new UsageError(`--disk ${text}: disk index ${m[1]} given in position ${pos}`);
+    body = m[2];
+  }
+  const kv = parseKeyValues(body, ['size'], `--disk ${text}`);
+  if (kv.size === undefined) throw new UsageError(`--disk ${text}: size=SIZE is required`);
+  return { sizeBytes: parseSize(kv.size, 'disk size') };
+}
+
+/** One --net of gnt-instance modify. */
+export function parseNicChange(text: string): NicChange {
+  const what = `--net ${text}`;
+  const { head, rest } = splitHead(text);
+  if (head === 'add') {
+    const kv = parseKeyValues(rest, ['mac', 'link'], what);
+    return { action: 'ADD', index: -1, mac: macValue(kv.mac), link: checkLink(kv.link ?? '') };
+  }
+  if (head === 'remove') throw new UsageError(`${what}: say which NIC, e.g. --net 1:remove`);
+  const index = parseIndex(head, what);
+  if (rest === 'remove') return { action: 'REMOVE', index };
+  if (rest === 'add' || rest.startsWith('add,')) throw new UsageError(`${what}: adding at an index is not supported; use --net add[:mac=MAC,link=BR]`);
+  const kv = parseKeyValues(rest, ['mac', 'link'], what);
+  if (kv.mac === undefined && kv.link === undefined) throw new UsageError(`${what}: give mac=MAC and/or link=BRIDGE, or remove`);
+  if (kv.mac !== undefined && kv.mac === '') throw new UsageError(`${what}: mac= is empty`);
+  if (kv.link !== undefined && kv.link === '') throw new UsageError(`${what}: link= is empty (a link cannot be cleared)`);
+  return { action: 'MODIFY', index, mac: kv.mac === undefined ? '' : checkMac(kv.mac), link: checkLink(kv.link ?? '') };
+}
+
+/** One --disk of gnt-instance modify. */
+export function parseDiskChange(text: string): DiskChange {
+  const what = `--disk ${text}`;
+  const { head, rest } = splitHead(text);
+  if (head === 'add') {
+    const kv = parseKeyValues(rest, ['size'], what);
+    if (kv.size === undefined) throw new UsageError(`${what}: size=SIZE is required, e.g. --disk add:size=1G`);
+    return { action: 'ADD', index: -1, sizeBytes: parseSize(kv.size, 'disk size') };
+  }
+  if (head === 'remove') throw new UsageError(`${what}: say which disk, e.g. --disk 1:remove`);
+  const index = parseIndex(head, what);
+  if (rest === 'remove') return { action: 'REMOVE', index };
+  throw new UsageError(`${what}: a disk change is add:size=SIZE or N:remove`);
+}
+
+/** -H / --hvparams [kvm:]key=value,... */
+export function parseHvparams(texts: string[]): Record<string, string> {
+  const out: Record<string, string> = {};
+  for (const t of texts) {
+    const body = t.startsWith('kvm:') ? t.slice(4) : t;
+    const kv = parseKeyValues(body, ['security_model', 'security_domain', 'chroot', 'machine', 'accel'], `--hvparams ${t}`);
+    Object.assign(out, kv);
+  }
+  if (out.security_model && !['none', 'user'].includes(out.security_model))
+    throw new UsageError(`hvparam security_model must be "none" or "user", not "${out.security_model}"`);
+  if (out.security_model === 'user' && !out.security_domain)
+    throw new UsageError('hvparam security_model=user needs security_domain=USER');
+  if (out.chroot && !out.chroot.startsWith('/')) throw new UsageError(`hvparam chroot "${out.chroot}" must be an absolute path`);
+  return out;
+}

@@ -1,0 +1,233 @@
+/**
+ * Repositories for the cluster configuration: nodes, instances and their
+ * devices. Device order is `idx` (0-based, as Ganeti's device index); it is
+ * kept dense, so removing device N renumbers the ones after it.
+ */
+import { randomUUID } from 'node:crypto';
+import { nowIso, type Db } from './db';
+import { randomMac } from '../validate';
+
+export interface NodeRow {
+  uuid: string;
+  name: string;
+  address: string;
+  created_at: string;
+}
+
+export interface NicRow {
+  uuid: string;
+  idx: number;
+  mac: string;
+  link: string;
+}
+
+export interface DiskRow {
+  uuid: string;
+  idx: number;
+  size_bytes: number;
+}
+
+export interface InstanceRow {
+  uuid: string;
+  name: string;
+  node_uuid: string;
+  vcpus: number;
+  maxvcpus: number;
+  memory_mib: number;
+  maxmem_mib: number;
+  kernel: string;
+  initrd: string;
+  kernel_args: string;
+  hvparams: string;
+  admin_state: 'up' | 'down';
+  created_at: string;
+}
+
+export interface InstanceConfig extends Omit<InstanceRow, 'hvparams'> {
+  hvparams: Record<string, string>;
+  node: NodeRow;
+  nics: NicRow[];
+  disks: DiskRow[];
+}
+
+export interface NewInstance {
+  name: string;
+  nodeUuid: string;
+  vcpus: number;
+  maxvcpus: number;
+  memoryMib: number;
+  maxmemMib: number;
+  kernel: string;
+  initrd: string;
+  kernelArgs: string;
+  hvparams: Record<string, string>;
+  nics: { mac: string; link: string }[];
+  disks: { sizeBytes: number }[];
+}
+
+export class ConfigError extends Error {
+  constructor(
+    message: string,
+    readonly code: 'NOT_FOUND' | 'ALREADY_EXISTS' | 'INVALID_ARGUMENT' | 'FAILED_PRECONDITION' = 'INVALID_ARGUMENT',
+  ) {
+    super(message);
+    this.name = 'ConfigError';
+  }
+}
+
+export class ConfigStore {
+  constructor(readonly db: Db) {}
+
+  // ---- cluster ----
+
+  getClusterValue(key: string): string | undefined {
+    const row = this.db.prepare('SELECT value FROM cluster WHERE key = ?').get(key) as { value: string } | undefined;
+    return row?.value;
+  }
+
+  setClusterValue(key: string, value: string): void {
+    this.db.prepare('INSERT INTO cluster (key, value) VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET value = excluded.value').run(key, value);
+  }
+
+  // ---- nodes ----
+
+  listNodes(): (NodeRow & { instance_count: number })[] {
+    return this.db
+      .prepare(
+        `SELECT n.*, (SELECT COUNT(*) FROM instances i WHERE i.node_uuid = n.uuid) AS instance_count
+         FROM nodes n ORDER BY n.name`,
+      )
+      .all() as (NodeRow & { instance_count: number })[];
+  }
+
+  findNode(name: string): NodeRow | undefined {
+    return this.db.prepare('SELECT * FROM nodes WHERE name = ?').get(name) as NodeRow | undefined;
+  }
+
+  getNode(name: string): NodeRow {
+    const node = this.findNode(name);
+    if (!node) throw new ConfigError(`node "${name}" is unknown`, 'NOT_FOUND');
+    return node;
+  }
+
+  addNode(name: string, address: string): NodeRow {
+    if (this.findNode(name)) throw new ConfigError(`node "${name}" already exists`, 'ALREADY_EXISTS');
+    const other = this.db.prepare('SELECT name FROM nodes WHERE address = ?').get(address) as { name: string } | undefined;
+    if (other) throw new ConfigError(`address ${address} is already used by node "${other.name}"`, 'ALREADY_EXISTS');
+    const row: NodeRow = { uuid: randomUUID(), name, address, created_at: nowIso() };
+    this.db.prepare('INSERT INTO nodes (uuid, name, address, created_at) VALUES (@uuid, @name, @address, @created_at)').run(row);
+    return row;
+  }
+
+  // ---- instances ----
+
+  listInstances(): InstanceConfig[] {
+    const rows = this.db.prepare('SELECT * FROM instances ORDER BY name').all() as InstanceRow[];
+    return rows.map((r) => this.expand(r));
+  }
+
+  findInstance(name: string): InstanceConfig | undefined {
+    const row = this.db.prepare('SELECT * FROM instances WHERE name = ?').get(name) as InstanceRow | undefined;
+    return row && this.expand(row);
+  }
+
+  getInstance(name: string): InstanceConfig {
+    const inst = this.findInstance(name);
+    if (!inst) throw new ConfigError(`instance "${name}" is unknown`, 'NOT_FOUND');
+    return inst;
+  }
+
+  private expand(row: InstanceRow): InstanceConfig {
+    const node = this.db.prepare('SELECT * FROM nodes WHERE uuid = ?').get(row.node_uuid) as NodeRow;
+    return {
+      ...row,
+      hvparams: JSON.parse(row.hvparams) as Record<string, string>,
+      node,
+      nics: this.db.prepare('SELECT uuid, idx, mac, link FROM nics WHERE instance_uuid = ? ORDER BY idx').all(row.uuid) as NicRow[],
+      disks: this.db.prepare('SELECT uuid, idx, size_bytes FROM disks WHERE instance_uuid = ? ORDER BY idx').all(row.uuid) as DiskRow[],
+    };
+  }
+
+  macInUse(mac: string): boolean {
+    return this.db.prepare('SELECT 1 FROM nics WHERE mac = ?').get(mac) !== undefined;
+  }
+
+  /** A 52:54:00 MAC used by no NIC and not in `reserved`. */
+  generateMac(reserved: ReadonlySet<string> = new Set()): string {
+    for (let i = 0; i < 1000; i++) {
+      const mac = randomMac();
+      if (!reserved.has(mac) && !this.macInUse(mac)) return mac;
+    }
+    throw new ConfigError('could not find a free MAC address in 52:54:00:xx:xx:xx', 'FAILED_PRECONDITION');
+  }
+
+  /** Inserts the instance and its devices in one transaction; uuids are made here. */
+  addInstance(spec: NewInstance): InstanceConfig {
+    const uuid = randomUUID();
+    this.db.transaction(() => {
+      if (this.findInstance(spec.name)) throw new ConfigError(`instance "${spec.name}" already exists`, 'ALREADY_EXISTS');
+      this.db
+        .prepare(
+          `INSERT INTO instances (uuid, name, node_uuid, vcpus, maxvcpus, memory_mib, maxmem_mib, kernel, initrd,
+             kernel_args, hvparams, admin_state, created_at)
+           VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'down', ?)`,
+        )
+        .run(uuid, spec.name, spec.nodeUuid, spec.vcpus, spec.maxvcpus, spec.memoryMib, spec.maxmemMib, spec.kernel,
+          spec.initrd, spec.kernelArgs, JSON.stringify(spec.hvparams), nowIso());
+      spec.nics.forEach((n, idx) => this.insertNic(uuid, idx, randomUUID(), n.mac, n.link));
+      spec.disks.forEach((d, idx) => this.insertDisk(uuid, idx, randomUUID(), d.sizeBytes));
+    })();
+    return this.getInstance(spec.name);
+  }
+
+  removeInstance(name: string): void {
+    this.db.prepare('DELETE FROM instances WHERE name = ?').run(name);
+  }
+
+  setAdminState(name: string, state: 'up' | 'down'): void {
+    this.db.prepare('UPDATE instances SET admin_state = ? WHERE name = ?').run(state, name);
+  }
+
+  private insertNic(instanceUuid: string, idx: number, uuid: string, mac: string, link: string): void {
+    if (this.macInUse(mac)) throw new ConfigError(`MAC address ${mac} is already used in the cluster`, 'ALREADY_EXISTS');
+    this.db.prepare('INSERT INTO nics (uuid, instance_uuid, idx, mac, link) VALUES (?, ?, ?, ?, ?)').run(uuid, instanceUuid, idx, mac, link);
+  }
+
+  private insertDisk(instanceUuid: string, idx: number, uuid: string, sizeBytes: number): void {
+    this.db.prepare('INSERT INTO disks (uuid, instance_uuid, idx, size_bytes) VALUES (?, ?, ?, ?)').run(uuid, instanceUuid, idx, sizeBytes);
+  }
+
+  /** Appends a NIC with the given uuid (made by the caller, the master) at the end. */
+  appendNic(instanceUuid: string, uuid: string, mac: string, link: string): void {
+    this.db.transaction(() => {
+      const { n } = this.db.prepare('SELECT COUNT(*) AS n FROM nics WHERE instance_uuid = ?').get(instanceUuid) as { n: number };
+      this.insertNic(instanceUuid, n, uuid, mac, link);
+    })();
+  }
+
+  appendDisk(instanceUuid: string, uuid: string, sizeBytes: number): void {
+    this.db.transaction(() => {
+      const { n } = this.db.prepare('SELECT COUNT(*) AS n FROM disks WHERE instance_uuid = ?').get(instanceUuid) as { n: number };
+      this.insertDisk(instanceUuid, n, uuid, sizeBytes);
+    })();
+  }
+
+  modifyNic(uuid: string, mac: string, link: string): void {
+    this.db.transaction(() => {
+      const other = this.db.prepare('SELECT uuid FROM nics WHERE mac = ? AND uuid != ?').get(mac, uuid);
+      if (other) throw new ConfigError(`MAC address ${mac} is already used in the cluster`, 'ALREADY_EXISTS');
+      this.db.prepare('UPDATE nics SET mac = ?, link = ? WHERE uuid = ?').run(mac, link, uuid);
+    })();
+  }
+
+  removeDevice(table: 'nics' | 'disks', uuid: string): void {
+    this.db.transaction(() => {
+      const row = this.db.prepare(`SELECT instance_uuid, idx FROM ${table} WHERE uuid = ?`).get(uuid) as
+        | { instance_uuid: string; idx: number }
+        | undefined;
+      if (!row) return;
+      this.db.prepare(`DELETE FROM ${table} WHERE uuid = ?`).run(uuid);
+      this.db.prepare(`UPDATE ${table} SET idx = idx - 1 WHERE instance_uuid = ? AND idx > ?`).run(row.instance_uuid, row.idx);
+    })();
+  }
+}

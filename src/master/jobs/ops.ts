@@ -1,0 +1,158 @@
+/**
+ * Turns a SubmitJobRequest into a normalized, validated operation with the
+ * locks its job needs. Everything that can be checked without the
+ * configuration is checked here, at submission; the rest when the job runs.
+ */
+import type { SubmitJobRequest__Output } from '../../generated/gnt/master/v1/SubmitJobRequest';
+import type { InstanceAddOp__Output } from '../../generated/gnt/master/v1/InstanceAddOp';
+import type { InstanceModifyOp__Output } from '../../generated/gnt/master/v1/InstanceModifyOp';
+import type { NodeAddOp__Output } from '../../generated/gnt/master/v1/NodeAddOp';
+import { checkAddress, checkCount, checkLink, checkMac, checkName, checkNodePath, UsageError } from '../validate';
+
+export type OpType = 'node-add' | 'instance-add' | 'instance-start' | 'instance-stop' | 'instance-remove' | 'instance-modify';
+
+export interface NicChangeOp {
+  action: 'ADD' | 'MODIFY' | 'REMOVE';
+  index: number;
+  mac: string;
+  link: string;
+}
+
+export interface DiskChangeOp {
+  action: 'ADD' | 'REMOVE';
+  index: number;
+  sizeBytes: number;
+}
+
+export type Op =
+  | { type: 'node-add'; name: string; address: string }
+  | {
+      type: 'instance-add';
+      name: string;
+      node: string;
+      vcpus: number;
+      maxvcpus: number;
+      memoryMib: number;
+      maxmemMib: number;
+      kernel: string;
+      initrd: string;
+      kernelArgs: string;
+      disks: { sizeBytes: number }[];
+      nics: { mac: string; link: string }[];
+      hvparams: Record<string, string>;
+      noStart: boolean;
+    }
+  | { type: 'instance-start'; name: string }
+  | { type: 'instance-stop'; name: string; timeoutMs: number }
+  | { type: 'instance-remove'; name: string }
+  | {
+      type: 'instance-modify';
+      name: string;
+      nics: NicChangeOp[];
+      disks: DiskChangeOp[];
+      hotplug: 'NONE' | 'HOTPLUG' | 'IF_POSSIBLE';
+    };
+
+export interface PreparedJob {
+  op: Op;
+  summary: string;
+  locks: string[];
+}
+
+const HVPARAM_KEY = /^[a-z][a-z0-9_]{0,31}$/;
+
+function int64(v: string | number | undefined, what: string): number {
+  const n = Number(v ?? 0);
+  if (!Number.isSafeInteger(n) || n < 0) throw new UsageError(`${what} "${v}" is not valid`);
+  return n;
+}
+
+function nodeAdd(o: NodeAddOp__Output): PreparedJob {
+  checkName('node', o.name);
+  checkAddress(o.address, 'node address');
+  return { op: { type: 'node-add', name: o.name, address: o.address }, summary: `add node ${o.name} at ${o.address}`, locks: [`node:${o.name}`] };
+}
+
+function instanceAdd(o: InstanceAddOp__Output): PreparedJob {
+  checkName('instance', o.name);
+  checkName('node', o.node);
+  const vcpus = checkCount(o.vcpus, 'vcpus');
+  const maxvcpus = o.maxvcpus ? checkCount(o.maxvcpus, 'maxvcpus') : vcpus;
+  if (maxvcpus < vcpus) throw new UsageError(`maxvcpus (${maxvcpus}) is less than vcpus (${vcpus})`);
+  const memoryMib = int64(o.memoryMib, 'memory');
+  if (memoryMib <= 0) throw new UsageError('memory must be given and greater than zero');
+  const maxmemMib = int64(o.maxmemMib, 'maxmem') || memoryMib;
+  if (maxmemMib < memoryMib) throw new UsageError(`maxmem (${maxmemMib}M) is less than memory (${memoryMib}M)`);
+  if (!o.kernel) throw new UsageError('a kernel is required (--kernel PATH)');
+  checkNodePath(o.kernel, 'kernel');
+  if (o.initrd) checkNodePath(o.initrd, 'initrd');
+  if (/[\n\0]/.test(o.kernelArgs)) throw new UsageError('kernel args must be one line');
+  const disks = o.disks.map((d, i) => {
+    const sizeBytes = int64(d.sizeBytes, `disk ${i} size`);
+    if (sizeBytes <= 0) throw new UsageError(`disk ${i} needs a size greater than zero (size=SIZE)`);
+    return { sizeBytes };
+  });
+  const nics = o.nics.map((n) => ({ mac: n.mac ? checkMac(n.mac) : '', link: checkLink(n.link) }));
+  const macs = nics.map((n) => n.mac).filter(Boolean);
+  const dup = macs.find((m, i) => macs.indexOf(m) !== i);
+  if (dup) throw new UsageError(`MAC address ${dup} is given twice`);
+  for (const k of Object.keys(o.hvparams)) if (!HVPARAM_KEY.test(k)) throw new UsageError(`hvparam "${k}" is not a valid name`);
+  return {
+    op: {
+      type: 'instance-add', name: o.name, node: o.node, vcpus, maxvcpus, memoryMib, maxmemMib, kernel: o.kernel,
+      initrd: o.initrd, kernelArgs: o.kernelArgs, disks, nics, hvparams: { ...o.hvparams }, noStart: o.noStart,
+    },
+    summary: `add instance ${o.name} on node ${o.node}`,
+    locks: [`instance:${o.name}`],
+  };
+}
+
+function instanceModify(o: InstanceModifyOp__Output): PreparedJob {
+  checkName('instance', o.name);
+  const nics = o.nics.map((c): NicChangeOp => {
+    if (c.action === 'CHANGE_ACTION_UNSPECIFIED') throw new UsageError('a NIC change needs an action (add, N:remove or N:mac=...)');
+    if (c.action !== 'ADD' && c.index < 0) throw new UsageError(`NIC index ${c.index} is not valid`);
+    if (c.action === 'MODIFY' && !c.mac && !c.link) throw new UsageError(`NIC ${c.index}: nothing to change (give mac=MAC and/or link=BRIDGE)`);
+    if (c.action === 'REMOVE' && (c.mac || c.link)) throw new UsageError(`NIC ${c.index}: remove takes no parameters`);
+    return { action: c.action, index: c.index, mac: c.mac ? checkMac(c.mac) : '', link: checkLink(c.link) };
+  });
+  const disks = o.disks.map((c): DiskChangeOp => {
+    if (c.action === 'ADD') {
+      const sizeBytes = int64(c.sizeBytes, 'disk size');
+      if (sizeBytes <= 0) throw new UsageError('a new disk needs a size greater than zero (add:size=SIZE)');
+      return { action: 'ADD', index: -1, sizeBytes };
+    }
+    if (c.action === 'REMOVE') {
+      if (c.index < 0) throw new UsageError(`disk index ${c.index} is not valid`);
+      return { action: 'REMOVE', index: c.index, sizeBytes: 0 };
+    }
+    throw new UsageError('a disk change is add:size=SIZE or N:remove');
+  });
+  if (nics.length === 0 && disks.length === 0) throw new UsageError('nothing to change: give --net or --disk');
+  const hotplug = o.hotplug === 'HOTPLUG' ? 'HOTPLUG' : o.hotplug === 'HOTPLUG_IF_POSSIBLE' ? 'IF_POSSIBLE' : 'NONE';
+  return { op: { type: 'instance-modify', name: o.name, nics, disks, hotplug }, summary: `modify instance ${o.name}`, locks: [`instance:${o.name}`] };
+}
+
+export function prepareJob(req: SubmitJobRequest__Output): PreparedJob {
+  switch (req.op) {
+    case 'nodeAdd':
+      return nodeAdd(req.nodeAdd!);
+    case 'instanceAdd':
+      return instanceAdd(req.instanceAdd!);
+    case 'instanceStart':
+      checkName('instance', req.instanceStart!.name);
+      return { op: { type: 'instance-start', name: req.instanceStart!.name }, summary: `start instance ${req.instanceStart!.name}`, locks: [`instance:${req.instanceStart!.name}`] };
+    case 'instanceStop': {
+      const { name, timeoutMs } = req.instanceStop!;
+      checkName('instance', name);
+      return { op: { type: 'instance-stop', name, timeoutMs: Math.max(0, timeoutMs) }, summary: `stop instance ${name}`, locks: [`instance:${name}`] };
+    }
+    case 'instanceRemove':
+      checkName('instance', req.instanceRemove!.name);
+      return { op: { type: 'instance-remove', name: req.instanceRemove!.name }, summary: `remove instance ${req.instanceRemove!.name}`, locks: [`instance:${req.instanceRemove!.name}`] };
+    case 'instanceModify':
+      return instanceModify(req.instanceModify!);
+    default:
+      throw new UsageError('the request names no operation');
+  }
+}

@@ -1,0 +1,134 @@
+/**
+ * The job queue. Each job names the locks it needs (e.g. "instance:web1");
+ * a job starts when none of its locks is held and no earlier queued job
+ * wants one of them, so jobs on the same instance run one after the other in
+ * submission order and jobs on different instances run in parallel.
+ */
+import { EventEmitter } from 'node:events';
+import { FINISHED, JobStore, type JobRow, type LogLine } from './job-store';
+
+export interface JobContext {
+  readonly jobId: number;
+  log(message: string): void;
+}
+
+/** An error with a gRPC-style code (e.g. from a node) that the job records. */
+export class JobError extends Error {
+  constructor(message: string, readonly code = '') {
+    super(message);
+    this.name = 'JobError';
+  }
+}
+
+export type JobRunner = (job: JobRow, ctx: JobContext) => Promise<void>;
+
+export class JobQueue {
+  private readonly events = new EventEmitter();
+  private readonly pending: { id: number; locks: string[] }[] = [];
+  private readonly held = new Set<string>();
+  private readonly running = new Map<number, Promise<void>>();
+
+  constructor(readonly store: JobStore, private readonly runner: JobRunner) {
+    this.events.setMaxListeners(0);
+  }
+
+  submit(opType: string, op: unknown, summary: string, locks: string[]): JobRow {
+    const job = this.store.create(opType, op, summary, locks);
+    this.log(job.id, `submitted: ${summary}`);
+    this.pending.push({ id: job.id, locks });
+    setImmediate(() => this.pump());
+    return job;
+  }
+
+  /** Cancels a queued job; a running or finished one cannot be canceled. */
+  cancel(id: number): JobRow | undefined {
+    const job = this.store.get(id);
+    if (!job) return undefined;
+    const i = this.pending.findIndex((p) => p.id === id);
+    if (i < 0 || job.status !== 'queued') throw new JobError(`job ${id} is ${job.status}; only queued jobs can be canceled`, 'FAILED_PRECONDITION');
+    this.pending.splice(i, 1);
+    this.log(id, 'canceled');
+    this.store.finish(id, 'canceled', 'canceled by request');
+    this.events.emit(`done:${id}`, this.store.get(id));
+    setImmediate(() => this.pump());
+    return this.store.get(id);
+  }
+
+  log(id: number, message: string): LogLine {
+    const line = this.store.appendLog(id, message);
+    this.events.emit(`log:${id}`, line);
+    return line;
+  }
+
+  onLog(id: number, fn: (line: LogLine) => void): () => void {
+    this.events.on(`log:${id}`, fn);
+    return () => this.events.off(`log:${id}`, fn);
+  }
+
+  onDone(id: number, fn: (job: JobRow) => void): () => void {
+    this.events.on(`done:${id}`, fn);
+    return () => this.events.off(`done:${id}`, fn);
+  }
+
+  isFinished(job: JobRow): boolean {
+    return FINISHED.has(job.status);
+  }
+
+  /** Ids of the jobs running now. */
+  runningIds(): number[] {
+    return [...this.running.keys()];
+  }
+
+  /** Resolves when no job is queued or running. */
+  async idle(): Promise<void> {
+    while (this.pending.length > 0 || this.running.size > 0) {
+      await Promise.allSettled([...this.running.values()]);
+      await new Promise((r) => setImmediate(r));
+    }
+  }
+
+  private pump(): void {
+    const wanted = new Set<string>();
+    for (let i = 0; i < this.pending.length; ) {
+      const p = this.pending[i];
+      const blocked = p.locks.some((l) => this.held.has(l) || wanted.has(l));
+      p.locks.forEach((l) => wanted.add(l));
+      if (blocked) {
+        i++;
+        continue;
+      }
+      this.pending.splice(i, 1);
+      this.start(p.id, p.locks);
+    }
+  }
+
+  private start(id: number, locks: string[]): void {
+    locks.forEach((l) => this.held.add(l));
+    this.store.setRunning(id);
+    const job = this.store.get(id)!;
+    const ctx: JobContext = { jobId: id, log: (m) => void this.log(id, m) };
+    const run = (async () => {
+      try {
+        this.log(id, `started`);
+        await this.runner(job, ctx);
+        this.log(id, 'finished: success');
+        this.store.finish(id, 'success');
+      } catch (err) {
+        const message = err instanceof Error ? err.message : String(err);
+        const code = err instanceof JobError ? err.code : (err as { code?: unknown }).code;
+        try {
+          this.log(id, `failed: ${message}`);
+          this.store.finish(id, 'error', message, typeof code === 'string' ? code : '');
+        } catch (dbErr) {
+          console.error(`gnt-masterd: could not record the failure of job ${id}: ${String(dbErr)}`);
+        }
+      } finally {
+        locks.forEach((l) => this.held.delete(l));
+        this.running.delete(id);
+        this.events.emit(`done:${id}`, this.store.get(id));
+        this.pump();
+      }
+    })();
+    this.running.set(id, run);
+  }
+}

@@ -1,0 +1,108 @@
+/**
+ * Calls from the master to node daemons (proto/node.proto) over mutual TLS
+ * with the master's certificate. Each call has a deadline; failures become
+ * NodeRpcError carrying the gRPC status name (RESOURCE_EXHAUSTED, NOT_FOUND,
+ * ...) and a message naming the node.
+ */
+import * as grpc from '@grpc/grpc-js';
+import { callNode, connectNode, type NodeDaemonClient, type NodeMethod, type NodeReply, type NodeRequest } from '../common/node-client';
+import { readIdentity, type Identity, type TlsMaterial } from '../common/pki';
+import type { NodeInfoReply__Output } from '../generated/gnt/node/v1/NodeInfoReply';
+import type { InstanceRuntime__Output } from '../generated/gnt/node/v1/InstanceRuntime';
+import type { InstanceSpec } from '../generated/gnt/node/v1/InstanceSpec';
+import type { InstanceListReply__Output } from '../generated/gnt/node/v1/InstanceListReply';
+import type { HotplugSupportedReply__Output } from '../generated/gnt/node/v1/HotplugSupportedReply';
+import type { HotplugDeviceRequest } from '../generated/gnt/node/v1/HotplugDeviceRequest';
+import type { HotplugDeviceReply__Output } from '../generated/gnt/node/v1/HotplugDeviceReply';
+
+export class NodeRpcError extends Error {
+  constructor(message: string, readonly code: string, readonly grpcCode: number) {
+    super(message);
+    this.name = 'NodeRpcError';
+  }
+}
+
+export const statusName = (code: number): string => grpc.status[code] ?? `CODE_${code}`;
+
+export interface NodeTarget {
+  name: string;
+  address: string;
+}
+
+export interface NodeRpcOptions {
+  /** Deadline of quick calls (info, lists), ms. */
+  shortTimeoutMs?: number;
+  /** Deadline of calls that start, stop or hotplug, ms. */
+  longTimeoutMs?: number;
+}
+
+export class NodeRpc {
+  private readonly clients = new Map<string, NodeDaemonClient>();
+  private readonly tls: TlsMaterial;
+  private readonly shortMs: number;
+  private readonly longMs: number;
+
+  constructor(identity: Identity, options: NodeRpcOptions = {}) {
+    this.tls = readIdentity(identity);
+    this.shortMs = options.shortTimeoutMs ?? 10_000;
+    this.longMs = options.longTimeoutMs ?? 120_000;
+  }
+
+  private client(address: string): NodeDaemonClient {
+    let c = this.clients.get(address);
+    if (!c) {
+      c = connectNode(address, this.tls);
+      this.clients.set(address, c);
+    }
+    return c;
+  }
+
+  private async call<M extends NodeMethod>(node: NodeTarget, method: M, req: NodeRequest<M>, timeoutMs: number): Promise<NodeReply<M>> {
+    try {
+      return await callNode(this.client(node.address), method, req, { deadline: Date.now() + timeoutMs });
+    } catch (e) {
+      const err = e as grpc.ServiceError;
+      if (typeof err.code !== 'number') throw e;
+      const name = statusName(err.code);
+      const detail = (err.details || err.message).replace(/\s*Resolution note:\s*$/, '').trim();
+      const where = `node ${node.name} (${node.address})`;
+      const message =
+        err.code === grpc.status.UNAVAILABLE && !/^QEMU|monitor/i.test(detail)
+          ? `cannot reach ${where}: ${detail}`
+          : err.code === grpc.status.DEADLINE_EXCEEDED && /Deadline exceeded/i.test(detail)
+            ? `${where} did not answer ${method} within ${Math.round(timeoutMs / 1000)} s`
+            : `${where}: ${detail} (${name})`;
+      throw new NodeRpcError(message, name, err.code);
+    }
+  }
+
+  nodeInfo(node: NodeTarget): Promise<NodeInfoReply__Output> {
+    return this.call(node, 'NodeInfo', {}, this.shortMs);
+  }
+  instanceList(node: NodeTarget): Promise<InstanceListReply__Output> {
+    return this.call(node, 'InstanceList', {}, this.shortMs);
+  }
+  instanceInfo(node: NodeTarget, name: string): Promise<InstanceRuntime__Output> {
+    return this.call(node, 'InstanceInfo', { name }, this.shortMs);
+  }
+  instanceStart(node: NodeTarget, spec: InstanceSpec): Promise<InstanceRuntime__Output> {
+    return this.call(node, 'InstanceStart', { spec }, this.longMs);
+  }
+  instanceStop(node: NodeTarget, name: string, timeoutMs = 0): Promise<InstanceRuntime__Output> {
+    return this.call(node, 'InstanceStop', { name, timeoutMs }, this.longMs);
+  }
+  instanceRemove(node: NodeTarget, name: string): Promise<unknown> {
+    return this.call(node, 'InstanceRemove', { name }, this.longMs);
+  }
+  hotplugSupported(node: NodeTarget, instance: string, deviceType: 'NIC' | 'DISK'): Promise<HotplugSupportedReply__Output> {
+    return this.call(node, 'HotplugSupported', { instance, deviceType }, this.shortMs);
+  }
+  hotplugDevice(node: NodeTarget, req: HotplugDeviceRequest): Promise<HotplugDeviceReply__Output> {
+    return this.call(node, 'HotplugDevice', req, this.longMs);
+  }
+
+  close(): void {
+    for (const c of this.clients.values()) c.close();
+    this.clients.clear();
+  }
+}

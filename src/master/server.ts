@@ -1,0 +1,245 @@
+/**
+ * gnt-masterd's gRPC service (proto/master.proto) with mutual TLS: only
+ * clients whose certificate is signed by the cluster CA are served.
+ */
+import * as grpc from '@grpc/grpc-js';
+import { readIdentity } from '../common/pki';
+import { loadProto } from '../common/proto';
+import type { ProtoGrpcType as MasterProto } from '../generated/master';
+import type { MasterHandlers } from '../generated/gnt/master/v1/Master';
+import type { Job } from '../generated/gnt/master/v1/Job';
+import type { Instance } from '../generated/gnt/master/v1/Instance';
+import type { InstanceRuntimeView } from '../generated/gnt/master/v1/InstanceRuntimeView';
+import type { NodeLive } from '../generated/gnt/master/v1/NodeLive';
+import { ClusterDir } from './cluster-dir';
+import { openDb, type Db } from './config/db';
+import { ConfigError, ConfigStore, type InstanceConfig } from './config/config-store';
+import { Executor, nodeTarget } from './jobs/executor';
+import { JobStore, type JobRow } from './jobs/job-store';
+import { JobError, JobQueue } from './jobs/queue';
+import { prepareJob } from './jobs/ops';
+import { NodeRpc, NodeRpcError, type NodeRpcOptions } from './node-rpc';
+import { checkAddress, UsageError } from './validate';
+
+export const loadMasterProto = (): MasterProto => loadProto<MasterProto>('master.proto');
+
+function toJob(row: JobRow, log?: { seq: number; time: string; message: string }[]): Job {
+  return {
+    id: row.id, opType: row.op_type, summary: row.summary, status: row.status, error: row.error, errorCode: row.error_code,
+    createdAt: row.created_at, startedAt: row.started_at, endedAt: row.ended_at, opJson: row.op_json, log: log ?? [],
+  };
+}
+
+function toInstance(i: InstanceConfig): Instance {
+  return {
+    uuid: i.uuid, name: i.name, node: i.node.name, vcpus: i.vcpus, maxvcpus: i.maxvcpus, memoryMib: i.memory_mib,
+    maxmemMib: i.maxmem_mib, kernel: i.kernel, initrd: i.initrd, kernelArgs: i.kernel_args, hvparams: i.hvparams,
+    adminState: i.admin_state, createdAt: i.created_at,
+    nics: i.nics.map((n) => ({ index: n.idx, uuid: n.uuid, mac: n.mac, link: n.link })),
+    disks: i.disks.map((d) => ({ index: d.idx, uuid: d.uuid, sizeBytes: d.size_bytes })),
+  };
+}
+
+/** Maps an error to a gRPC status for the caller. */
+function toStatus(err: unknown): Partial<grpc.StatusObject> {
+  const message = err instanceof Error ? err.message : String(err);
+  let code = grpc.status.INTERNAL;
+  if (err instanceof UsageError) code = grpc.status.INVALID_ARGUMENT;
+  else if (err instanceof ConfigError || err instanceof JobError) {
+    const c = (grpc.status as unknown as Record<string, number>)[err.code];
+    code = typeof c === 'number' ? c : grpc.status.FAILED_PRECONDITION;
+  } else if (err instanceof NodeRpcError) code = err.grpcCode;
+  return { code, details: message };
+}
+
+export interface MasterOptions {
+  clusterDir: ClusterDir;
+  /** Overrides the address from cluster.json (host:port; port 0 picks one). */
+  listen?: string;
+  rpc?: NodeRpcOptions;
+}
+
+export class MasterDaemon {
+  readonly db: Db;
+  readonly config: ConfigStore;
+  readonly jobs: JobStore;
+  readonly queue: JobQueue;
+  readonly rpc: NodeRpc;
+  private server?: grpc.Server;
+  /** Ids of the jobs found unfinished at start-up and marked failed. */
+  readonly interrupted: number[];
+
+  constructor(readonly options: MasterOptions) {
+    const dir = options.clusterDir;
+    dir.readClusterFile();
+    this.db = openDb(dir.dbFile);
+    this.config = new ConfigStore(this.db);
+    this.jobs = new JobStore(this.db);
+    this.interrupted = this.jobs.failInterrupted();
+    this.rpc = new NodeRpc(dir.masterIdentity, options.rpc);
+    const executor = new Executor(this.config, this.rpc);
+    this.queue = new JobQueue(this.jobs, (job, ctx) => executor.run(job, ctx));
+  }
+
+  /** Starts serving; resolves to the bound host:port. */
+  async listen(): Promise<string> {
+    const address = this.options.listen ?? this.options.clusterDir.readClusterFile().master_address;
+    const { host } = checkAddress(address.replace(/:0$/, ':1'), 'master address');
+    const tls = readIdentity(this.options.clusterDir.masterIdentity);
+    const creds = grpc.ServerCredentials.createSsl(tls.ca, [{ cert_chain: tls.cert, private_key: tls.key }], true);
+    const server = new grpc.Server();
+    server.addService(loadMasterProto().gnt.master.v1.Master.service, this.handlers());
+    const port = await new Promise<number>((resolve, reject) =>
+      server.bindAsync(address, creds, (err, p) => (err ? reject(new Error(`cannot listen on ${address}: ${err.message}`)) : resolve(p))),
+    );
+    this.server = server;
+    return `${host}:${port}`;
+  }
+
+  async close(): Promise<void> {
+    if (this.server) {
+      const s = this.server;
+      await new Promise<void>((resolve) => {
+        const t = setTimeout(() => {
+          s.forceShutdown();
+          resolve();
+        }, 2000);
+        s.tryShutdown(() => {
+          clearTimeout(t);
+          resolve();
+        });
+      });
+    }
+    const running = this.queue.runningIds();
+    this.rpc.close();
+    // A job still running keeps writing its log until the process exits; its
+    // row stays "running" and the next master marks it interrupted.
+    if (running.length === 0) this.db.close();
+  }
+
+  private async nodeLive(target: { name: string; address: string }): Promise<NodeLive> {
+    try {
+      const info = await this.rpc.nodeInfo(target);
+      return { reachable: true, ...info };
+    } catch (err) {
+      return { reachable: false, error: (err as Error).message };
+    }
+  }
+
+  private async runtimeView(inst: InstanceConfig): Promise<InstanceRuntimeView> {
+    try {
+      const rt = await this.rpc.instanceInfo(nodeTarget(inst), inst.name);
+      return { known: true, running: rt.running, pid: rt.pid, nics: rt.nics, disks: rt.disks, guest: rt.guest };
+    } catch (err) {
+      if (err instanceof NodeRpcError && err.code === 'NOT_FOUND')
+        return { known: false, error: `node ${inst.node.name} has no runtime state for ${inst.name} (never started)` };
+      return { known: false, error: (err as Error).message };
+    }
+  }
+
+  private handlers(): MasterHandlers {
+    const unary =
+      <Req, Rep>(fn: (req: Req) => Rep | Promise<Rep>): grpc.handleUnaryCall<Req, Rep> =>
+      (call, callback) => {
+        Promise.resolve()
+          .then(() => fn(call.request))
+          .then((r) => callback(null, r), (err) => callback(toStatus(err) as grpc.ServiceError));
+      };
+    const getJobRow = (id: string | number): JobRow => {
+      const row = this.jobs.get(Number(id));
+      if (!row) throw new ConfigError(`job ${id} does not exist`, 'NOT_FOUND');
+      return row;
+    };
+    return {
+      SubmitJob: unary((req) => {
+        const prepared = prepareJob(req);
+        const job = this.queue.submit(prepared.op.type, prepared.op, prepared.summary, prepared.locks);
+        return { jobId: job.id };
+      }),
+      GetJob: unary((req) => {
+        const row = getJobRow(req.id);
+        return toJob(row, this.jobs.logs(row.id));
+      }),
+      ListJobs: unary(() => ({ jobs: this.jobs.list().map((r) => toJob(r)) })),
+      CancelJob: unary((req) => {
+        getJobRow(req.id);
+        return toJob(this.queue.cancel(Number(req.id))!);
+      }),
+      WatchJob: (call) => {
+        let row: JobRow;
+        try {
+          row = getJobRow(call.request.id);
+        } catch (err) {
+          call.emit('error', toStatus(err));
+          return;
+        }
+        const id = row.id;
+        let lastSeq = Number(call.request.afterSeq) || 0;
+        let finished = false;
+        const send = (line: { seq: number; time: string; message: string }) => {
+          if (line.seq <= lastSeq || finished) return;
+          lastSeq = line.seq;
+          call.write({ line });
+        };
+        const finish = () => {
+          if (finished) return;
+          for (const l of this.jobs.logs(id, lastSeq)) send(l);
+          finished = true;
+          offLog();
+          offDone();
+          call.write({ done: toJob(this.jobs.get(id)!) });
+          call.end();
+        };
+        const offLog = this.queue.onLog(id, send);
+        const offDone = this.queue.onDone(id, finish);
+        call.on('cancelled', () => {
+          finished = true;
+          offLog();
+          offDone();
+        });
+        for (const l of this.jobs.logs(id, lastSeq)) send(l);
+        if (this.queue.isFinished(this.jobs.get(id)!)) finish();
+      },
+      ListNodes: unary(() => ({
+        nodes: this.config.listNodes().map((n) => ({ uuid: n.uuid, name: n.name, address: n.address, createdAt: n.created_at, instanceCount: n.instance_count })),
+      })),
+      GetNode: unary(async (req) => {
+        const n = this.config.getNode(req.name);
+        const count = this.config.listNodes().find((x) => x.uuid === n.uuid)?.instance_count ?? 0;
+        return {
+          node: { uuid: n.uuid, name: n.name, address: n.address, createdAt: n.created_at, instanceCount: count },
+          live: await this.nodeLive(n),
+        };
+      }),
+      ListInstances: unary(async (req) => {
+        const instances = this.config.listInstances();
+        const states = new Map<string, string>();
+        if (req.live) {
+          const reachable = new Set<string>();
+          await Promise.all(
+            this.config.listNodes().map(async (n) => {
+              try {
+                const list = await this.rpc.instanceList(n);
+                reachable.add(n.name);
+                for (const rt of list.instances) states.set(`${n.name}/${rt.name}`, rt.running ? 'running' : 'stopped');
+              } catch {
+                /* the node's instances stay "unknown" */
+              }
+            }),
+          );
+          for (const i of instances) {
+            const key = `${i.node.name}/${i.name}`;
+            if (!states.has(key) && reachable.has(i.node.name)) states.set(key, 'stopped');
+          }
+        }
+        return {
+          instances: instances.map((i) => ({ instance: toInstance(i), operState: states.get(`${i.node.name}/${i.name}`) ?? 'unknown' })),
+        };
+      }),
+      GetInstance: unary(async (req) => {
+        const inst = this.config.getInstance(req.name);
+        return { instance: toInstance(inst), runtime: await this.runtimeView(inst) };
+      }),
+    };
+  }
+}

@@ -1,0 +1,266 @@
+/**
+ * The NodeDaemon RPC handlers (proto/node.proto) on top of src/hypervisor.
+ * Each handler validates its input before touching anything, runs the
+ * instance's work through the instance's single KvmInstance object, and maps
+ * errors to gRPC status codes (status.ts).
+ */
+import * as fs from 'node:fs';
+import * as os from 'node:os';
+import type * as grpc from '@grpc/grpc-js';
+import { errorMessage } from '../hypervisor/errors';
+import { KvmInstance } from '../hypervisor/kvm-instance';
+import { DEFAULT_QEMU, qemuFeatures } from '../hypervisor/qemu-binary';
+import type { HotplugDeviceReply } from '../generated/gnt/node/v1/HotplugDeviceReply';
+import type { HotplugDeviceRequest__Output } from '../generated/gnt/node/v1/HotplugDeviceRequest';
+import type { HotplugSupportedReply } from '../generated/gnt/node/v1/HotplugSupportedReply';
+import type { HotplugSupportedRequest__Output } from '../generated/gnt/node/v1/HotplugSupportedRequest';
+import type { InstanceListReply } from '../generated/gnt/node/v1/InstanceListReply';
+import type { InstanceRef__Output } from '../generated/gnt/node/v1/InstanceRef';
+import type { InstanceRemoveReply } from '../generated/gnt/node/v1/InstanceRemoveReply';
+import type { InstanceRuntime } from '../generated/gnt/node/v1/InstanceRuntime';
+import type { InstanceStartRequest__Output } from '../generated/gnt/node/v1/InstanceStartRequest';
+import type { InstanceStopRequest__Output } from '../generated/gnt/node/v1/InstanceStopRequest';
+import type { NodeDaemonHandlers } from '../generated/gnt/node/v1/NodeDaemon';
+import type { NodeInfoReply } from '../generated/gnt/node/v1/NodeInfoReply';
+import type { Disk__Output } from '../generated/gnt/node/v1/Disk';
+import type { Nic__Output } from '../generated/gnt/node/v1/Nic';
+import type { InstanceRegistry, Logger } from './instance-registry';
+import { diskToProto, int64, nicToProto, planStart, runtimeToProto, type StartPlan } from './spec';
+import { failedPrecondition, invalidArgument, notFound, statusName, toStatus } from './status';
+import { assertDeviceUuid, type Storage } from './storage';
+
+export interface NodeServiceOptions {
+  nodeName: string;
+  registry: InstanceRegistry;
+  storage: Storage;
+  qemuBinary?: string;
+  log: Logger;
+}
+
+const DEFAULT_STOP_TIMEOUT_MS = 10_000;
+
+/** MemTotal and MemAvailable from /proc/meminfo, in MiB. */
+function memoryMiB(): { total: number; free: number } {
+  const text = fs.readFileSync('/proc/meminfo', 'utf8');
+  const kib = (key: string): number => Number(new RegExp(`^${key}:\\s+(\\d+) kB`, 'm').exec(text)?.[1] ?? 0);
+  return { total: Math.floor(kib('MemTotal') / 1024), free: Math.floor(kib('MemAvailable') / 1024) };
+}
+
+export class NodeService {
+  private readonly registry: InstanceRegistry;
+  private readonly storage: Storage;
+
+  constructor(private readonly opts: NodeServiceOptions) {
+    this.registry = opts.registry;
+    this.storage = opts.storage;
+  }
+
+  /** The handler table for grpc.Server.addService. */
+  handlers(): NodeDaemonHandlers {
+    return {
+      NodeInfo: this.unary('NodeInfo', () => '', async () => this.nodeInfo()),
+      InstanceList: this.unary('InstanceList', () => '', async (): Promise<InstanceListReply> => ({
+        instances: this.registry.all().map((i) => this.runtimeOf(i)),
+      })),
+      InstanceInfo: this.unary('InstanceInfo', (r: InstanceRef__Output) => r.name, async (r) => this.runtimeOf(this.registry.get(r.name))),
+      InstanceStart: this.unary('InstanceStart', (r: InstanceStartRequest__Output) => r.spec?.name ?? '', (r) => this.instanceStart(r)),
+      InstanceStop: this.unary('InstanceStop', (r: InstanceStopRequest__Output) => r.name, (r) => this.instanceStop(r)),
+      InstanceRemove: this.unary('InstanceRemove', (r: InstanceRef__Output) => r.name, (r) => this.instanceRemove(r)),
+      HotplugSupported: this.unary('HotplugSupported', (r: HotplugSupportedRequest__Output) => r.instance, async (r) => this.hotplugSupported(r)),
+      HotplugDevice: this.unary('HotplugDevice', (r: HotplugDeviceRequest__Output) => r.instance, (r) => this.hotplugDevice(r)),
+    };
+  }
+
+  /** Wraps a handler: one log line per call (method, instance, duration, status), errors as status codes. */
+  private unary<Req, Res>(
+    method: string,
+    instanceOf: (req: Req) => string,
+    fn: (req: Req) => Promise<Res>,
+  ): grpc.handleUnaryCall<Req, Res> {
+    return (call, callback) => {
+      const started = Date.now();
+      const req = call.request;
+      const what = `${method}${instanceOf(req) ? ` instance=${instanceOf(req)}` : ''}`;
+      Promise.resolve()
+        .then(() => fn(req))
+        .then(
+          (reply) => {
+            this.opts.log(`${what} ${Date.now() - started}ms OK`);
+            callback(null, reply);
+          },
+          (err: unknown) => {
+            const st = toStatus(err);
+            this.opts.log(`${what} ${Date.now() - started}ms ${statusName(st.code)}: ${st.details}`);
+            callback({ code: st.code, details: st.details, name: statusName(st.code), message: st.details }, null);
+          },
+        );
+    };
+  }
+
+  private runtimeOf(inst: KvmInstance): InstanceRuntime {
+    return runtimeToProto(inst.runtime, inst.pid, this.registry.guest(inst.name));
+  }
+
+  private nodeInfo(): NodeInfoReply {
+    const mem = memoryMiB();
+    const q = qemuFeatures(this.opts.qemuBinary ?? DEFAULT_QEMU);
+    return {
+      name: this.opts.nodeName,
+      memoryTotalMib: String(mem.total),
+      memoryFreeMib: String(mem.free),
+      cpus: os.availableParallelism(),
+      qemuVersion: `${q.version.major}.${q.version.minor}.${q.version.micro}`,
+      storageDir: this.storage.dir,
+      storageFreeBytes: String(this.storage.freeBytes()),
+    };
+  }
+
+  // ---- lifecycle --------------------------------------------------------
+
+  /**
+   * A known instance: the whole start (space check, disk files, runtime file
+   * update, QEMU) runs as one operation in the instance's queue. A new one:
+   * created under the name lock, so that two starts cannot both create it.
+   */
+  private async instanceStart(req: InstanceStartRequest__Output): Promise<InstanceRuntime> {
+    const spec = req.spec;
+    if (!spec) throw invalidArgument('InstanceStart needs a spec');
+    const name = spec.name;
+    const plan = planStart(spec, this.storage);
+    const devices = { nics: plan.nics, disks: plan.disks, hvparams: plan.hvparams };
+    const known = this.registry.find(name);
+    if (known) return this.startKnown(known, plan.machine, devices, plan.newDisks);
+    return this.registry.withName(name, async () => {
+      const again = this.registry.find(name);
+      if (again) return this.startKnown(again, plan.machine, devices, plan.newDisks);
+      const created = this.storage.createDisks(name, plan.newDisks);
+      let inst: KvmInstance;
+      try {
+        inst = KvmInstance.create(this.registry.dataDir, plan.machine, devices, this.registry.options);
+      } catch (err) {
+        this.storage.removeFiles(created); // no runtime file refers to them
+        throw err;
+      }
+      this.registry.add(inst);
+      await inst.start();
+      return this.runtimeOf(inst);
+    });
+  }
+
+  private async startKnown(
+    inst: KvmInstance,
+    machine: StartPlan['machine'],
+    devices: Pick<StartPlan, 'nics' | 'disks' | 'hvparams'>,
+    newDisks: StartPlan['newDisks'],
+  ): Promise<InstanceRuntime> {
+    await inst.reconfigureAndStart(machine, devices, () => {
+      if (this.registry.find(inst.name) !== inst)
+        throw failedPrecondition(`instance ${inst.name} was removed while this start waited for it; send InstanceStart again`);
+      this.registry.resetConsole(inst.name);
+      const created = this.storage.createDisks(inst.name, newDisks);
+      return () => this.storage.removeFiles(created);
+    });
+    return this.runtimeOf(inst);
+  }
+
+  private async instanceStop(req: InstanceStopRequest__Output): Promise<InstanceRuntime> {
+    if (req.timeoutMs < 0) throw invalidArgument(`timeout_ms must not be negative, not ${req.timeoutMs}`);
+    const inst = this.registry.get(req.name);
+    await inst.stop(req.timeoutMs || DEFAULT_STOP_TIMEOUT_MS);
+    return this.runtimeOf(inst);
+  }
+
+  /** Runs in the instance's queue, so it comes after every operation that arrived before it. */
+  private async instanceRemove(req: InstanceRef__Output): Promise<InstanceRemoveReply> {
+    const inst = this.registry.get(req.name);
+    return inst.exclusive(async () => {
+      if (this.registry.find(inst.name) !== inst) throw notFound(`instance ${inst.name} was removed already`);
+      const pid = inst.pid;
+      if (pid !== undefined) throw failedPrecondition(`instance ${inst.name} is running (pid ${pid}); stop it before removing it`);
+      this.registry.delete(inst.name);
+      fs.rmSync(inst.paths.dir, { recursive: true, force: true });
+      this.storage.removeInstance(inst.name);
+      return {};
+    });
+  }
+
+  // ---- hotplug ----------------------------------------------------------
+
+  private hotplugSupported(req: HotplugSupportedRequest__Output): HotplugSupportedReply {
+    if (req.deviceType !== 'NIC' && req.deviceType !== 'DISK')
+      throw invalidArgument(`device_type must be NIC or DISK, not ${req.deviceType}`);
+    const inst = this.registry.find(req.instance);
+    if (!inst) return { supported: false, reason: `instance ${req.instance} does not exist on node ${this.opts.nodeName}` };
+    if (inst.pid === undefined) return { supported: false, reason: `instance ${req.instance} is not running` };
+    return { supported: true, reason: '' };
+  }
+
+  private async hotplugDevice(req: HotplugDeviceRequest__Output): Promise<HotplugDeviceReply> {
+    const inst = this.registry.get(req.instance);
+    if (req.deviceType === 'NIC') {
+      if (!req.nic) throw invalidArgument('a NIC hotplug needs the nic field');
+      return this.hotplugNic(inst, req.action, req.nic);
+    }
+    if (req.deviceType === 'DISK') {
+      if (!req.disk) throw invalidArgument('a disk hotplug needs the disk field');
+      return this.hotplugDisk(inst, req.action, req.disk);
+    }
+    throw invalidArgument(`device_type must be NIC or DISK, not ${req.deviceType}`);
+  }
+
+  private async hotplugNic(inst: KvmInstance, action: string, nic: Nic__Output): Promise<HotplugDeviceReply> {
+    const uuid = assertDeviceUuid(nic.uuid, 'the NIC');
+    switch (action) {
+      case 'ADD': {
+        const rec = await inst.hotAddNic(nic.link ? { uuid, mac: nic.mac, link: nic.link } : { uuid, mac: nic.mac });
+        const out = nicToProto(rec);
+        return { pci: out.pci, deviceId: out.deviceId, nic: out };
+      }
+      case 'MODIFY': {
+        if (!nic.mac && !nic.link) throw invalidArgument(`modify of NIC ${uuid}: give a new mac or link`);
+        const rec = await inst.hotModifyNic(uuid, { mac: nic.mac || undefined, link: nic.link || undefined });
+        const out = nicToProto(rec);
+        return { pci: out.pci, deviceId: out.deviceId, nic: out };
+      }
+      case 'REMOVE': {
+        const out = nicToProto(await inst.hotRemoveNic(uuid));
+        return { pci: out.pci, deviceId: out.deviceId, nic: out };
+      }
+      default:
+        throw invalidArgument(`NIC hotplug action must be ADD, REMOVE or MODIFY, not ${action}`);
+    }
+  }
+
+  private async hotplugDisk(inst: KvmInstance, action: string, disk: Disk__Output): Promise<HotplugDeviceReply> {
+    const uuid = assertDeviceUuid(disk.uuid, 'the disk');
+    switch (action) {
+      case 'ADD': {
+        if (disk.path && !disk.path.startsWith('/')) throw invalidArgument(`disk ${uuid}: path "${disk.path}" is not absolute`);
+        const path = disk.path || this.storage.defaultDiskPath(inst.name, uuid);
+        const sizeBytes = disk.path ? 0 : int64(disk.sizeBytes, `disk ${uuid} size_bytes`);
+        // Created in the instance's queue, once the instance is known to run and the uuid to be new.
+        const prepare = (): (() => void) | void => {
+          if (disk.path) return;
+          const created = this.storage.createDisks(inst.name, [{ path, sizeBytes }]);
+          return () => this.storage.removeFiles(created);
+        };
+        const out = diskToProto(await inst.hotAddDisk({ uuid, path }, prepare));
+        return { pci: out.pci, deviceId: out.deviceId, disk: out };
+      }
+      case 'REMOVE': {
+        const rec = await inst.hotRemoveDisk(uuid);
+        const out = diskToProto(rec);
+        if (this.storage.owns(inst.name, rec.path)) {
+          try {
+            fs.rmSync(rec.path, { force: true });
+          } catch (err) {
+            this.opts.log(`disk ${uuid} of ${inst.name} was removed, but deleting ${rec.path} failed: ${errorMessage(err)}`);
+          }
+        }
+        return { pci: out.pci, deviceId: out.deviceId, disk: out };
+      }
+      default:
+        throw invalidArgument(`disk hotplug action must be ADD or REMOVE, not ${action}`);
+    }
+  }
+}

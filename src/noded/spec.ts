@@ -1,0 +1,143 @@
+/**
+ * Conversions between the proto messages (src/generated) and the hypervisor
+ * layer: InstanceSpec -> machine spec and device requests, runtime file ->
+ * InstanceRuntime.
+ */
+import * as fs from 'node:fs';
+import type { DiskRequest, NicRequest } from '../hypervisor/kvm-instance';
+import type { GuestState } from '../hypervisor/guest-console';
+import type { InstanceSpec as MachineSpec } from '../hypervisor/qemu-command';
+import type { DiskRecord, HvParams, NicRecord, RuntimeData } from '../hypervisor/runtime-file';
+import { deviceId } from '../hypervisor/device-id';
+import { assertInstanceName } from '../hypervisor/instance-paths';
+import type { Disk } from '../generated/gnt/node/v1/Disk';
+import type { GuestView } from '../generated/gnt/node/v1/GuestView';
+import type { InstanceRuntime } from '../generated/gnt/node/v1/InstanceRuntime';
+import type { InstanceSpec__Output } from '../generated/gnt/node/v1/InstanceSpec';
+import type { Nic } from '../generated/gnt/node/v1/Nic';
+import { invalidArgument } from './status';
+import { assertDeviceUuid, type NewDisk, type Storage } from './storage';
+
+/** hvparams that select the machine rather than being kept as hvparams. */
+const MACHINE_KEYS = ['machine', 'accel'] as const;
+
+/** An int64 field (a decimal string with longs=String) as a safe integer. */
+export function int64(value: string | number, what: string): number {
+  const n = typeof value === 'number' ? value : Number(value);
+  if (!Number.isSafeInteger(n) || n < 0) throw invalidArgument(`${what} must be a non-negative integer, not ${value}`);
+  return n;
+}
+
+export interface StartPlan {
+  machine: MachineSpec;
+  nics: NicRequest[];
+  disks: DiskRequest[];
+  hvparams: HvParams;
+  /** Disks with no path: files the node creates if missing. */
+  newDisks: NewDisk[];
+}
+
+/** Validates a spec and turns it into what KvmInstance needs. Touches nothing. */
+export function planStart(spec: InstanceSpec__Output, storage: Storage): StartPlan {
+  assertInstanceName(spec.name);
+  const hv = spec.hvparams ?? {};
+  const machine: MachineSpec = {
+    name: spec.name,
+    uuid: spec.uuid || undefined,
+    memoryMiB: int64(spec.memoryMib, 'memory_mib'),
+    maxMemoryMiB: int64(spec.maxmemMib, 'maxmem_mib') || undefined,
+    vcpus: spec.vcpus,
+    maxVcpus: spec.maxvcpus || undefined,
+    kernel: spec.kernel,
+    initrd: spec.initrd || undefined,
+    kernelArgs: spec.kernelArgs || undefined,
+    machine: hv.machine || undefined,
+    accel: hv.accel || undefined,
+  };
+  if (!machine.kernel) throw invalidArgument(`instance ${spec.name}: kernel is required (boot is by direct kernel only)`);
+  if (!machine.kernel.startsWith('/')) throw invalidArgument(`instance ${spec.name}: kernel path "${machine.kernel}" is not absolute`);
+  const hvparams: HvParams = {};
+  for (const [k, v] of Object.entries(hv)) if (!(MACHINE_KEYS as readonly string[]).includes(k)) hvparams[k] = v;
+  const newDisks: NewDisk[] = [];
+  const disks = spec.disks.map((d, i): DiskRequest => {
+    assertDeviceUuid(d.uuid, `disk ${i} of ${spec.name}`);
+    if (d.path) {
+      if (!d.path.startsWith('/')) throw invalidArgument(`disk ${d.uuid}: path "${d.path}" is not absolute`);
+      return { uuid: d.uuid, path: d.path };
+    }
+    const path = storage.defaultDiskPath(spec.name, d.uuid);
+    newDisks.push({ path, sizeBytes: int64(d.sizeBytes, `disk ${d.uuid} size_bytes`) });
+    return { uuid: d.uuid, path };
+  });
+  const nics = spec.nics.map((n, i): NicRequest => {
+    assertDeviceUuid(n.uuid, `NIC ${i} of ${spec.name}`);
+    return n.link ? { uuid: n.uuid, mac: n.mac, link: n.link } : { uuid: n.uuid, mac: n.mac };
+  });
+  return { machine, nics, disks, hvparams, newDisks };
+}
+
+/** The device id, or "" when the record has none (no slot or uuid, e.g. from an old runtime file). */
+function idOf(kind: 'nic' | 'disk', rec: NicRecord | DiskRecord): string {
+  if (rec.pci === null || !rec.uuid) return '';
+  try {
+    return deviceId(kind, rec.uuid, rec.pci);
+  } catch {
+    return '';
+  }
+}
+
+export function nicToProto(n: NicRecord): Nic {
+  return {
+    uuid: n.uuid,
+    mac: n.mac,
+    link: n.link ?? '',
+    pci: n.pci ?? -1,
+    deviceId: idOf('nic', n),
+    tap: n.tap ?? '',
+  };
+}
+
+function fileSize(file: string): number {
+  try {
+    const st = fs.statSync(file);
+    return st.isFile() ? st.size : 0;
+  } catch {
+    return 0;
+  }
+}
+
+export function diskToProto(d: DiskRecord): Disk {
+  return {
+    uuid: d.uuid,
+    sizeBytes: String(fileSize(d.path)),
+    path: d.path,
+    pci: d.pci ?? -1,
+    deviceId: idOf('disk', d),
+  };
+}
+
+export function guestToProto(g: GuestState | undefined): GuestView {
+  if (!g) return { known: false, nics: [], disks: [], cpusOnline: '', memTotalKib: '0' };
+  return {
+    known: true,
+    nics: g.nets.map((n) => `${n.name} ${n.mac} ${n.pci}`),
+    disks: g.blks.map((b) => `${b.name} ${b.sectors} ${b.pci}`),
+    cpusOnline: g.cpusOnline,
+    memTotalKib: String(g.memTotalKiB),
+  };
+}
+
+export function runtimeToProto(
+  data: RuntimeData,
+  pid: number | undefined,
+  guest: GuestState | undefined,
+): InstanceRuntime {
+  return {
+    name: data.instance,
+    running: pid !== undefined,
+    pid: pid ?? 0,
+    nics: data.nics.map(nicToProto),
+    disks: data.block_devices.map(diskToProto),
+    guest: guestToProto(pid !== undefined ? guest : undefined),
+  };
+}

@@ -41,6 +41,27 @@ export async function deviceExists(mon: Monitor, id: string): Promise<boolean> {
   return (await listDeviceIds(mon)).has(id);
 }
 
+interface PciBusInfo {
+  devices: Array<{ qdev_id: string; pci_bridge?: { devices?: PciBusInfo['devices'] } }>;
+}
+
+/** Whether a PCI function with this qdev id is still on a bus. */
+async function onPciBus(mon: Monitor, id: string): Promise<boolean> {
+  const buses = await mon.execute<PciBusInfo[]>('query-pci');
+  const has = (devices: PciBusInfo['devices']): boolean =>
+    devices.some((d) => d.qdev_id === id || (d.pci_bridge?.devices ? has(d.pci_bridge.devices) : false));
+  return buses.some((b) => has(b.devices));
+}
+
+/**
+ * Whether QEMU still holds the device anywhere. A PCI device leaves
+ * /machine/peripheral a moment before it leaves the bus (its children's
+ * DEVICE_DELETED come in between), and its slot is not free until it has.
+ */
+async function stillPresent(mon: Monitor, id: string): Promise<boolean> {
+  return (await deviceExists(mon, id)) || (await onPciBus(mon, id));
+}
+
 const POLL_MS = 200;
 
 /** Events after which a pending unplug may have finished. */
@@ -77,7 +98,7 @@ export async function deleteDevice(mon: Monitor, id: string, timeoutMs: number):
       if (err instanceof QmpTimeoutError) return undefined; // poll interval elapsed
       throw err; // the monitor went away
     });
-    done = (event !== undefined && isDeletionOf(id, event)) || !(await deviceExists(mon, id));
+    done = (event !== undefined && isDeletionOf(id, event)) || !(await stillPresent(mon, id));
   }
   if (!done) throw new QmpTimeoutError(`unplug of ${id} (the guest did not eject it)`, 'the monitor', timeoutMs);
 }

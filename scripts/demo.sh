@@ -4,4 +4,4 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/prepare.sh
-exec scripts/in-netns.sh node dist/src/tools/hotplug-demo.js "$@"
+exec scripts/in-netns.sh scripts/cluster-demo.sh "$@"

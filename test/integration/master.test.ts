@@ -230,17 +230,9 @@ describe('gnt-masterd and the gnt-* CLI (processes, mTLS, SQLite)', function () 
     const bridge = 'gntmbr0';
     let guest: { kernel: string; initrd: string };
 
-    before(async function () {
-      if (!fs.existsSync(NODED)) {
-        console.log(`      (skipped: ${NODED} is not built)`);
-        this.skip();
-      }
-      try {
-        guest = guestFiles();
-      } catch (err) {
-        console.log(`      (skipped: ${(err as Error).message})`);
-        this.skip();
-      }
+    before(async () => {
+      assert.ok(fs.existsSync(NODED), `${NODED} is not built: run npm run build`);
+      guest = guestFiles();
       const certs = path.join(work, 'node1-certs');
       ok(gnt('gnt-cluster', 'issue-node-cert', 'node1', '--out', certs));
       const nodePort = await freePort();

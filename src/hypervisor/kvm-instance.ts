@@ -20,7 +20,18 @@ import { crossCheckPci, fromQueryPci, parseInfoPci, type QueryPciBus } from './p
 import { DEFAULT_RESERVED_SLOTS, PciSlotMap } from './pci-slots';
 import { deviceExists, isDeletionOf, listDeviceIds } from './qdev';
 import { DEFAULT_QEMU, qemuFeatures } from './qemu-binary';
-import { buildFixedCommand, nodeLocalArgs, securityArgs, type InstanceSpec } from './qemu-command';
+import { buildFixedCommand, memoryOption, nodeLocalArgs, securityArgs, withOption, type InstanceSpec } from './qemu-command';
+import {
+  applyResize,
+  foldPending,
+  initialResources,
+  resourceBootArgs,
+  validateResize,
+  type NodeCapacity,
+  type ResizeRequest,
+  type ResizeResult,
+  type ResourceState,
+} from './resize';
 import { runningPid, spawnQemu, waitForExit } from './qemu-process';
 import { QmpClient, type Monitor, type QmpEvent } from './qmp-client';
 import {
@@ -71,6 +82,8 @@ type Kind = 'nic' | 'disk';
 type AnyRecord = NicRecord | DiskRecord;
 
 const DEFAULT_UNPLUG_TIMEOUT_MS = 15_000;
+
+const hvString = (hv: HvParams, key: string): string | undefined => (typeof hv[key] === 'string' ? (hv[key] as string) : undefined);
 
 export class KvmInstance extends EventEmitter {
   readonly name: string;
@@ -128,6 +141,11 @@ export class KvmInstance extends EventEmitter {
       nicId(nic, nic.pci as number);
       data.nics.push(nic);
     }
+    data.resources = initialResources(spec, hvString(data.hvparams, 'memory_hotplug'), () => {
+      const slot = slots.firstFree();
+      slots.addRecorded(slot, 'virtio-mem');
+      return slot;
+    });
     fs.mkdirSync(paths.dir, { recursive: true, mode: 0o700 });
     saveRuntimeFile(paths.runtimeFile, data);
     return new KvmInstance(spec.name, paths, data, options);
@@ -260,13 +278,21 @@ export class KvmInstance extends EventEmitter {
       nicId(nic, nic.pci as number);
       return nic;
     });
+    const hvparams = { ...(devices.hvparams ?? {}) };
+    const oldVmemSlot = this.data.resources?.virtioMem?.pci;
+    const resources = initialResources(spec, hvString(hvparams, 'memory_hotplug'), () => {
+      const slot = oldVmemSlot !== undefined && !slots.holderOf(oldVmemSlot) ? oldVmemSlot : slots.firstFree();
+      slots.addRecorded(slot, 'virtio-mem');
+      return slot;
+    });
     this.data = {
       version: 2,
       instance: this.name,
       kvm_cmd: kvmCmd,
       nics,
-      hvparams: { ...(devices.hvparams ?? {}) },
+      hvparams,
       block_devices: disks,
+      resources,
     };
     this.save();
   }
@@ -279,6 +305,7 @@ export class KvmInstance extends EventEmitter {
     if (this.pid !== undefined) throw new InstanceStateError(`instance ${this.name} is already running (pid ${this.pid})`);
     this.dropPendingDevices();
     this.completeLegacyDevices();
+    this.foldPendingResources();
     const qemu = qemuFeatures(this.qemuBinary);
     const args = [...this.data.kvm_cmd, ...nodeLocalArgs(this.paths), ...securityArgs(this.data.hvparams, qemu)];
     const fds: number[] = [];
@@ -293,6 +320,7 @@ export class KvmInstance extends EventEmitter {
         nic.tap = tap.name;
         args.push(...nicBootArgs(nic, nic.pci as number, 2 + fds.length, this.nicOptions));
       }
+      if (this.data.resources) args.push(...resourceBootArgs(this.data.resources));
       const pid = await spawnQemu(this.qemuBinary, args, fds, this.paths);
       this.save();
       return pid;
@@ -316,6 +344,16 @@ export class KvmInstance extends EventEmitter {
     this.disconnect();
     await waitForExit(this.paths, pid, timeoutMs);
     for (const f of [this.paths.qmpSocket, this.paths.pidFile]) fs.rmSync(f, { force: true });
+  }
+
+  /** A shrink that could not happen live (ACPI memory, vCPUs below the boot count) happens now. */
+  private foldPendingResources(): void {
+    const r = this.data.resources;
+    if (!r || !foldPending(r)) return;
+    let cmd = withOption(this.data.kvm_cmd, '-m', memoryOption(r.bootMemoryMiB, r.maxMemoryMiB));
+    cmd = withOption(cmd, '-smp', `${r.bootVcpus},maxcpus=${r.maxVcpus}`);
+    this.data.kvm_cmd = cmd;
+    this.save();
   }
 
   /** Devices whose hotplug was never confirmed, or whose removal was asked, do not come back at boot. */
@@ -414,6 +452,8 @@ export class KvmInstance extends EventEmitter {
     for (const [kind, rec] of this.devices()) {
       if (rec.pci !== null) map.addRecorded(rec.pci, rec.uuid ? this.idOf(kind, rec) : `a ${kind} from an old runtime file`);
     }
+    const vmem = this.data.resources?.virtioMem;
+    if (vmem) map.addRecorded(vmem.pci, `the virtio-mem device ${vmem.id}`);
     return map;
   }
 
@@ -561,6 +601,47 @@ export class KvmInstance extends EventEmitter {
     else await releaseDisk(mon, rec as DiskRecord, rec.pci as number);
     this.forget(kind, rec.uuid);
     this.save();
+  }
+
+  // ---- vCPUs and memory ---------------------------------------------------
+
+  /** The vCPU/memory record (a copy), undefined for runtime files from before it existed. */
+  get resources(): ResourceState | undefined {
+    return this.data.resources ? (JSON.parse(JSON.stringify(this.data.resources)) as ResourceState) : undefined;
+  }
+
+  /**
+   * Live vCPU and/or memory change, validated whole (limits, ACPI steps, what
+   * the node can still give) before anything changes; each device that lands
+   * is recorded in the runtime file, so a restart or a migration target
+   * reproduces it.
+   */
+  resize(req: ResizeRequest, node: NodeCapacity): Promise<ResizeResult> {
+    return this.serialize(async () => {
+      const r = this.data.resources;
+      if (!r)
+        throw new InstanceStateError(`instance ${this.name} has no vCPU/memory record (runtime file of an older version); restart it once first`);
+      validateResize(this.name, r, req, node);
+      this.requireRunning();
+      const mon = await this.monitor();
+      const pid = this.pid;
+      return applyResize(
+        {
+          instance: this.name,
+          mon,
+          qemuVersion: this.client?.qemuVersion,
+          cpuUnplugged: pid !== undefined && r.cpuUnpluggedPid === pid,
+          pid,
+          unplugTimeoutMs: this.unplugTimeoutMs,
+          save: (state) => {
+            this.data.resources = state;
+            this.save();
+          },
+        },
+        r,
+        req,
+      );
+    });
   }
 
   /**

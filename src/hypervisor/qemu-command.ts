@@ -40,7 +40,7 @@ export function buildFixedCommand(spec: InstanceSpec): string[] {
   if (maxVcpus < vcpus) throw new InvalidArgumentError(`maxvcpus ${maxVcpus} is below vcpus ${vcpus}`);
   const maxMem = spec.maxMemoryMiB || memory; // 0 or unset: no memory hotplug
   if (maxMem < memory) throw new InvalidArgumentError(`maxmem ${maxMem} MiB is below memory ${memory} MiB`);
-  const mem = maxMem > memory ? `${memory}M,slots=${spec.memorySlots ?? 4},maxmem=${maxMem}M` : `${memory}M`;
+  const mem = memoryOption(memory, maxMem, spec.memorySlots);
   const cmd = [
     '-name', spec.name,
     '-machine', spec.machine ?? 'pc',
@@ -54,6 +54,19 @@ export function buildFixedCommand(spec: InstanceSpec): string[] {
   if (spec.initrd) cmd.push('-initrd', spec.initrd);
   if (spec.kernelArgs) cmd.push('-append', spec.kernelArgs);
   return cmd;
+}
+
+/** A copy of `cmd` with the value after `option` replaced (the option must be there). */
+export function withOption(cmd: readonly string[], option: string, value: string): string[] {
+  const i = cmd.indexOf(option);
+  if (i < 0 || i + 1 >= cmd.length) throw new InvalidArgumentError(`the fixed command has no ${option} option to change`);
+  const out = [...cmd];
+  out[i + 1] = value;
+  return out;
+}
+
+export function memoryOption(memoryMiB: number, maxMemoryMiB: number, slots = 4): string {
+  return maxMemoryMiB > memoryMiB ? `${memoryMiB}M,slots=${slots},maxmem=${maxMemoryMiB}M` : `${memoryMiB}M`;
 }
 
 export interface NodePaths {

@@ -6,7 +6,7 @@
  * next start; virtio-mem grows and shrinks live and reports what the guest
  * really plugged. The resource state lives in the runtime file.
  */
-import { assertCpuReplugSafe, attachCpu, detachCpu, freeCpuSlots, queryHotpluggableCpus, type CpuRecord } from './cpu';
+import { assertCpuReplugSafe, attachCpu, cpuBootArgs, detachCpu, freeCpuSlots, queryHotpluggableCpus, type CpuRecord } from './cpu';
 import { HypervisorError, InvalidArgumentError } from './errors';
 import { inTransaction } from './hotplug-transaction';
 import {
@@ -14,6 +14,8 @@ import {
   assertVirtioMemSize,
   attachDimm,
   detachDimm,
+  dimmBootArgs,
+  virtioMemBootArgs,
   nextDimmId,
   resizeVirtioMem,
   type DimmRecord,
@@ -35,6 +37,72 @@ export interface ResourceState {
   virtioMem?: VirtioMemRecord;
   /** A memory size asked for that only a restart can give (ACPI shrink). */
   pendingMemoryMiB?: number;
+  /** A vCPU count below the boot count, for the next start. */
+  pendingVcpus?: number;
+  /** The QEMU pid in which a vCPU was unplugged (QEMU < 8 cannot re-plug then). */
+  cpuUnpluggedPid?: number;
+}
+
+export const VIRTIO_MEM_ID = 'vmem0';
+
+/**
+ * The resources of a new (or re-specified) instance: hvparams
+ * memory_hotplug=acpi|virtio-mem|none; by default ACPI when maxmem leaves room.
+ * virtio-mem needs a PCI slot, `slotFor` gives it one.
+ */
+export function initialResources(
+  spec: { vcpus: number; maxVcpus?: number; memoryMiB: number; maxMemoryMiB?: number },
+  method: string | undefined,
+  slotFor: () => number,
+): ResourceState {
+  const maxMemoryMiB = spec.maxMemoryMiB || spec.memoryMiB;
+  const room = maxMemoryMiB > spec.memoryMiB;
+  const memoryHotplug = (method ?? (room ? 'acpi' : 'none')) as MemoryHotplug;
+  if (!['none', 'acpi', 'virtio-mem'].includes(memoryHotplug))
+    throw new InvalidArgumentError(`memory_hotplug must be acpi, virtio-mem or none, not "${method}"`);
+  const s: ResourceState = {
+    bootVcpus: spec.vcpus,
+    maxVcpus: spec.maxVcpus ?? spec.vcpus,
+    bootMemoryMiB: spec.memoryMiB,
+    maxMemoryMiB,
+    memoryHotplug: room ? memoryHotplug : 'none',
+    cpus: [],
+    dimms: [],
+  };
+  if (s.memoryHotplug === 'virtio-mem')
+    s.virtioMem = { id: VIRTIO_MEM_ID, maxMiB: maxMemoryMiB - spec.memoryMiB, requestedMiB: 0, pci: slotFor() };
+  return s;
+}
+
+/** QEMU arguments that recreate every hot-added vCPU and memory device at boot. */
+export function resourceBootArgs(s: ResourceState): string[] {
+  return [
+    ...s.cpus.flatMap(cpuBootArgs),
+    ...s.dimms.flatMap(dimmBootArgs),
+    ...(s.virtioMem ? virtioMemBootArgs(s.virtioMem) : []),
+  ];
+}
+
+/**
+ * At a start, a shrink that could not happen live takes effect: the boot
+ * values become the wanted ones and the hot-added devices they replace go.
+ * Returns whether anything changed.
+ */
+export function foldPending(s: ResourceState): boolean {
+  let changed = false;
+  if (s.pendingMemoryMiB !== undefined) {
+    s.bootMemoryMiB = s.pendingMemoryMiB - (s.virtioMem?.requestedMiB ?? 0);
+    s.dimms = [];
+    delete s.pendingMemoryMiB;
+    changed = true;
+  }
+  if (s.pendingVcpus !== undefined) {
+    s.bootVcpus = s.pendingVcpus;
+    s.cpus = [];
+    delete s.pendingVcpus;
+    changed = true;
+  }
+  return changed;
 }
 
 export interface ResizeRequest {
@@ -109,6 +177,8 @@ export interface ResizeContext {
   qemuVersion?: { major: number };
   /** Whether a vCPU was unplugged in this QEMU process (QEMU < 8 cannot re-plug then). */
   cpuUnplugged: boolean;
+  /** The QEMU pid, recorded with an unplug. */
+  pid?: number;
   unplugTimeoutMs: number;
   /** Persists the state after each device that changed (the runtime file). */
   save(s: ResourceState): void;
@@ -118,6 +188,7 @@ async function resizeCpus(ctx: ResizeContext, s: ResourceState, vcpus: number, n
   const now = currentVcpus(s);
   if (vcpus > now) {
     assertCpuReplugSafe(ctx.instance, ctx.qemuVersion, ctx.cpuUnplugged);
+    delete s.pendingVcpus;
     const plan = freeCpuSlots(ctx.instance, await queryHotpluggableCpus(ctx.mon), vcpus - now);
     for (const cpu of plan) {
       await attachCpu(ctx.mon, cpu);
@@ -130,10 +201,15 @@ async function resizeCpus(ctx: ResizeContext, s: ResourceState, vcpus: number, n
       const cpu = s.cpus[s.cpus.length - 1];
       await detachCpu(ctx.mon, cpu, ctx.unplugTimeoutMs);
       ctx.cpuUnplugged = true;
+      s.cpuUnpluggedPid = ctx.pid;
       s.cpus.pop();
       ctx.save(s);
     }
-    if (vcpus < s.bootVcpus) notes.push(`the instance booted with ${s.bootVcpus} vCPUs; going down to ${vcpus} takes effect at the next start`);
+    if (vcpus < s.bootVcpus) {
+      s.pendingVcpus = vcpus;
+      ctx.save(s);
+      notes.push(`the instance booted with ${s.bootVcpus} vCPUs; going down to ${vcpus} takes effect at the next start`);
+    }
   }
 }
 

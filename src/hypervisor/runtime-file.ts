@@ -19,6 +19,7 @@
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { RuntimeFileError } from './errors';
+import type { ResourceState } from './resize';
 
 export const RUNTIME_VERSION = 2;
 
@@ -55,6 +56,8 @@ export interface RuntimeData {
   nics: NicRecord[];
   hvparams: HvParams;
   block_devices: DiskRecord[];
+  /** vCPUs and memory: boot values, limits and hot-added devices (absent in old files: no resize). */
+  resources?: ResourceState;
 }
 
 export interface SaveHooks {
@@ -141,7 +144,19 @@ export function parseRuntime(file: string, text: string, instance: string): Runt
     nics: listFrom(file, raw.nics, 'nics', nicFrom),
     hvparams: hvparamsFrom(file, raw.hvparams ?? {}),
     block_devices: listFrom(file, raw.block_devices, 'block_devices', diskFrom),
+    ...(raw.resources === undefined ? {} : { resources: resourcesFrom(file, raw.resources) }),
   };
+}
+
+function resourcesFrom(file: string, raw: unknown): ResourceState {
+  const ok =
+    isObject(raw) &&
+    ['bootVcpus', 'maxVcpus', 'bootMemoryMiB', 'maxMemoryMiB'].every((k) => typeof raw[k] === 'number') &&
+    ['none', 'acpi', 'virtio-mem'].includes(String(raw.memoryHotplug)) &&
+    Array.isArray(raw.cpus) &&
+    Array.isArray(raw.dimms);
+  if (!ok) throw new RuntimeFileError(file, '"resources" is not a valid vCPU/memory record');
+  return raw as unknown as ResourceState;
 }
 
 export function loadRuntimeFile(file: string, instance: string): RuntimeData {
@@ -163,6 +178,7 @@ export function serializeRuntime(data: RuntimeData): string {
     nics: data.nics,
     hvparams: data.hvparams,
     block_devices: data.block_devices,
+    ...(data.resources ? { resources: data.resources } : {}),
   };
   return JSON.stringify(ordered, null, 2) + '\n';
 }

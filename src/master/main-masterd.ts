@@ -2,7 +2,9 @@
  * gnt-masterd --cluster-dir DIR [--listen HOST:PORT]
  *
  * Serves the master API with mutual TLS and runs jobs. Jobs left queued or
- * running by an earlier master are marked failed at start-up. Prints
+ * running by an earlier master are marked failed at start-up, and the
+ * configuration of the instances they touched is reconciled with the
+ * nodes' runtime (jobs/reconcile.ts) before serving. Prints
  * "gnt-masterd listening on HOST:PORT" once ready.
  */
 import { ClusterDir } from './cluster-dir';
@@ -29,6 +31,8 @@ export async function masterdMain(argv: string[]): Promise<number> {
   try {
     master = new MasterDaemon({ clusterDir: dir, listen: args.value('listen') });
     for (const id of master.interrupted) process.stderr.write(`gnt-masterd: job ${id} was interrupted by a master restart; marked failed\n`);
+    // Before serving: no new job may touch an instance whose config is being repaired.
+    await master.reconcile((line) => process.stderr.write(`${line}\n`));
     bound = await master.listen();
   } catch (err) {
     process.stderr.write(`Failure: ${(err as Error).message}\n`);

@@ -82,8 +82,8 @@ export class NodeRpc {
   instanceList(node: NodeTarget): Promise<InstanceListReply__Output> {
     return this.call(node, 'InstanceList', {}, this.shortMs);
   }
-  instanceInfo(node: NodeTarget, name: string): Promise<InstanceRuntime__Output> {
-    return this.call(node, 'InstanceInfo', { name }, this.shortMs);
+  instanceInfo(node: NodeTarget, name: string, timeoutMs?: number): Promise<InstanceRuntime__Output> {
+    return this.call(node, 'InstanceInfo', { name }, timeoutMs ?? this.shortMs);
   }
   instanceStart(node: NodeTarget, spec: InstanceSpec): Promise<InstanceRuntime__Output> {
     return this.call(node, 'InstanceStart', { spec }, this.longMs);

@@ -17,6 +17,7 @@ import { ConfigError, ConfigStore, type InstanceConfig } from './config/config-s
 import { Executor, nodeTarget } from './jobs/executor';
 import { JobStore, type JobRow } from './jobs/job-store';
 import { JobError, JobQueue } from './jobs/queue';
+import { addPending, reconcilePending, type ReconcileResult } from './jobs/reconcile';
 import { prepareJob } from './jobs/ops';
 import { NodeRpc, NodeRpcError, type NodeRpcOptions } from './node-rpc';
 import { checkAddress, UsageError } from './validate';
@@ -75,10 +76,25 @@ export class MasterDaemon {
     this.db = openDb(dir.dbFile);
     this.config = new ConfigStore(this.db);
     this.jobs = new JobStore(this.db);
-    this.interrupted = this.jobs.failInterrupted();
+    // Failing the interrupted jobs and noting their instances for
+    // reconcile() happen in one transaction (see jobs/reconcile.ts).
+    this.interrupted = this.db.transaction(() => {
+      const ids = this.jobs.failInterrupted();
+      if (ids.length) addPending(this.config, this.jobs, ids);
+      return ids;
+    })();
     this.rpc = new NodeRpc(dir.masterIdentity, options.rpc);
     const executor = new Executor(this.config, this.rpc);
     this.queue = new JobQueue(this.jobs, (job, ctx) => executor.run(job, ctx));
+  }
+
+  /**
+   * Brings the configuration of instances touched by interrupted jobs in
+   * line with their node's runtime (jobs/reconcile.ts). Call once at
+   * start-up, before listen(); safe to call again.
+   */
+  reconcile(report?: (line: string) => void, timeoutMs = 5000): Promise<ReconcileResult[]> {
+    return reconcilePending({ config: this.config, jobs: this.jobs, rpc: this.rpc, report, timeoutMs });
   }
 
   /** Starts serving; resolves to the bound host:port. */

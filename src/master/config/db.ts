@@ -73,6 +73,16 @@ const MIGRATIONS: string[] = [
     PRIMARY KEY (job_id, seq)
   );
   `,
+  // 2: the devices a job is about to hot-plug, written before the node is
+  // called, so that start-up reconciliation knows them after a crash.
+  `
+  CREATE TABLE job_hotplug (
+    job_id      INTEGER NOT NULL REFERENCES jobs(id) ON DELETE CASCADE,
+    device_uuid TEXT NOT NULL,
+    action      TEXT NOT NULL CHECK (action IN ('add', 'remove', 'modify')),
+    PRIMARY KEY (job_id, device_uuid, action)
+  );
+  `,
 ];
 
 export const SCHEMA_VERSION = MIGRATIONS.length;

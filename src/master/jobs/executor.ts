@@ -246,6 +246,9 @@ export class Executor {
         : `disk ${s.index} (${s.uuid})`;
       const verb = s.kind.endsWith('add') ? 'add' : s.kind.endsWith('modify') ? 'modify' : 'remove';
       if (await isLive(type)) {
+        // Recorded before the node is called: start-up reconciliation
+        // (jobs/reconcile.ts) repairs exactly these devices after a crash.
+        ctx.recordHotplug(s.uuid, verb);
         ctx.log(`hot-${verb} of ${what} on node ${node.name}`);
         let reply;
         try {
@@ -265,6 +268,15 @@ export class Executor {
               (done.length ? ` (already done: ${done.join('; ')})` : ''),
             e.code ?? '',
           );
+        }
+        // Fault-injection point for tests (test/integration/master-crash.test.ts):
+        // with GNT_MASTERD_CRASH_POINT=after-node-hotplug the master kills
+        // itself right after the node confirmed HotplugDevice and before the
+        // configuration commit, the window start-up reconciliation
+        // (jobs/reconcile.ts) repairs. Does nothing unless the variable is set.
+        if (process.env.GNT_MASTERD_CRASH_POINT === 'after-node-hotplug') {
+          ctx.log(`fault injection: GNT_MASTERD_CRASH_POINT=after-node-hotplug, killing the master before the configuration commit`);
+          process.kill(process.pid, 'SIGKILL');
         }
         this.commit(inst, s);
         const m = `${what}: hot-${verb === 'add' ? 'added' : verb === 'modify' ? 'modified' : 'removed'} at PCI slot ${reply.pci}${reply.deviceId ? ` (${reply.deviceId})` : ''}`;

@@ -70,6 +70,17 @@ export class JobStore {
     })();
   }
 
+  /** Records that job `id` is about to hot-plug a device (before the node is called). */
+  recordHotplug(id: number, deviceUuid: string, action: 'add' | 'remove' | 'modify'): void {
+    this.db.prepare('INSERT OR IGNORE INTO job_hotplug (job_id, device_uuid, action) VALUES (?, ?, ?)').run(id, deviceUuid, action);
+  }
+
+  /** The device uuids these jobs were hot-plugging. */
+  hotplugged(ids: number[]): Set<string> {
+    const q = this.db.prepare('SELECT device_uuid FROM job_hotplug WHERE job_id = ?');
+    return new Set(ids.flatMap((id) => (q.all(id) as Array<{ device_uuid: string }>).map((r) => r.device_uuid)));
+  }
+
   logs(id: number, afterSeq = 0): LogLine[] {
     return this.db.prepare('SELECT seq, time, message FROM job_log WHERE job_id = ? AND seq > ? ORDER BY seq').all(id, afterSeq) as LogLine[];
   }

@@ -10,6 +10,8 @@ import { FINISHED, JobStore, type JobRow, type LogLine } from './job-store';
 export interface JobContext {
   readonly jobId: number;
   log(message: string): void;
+  /** Durably notes that the job is about to hot-plug this device (read by start-up reconciliation). */
+  recordHotplug(deviceUuid: string, action: 'add' | 'remove' | 'modify'): void;
 }
 
 /** An error with a gRPC-style code (e.g. from a node) that the job records. */
@@ -106,7 +108,11 @@ export class JobQueue {
     locks.forEach((l) => this.held.add(l));
     this.store.setRunning(id);
     const job = this.store.get(id)!;
-    const ctx: JobContext = { jobId: id, log: (m) => void this.log(id, m) };
+    const ctx: JobContext = {
+      jobId: id,
+      log: (m) => void this.log(id, m),
+      recordHotplug: (uuid, action) => this.store.recordHotplug(id, uuid, action),
+    };
     const run = (async () => {
       try {
         this.log(id, `started`);

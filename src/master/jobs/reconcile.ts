@@ -1,0 +1,229 @@
+/**
+ * Start-up reconciliation of instances touched by interrupted jobs.
+ *
+ * A job is "interrupted" when the master stopped (crash, SIGKILL, power
+ * loss) while it was queued or running; JobStore.failInterrupted() marks it
+ * failed at the next start. An interrupted instance-modify may have died
+ * after the node applied a hotplug and before the master committed it to
+ * the configuration (or the other way round for nothing: the master commits
+ * only after the node confirmed). For a running instance the node's runtime
+ * is the truth about the live device set, so the configuration is brought in
+ * line with it, for the devices the interrupted job(s) hot-plugged (the
+ * uuids recorded in the job_hotplug table before each node call):
+ *
+ *   - a NIC/disk the node has and the config lacks (by uuid) is appended to
+ *     the config at the next index (NIC: uuid, MAC, link; disk: uuid and the
+ *     size the node reports, 0 if it reports none);
+ *   - a NIC/disk the config has and the node lacks is dropped from the config;
+ *   - a NIC whose MAC or link differ is updated to the node's values.
+ *
+ * Other differences are legitimate and left alone (and logged): a change
+ * made without --hotplug is in the config only until the next start, and
+ * reconciling it away would undo it.
+ *
+ * What changed is written as log lines of the interrupted job(s) and to
+ * masterd's stderr. If the node cannot be reached, does not know the
+ * instance or does not run it, nothing is changed (the next start sends the
+ * config's spec to the node anyway), and that is logged too.
+ *
+ * The instances still to reconcile are kept in the cluster table under
+ * PENDING_KEY, written in the same transaction that marks the jobs failed,
+ * and an entry is removed only once handled: a master killed during
+ * reconciliation does it again at its next start. Reconciling twice is
+ * harmless, as the second pass finds nothing to change.
+ */
+import type { ConfigStore, InstanceConfig } from '../config/config-store';
+import { NodeRpcError, type NodeRpc } from '../node-rpc';
+import { formatSize } from '../validate';
+import type { JobStore } from './job-store';
+import type { Op } from './ops';
+import { nodeTarget } from './executor';
+import type { InstanceRuntime__Output } from '../../generated/gnt/node/v1/InstanceRuntime';
+
+export const PENDING_KEY = 'reconcile_pending';
+
+export interface PendingReconcile {
+  instance: string;
+  jobIds: number[];
+}
+
+/** The instance an operation works on, if any. */
+export function instanceOfOp(opJson: string): string | undefined {
+  try {
+    const op = JSON.parse(opJson) as Op;
+    return op.type.startsWith('instance-') ? (op as { name: string }).name : undefined;
+  } catch {
+    return undefined;
+  }
+}
+
+export function readPending(config: ConfigStore): PendingReconcile[] {
+  const raw = config.getClusterValue(PENDING_KEY);
+  if (!raw) return [];
+  try {
+    const v = JSON.parse(raw) as PendingReconcile[];
+    return Array.isArray(v) ? v.filter((p) => p && typeof p.instance === 'string' && Array.isArray(p.jobIds)) : [];
+  } catch {
+    return [];
+  }
+}
+
+function writePending(config: ConfigStore, pending: PendingReconcile[]): void {
+  config.setClusterValue(PENDING_KEY, JSON.stringify(pending));
+}
+
+/** Adds the instances of the given (interrupted) jobs to the pending list. Call inside the transaction that fails them. */
+export function addPending(config: ConfigStore, jobs: JobStore, jobIds: number[]): void {
+  const pending = readPending(config);
+  for (const id of jobIds) {
+    const row = jobs.get(id);
+    const name = row && instanceOfOp(row.op_json);
+    if (!name) continue;
+    const p = pending.find((x) => x.instance === name);
+    if (p) {
+      if (!p.jobIds.includes(id)) p.jobIds.push(id);
+    } else pending.push({ instance: name, jobIds: [id] });
+  }
+  writePending(config, pending);
+}
+
+function removePending(config: ConfigStore, instance: string): void {
+  writePending(config, readPending(config).filter((p) => p.instance !== instance));
+}
+
+export interface ReconcileDeps {
+  config: ConfigStore;
+  jobs: JobStore;
+  rpc: NodeRpc;
+  /** Where to write what happened besides the job logs (masterd's stderr). */
+  report?: (line: string) => void;
+  /** Deadline of InstanceInfo, ms. */
+  timeoutMs?: number;
+}
+
+/** What one instance's reconciliation did, as log lines (empty: nothing to say). */
+export type ReconcileResult = { instance: string; changed: boolean; lines: string[] };
+
+/** Compares the config with the node's runtime and applies the node's device set to the config. Exported for unit tests. */
+/** The device uuids the interrupted jobs were hot-plugging (recorded before each node call). */
+export function hotplugTouched(jobs: JobStore, jobIds: number[]): Set<string> {
+  return jobs.hotplugged(jobIds);
+}
+
+export interface ApplyResult {
+  /** What was changed in the config. */
+  changes: string[];
+  /** Differences left alone (not hot-plugged by the interrupted jobs). */
+  kept: string[];
+}
+
+/**
+ * Compares the config with the node's runtime and applies the node's state
+ * of the devices in `touched` to the config. Exported for tests.
+ */
+export function applyRuntime(config: ConfigStore, inst: InstanceConfig, rt: InstanceRuntime__Output, touched: ReadonlySet<string>): ApplyResult {
+  const changes: string[] = [];
+  const kept: string[] = [];
+  const rtNics = new Map(rt.nics.map((n) => [n.uuid, n]));
+  const rtDisks = new Map(rt.disks.map((d) => [d.uuid, d]));
+  config.db.transaction(() => {
+    // Drops first, so the appended devices get the indices right after the kept ones.
+    for (const n of inst.nics)
+      if (!rtNics.has(n.uuid)) {
+        if (!touched.has(n.uuid)) kept.push(`NIC ${n.uuid} (${n.mac}) is in the configuration only`);
+        else {
+          config.removeDevice('nics', n.uuid);
+          changes.push(`dropped NIC ${n.uuid} (${n.mac})`);
+        }
+      }
+    for (const d of inst.disks)
+      if (!rtDisks.has(d.uuid)) {
+        if (!touched.has(d.uuid)) kept.push(`disk ${d.uuid} (${formatSize(d.size_bytes)}) is in the configuration only`);
+        else {
+          config.removeDevice('disks', d.uuid);
+          changes.push(`dropped disk ${d.uuid} (${formatSize(d.size_bytes)})`);
+        }
+      }
+    const cfgNics = new Map(inst.nics.map((n) => [n.uuid, n]));
+    for (const n of rt.nics) {
+      const c = cfgNics.get(n.uuid);
+      const differs = !c || c.mac !== n.mac || c.link !== n.link;
+      if (differs && !touched.has(n.uuid)) {
+        kept.push(c ? `NIC ${n.uuid} is ${n.mac}${n.link ? ` on ${n.link}` : ''} on the node, ${c.mac}${c.link ? ` on ${c.link}` : ''} in the configuration` : `NIC ${n.uuid} (${n.mac}) is on the node only`);
+      } else if (!c) {
+        config.appendNic(inst.uuid, n.uuid, n.mac, n.link);
+        changes.push(`added NIC ${n.uuid} (${n.mac}${n.link ? ` on ${n.link}` : ''})`);
+      } else if (c.mac !== n.mac || c.link !== n.link) {
+        config.modifyNic(n.uuid, n.mac, n.link);
+        changes.push(`updated NIC ${n.uuid} to ${n.mac}${n.link ? ` on ${n.link}` : ''} (was ${c.mac}${c.link ? ` on ${c.link}` : ''})`);
+      }
+    }
+    const cfgDisks = new Set(inst.disks.map((d) => d.uuid));
+    for (const d of rt.disks) {
+      if (cfgDisks.has(d.uuid)) continue;
+      if (!touched.has(d.uuid)) {
+        kept.push(`disk ${d.uuid} is on the node only`);
+        continue;
+      }
+      const size = Number(d.sizeBytes);
+      const sizeBytes = Number.isSafeInteger(size) && size > 0 ? size : 0;
+      config.appendDisk(inst.uuid, d.uuid, sizeBytes);
+      changes.push(
+        `added disk ${d.uuid} (${sizeBytes ? formatSize(sizeBytes) : 'size unknown: the node reported none, recorded as 0'})`,
+      );
+    }
+  })();
+  return { changes, kept };
+}
+
+async function reconcileOne(deps: ReconcileDeps, name: string, jobIds: number[]): Promise<ReconcileResult> {
+  const inst = deps.config.findInstance(name);
+  if (!inst) return { instance: name, changed: false, lines: [`reconcile: instance ${name} is not in the configuration; nothing to reconcile`] };
+  const node = nodeTarget(inst);
+  let rt: InstanceRuntime__Output;
+  try {
+    rt = await deps.rpc.instanceInfo(node, name, deps.timeoutMs);
+  } catch (err) {
+    const why = err instanceof NodeRpcError && err.code === 'NOT_FOUND' ? `node ${node.name} has no runtime state for ${name}` : (err as Error).message;
+    return { instance: name, changed: false, lines: [`reconcile: ${why}; configuration of ${name} left unchanged (the next start sends it to the node)`] };
+  }
+  if (!rt.running)
+    return { instance: name, changed: false, lines: [`reconcile: instance ${name} is not running on node ${node.name}; configuration left unchanged (the next start sends it to the node)`] };
+  const touched = hotplugTouched(deps.jobs, jobIds);
+  const { changes, kept } = applyRuntime(deps.config, inst, rt, touched);
+  const lines = changes.length
+    ? [`reconciled ${name} with node ${node.name}: ${changes.join(', ')}`]
+    : touched.size
+      ? [`reconcile: the devices hot-plugged by the interrupted job agree between the configuration of ${name} and node ${node.name}`]
+      : [`reconcile: the interrupted job hot-plugged no device of ${name}; configuration left unchanged`];
+  if (kept.length)
+    lines.push(`reconcile: left as is (not hot-plugged by the interrupted job; a change without --hotplug applies at the next start): ${kept.join('; ')}`);
+  return { instance: name, changed: changes.length > 0, lines };
+}
+
+/**
+ * Reconciles every instance on the pending list (see the file comment), one
+ * InstanceInfo per instance, in parallel. Returns what was done.
+ */
+export async function reconcilePending(deps: ReconcileDeps): Promise<ReconcileResult[]> {
+  const pending = readPending(deps.config);
+  return Promise.all(
+    pending.map(async (p) => {
+      let result: ReconcileResult;
+      try {
+        result = await reconcileOne(deps, p.instance, p.jobIds);
+      } catch (err) {
+        // A config error (e.g. a MAC the node uses is taken by another instance):
+        // the transaction rolled back, nothing changed. Kept pending for the next start.
+        const line = `reconcile of ${p.instance} failed, configuration unchanged: ${(err as Error).message}`;
+        for (const id of p.jobIds) deps.jobs.appendLog(id, line);
+        deps.report?.(`gnt-masterd: ${line}`);
+        return { instance: p.instance, changed: false, lines: [line] };
+      }
+      for (const id of p.jobIds) for (const l of result.lines) deps.jobs.appendLog(id, l);
+      for (const l of result.lines) deps.report?.(`gnt-masterd: ${l} (job${p.jobIds.length > 1 ? 's' : ''} ${p.jobIds.join(', ')})`);
+      removePending(deps.config, p.instance);
+      return result;
+    }),
+  );
+}

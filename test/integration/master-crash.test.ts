@@ -8,76 +8,22 @@
  * runtime (src/master/jobs/reconcile.ts).
  */
 import * as assert from 'node:assert/strict';
-import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
+import { spawnSync } from 'node:child_process';
 import * as fs from 'node:fs';
-import * as net from 'node:net';
 import * as path from 'node:path';
 import { ClusterDir } from '../../src/master/cluster-dir';
 import { openDb } from '../../src/master/config/db';
 import { ConfigStore } from '../../src/master/config/config-store';
 import { JobStore } from '../../src/master/jobs/job-store';
 import { NodeRpc } from '../../src/master/node-rpc';
-import { guestFiles, REPO, tempDir } from '../support/guest';
+import { guestFiles, tempDir } from '../support/guest';
+import { CLI_MAIN, expectOk, NODED_MAIN, runCli, startDaemon, stopDaemon, type CliRun, type Daemon } from '../support/cli-cluster';
+import { freePort } from '../support/noded';
 
-const MAIN = path.join(REPO, 'dist/src/master/cli/main.js');
-const NODED = path.join(REPO, 'dist/src/noded/main.js');
+const MAIN = CLI_MAIN;
+const NODED = NODED_MAIN;
+type Run = CliRun;
 const CRASH_ENV = { GNT_MASTERD_CRASH_POINT: 'after-node-hotplug' };
-
-interface Run {
-  code: number;
-  stdout: string;
-  stderr: string;
-}
-
-interface Daemon {
-  child: ChildProcess;
-  /** Everything it wrote on stderr so far. */
-  stderr(): string;
-  /** Resolves with the exit code and signal. */
-  exited: Promise<{ code: number | null; signal: NodeJS.Signals | null }>;
-}
-
-async function freePort(): Promise<number> {
-  const srv = net.createServer();
-  await new Promise<void>((r) => srv.listen(0, '127.0.0.1', r));
-  const port = (srv.address() as net.AddressInfo).port;
-  await new Promise((r) => srv.close(r));
-  return port;
-}
-
-/** Starts a long-running process and resolves once it prints a line matching `ready`. */
-function startDaemon(args: string[], ready: RegExp, logFile: string, env: Record<string, string> = {}): Promise<Daemon> {
-  return new Promise((resolve, reject) => {
-    const child = spawn(process.execPath, args, { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, ...env } });
-    const log = fs.createWriteStream(logFile, { flags: 'a' });
-    let out = '';
-    let err = '';
-    const exited = new Promise<{ code: number | null; signal: NodeJS.Signals | null }>((r) => child.once('exit', (code, signal) => r({ code, signal })));
-    const timer = setTimeout(() => reject(new Error(`no "${ready}" within 30 s: ${out}${err}`)), 30_000);
-    child.stdout!.on('data', (d: Buffer) => {
-      log.write(d);
-      out += d.toString();
-      if (ready.test(out)) {
-        clearTimeout(timer);
-        resolve({ child, stderr: () => err, exited });
-      }
-    });
-    child.stderr!.on('data', (d: Buffer) => {
-      log.write(d);
-      err += d.toString();
-    });
-    void exited.then(({ code, signal }) => {
-      clearTimeout(timer);
-      reject(new Error(`${args.join(' ')} exited with ${code ?? signal}: ${out}${err}`));
-    });
-  });
-}
-
-async function stopDaemon(d: Daemon | undefined, signal: NodeJS.Signals = 'SIGTERM'): Promise<void> {
-  if (!d || d.child.exitCode !== null || d.child.signalCode !== null) return;
-  d.child.kill(signal);
-  await d.exited;
-}
 
 describe('gnt-masterd killed between the node hotplug and the config commit', function () {
   this.timeout(180_000);
@@ -91,13 +37,9 @@ describe('gnt-masterd killed between the node hotplug and the config commit', fu
   const masterdLog = () => path.join(work, 'masterd.log');
 
   const gnt = (prog: string, ...args: string[]): Run => {
-    const r = spawnSync(process.execPath, [MAIN, prog, ...args, '--cluster-dir', clusterDir], { encoding: 'utf8', timeout: 120_000 });
-    return { code: r.status ?? -1, stdout: r.stdout, stderr: r.stderr };
+    return runCli(clusterDir, prog, ...args);
   };
-  const ok = (r: Run): Run => {
-    assert.equal(r.code, 0, `exit ${r.code}\nstdout: ${r.stdout}\nstderr: ${r.stderr}`);
-    return r;
-  };
+  const ok = expectOk;
   const json = <T>(r: Run): T => JSON.parse(ok(r).stdout) as T;
   const startMaster = async (env: Record<string, string> = {}) => {
     master = await startDaemon([MAIN, 'gnt-masterd', '--cluster-dir', clusterDir], /gnt-masterd listening on 127\.0\.0\.1:\d+/, masterdLog(), env);

@@ -5,78 +5,32 @@
  * gnt-noded with an instance whose NIC and disk are hot-plugged through the CLI.
  */
 import * as assert from 'node:assert/strict';
-import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
+import { spawnSync } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as net from 'node:net';
 import * as path from 'node:path';
 import * as grpc from '@grpc/grpc-js';
 import { createCa, issueCertificate } from '../../src/common/pki';
 import { loadMasterProto } from '../../src/master/server';
-import { guestFiles, REPO, tempDir } from '../support/guest';
+import { guestFiles, tempDir } from '../support/guest';
+import { CLI_MAIN, expectOk, NODED_MAIN, runCli, startDaemon, stopDaemon, type CliRun, type Daemon } from '../support/cli-cluster';
+import { freePort } from '../support/noded';
 
-const MAIN = path.join(REPO, 'dist/src/master/cli/main.js');
-const NODED = path.join(REPO, 'dist/src/noded/main.js');
-
-interface Run {
-  code: number;
-  stdout: string;
-  stderr: string;
-}
-
-async function freePort(): Promise<number> {
-  const srv = net.createServer();
-  await new Promise<void>((r) => srv.listen(0, '127.0.0.1', r));
-  const port = (srv.address() as net.AddressInfo).port;
-  await new Promise((r) => srv.close(r));
-  return port;
-}
-
-/** Starts a long-running process and resolves once it prints a line matching `ready`. */
-function startDaemon(args: string[], ready: RegExp, logFile: string): Promise<ChildProcess> {
-  return new Promise((resolve, reject) => {
-    const child = spawn(process.execPath, args, { stdio: ['ignore', 'pipe', 'pipe'] });
-    const log = fs.createWriteStream(logFile, { flags: 'a' });
-    let out = '';
-    const timer = setTimeout(() => reject(new Error(`no "${ready}" within 20 s: ${out}`)), 20_000);
-    child.stdout!.on('data', (d: Buffer) => {
-      log.write(d);
-      out += d.toString();
-      if (ready.test(out)) {
-        clearTimeout(timer);
-        resolve(child);
-      }
-    });
-    child.stderr!.on('data', (d: Buffer) => log.write(d));
-    child.on('exit', (code) => {
-      clearTimeout(timer);
-      reject(new Error(`${args.join(' ')} exited with ${code}: ${out}`));
-    });
-  });
-}
-
-async function stopDaemon(child: ChildProcess | undefined, signal: NodeJS.Signals = 'SIGTERM'): Promise<void> {
-  if (!child || child.exitCode !== null || child.signalCode !== null) return;
-  const exited = new Promise((r) => child.once('exit', r));
-  child.kill(signal);
-  await exited;
-}
-
+const MAIN = CLI_MAIN;
+const NODED = NODED_MAIN;
+type Run = CliRun;
 describe('gnt-masterd and the gnt-* CLI (processes, mTLS, SQLite)', function () {
   this.timeout(180_000);
   let work: string;
   let clusterDir: string;
   let masterPort: number;
-  let master: ChildProcess | undefined;
+  let master: Daemon | undefined;
   const masterdLog = () => path.join(work, 'masterd.log');
 
   const gnt = (prog: string, ...args: string[]): Run => {
-    const r = spawnSync(process.execPath, [MAIN, prog, ...args, '--cluster-dir', clusterDir], { encoding: 'utf8', timeout: 120_000 });
-    return { code: r.status ?? -1, stdout: r.stdout, stderr: r.stderr };
+    return runCli(clusterDir, prog, ...args);
   };
-  const ok = (r: Run): Run => {
-    assert.equal(r.code, 0, `exit ${r.code}\nstdout: ${r.stdout}\nstderr: ${r.stderr}`);
-    return r;
-  };
+  const ok = expectOk;
   const failure = (r: Run, code: number, re: RegExp): void => {
     assert.equal(r.code, code, `exit ${r.code}\nstdout: ${r.stdout}\nstderr: ${r.stderr}`);
     const lines = r.stderr.trim().split('\n');
@@ -226,7 +180,7 @@ describe('gnt-masterd and the gnt-* CLI (processes, mTLS, SQLite)', function () 
   });
 
   describe('with a real gnt-noded and the test guest', function () {
-    let noded: ChildProcess | undefined;
+    let noded: Daemon | undefined;
     const bridge = 'gntmbr0';
     let guest: { kernel: string; initrd: string };
 

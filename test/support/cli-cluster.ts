@@ -12,51 +12,85 @@ import { REPO, tempDir } from './guest';
 const CLI = path.join(REPO, 'dist/src/master/cli/main.js');
 const NODED = path.join(REPO, 'dist/src/noded/main.js');
 
+export const CLI_MAIN = CLI;
+export const NODED_MAIN = NODED;
+
 export interface CliRun {
   code: number;
   stdout: string;
   stderr: string;
 }
 
-function startDaemon(args: string[], ready: RegExp, logFile: string): Promise<ChildProcess> {
+/** A long-running process (gnt-masterd, gnt-noded) started by a test. */
+export interface Daemon {
+  child: ChildProcess;
+  /** Everything it wrote on stderr so far. */
+  stderr(): string;
+  /** Resolves with the exit code and signal. */
+  exited: Promise<{ code: number | null; signal: NodeJS.Signals | null }>;
+}
+
+/** Starts `node ARGS` and resolves once it prints a line matching `ready`. */
+export function startDaemon(args: string[], ready: RegExp, logFile: string, env: Record<string, string> = {}): Promise<Daemon> {
   return new Promise((resolve, reject) => {
-    const child = spawn(process.execPath, args, { stdio: ['ignore', 'pipe', 'pipe'] });
+    const child = spawn(process.execPath, args, { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, ...env } });
     const log = fs.createWriteStream(logFile, { flags: 'a' });
     let out = '';
-    const timer = setTimeout(() => reject(new Error(`no "${ready}" within 30 s: ${out}`)), 30_000);
+    let err = '';
+    const exited = new Promise<{ code: number | null; signal: NodeJS.Signals | null }>((r) =>
+      child.once('exit', (code, signal) => r({ code, signal })),
+    );
+    const timer = setTimeout(() => reject(new Error(`no "${ready}" within 30 s: ${out}${err}`)), 30_000);
     child.stdout?.on('data', (d: Buffer) => {
       log.write(d);
       out += d.toString();
       if (ready.test(out)) {
         clearTimeout(timer);
-        resolve(child);
+        resolve({ child, stderr: () => err, exited });
       }
     });
-    child.stderr?.on('data', (d: Buffer) => log.write(d));
-    child.once('exit', (code) => {
+    child.stderr?.on('data', (d: Buffer) => {
+      log.write(d);
+      err += d.toString();
+    });
+    void exited.then(({ code, signal }) => {
       clearTimeout(timer);
-      reject(new Error(`${path.basename(args[0])} exited with ${code}: ${out}`));
+      reject(new Error(`${path.basename(args[0])} exited with ${code ?? signal}: ${out}${err}`));
     });
   });
 }
 
-async function stopDaemon(child: ChildProcess): Promise<void> {
-  if (child.exitCode !== null || child.signalCode !== null) return;
-  const exited = new Promise((r) => child.once('exit', r));
-  child.kill('SIGTERM');
-  await exited;
+/** Signals the daemon (by its own handle) and waits for it to exit. */
+export async function stopDaemon(d: Daemon | undefined, signal: NodeJS.Signals = 'SIGTERM'): Promise<void> {
+  if (!d || d.child.exitCode !== null || d.child.signalCode !== null) return;
+  d.child.kill(signal);
+  await d.exited;
+}
+
+/** Runs one gnt-* command to completion against the cluster in `clusterDir`. */
+export function runCli(clusterDir: string, prog: string, ...args: string[]): CliRun {
+  const r = spawnSync(process.execPath, [CLI, prog, ...args, '--cluster-dir', clusterDir], { encoding: 'utf8', timeout: 180_000 });
+  return { code: r.status ?? -1, stdout: r.stdout, stderr: r.stderr };
+}
+
+export function expectOk(r: CliRun): CliRun {
+  assert.equal(r.code, 0, `exit ${r.code}\nstdout: ${r.stdout}\nstderr: ${r.stderr}`);
+  return r;
+}
+
+export function expectJson<T>(r: CliRun): T {
+  return JSON.parse(expectOk(r).stdout) as T;
 }
 
 export class TestCluster {
   readonly work = tempDir('cluster');
   readonly clusterDir = path.join(this.work, 'cluster');
-  private master: ChildProcess | undefined;
-  private readonly nodeds: ChildProcess[] = [];
+  private master: Daemon | undefined;
+  private readonly nodeds: Daemon[] = [];
 
   /** Runs a CLI command to completion (synchronously). */
   gnt(prog: string, ...args: string[]): CliRun {
-    const r = spawnSync(process.execPath, [CLI, prog, ...args, '--cluster-dir', this.clusterDir], { encoding: 'utf8', timeout: 180_000 });
-    return { code: r.status ?? -1, stdout: r.stdout, stderr: r.stderr };
+    return runCli(this.clusterDir, prog, ...args);
   }
 
   /** Runs a CLI command as a concurrent process. */
@@ -72,12 +106,11 @@ export class TestCluster {
   }
 
   ok(r: CliRun): CliRun {
-    assert.equal(r.code, 0, `exit ${r.code}\nstdout: ${r.stdout}\nstderr: ${r.stderr}`);
-    return r;
+    return expectOk(r);
   }
 
   json<T>(r: CliRun): T {
-    return JSON.parse(this.ok(r).stdout) as T;
+    return expectJson<T>(r);
   }
 
   async init(): Promise<void> {

@@ -10,6 +10,7 @@ import * as os from 'node:os';
 import * as path from 'node:path';
 import { KvmInstance } from '../src/hypervisor/kvm-instance';
 import { RawQmp, rawDiskAdd, rawDiskRemove, rawNicAdd, rawNicRemove } from './raw-qmp';
+import { benchNoded, startNoded } from './noded-layer';
 import { summarize, table, time, type Series } from './stats';
 
 const REPO = path.resolve(__dirname, '../..');
@@ -70,14 +71,18 @@ async function main(): Promise<void> {
   fs.writeFileSync(disk, '');
   fs.truncateSync(disk, 16 << 20);
   const inst = await bootGuest(dataDir);
+  const guest = path.join(REPO, '.cache/guest');
+  const noded = await startNoded(REPO, dataDir, { kernel: path.join(guest, 'vmlinuz'), initrd: path.join(guest, 'initrd.gz') });
   const series: Series[] = [];
   try {
-    // interleave the two layers twice to spread any drift over both
+    // interleave the layers twice to spread any drift over all of them
     for (let round = 0; round < 2; round++) {
       await benchRaw(inst, disk, series);
       await benchLayer(inst, disk, series);
+      await benchNoded(noded, disk, ITERATIONS, series);
     }
   } finally {
+    await noded.stop();
     await inst.stop();
     fs.rmSync(dataDir, { recursive: true, force: true });
   }
@@ -89,7 +94,8 @@ async function main(): Promise<void> {
     else merged.set(key, { ...s, samplesMs: [...s.samplesMs] });
   }
   const order = ['NIC add', 'NIC remove', 'disk add', 'disk remove'];
-  const rows = summarize([...merged.values()]).sort((a, b) => order.indexOf(a.op) - order.indexOf(b.op) || (a.layer === 'raw QMP' ? -1 : 1));
+  const layers = ['raw QMP', 'hypervisor layer', 'gnt-noded gRPC (mTLS)'];
+  const rows = summarize([...merged.values()]).sort((a, b) => order.indexOf(a.op) - order.indexOf(b.op) || layers.indexOf(a.layer) - layers.indexOf(b.layer));
   console.log(`gnt-hotplug hotplug latency, ${ITERATIONS * 2} runs per line, QEMU under TCG, ${os.cpus().length} CPUs\n`);
   console.log(table(rows));
   const out = path.join(REPO, 'bench/results');

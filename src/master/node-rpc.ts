@@ -14,6 +14,8 @@ import type { InstanceListReply__Output } from '../generated/gnt/node/v1/Instanc
 import type { HotplugSupportedReply__Output } from '../generated/gnt/node/v1/HotplugSupportedReply';
 import type { HotplugDeviceRequest } from '../generated/gnt/node/v1/HotplugDeviceRequest';
 import type { HotplugDeviceReply__Output } from '../generated/gnt/node/v1/HotplugDeviceReply';
+import type { InstanceResizeRequest } from '../generated/gnt/node/v1/InstanceResizeRequest';
+import type { InstanceResizeReply__Output } from '../generated/gnt/node/v1/InstanceResizeReply';
 
 export class NodeRpcError extends Error {
   constructor(message: string, readonly code: string, readonly grpcCode: number) {
@@ -99,6 +101,9 @@ export class NodeRpc {
   }
   hotplugDevice(node: NodeTarget, req: HotplugDeviceRequest): Promise<HotplugDeviceReply__Output> {
     return this.call(node, 'HotplugDevice', req, this.longMs);
+  }
+  instanceResize(node: NodeTarget, req: InstanceResizeRequest): Promise<InstanceResizeReply__Output> {
+    return this.call(node, 'InstanceResize', req, this.longMs);
   }
 
   close(): void {

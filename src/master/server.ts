@@ -14,7 +14,7 @@ import type { NodeLive } from '../generated/gnt/master/v1/NodeLive';
 import { ClusterDir } from './cluster-dir';
 import { openDb, type Db } from './config/db';
 import { ConfigError, ConfigStore, type InstanceConfig } from './config/config-store';
-import { Executor, nodeTarget } from './jobs/executor';
+import { checkResizeLimits, Executor, nodeTarget } from './jobs/executor';
 import { JobStore, type JobRow } from './jobs/job-store';
 import { JobError, JobQueue } from './jobs/queue';
 import { addPending, reconcilePending, type ReconcileResult } from './jobs/reconcile';
@@ -145,7 +145,7 @@ export class MasterDaemon {
   private async runtimeView(inst: InstanceConfig): Promise<InstanceRuntimeView> {
     try {
       const rt = await this.rpc.instanceInfo(nodeTarget(inst), inst.name);
-      return { known: true, running: rt.running, pid: rt.pid, nics: rt.nics, disks: rt.disks, guest: rt.guest };
+      return { known: true, running: rt.running, pid: rt.pid, nics: rt.nics, disks: rt.disks, guest: rt.guest, resources: rt.resources };
     } catch (err) {
       if (err instanceof NodeRpcError && err.code === 'NOT_FOUND')
         return { known: false, error: `node ${inst.node.name} has no runtime state for ${inst.name} (never started)` };
@@ -169,6 +169,12 @@ export class MasterDaemon {
     return {
       SubmitJob: unary((req) => {
         const prepared = prepareJob(req);
+        // Limits that need the configuration fail the submission, not a job (checked again when the job runs).
+        const op = prepared.op;
+        if (op.type === 'instance-modify' && (op.vcpus || op.memoryMib)) {
+          const inst = this.config.findInstance(op.name);
+          if (inst) checkResizeLimits(inst, op.vcpus, op.memoryMib);
+        }
         const job = this.queue.submit(prepared.op.type, prepared.op, prepared.summary, prepared.locks);
         return { jobId: job.id };
       }),

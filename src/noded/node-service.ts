@@ -14,6 +14,8 @@ import type { HotplugDeviceReply } from '../generated/gnt/node/v1/HotplugDeviceR
 import type { HotplugDeviceRequest__Output } from '../generated/gnt/node/v1/HotplugDeviceRequest';
 import type { HotplugSupportedReply } from '../generated/gnt/node/v1/HotplugSupportedReply';
 import type { HotplugSupportedRequest__Output } from '../generated/gnt/node/v1/HotplugSupportedRequest';
+import type { InstanceResizeReply } from '../generated/gnt/node/v1/InstanceResizeReply';
+import type { InstanceResizeRequest__Output } from '../generated/gnt/node/v1/InstanceResizeRequest';
 import type { InstanceListReply } from '../generated/gnt/node/v1/InstanceListReply';
 import type { InstanceRef__Output } from '../generated/gnt/node/v1/InstanceRef';
 import type { InstanceRemoveReply } from '../generated/gnt/node/v1/InstanceRemoveReply';
@@ -40,7 +42,7 @@ export interface NodeServiceOptions {
 const DEFAULT_STOP_TIMEOUT_MS = 10_000;
 
 /** MemTotal and MemAvailable from /proc/meminfo, in MiB. */
-function memoryMiB(): { total: number; free: number } {
+function hostMemoryMiB(): { total: number; free: number } {
   const text = fs.readFileSync('/proc/meminfo', 'utf8');
   const kib = (key: string): number => Number(new RegExp(`^${key}:\\s+(\\d+) kB`, 'm').exec(text)?.[1] ?? 0);
   return { total: Math.floor(kib('MemTotal') / 1024), free: Math.floor(kib('MemAvailable') / 1024) };
@@ -68,6 +70,7 @@ export class NodeService {
       InstanceRemove: this.unary('InstanceRemove', (r: InstanceRef__Output) => r.name, (r) => this.instanceRemove(r)),
       HotplugSupported: this.unary('HotplugSupported', (r: HotplugSupportedRequest__Output) => r.instance, async (r) => this.hotplugSupported(r)),
       HotplugDevice: this.unary('HotplugDevice', (r: HotplugDeviceRequest__Output) => r.instance, (r) => this.hotplugDevice(r)),
+      InstanceResize: this.unary('InstanceResize', (r: InstanceResizeRequest__Output) => r.instance, (r) => this.instanceResize(r)),
     };
   }
 
@@ -102,7 +105,7 @@ export class NodeService {
   }
 
   private nodeInfo(): NodeInfoReply {
-    const mem = memoryMiB();
+    const mem = hostMemoryMiB();
     const q = qemuFeatures(this.opts.qemuBinary ?? DEFAULT_QEMU);
     return {
       name: this.opts.nodeName,
@@ -182,6 +185,19 @@ export class NodeService {
       this.storage.removeInstance(inst.name);
       return {};
     });
+  }
+
+  // ---- vCPUs and memory -------------------------------------------------
+
+  /** Live resize; KvmInstance validates it whole against the node's free memory and CPUs. */
+  private async instanceResize(req: InstanceResizeRequest__Output): Promise<InstanceResizeReply> {
+    if (req.vcpus < 0) throw invalidArgument(`vcpus must not be negative, not ${req.vcpus}`);
+    const memoryMiB = int64(req.memoryMib, 'memory_mib');
+    if (!req.vcpus && !memoryMiB) throw invalidArgument('nothing to resize: give vcpus and/or memory_mib');
+    const inst = this.registry.get(req.instance);
+    const capacity = { freeMemoryMiB: hostMemoryMiB().free, cpus: os.cpus().length };
+    const r = await inst.resize({ ...(req.vcpus ? { vcpus: req.vcpus } : {}), ...(memoryMiB ? { memoryMiB } : {}) }, capacity);
+    return { vcpus: r.vcpus, memoryMib: String(r.memoryMiB), pluggedMib: String(r.pluggedMiB ?? -1), notes: r.notes };
   }
 
   // ---- hotplug ----------------------------------------------------------

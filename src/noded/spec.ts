@@ -9,6 +9,8 @@ import type { GuestState } from '../hypervisor/guest-console';
 import type { InstanceSpec as MachineSpec } from '../hypervisor/qemu-command';
 import type { DiskRecord, HvParams, NicRecord, RuntimeData } from '../hypervisor/runtime-file';
 import { deviceId } from '../hypervisor/device-id';
+import { currentMemoryMiB, currentVcpus, type ResourceState } from '../hypervisor/resize';
+import type { Resources } from '../generated/gnt/node/v1/Resources';
 import { assertInstanceName } from '../hypervisor/instance-paths';
 import type { Disk } from '../generated/gnt/node/v1/Disk';
 import type { GuestView } from '../generated/gnt/node/v1/GuestView';
@@ -127,6 +129,19 @@ export function guestToProto(g: GuestState | undefined): GuestView {
   };
 }
 
+export function resourcesToProto(r: ResourceState): Resources {
+  return {
+    bootVcpus: r.bootVcpus,
+    vcpus: currentVcpus(r),
+    maxVcpus: r.maxVcpus,
+    bootMemoryMib: String(r.bootMemoryMiB),
+    memoryMib: String(currentMemoryMiB(r)),
+    maxMemoryMib: String(r.maxMemoryMiB),
+    memoryHotplug: r.memoryHotplug,
+    pendingMemoryMib: String(r.pendingMemoryMiB ?? -1),
+  };
+}
+
 export function runtimeToProto(
   data: RuntimeData,
   pid: number | undefined,
@@ -139,5 +154,6 @@ export function runtimeToProto(
     nics: data.nics.map(nicToProto),
     disks: data.block_devices.map(diskToProto),
     guest: guestToProto(pid !== undefined ? guest : undefined),
+    ...(data.resources ? { resources: resourcesToProto(data.resources) } : {}),
   };
 }

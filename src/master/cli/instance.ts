@@ -4,7 +4,7 @@ import type { CommandGroup } from './common';
 import { positionals } from './common';
 import { call, connectMaster, runJob } from './client';
 import { block, json, table } from './output';
-import { parseDiskChange, parseDiskSpec, parseHvparams, parseNicChange, parseNicSpec } from './parse';
+import { parseBackendParams, parseDiskChange, parseDiskSpec, parseHvparams, parseNicChange, parseNicSpec } from './parse';
 import { checkCount, checkName, checkNodePath, formatSize, parseSizeMiB, UsageError } from '../validate';
 import type { ListInstancesReply__Output } from '../../generated/gnt/master/v1/ListInstancesReply';
 import type { InstanceDetails__Output } from '../../generated/gnt/master/v1/InstanceDetails';
@@ -85,19 +85,22 @@ export const instanceCommands: CommandGroup = {
   modify: {
     usage:
       'gnt-instance modify [--hotplug | --hotplug-if-possible] [--net add[:mac=MAC,link=BR] | --net N:mac=MAC[,link=BR] | --net N:remove]...\n' +
-      '    [--disk add:size=SIZE | --disk N:remove]... [--submit] INSTANCE',
-    spec: { multi: ['net', 'disk'], flags: ['hotplug', 'hotplug-if-possible', 'submit'] },
+      '    [--disk add:size=SIZE | --disk N:remove]... [-B vcpus=N,memory=SIZE] [--submit] INSTANCE',
+    spec: { multi: ['net', 'disk', 'backend-parameters'], flags: ['hotplug', 'hotplug-if-possible', 'submit'], aliases: { B: 'backend-parameters' } },
     async run(args, { dir }) {
       const name = nameArg(args);
       if (args.flags.has('hotplug') && args.flags.has('hotplug-if-possible'))
         throw new UsageError('--hotplug and --hotplug-if-possible exclude each other');
+      const be = parseBackendParams(args.all('backend-parameters'));
       const op: InstanceModifyOp = {
         name,
+        vcpus: be.vcpus,
+        memoryMib: be.memoryMib,
         nics: args.all('net').map(parseNicChange),
         disks: args.all('disk').map(parseDiskChange),
         hotplug: args.flags.has('hotplug') ? 'HOTPLUG' : args.flags.has('hotplug-if-possible') ? 'HOTPLUG_IF_POSSIBLE' : 'HOTPLUG_MODE_UNSPECIFIED',
       };
-      if (!op.nics!.length && !op.disks!.length) throw new UsageError('nothing to change: give --net or --disk');
+      if (!op.nics!.length && !op.disks!.length && !be.vcpus && !be.memoryMib) throw new UsageError('nothing to change: give --net, --disk or -B');
       return runJob(dir, { instanceModify: op }, args.flags.has('submit'));
     },
   },
@@ -152,6 +155,7 @@ export function formatInstanceInfo(d: InstanceDetails__Output): string {
   const rtNic = new Map(rt.nics.map((n) => [n.uuid, n]));
   const rtDisk = new Map(rt.disks.map((x) => [x.uuid, x]));
   const cfgUuids = new Set([...i.nics.map((n) => n.uuid), ...i.disks.map((x) => x.uuid)]);
+  const r = rt.known ? rt.resources : null;
   let out = block([
     ['Instance', i.name],
     ['UUID', i.uuid],
@@ -160,6 +164,16 @@ export function formatInstanceInfo(d: InstanceDetails__Output): string {
     ['Runtime', rt.known ? (rt.running ? `running, pid ${rt.pid}` : 'stopped') : `unknown (${rt.error})`],
     ['VCPUs', `${i.vcpus} (max ${i.maxvcpus})`],
     ['Memory', `${i.memoryMib} MiB (max ${i.maxmemMib} MiB)`],
+    ...(r
+      ? ([
+          ['VCPUs on the node', `boot ${r.bootVcpus} / current ${r.vcpus} / max ${r.maxVcpus}`],
+          [
+            'Memory on the node',
+            `boot ${r.bootMemoryMib} / current ${r.memoryMib} / max ${r.maxMemoryMib} MiB (hotplug ${r.memoryHotplug || 'none'})` +
+              (Number(r.pendingMemoryMib) >= 0 ? `, ${r.pendingMemoryMib} MiB at the next start` : ''),
+          ],
+        ] as [string, string][])
+      : []),
     ['Kernel', i.kernel],
     ['Initrd', i.initrd],
     ['Kernel args', i.kernelArgs],

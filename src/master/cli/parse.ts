@@ -6,12 +6,13 @@
  *   gnt-instance add:    --net [N:]mac=MAC,link=BR   --disk [N:]size=SIZE
  *   gnt-instance modify: --net add[:mac=MAC,link=BR] | N:mac=MAC[,link=BR] | N:link=BR | N:remove
  *                        --disk add:size=SIZE | N:remove
+ *                        -B / --backend-parameters vcpus=N,memory=SIZE
  */
 import type { NicChange } from '../../generated/gnt/master/v1/NicChange';
 import type { DiskChange } from '../../generated/gnt/master/v1/DiskChange';
 import type { NicSpec } from '../../generated/gnt/master/v1/NicSpec';
 import type { DiskSpec } from '../../generated/gnt/master/v1/DiskSpec';
-import { checkLink, checkMac, parseSize, UsageError } from '../validate';
+import { checkCount, checkLink, checkMac, parseSize, parseSizeMiB, UsageError } from '../validate';
 
 /** "a=1,b=2" with only the allowed keys, each at most once. */
 export function parseKeyValues(text: string, allowed: string[], what: string): Record<string, string> {
@@ -111,13 +112,32 @@ export function parseHvparams(texts: string[]): Record<string, string> {
   const out: Record<string, string> = {};
   for (const t of texts) {
     const body = t.startsWith('kvm:') ? t.slice(4) : t;
-    const kv = parseKeyValues(body, ['security_model', 'security_domain', 'chroot', 'machine', 'accel'], `--hvparams ${t}`);
+    const kv = parseKeyValues(body, ['security_model', 'security_domain', 'chroot', 'machine', 'accel', 'memory_hotplug'], `--hvparams ${t}`);
     Object.assign(out, kv);
   }
   if (out.security_model && !['none', 'user'].includes(out.security_model))
     throw new UsageError(`hvparam security_model must be "none" or "user", not "${out.security_model}"`);
   if (out.security_model === 'user' && !out.security_domain)
     throw new UsageError('hvparam security_model=user needs security_domain=USER');
+  if (out.memory_hotplug && !['acpi', 'virtio-mem', 'none'].includes(out.memory_hotplug))
+    throw new UsageError(`hvparam memory_hotplug must be "acpi", "virtio-mem" or "none", not "${out.memory_hotplug}"`);
   if (out.chroot && !out.chroot.startsWith('/')) throw new UsageError(`hvparam chroot "${out.chroot}" must be an absolute path`);
   return out;
+}
+
+/** -B / --backend-parameters vcpus=N,memory=SIZE (each may be repeated; a key at most once overall). 0 = unchanged. */
+export function parseBackendParams(texts: string[]): { vcpus: number; memoryMib: number } {
+  const all: Record<string, string> = {};
+  for (const t of texts) {
+    const kv = parseKeyValues(t, ['vcpus', 'memory'], `-B ${t}`);
+    for (const [k, v] of Object.entries(kv)) {
+      if (k in all) throw new UsageError(`-B: parameter "${k}" given twice`);
+      if (v === '') throw new UsageError(`-B ${t}: ${k}= is empty`);
+      all[k] = v;
+    }
+  }
+  return {
+    vcpus: all.vcpus === undefined ? 0 : checkCount(all.vcpus, 'vcpus'),
+    memoryMib: all.memory === undefined ? 0 : parseSizeMiB(all.memory, 'memory'),
+  };
 }

@@ -184,6 +184,11 @@ export class ConfigStore {
     this.db.prepare('DELETE FROM instances WHERE name = ?').run(name);
   }
 
+  /** Commits a vCPU and memory change (the limits were checked by the caller; the schema checks them again). */
+  setResources(name: string, vcpus: number, memoryMib: number): void {
+    this.db.prepare('UPDATE instances SET vcpus = ?, memory_mib = ? WHERE name = ?').run(vcpus, memoryMib, name);
+  }
+
   setAdminState(name: string, state: 'up' | 'down'): void {
     this.db.prepare('UPDATE instances SET admin_state = ? WHERE name = ?').run(state, name);
   }

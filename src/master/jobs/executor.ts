@@ -43,6 +43,23 @@ function describeRuntime(rt: InstanceRuntime__Output): string[] {
   return lines;
 }
 
+/**
+ * Checks -B vcpus/memory against the instance's limits in the configuration
+ * (0 = unchanged). The node checks the rest (ACPI step, what it can hold).
+ */
+export function checkResizeLimits(inst: InstanceConfig, vcpus: number, memoryMib: number): void {
+  if (vcpus && (vcpus < 1 || vcpus > inst.maxvcpus))
+    throw new ConfigError(
+      `instance ${inst.name} can have 1 to ${inst.maxvcpus} vCPUs (maxvcpus ${inst.maxvcpus}); ${vcpus} asked`,
+      'INVALID_ARGUMENT',
+    );
+  if (memoryMib && memoryMib > inst.maxmem_mib)
+    throw new ConfigError(
+      `instance ${inst.name} can have at most ${inst.maxmem_mib} MiB of memory (maxmem); ${memoryMib} MiB asked`,
+      'INVALID_ARGUMENT',
+    );
+}
+
 export class Executor {
   /** MACs chosen by running jobs but not yet committed. */
   private readonly reservedMacs = new Set<string>();
@@ -173,6 +190,8 @@ export class Executor {
   private async instanceModify(op: ModifyOp, ctx: JobContext, macs: string[]): Promise<void> {
     const inst = this.config.getInstance(op.name);
     const node = nodeTarget(inst);
+    const resize = op.vcpus > 0 || op.memoryMib > 0;
+    if (resize) checkResizeLimits(inst, op.vcpus, op.memoryMib);
 
     // Plan every change against a copy first: any bad index or MAC fails
     // the job before anything is touched. Indices refer to the device list
@@ -236,6 +255,7 @@ export class Executor {
 
     const done: string[] = [];
     const pending: string[] = [];
+    if (resize) await this.resize(inst, op, ctx, done, pending);
     for (const s of steps) {
       const type = s.kind.startsWith('nic') ? 'NIC' : 'DISK';
       const what =
@@ -291,6 +311,49 @@ export class Executor {
       }
     }
     if (pending.length) ctx.log(`${pending.length} change(s) apply at the next start of instance ${inst.name}`);
+  }
+
+  /**
+   * -B vcpus/memory: one InstanceResize call for both when live, then the
+   * configuration commit; config only otherwise (applied at the next start).
+   */
+  private async resize(inst: InstanceConfig, op: ModifyOp, ctx: JobContext, done: string[], pending: string[]): Promise<void> {
+    const node = nodeTarget(inst);
+    const vcpus = op.vcpus || inst.vcpus;
+    const memoryMib = op.memoryMib || inst.memory_mib;
+    const what = [op.vcpus ? `vCPUs ${inst.vcpus} -> ${vcpus}` : '', op.memoryMib ? `memory ${inst.memory_mib} MiB -> ${memoryMib} MiB` : '']
+      .filter(Boolean)
+      .join(', ');
+    let live = op.hotplug === 'HOTPLUG';
+    if (op.hotplug === 'IF_POSSIBLE') {
+      const rt = await this.rpc.instanceInfo(node, inst.name).catch((err: Error) => {
+        if (err instanceof NodeRpcError && err.code === 'NOT_FOUND') return undefined;
+        throw err;
+      });
+      live = rt?.running === true;
+      if (!live) ctx.log(`live resize not possible: instance ${inst.name} is not running; the change is made in the configuration only`);
+    }
+    if (live) {
+      ctx.log(`live resize of instance ${inst.name} on node ${node.name}: ${what}`);
+      let reply;
+      try {
+        reply = await this.rpc.instanceResize(node, { instance: inst.name, vcpus: op.vcpus, memoryMib: op.memoryMib });
+      } catch (err) {
+        const e = err as Error & { code?: string };
+        throw new JobError(`live resize (${what}) failed: ${e.message}; the configuration is unchanged`, e.code ?? '');
+      }
+      this.config.setResources(inst.name, vcpus, memoryMib);
+      const plugged = Number(reply.pluggedMib) >= 0 ? `, virtio-mem plugged ${reply.pluggedMib} MiB` : '';
+      const m = `${what}: done live (now ${reply.vcpus} vCPUs, ${reply.memoryMib} MiB${plugged})`;
+      ctx.log(m);
+      reply.notes.forEach((n) => ctx.log(`note: ${n}`));
+      done.push(m);
+    } else {
+      this.config.setResources(inst.name, vcpus, memoryMib);
+      ctx.log(`${what}: changed in the configuration; it applies at the next start of ${inst.name}`);
+      done.push(`${what} in the configuration`);
+      pending.push(what);
+    }
   }
 
   private commit(

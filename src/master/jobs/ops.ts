@@ -51,6 +51,10 @@ export type Op =
       nics: NicChangeOp[];
       disks: DiskChangeOp[];
       hotplug: 'NONE' | 'HOTPLUG' | 'IF_POSSIBLE';
+      /** -B vcpus=N: 0 unchanged. */
+      vcpus: number;
+      /** -B memory=SIZE in MiB: 0 unchanged. */
+      memoryMib: number;
     };
 
 export interface PreparedJob {
@@ -128,9 +132,15 @@ function instanceModify(o: InstanceModifyOp__Output): PreparedJob {
     }
     throw new UsageError('a disk change is add:size=SIZE or N:remove');
   });
-  if (nics.length === 0 && disks.length === 0) throw new UsageError('nothing to change: give --net or --disk');
+  const vcpus = o.vcpus ? checkCount(o.vcpus, 'vcpus') : 0;
+  const memoryMib = int64(o.memoryMib, 'memory');
+  if (nics.length === 0 && disks.length === 0 && !vcpus && !memoryMib) throw new UsageError('nothing to change: give --net, --disk or -B');
   const hotplug = o.hotplug === 'HOTPLUG' ? 'HOTPLUG' : o.hotplug === 'HOTPLUG_IF_POSSIBLE' ? 'IF_POSSIBLE' : 'NONE';
-  return { op: { type: 'instance-modify', name: o.name, nics, disks, hotplug }, summary: `modify instance ${o.name}`, locks: [`instance:${o.name}`] };
+  return {
+    op: { type: 'instance-modify', name: o.name, nics, disks, hotplug, vcpus, memoryMib },
+    summary: `modify instance ${o.name}`,
+    locks: [`instance:${o.name}`],
+  };
 }
 
 export function prepareJob(req: SubmitJobRequest__Output): PreparedJob {

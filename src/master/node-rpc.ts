@@ -16,6 +16,11 @@ import type { HotplugDeviceRequest } from '../generated/gnt/node/v1/HotplugDevic
 import type { HotplugDeviceReply__Output } from '../generated/gnt/node/v1/HotplugDeviceReply';
 import type { InstanceResizeRequest } from '../generated/gnt/node/v1/InstanceResizeRequest';
 import type { InstanceResizeReply__Output } from '../generated/gnt/node/v1/InstanceResizeReply';
+import type { InstanceExportReply__Output } from '../generated/gnt/node/v1/InstanceExportReply';
+import type { InstanceReceiveRequest } from '../generated/gnt/node/v1/InstanceReceiveRequest';
+import type { InstanceReceiveReply__Output } from '../generated/gnt/node/v1/InstanceReceiveReply';
+import type { MigrationStartRequest } from '../generated/gnt/node/v1/MigrationStartRequest';
+import type { MigrationStatus__Output } from '../generated/gnt/node/v1/MigrationStatus';
 
 export class NodeRpcError extends Error {
   constructor(message: string, readonly code: string, readonly grpcCode: number) {
@@ -104,6 +109,38 @@ export class NodeRpc {
   }
   instanceResize(node: NodeTarget, req: InstanceResizeRequest): Promise<InstanceResizeReply__Output> {
     return this.call(node, 'InstanceResize', req, this.longMs);
+  }
+
+
+  // ---- live migration and failover (docs/migration.md) ----
+
+  /** The instance's runtime file as JSON (quick: a file read). */
+  instanceExport(node: NodeTarget, name: string): Promise<InstanceExportReply__Output> {
+    return this.call(node, 'InstanceExport', { name }, this.shortMs);
+  }
+  /** Target side: recreates taps, opens disks and starts QEMU from a carried runtime file (long: QEMU starts). */
+  instanceReceive(node: NodeTarget, req: InstanceReceiveRequest): Promise<InstanceReceiveReply__Output> {
+    return this.call(node, 'InstanceReceive', req, this.longMs);
+  }
+  /** Source side: starts sending the instance's state; returns at once. */
+  migrationStart(node: NodeTarget, req: MigrationStartRequest): Promise<MigrationStatus__Output> {
+    return this.call(node, 'MigrationStart', req, this.shortMs);
+  }
+  /** Either side: the migration as the node's runtime file and QEMU see it. */
+  migrationStatus(node: NodeTarget, name: string, timeoutMs?: number): Promise<MigrationStatus__Output> {
+    return this.call(node, 'MigrationStatus', { name }, timeoutMs ?? this.shortMs);
+  }
+  /** Target side: resumes the guest there (long: waits for QEMU). */
+  migrationFinish(node: NodeTarget, name: string): Promise<InstanceRuntime__Output> {
+    return this.call(node, 'MigrationFinish', { name }, this.longMs);
+  }
+  /** Undo on either side, safe to repeat (long: may stop QEMU or wait for a cancel). */
+  migrationAbort(node: NodeTarget, name: string): Promise<MigrationStatus__Output> {
+    return this.call(node, 'MigrationAbort', { name }, this.longMs);
+  }
+  /** The instance runs elsewhere now: stops QEMU on this node and forgets it, keeping the disks (long). */
+  instanceRelease(node: NodeTarget, name: string): Promise<unknown> {
+    return this.call(node, 'InstanceRelease', { name }, this.longMs);
   }
 
   close(): void {

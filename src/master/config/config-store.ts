@@ -189,6 +189,19 @@ export class ConfigStore {
     this.db.prepare('UPDATE instances SET vcpus = ?, memory_mib = ? WHERE name = ?').run(vcpus, memoryMib, name);
   }
 
+  /**
+   * Makes `nodeName` the instance's primary node, in one transaction (after
+   * a migration or failover). Returns the updated instance.
+   */
+  setPrimaryNode(instanceName: string, nodeName: string): InstanceConfig {
+    return this.db.transaction(() => {
+      const inst = this.getInstance(instanceName);
+      const node = this.getNode(nodeName);
+      this.db.prepare('UPDATE instances SET node_uuid = ? WHERE uuid = ?').run(node.uuid, inst.uuid);
+      return this.getInstance(instanceName);
+    })();
+  }
+
   setAdminState(name: string, state: 'up' | 'down'): void {
     this.db.prepare('UPDATE instances SET admin_state = ? WHERE name = ?').run(state, name);
   }

@@ -1,4 +1,4 @@
-/** gnt-instance: add, start, stop, remove, modify, list, info. */
+/** gnt-instance: add, start, stop, remove, modify, migrate, failover, list, info. */
 import type { ParsedArgs } from './args';
 import type { CommandGroup } from './common';
 import { positionals } from './common';
@@ -9,8 +9,29 @@ import { checkCount, checkName, checkNodePath, formatSize, parseSizeMiB, UsageEr
 import type { ListInstancesReply__Output } from '../../generated/gnt/master/v1/ListInstancesReply';
 import type { InstanceDetails__Output } from '../../generated/gnt/master/v1/InstanceDetails';
 import type { InstanceModifyOp } from '../../generated/gnt/master/v1/InstanceModifyOp';
+import type { InstanceMigrateOp } from '../../generated/gnt/master/v1/InstanceMigrateOp';
 
 const nameArg = (args: ParsedArgs): string => checkName('instance', positionals(args, ['INSTANCE'])[0]);
+
+/** -n TARGET, checked when given; '' lets the master pick the only other node. */
+const targetArg = (args: ParsedArgs): string => {
+  const target = args.value('node');
+  return target === undefined ? '' : checkName('node', target);
+};
+
+/** gnt-instance migrate [-n TARGET] [--cleanup] INSTANCE as the typed op (exported for tests). */
+export function parseMigrateArgs(args: ParsedArgs): InstanceMigrateOp {
+  const name = nameArg(args);
+  const cleanup = args.flags.has('cleanup');
+  if (cleanup && args.value('node') !== undefined)
+    throw new UsageError('--cleanup takes no -n: it asks every node where the instance runs');
+  return { name, target: cleanup ? '' : targetArg(args), cleanup, failover: false };
+}
+
+/** gnt-instance failover [-n TARGET] INSTANCE as the typed op (exported for tests). */
+export function parseFailoverArgs(args: ParsedArgs): InstanceMigrateOp {
+  return { name: nameArg(args), target: targetArg(args), cleanup: false, failover: true };
+}
 
 export const instanceCommands: CommandGroup = {
   add: {
@@ -102,6 +123,20 @@ export const instanceCommands: CommandGroup = {
       };
       if (!op.nics!.length && !op.disks!.length && !be.vcpus && !be.memoryMib) throw new UsageError('nothing to change: give --net, --disk or -B');
       return runJob(dir, { instanceModify: op }, args.flags.has('submit'));
+    },
+  },
+  migrate: {
+    usage: 'gnt-instance migrate [-n TARGET] [--cleanup] [--submit] INSTANCE   (live; --cleanup repairs an interrupted migration)',
+    spec: { values: ['node'], flags: ['cleanup', 'submit'], aliases: { n: 'node' } },
+    async run(args, { dir }) {
+      return runJob(dir, { instanceMigrate: parseMigrateArgs(args) }, args.flags.has('submit'));
+    },
+  },
+  failover: {
+    usage: 'gnt-instance failover [-n TARGET] [--submit] INSTANCE   (stop here, boot on TARGET with the same devices)',
+    spec: { values: ['node'], flags: ['submit'], aliases: { n: 'node' } },
+    async run(args, { dir }) {
+      return runJob(dir, { instanceMigrate: parseFailoverArgs(args) }, args.flags.has('submit'));
     },
   },
   list: {

@@ -7,6 +7,8 @@
  *   gnt-instance modify: --net add[:mac=MAC,link=BR] | N:mac=MAC[,link=BR] | N:link=BR | N:remove
  *                        --disk add:size=SIZE | N:remove
  *                        -B / --backend-parameters vcpus=N,memory=SIZE
+ *   -H / --hvparams:     security_model, security_domain, chroot, machine, accel, memory_hotplug,
+ *                        migration_bandwidth (MiB/s), migration_downtime (ms)
  */
 import type { NicChange } from '../../generated/gnt/master/v1/NicChange';
 import type { DiskChange } from '../../generated/gnt/master/v1/DiskChange';
@@ -112,7 +114,11 @@ export function parseHvparams(texts: string[]): Record<string, string> {
   const out: Record<string, string> = {};
   for (const t of texts) {
     const body = t.startsWith('kvm:') ? t.slice(4) : t;
-    const kv = parseKeyValues(body, ['security_model', 'security_domain', 'chroot', 'machine', 'accel', 'memory_hotplug'], `--hvparams ${t}`);
+    const kv = parseKeyValues(
+      body,
+      ['security_model', 'security_domain', 'chroot', 'machine', 'accel', 'memory_hotplug', 'migration_bandwidth', 'migration_downtime'],
+      `--hvparams ${t}`,
+    );
     Object.assign(out, kv);
   }
   if (out.security_model && !['none', 'user'].includes(out.security_model))
@@ -121,6 +127,9 @@ export function parseHvparams(texts: string[]): Record<string, string> {
     throw new UsageError('hvparam security_model=user needs security_domain=USER');
   if (out.memory_hotplug && !['acpi', 'virtio-mem', 'none'].includes(out.memory_hotplug))
     throw new UsageError(`hvparam memory_hotplug must be "acpi", "virtio-mem" or "none", not "${out.memory_hotplug}"`);
+  for (const k of ['migration_bandwidth', 'migration_downtime'])
+    if (out[k] !== undefined && !/^\d{1,9}$/.test(out[k]))
+      throw new UsageError(`hvparam ${k} must be a whole number (${k === 'migration_bandwidth' ? 'MiB/s' : 'ms'}; 0: QEMU's default), not "${out[k]}"`);
   if (out.chroot && !out.chroot.startsWith('/')) throw new UsageError(`hvparam chroot "${out.chroot}" must be an absolute path`);
   return out;
 }

@@ -5,36 +5,19 @@
  */
 import { randomUUID } from 'node:crypto';
 import { ConfigError, ConfigStore, type InstanceConfig } from '../config/config-store';
-import { NodeRpc, NodeRpcError, type NodeTarget } from '../node-rpc';
+import { NodeRpc, NodeRpcError } from '../node-rpc';
 import { checkMac, formatSize } from '../validate';
-import type { InstanceSpec } from '../../generated/gnt/node/v1/InstanceSpec';
 import type { InstanceRuntime__Output } from '../../generated/gnt/node/v1/InstanceRuntime';
 import type { JobRow } from './job-store';
 import { JobError, type JobContext } from './queue';
 import type { Op } from './ops';
+import { instanceSpec, nodeTarget } from './spec';
+import { runMigrate } from './migrate';
 
 type ModifyOp = Extract<Op, { type: 'instance-modify' }>;
 type AddOp = Extract<Op, { type: 'instance-add' }>;
 
-export const nodeTarget = (inst: InstanceConfig): NodeTarget => ({ name: inst.node.name, address: inst.node.address });
-
-/** The whole spec the node needs to start the instance (InstanceStart). */
-export function instanceSpec(inst: InstanceConfig): InstanceSpec {
-  return {
-    name: inst.name,
-    uuid: inst.uuid,
-    vcpus: inst.vcpus,
-    maxvcpus: inst.maxvcpus,
-    memoryMib: inst.memory_mib,
-    maxmemMib: inst.maxmem_mib,
-    kernel: inst.kernel,
-    initrd: inst.initrd,
-    kernelArgs: inst.kernel_args,
-    nics: inst.nics.map((n) => ({ uuid: n.uuid, mac: n.mac, link: n.link, pci: -1 })),
-    disks: inst.disks.map((d) => ({ uuid: d.uuid, sizeBytes: d.size_bytes, path: '', pci: -1 })),
-    hvparams: inst.hvparams,
-  };
-}
+export { instanceSpec, nodeTarget } from './spec';
 
 function describeRuntime(rt: InstanceRuntime__Output): string[] {
   const lines = [`running: ${rt.running ? `yes, pid ${rt.pid}` : 'no'}`];
@@ -83,6 +66,8 @@ export class Executor {
           return await this.instanceRemove(op.name, ctx);
         case 'instance-modify':
           return await this.instanceModify(op, ctx, macs);
+        case 'instance-migrate':
+          return await runMigrate({ config: this.config, rpc: this.rpc }, op, ctx);
       }
     } catch (err) {
       if (err instanceof ConfigError) throw new JobError(err.message, err.code);

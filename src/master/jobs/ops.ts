@@ -7,9 +7,11 @@ import type { SubmitJobRequest__Output } from '../../generated/gnt/master/v1/Sub
 import type { InstanceAddOp__Output } from '../../generated/gnt/master/v1/InstanceAddOp';
 import type { InstanceModifyOp__Output } from '../../generated/gnt/master/v1/InstanceModifyOp';
 import type { NodeAddOp__Output } from '../../generated/gnt/master/v1/NodeAddOp';
+import type { InstanceMigrateOp__Output } from '../../generated/gnt/master/v1/InstanceMigrateOp';
 import { checkAddress, checkCount, checkLink, checkMac, checkName, checkNodePath, UsageError } from '../validate';
 
-export type OpType = 'node-add' | 'instance-add' | 'instance-start' | 'instance-stop' | 'instance-remove' | 'instance-modify';
+export type OpType =
+  | 'node-add' | 'instance-add' | 'instance-start' | 'instance-stop' | 'instance-remove' | 'instance-modify' | 'instance-migrate';
 
 export interface NicChangeOp {
   action: 'ADD' | 'MODIFY' | 'REMOVE';
@@ -55,7 +57,21 @@ export type Op =
       vcpus: number;
       /** -B memory=SIZE in MiB: 0 unchanged. */
       memoryMib: number;
-    };
+    }
+  | MigrateOp;
+
+/**
+ * gnt-instance migrate / failover. `target` empty: the only other node.
+ * cleanup: repair an interrupted migration (target is then empty).
+ * failover: stop on the source, boot on the target (no live state).
+ */
+export interface MigrateOp {
+  type: 'instance-migrate';
+  name: string;
+  target: string;
+  cleanup: boolean;
+  failover: boolean;
+}
 
 export interface PreparedJob {
   op: Op;
@@ -143,6 +159,22 @@ function instanceModify(o: InstanceModifyOp__Output): PreparedJob {
   };
 }
 
+function migrateSummary(op: MigrateOp): string {
+  if (op.cleanup) return `clean up migration of ${op.name}`;
+  const to = op.target ? ` to ${op.target}` : '';
+  return op.failover ? `failover instance ${op.name}${to}` : `migrate instance ${op.name}${to}`;
+}
+
+function instanceMigrate(o: InstanceMigrateOp__Output): PreparedJob {
+  checkName('instance', o.name);
+  if (o.cleanup && o.failover) throw new UsageError('--cleanup repairs an interrupted live migration; it cannot be combined with failover');
+  // Cleanup finds where the instance runs by itself: a target is ignored (proto/master.proto).
+  const target = o.cleanup ? '' : o.target;
+  if (target) checkName('node', target);
+  const op: MigrateOp = { type: 'instance-migrate', name: o.name, target, cleanup: o.cleanup, failover: o.failover };
+  return { op, summary: migrateSummary(op), locks: [`instance:${o.name}`] };
+}
+
 export function prepareJob(req: SubmitJobRequest__Output): PreparedJob {
   switch (req.op) {
     case 'nodeAdd':
@@ -162,6 +194,8 @@ export function prepareJob(req: SubmitJobRequest__Output): PreparedJob {
       return { op: { type: 'instance-remove', name: req.instanceRemove!.name }, summary: `remove instance ${req.instanceRemove!.name}`, locks: [`instance:${req.instanceRemove!.name}`] };
     case 'instanceModify':
       return instanceModify(req.instanceModify!);
+    case 'instanceMigrate':
+      return instanceMigrate(req.instanceMigrate!);
     default:
       throw new UsageError('the request names no operation');
   }

@@ -1,0 +1,24 @@
+/** The node-facing view of an instance's configuration: its node and its InstanceStart spec. */
+import type { InstanceConfig } from '../config/config-store';
+import type { NodeTarget } from '../node-rpc';
+import type { InstanceSpec } from '../../generated/gnt/node/v1/InstanceSpec';
+
+export const nodeTarget = (inst: InstanceConfig): NodeTarget => ({ name: inst.node.name, address: inst.node.address });
+
+/** The whole spec the node needs to start the instance (InstanceStart). */
+export function instanceSpec(inst: InstanceConfig): InstanceSpec {
+  return {
+    name: inst.name,
+    uuid: inst.uuid,
+    vcpus: inst.vcpus,
+    maxvcpus: inst.maxvcpus,
+    memoryMib: inst.memory_mib,
+    maxmemMib: inst.maxmem_mib,
+    kernel: inst.kernel,
+    initrd: inst.initrd,
+    kernelArgs: inst.kernel_args,
+    nics: inst.nics.map((n) => ({ uuid: n.uuid, mac: n.mac, link: n.link, pci: -1 })),
+    disks: inst.disks.map((d) => ({ uuid: d.uuid, sizeBytes: d.size_bytes, path: '', pci: -1 })),
+    hvparams: inst.hvparams,
+  };
+}

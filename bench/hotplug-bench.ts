@@ -1,110 +1,150 @@
 /**
- * Hotplug latency: the raw QMP floor and the hypervisor layer, measured on
- * the same booted test guest in the same run. Prints a table of medians,
- * p95 and max with each layer's ratio to the raw floor, and writes the same
- * as JSON (bench/results/latest.json). Run: npm run bench
+ * Hotplug latency and throughput, every layer against the raw QMP floor, in
+ * one run on one machine: the bare QMP sequences, the hypervisor layer,
+ * gnt-noded over mutual-TLS gRPC, `gnt-instance modify --hotplug` through the
+ * master (API and CLI process), the time until the guest shows the device,
+ * throughput with 1..16 guests, and the cost as devices and instances grow.
+ * Prints the tables and writes the same as JSON (bench/results/latest.json).
+ * Run: npm run bench (inside a private network namespace).
  */
-import { randomUUID } from 'node:crypto';
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
-import { KvmInstance } from '../src/hypervisor/kvm-instance';
-import { RawQmp, rawDiskAdd, rawDiskRemove, rawNicAdd, rawNicRemove } from './raw-qmp';
-import { benchNoded, startNoded } from './noded-layer';
-import { summarize, table, time, type Series } from './stats';
+import { BENCH, REPO } from './config';
+import { BenchGuest } from './guest';
+import { benchGuestVisible, GUEST_SEES } from './guest-visible';
+import { HypervisorLayer, LIB } from './hypervisor-layer';
+import { benchList, LIST_LEVELS, listOp } from './list-bench';
+import { API, CLI, MasterCluster, MasterLayer, INSTANCE } from './master-layer';
+import { benchNodeStartup, NODE_STARTUP, NODE_STARTUP_OP } from './node-startup';
+import { NODED, NodedBench, NodedLayer } from './noded-layer';
+import { benchDevices, benchDimms, OPS, type LayerOps } from './ops';
+import { RawLayer } from './raw-layer';
+import { benchScaling, LEVELS, scalingOp } from './scaling';
+import { judgeTargets } from './targets';
+import { benchThroughput, bootThroughputGuests, throughputTable, type ThroughputRow } from './throughput';
+import { RAW, Recorder, summarize, table, type Summary } from './stats';
 
-const REPO = path.resolve(__dirname, '../..');
-const ITERATIONS = Number(process.env.GNT_BENCH_ITERATIONS ?? 15);
-const SLOT = 10;
+const NODED_INSTANCE = 'bench2';
 
-async function bootGuest(dataDir: string): Promise<KvmInstance> {
-  const guest = path.join(REPO, '.cache/guest');
-  const inst = KvmInstance.create(dataDir, {
-    name: 'bench1', memoryMiB: 256, maxMemoryMiB: 1024, vcpus: 1, maxVcpus: 4,
-    kernel: path.join(guest, 'vmlinuz'), initrd: path.join(guest, 'initrd.gz'),
-    kernelArgs: 'console=ttyS0 quiet loglevel=1 panic=-1',
-  });
-  await inst.start();
-  // let the guest finish booting so that ejects are answered at full speed
-  const deadline = Date.now() + 60_000;
-  while (!fs.existsSync(inst.paths.consoleLog) || !fs.readFileSync(inst.paths.consoleLog, 'utf8').includes('gnt-guest end')) {
-    if (Date.now() > deadline) throw new Error('guest did not boot');
-    await new Promise((r) => setTimeout(r, 200));
-  }
-  return inst;
+interface Rig {
+  work: string;
+  disk: string;
+  guest: BenchGuest;
+  nd: NodedBench;
+  mc: MasterCluster;
 }
 
-async function benchRaw(inst: KvmInstance, disk: string, series: Series[]): Promise<void> {
-  inst.disconnect(); // the monitor takes one client
-  const q = await RawQmp.connect(inst.paths.qmpSocket);
-  const add = (op: string): Series => { const s = { name: op, layer: 'raw QMP', op, samplesMs: [] as number[] }; series.push(s); return s; };
-  const [na, nr, da, dr] = [add('NIC add'), add('NIC remove'), add('disk add'), add('disk remove')];
-  for (let i = 0; i < ITERATIONS; i++) {
-    const nic = `nic-raw${i}-pci-${SLOT}`;
-    na.samplesMs.push(await time(() => rawNicAdd(q, nic, SLOT, '52:54:00:be:00:01')));
-    nr.samplesMs.push(await time(() => rawNicRemove(q, nic)));
-    const d = `disk-raw${i}-pci-${SLOT}`;
-    da.samplesMs.push(await time(() => rawDiskAdd(q, d, SLOT, disk)));
-    dr.samplesMs.push(await time(() => rawDiskRemove(q, d)));
-  }
-  q.close();
+const cleanups: Array<() => Promise<void>> = [];
+
+async function cleanup(): Promise<void> {
+  while (cleanups.length) await (cleanups.pop() as () => Promise<void>)().catch((err: unknown) => console.error(`cleanup: ${String(err)}`));
 }
 
-async function benchLayer(inst: KvmInstance, disk: string, series: Series[]): Promise<void> {
-  const add = (op: string): Series => { const s = { name: op, layer: 'hypervisor layer', op, samplesMs: [] as number[] }; series.push(s); return s; };
-  const [na, nr, da, dr] = [add('NIC add'), add('NIC remove'), add('disk add'), add('disk remove')];
-  await inst.monitor();
-  for (let i = 0; i < ITERATIONS; i++) {
-    const nicUuid = randomUUID();
-    na.samplesMs.push(await time(() => inst.hotAddNic({ uuid: nicUuid, mac: '52:54:00:be:00:02', slot: SLOT })));
-    nr.samplesMs.push(await time(() => inst.hotRemoveNic(nicUuid)));
-    const diskUuid = randomUUID();
-    da.samplesMs.push(await time(() => inst.hotAddDisk({ uuid: diskUuid, path: disk, slot: SLOT })));
-    dr.samplesMs.push(await time(() => inst.hotRemoveDisk(diskUuid)));
+function log(msg: string): void {
+  console.error(`[${new Date().toISOString().slice(11, 19)}] ${msg}`);
+}
+
+async function setUp(): Promise<Rig> {
+  const work = fs.mkdtempSync(path.join(os.tmpdir(), 'gnt-bench-'));
+  cleanups.push(async () => fs.rmSync(work, { recursive: true, force: true }));
+  const disk = RawLayer.diskFile(work);
+  const nd = await NodedBench.start(work);
+  cleanups.push(() => nd.stop());
+  const mc = new MasterCluster(work);
+  cleanups.push(() => mc.stop());
+  const [guest] = await Promise.all([BenchGuest.boot(work, 'bench1'), nd.bootInstance(NODED_INSTANCE), mc.start()]);
+  cleanups.push(() => guest.stop());
+  return { work, disk, guest, nd, mc };
+}
+
+function layers(rig: Rig): { raw: RawLayer; lib: HypervisorLayer; noded: NodedLayer; api: MasterLayer; cli: MasterLayer } {
+  return {
+    raw: new RawLayer(rig.guest, rig.disk),
+    lib: new HypervisorLayer(rig.guest, rig.disk),
+    noded: new NodedLayer(rig.nd, NODED_INSTANCE, rig.disk),
+    api: new MasterLayer(rig.mc, 'api'),
+    cli: new MasterLayer(rig.mc, 'cli'),
+  };
+}
+
+async function latency(rec: Recorder, l: ReturnType<typeof layers>): Promise<void> {
+  const order: LayerOps[] = [l.raw, l.lib, l.noded, l.api, l.cli];
+  // two interleaved rounds spread any drift of the machine over all layers
+  const perRound = [Math.ceil(BENCH.iterations / 2), Math.floor(BENCH.iterations / 2)];
+  for (const n of perRound) for (const ops of order) {
+    log(`NIC/disk/CPU: ${ops.layer}, ${n} samples`);
+    await benchDevices(ops, n, rec);
   }
+  const fresh = new Map<LayerOps, boolean>([[l.raw, true], [l.lib, false], [l.noded, true], [l.api, true], [l.cli, false]]);
+  for (const ops of order) {
+    log(`DIMM: ${ops.layer}, ${BENCH.dimmIterations} samples`);
+    await benchDimms(ops, BENCH.dimmIterations, rec, fresh.get(ops) ?? false);
+  }
+}
+
+async function throughput(rig: Rig): Promise<ThroughputRow[]> {
+  log(`throughput: booting ${BENCH.throughputGuests} guests`);
+  const names = await bootThroughputGuests(rig.nd, BENCH.throughputGuests);
+  try {
+    log('throughput: running');
+    return await benchThroughput(rig.nd, names);
+  } finally {
+    await Promise.all(names.map((n) => rig.nd.stopInstance(n).catch(() => undefined)));
+  }
+}
+
+const OP_ORDER = [NODE_STARTUP_OP, ...OPS, ...LEVELS.map(scalingOp), ...LIST_LEVELS.map(listOp)];
+const LAYER_ORDER = [NODE_STARTUP, RAW, LIB, NODED, API, CLI, GUEST_SEES];
+
+function ordered(rows: Summary[]): Summary[] {
+  return [...rows].sort((a, b) => OP_ORDER.indexOf(a.op) - OP_ORDER.indexOf(b.op) || LAYER_ORDER.indexOf(a.layer) - LAYER_ORDER.indexOf(b.layer));
+}
+
+function report(rows: Summary[], tp: ThroughputRow[], meta: Record<string, unknown>): void {
+  const head = `gnt-hotplug hotplug benchmark, ${meta.date}: QEMU under TCG, ${os.cpus().length} CPUs, ` +
+    `${Math.round(os.totalmem() / 2 ** 30)} GiB; load average ${meta.loadBefore} before, ${meta.loadAfter} after`;
+  console.log(`${head}\n\nLatency (ms; "x raw" = median / raw QMP median of the same operation in this run)\n`);
+  console.log(table(rows));
+  console.log(`\nThroughput: NIC add/remove pairs through gnt-noded HotplugDevice, all guests at once, ${BENCH.throughputSeconds} s per step\n`);
+  console.log(throughputTable(tp));
+  const out = path.join(REPO, 'bench/results');
+  fs.mkdirSync(out, { recursive: true });
+  fs.writeFileSync(path.join(out, 'latest.json'), JSON.stringify({ ...meta, settings: BENCH, rows, throughput: tp }, null, 2) + '\n');
+  console.log('\nJSON: bench/results/latest.json');
 }
 
 async function main(): Promise<void> {
   if (process.env.GNT_IN_TEST_NETNS !== '1') throw new Error('run through "npm run bench" (needs a private network namespace)');
-  const dataDir = fs.mkdtempSync(path.join(os.tmpdir(), 'gnt-bench-'));
-  const disk = path.join(dataDir, 'bench.img');
-  fs.writeFileSync(disk, '');
-  fs.truncateSync(disk, 16 << 20);
-  const inst = await bootGuest(dataDir);
-  const guest = path.join(REPO, '.cache/guest');
-  const noded = await startNoded(REPO, dataDir, { kernel: path.join(guest, 'vmlinuz'), initrd: path.join(guest, 'initrd.gz') });
-  const series: Series[] = [];
-  try {
-    // interleave the layers twice to spread any drift over all of them
-    for (let round = 0; round < 2; round++) {
-      await benchRaw(inst, disk, series);
-      await benchLayer(inst, disk, series);
-      await benchNoded(noded, disk, ITERATIONS, series);
-    }
-  } finally {
-    await noded.stop();
-    await inst.stop();
-    fs.rmSync(dataDir, { recursive: true, force: true });
-  }
-  const merged = new Map<string, Series>();
-  for (const s of series) {
-    const key = `${s.layer}|${s.op}`;
-    const m = merged.get(key);
-    if (m) m.samplesMs.push(...s.samplesMs);
-    else merged.set(key, { ...s, samplesMs: [...s.samplesMs] });
-  }
-  const order = ['NIC add', 'NIC remove', 'disk add', 'disk remove'];
-  const layers = ['raw QMP', 'hypervisor layer', 'gnt-noded gRPC (mTLS)'];
-  const rows = summarize([...merged.values()]).sort((a, b) => order.indexOf(a.op) - order.indexOf(b.op) || layers.indexOf(a.layer) - layers.indexOf(b.layer));
-  console.log(`gnt-hotplug hotplug latency, ${ITERATIONS * 2} runs per line, QEMU under TCG, ${os.cpus().length} CPUs\n`);
-  console.log(table(rows));
-  const out = path.join(REPO, 'bench/results');
-  fs.mkdirSync(out, { recursive: true });
-  fs.writeFileSync(path.join(out, 'latest.json'), JSON.stringify({ date: new Date().toISOString(), iterations: ITERATIONS * 2, rows }, null, 2) + '\n');
-  console.log(`\nJSON: bench/results/latest.json`);
+  const started = Date.now();
+  const loadBefore = os.loadavg()[0].toFixed(2);
+  log('setting up: a guest for the hypervisor layer, gnt-noded with a guest, a one-node cluster with a guest');
+  const rig = await setUp();
+  const rec = new Recorder();
+  const l = layers(rig);
+  await benchNodeStartup(rec, BENCH.iterations);
+  await latency(rec, l);
+  log('until the guest sees it');
+  await benchGuestVisible(rig.guest, l.raw, rec);
+  const tp = await throughput(rig);
+  log('NIC add as devices accumulate');
+  await benchScaling(rec, l.raw, rig.nd, l.noded);
+  log(`gnt-instance list with ${LIST_LEVELS.join(', ')} instances (${INSTANCE} plus config-only ones)`);
+  await benchList(rig.mc, rec);
+  const rows = ordered(judgeTargets(summarize(rec.all())));
+  const meta = { date: new Date().toISOString(), seconds: Math.round((Date.now() - started) / 1000), loadBefore, loadAfter: os.loadavg()[0].toFixed(2) };
+  report(rows, tp, meta);
 }
 
-main().catch((err: unknown) => {
-  console.error(`bench failed: ${err instanceof Error ? err.stack ?? err.message : String(err)}`);
-  process.exit(1);
-});
+for (const sig of ['SIGINT', 'SIGTERM'] as const)
+  process.once(sig, () => {
+    log(`${sig}: cleaning up`);
+    void cleanup().finally(() => process.exit(130));
+  });
+
+main()
+  .catch((err: unknown) => {
+    console.error(`bench failed: ${err instanceof Error ? err.stack ?? err.message : String(err)}`);
+    process.exitCode = 1;
+  })
+  .finally(() => cleanup());

@@ -1,7 +1,7 @@
 /**
- * The node daemon layer for the benchmark: a real gnt-noded process with a
- * fresh cluster PKI, an instance started through InstanceStart, and
- * HotplugDevice calls over mutual-TLS gRPC.
+ * The node daemon layer: a real gnt-noded process with a fresh cluster PKI,
+ * instances started through InstanceStart, and HotplugDevice /
+ * InstanceResize calls over mutual-TLS gRPC.
  */
 import { spawn, type ChildProcess } from 'node:child_process';
 import { randomUUID } from 'node:crypto';
@@ -10,10 +10,14 @@ import * as net from 'node:net';
 import * as path from 'node:path';
 import { callNode, connectNode, deadlineIn, type NodeDaemonClient } from '../src/common/node-client';
 import { createCa, issueCertificate } from '../src/common/pki';
-import type { Series } from './stats';
-import { time } from './stats';
+import type { HotplugDeviceRequest } from '../src/generated/gnt/node/v1/HotplugDeviceRequest';
+import { GUEST, KERNEL_ARGS, REPO, SHAPE } from './config';
+import { waitBooted } from './guest';
+import type { LayerOps } from './ops';
 
-async function freePort(): Promise<number> {
+export const NODED = 'gnt-noded gRPC (mTLS)';
+
+export async function freePort(): Promise<number> {
   const srv = net.createServer();
   await new Promise<void>((r) => srv.listen(0, '127.0.0.1', r));
   const port = (srv.address() as net.AddressInfo).port;
@@ -21,30 +25,11 @@ async function freePort(): Promise<number> {
   return port;
 }
 
-export interface NodedBench {
-  client: NodeDaemonClient;
-  instance: string;
-  stop(): Promise<void>;
-}
-
-export async function startNoded(repo: string, work: string, guest: { kernel: string; initrd: string }): Promise<NodedBench> {
-  const ca = createCa(path.join(work, 'ca'), 'bench-ca');
-  const node = issueCertificate(ca, path.join(work, 'certs'), 'bench-node');
-  const master = issueCertificate(ca, path.join(work, 'certs'), 'bench-master');
-  const port = await freePort();
-  const dataDir = path.join(work, 'noded-data');
-  const storageDir = path.join(work, 'noded-storage');
-  fs.mkdirSync(dataDir, { recursive: true });
-  fs.mkdirSync(storageDir, { recursive: true });
-  const proc: ChildProcess = spawn(
-    process.execPath,
-    [path.join(repo, 'dist/src/noded/main.js'), '--name', 'bench-node', '--listen', `127.0.0.1:${port}`, '--data-dir', dataDir,
-      '--storage-dir', storageDir, '--ca', ca.cert, '--cert', node.cert, '--key', node.key],
-    { stdio: ['ignore', 'pipe', 'ignore'] },
-  );
-  await new Promise<void>((resolve, reject) => {
+function waitListening(proc: ChildProcess, what: string): Promise<void> {
+  return new Promise<void>((resolve, reject) => {
     let out = '';
-    const timer = setTimeout(() => reject(new Error(`gnt-noded did not start: ${out}`)), 30_000);
+    const timer = setTimeout(() => reject(new Error(`${what} did not start: ${out}`)), 30_000);
+    proc.once('exit', (code) => reject(new Error(`${what} exited with ${code}: ${out}`)));
     proc.stdout?.on('data', (d: Buffer) => {
       out += d.toString();
       if (/listening on/.test(out)) {
@@ -53,47 +38,130 @@ export async function startNoded(repo: string, work: string, guest: { kernel: st
       }
     });
   });
-  const client = connectNode(`127.0.0.1:${port}`, { ca: ca.cert, cert: master.cert, key: master.key }, { serverName: 'localhost' });
-  const instance = 'bench2';
-  await callNode(client, 'InstanceStart', {
-    spec: {
-      name: instance, uuid: randomUUID(), vcpus: 1, maxvcpus: 4, memoryMib: 256, maxmemMib: 1024,
-      kernel: guest.kernel, initrd: guest.initrd, kernelArgs: 'console=ttyS0 quiet loglevel=1 panic=-1', disks: [], nics: [],
-    },
-  }, { deadline: deadlineIn(60_000) });
-  const consoleLog = path.join(dataDir, instance, 'console.log');
-  const deadline = Date.now() + 60_000;
-  while (!fs.existsSync(consoleLog) || !fs.readFileSync(consoleLog, 'utf8').includes('gnt-guest end')) {
-    if (Date.now() > deadline) throw new Error('guest under gnt-noded did not boot');
-    await new Promise((r) => setTimeout(r, 200));
-  }
-  return {
-    client,
-    instance,
-    async stop() {
-      await callNode(client, 'InstanceStop', { name: instance, timeoutMs: 10_000 }, { deadline: deadlineIn(30_000) }).catch(() => undefined);
-      client.close();
-      const exited = new Promise((r) => proc.once('exit', r));
-      proc.kill('SIGTERM');
-      await exited;
-    },
-  };
 }
 
-export async function benchNoded(nd: NodedBench, disk: string, iterations: number, series: Series[]): Promise<void> {
-  const add = (op: string): Series => {
-    const s = { name: op, layer: 'gnt-noded gRPC (mTLS)', op, samplesMs: [] as number[] };
-    series.push(s);
-    return s;
-  };
-  const [na, nr, da, dr] = [add('NIC add'), add('NIC remove'), add('disk add'), add('disk remove')];
-  const hp = (req: Parameters<typeof callNode<'HotplugDevice'>>[2]) => callNode(nd.client, 'HotplugDevice', req, { deadline: deadlineIn(60_000) });
-  for (let i = 0; i < iterations; i++) {
-    const nic = randomUUID();
-    na.samplesMs.push(await time(() => hp({ instance: nd.instance, deviceType: 'NIC', action: 'ADD', nic: { uuid: nic, mac: '52:54:00:be:00:03' } })));
-    nr.samplesMs.push(await time(() => hp({ instance: nd.instance, deviceType: 'NIC', action: 'REMOVE', nic: { uuid: nic } })));
-    const d = randomUUID();
-    da.samplesMs.push(await time(() => hp({ instance: nd.instance, deviceType: 'DISK', action: 'ADD', disk: { uuid: d, path: disk } })));
-    dr.samplesMs.push(await time(() => hp({ instance: nd.instance, deviceType: 'DISK', action: 'REMOVE', disk: { uuid: d } })));
+export class NodedBench {
+  private constructor(
+    readonly client: NodeDaemonClient,
+    readonly dataDir: string,
+    private readonly proc: ChildProcess,
+    private readonly started = new Set<string>(),
+  ) {}
+
+  static async start(work: string): Promise<NodedBench> {
+    const ca = createCa(path.join(work, 'ca'), 'bench-ca');
+    const node = issueCertificate(ca, path.join(work, 'certs'), 'bench-node');
+    const master = issueCertificate(ca, path.join(work, 'certs'), 'bench-master');
+    const port = await freePort();
+    const dataDir = path.join(work, 'noded-data');
+    const storageDir = path.join(work, 'noded-storage');
+    fs.mkdirSync(dataDir, { recursive: true });
+    fs.mkdirSync(storageDir, { recursive: true });
+    const proc = spawn(
+      process.execPath,
+      [path.join(REPO, 'dist/src/noded/main.js'), '--name', 'bench-node', '--listen', `127.0.0.1:${port}`, '--data-dir', dataDir,
+        '--storage-dir', storageDir, '--ca', ca.cert, '--cert', node.cert, '--key', node.key],
+      { stdio: ['ignore', 'pipe', 'ignore'], env: { ...process.env, ...(process.env.GNT_BENCH_NODED_PROF ? { NODE_OPTIONS: `--cpu-prof --cpu-prof-dir=${process.env.GNT_BENCH_NODED_PROF}` } : {}) } },
+    );
+    proc.stdout?.resume();
+    await waitListening(proc, 'gnt-noded');
+    const client = connectNode(`127.0.0.1:${port}`, { ca: ca.cert, cert: master.cert, key: master.key }, { serverName: 'localhost' });
+    return new NodedBench(client, dataDir, proc);
+  }
+
+  consoleLog(instance: string): string {
+    return path.join(this.dataDir, instance, 'console.log');
+  }
+
+  /** InstanceStart with the bench shape; resolves once QEMU runs (not booted yet). */
+  async startInstance(name: string): Promise<void> {
+    fs.rmSync(this.consoleLog(name), { force: true });
+    await callNode(this.client, 'InstanceStart', {
+      spec: {
+        name, uuid: randomUUID(), vcpus: SHAPE.vcpus, maxvcpus: SHAPE.maxVcpus, memoryMib: SHAPE.memoryMiB, maxmemMib: SHAPE.maxMemoryMiB,
+        kernel: GUEST.kernel, initrd: GUEST.initrd, kernelArgs: KERNEL_ARGS, disks: [], nics: [],
+      },
+    }, { deadline: deadlineIn(120_000) });
+    this.started.add(name);
+  }
+
+  async bootInstance(name: string): Promise<void> {
+    await this.startInstance(name);
+    await waitBooted(this.consoleLog(name), `${name} under gnt-noded`);
+  }
+
+  async stopInstance(name: string): Promise<void> {
+    await callNode(this.client, 'InstanceStop', { name, timeoutMs: 10_000 }, { deadline: deadlineIn(30_000) });
+  }
+
+  hotplug(req: HotplugDeviceRequest): Promise<unknown> {
+    return callNode(this.client, 'HotplugDevice', req, { deadline: deadlineIn(60_000) });
+  }
+
+  resize(instance: string, req: { vcpus?: number; memoryMib?: number }): Promise<unknown> {
+    return callNode(this.client, 'InstanceResize', { instance, vcpus: req.vcpus ?? 0, memoryMib: req.memoryMib ?? 0 }, { deadline: deadlineIn(60_000) });
+  }
+
+  /** Stops every instance it started, then the daemon. */
+  async stop(): Promise<void> {
+    await Promise.all([...this.started].map((n) => this.stopInstance(n).catch(() => undefined)));
+    this.client.close();
+    if (this.proc.exitCode !== null) return;
+    const exited = new Promise((r) => this.proc.once('exit', r));
+    this.proc.kill('SIGTERM');
+    await exited;
+  }
+}
+
+export class NodedLayer implements LayerOps {
+  readonly layer = NODED;
+  private nic = '';
+  private disk = '';
+  private dimms = 0;
+  private cpuAdds = 0;
+
+  constructor(private readonly nd: NodedBench, readonly instance: string, private readonly diskPath: string) {}
+
+  async nicAdd(): Promise<void> {
+    this.nic = randomUUID();
+    await this.nd.hotplug({ instance: this.instance, deviceType: 'NIC', action: 'ADD', nic: { uuid: this.nic, mac: '52:54:00:be:00:03' } });
+  }
+
+  async nicRemove(): Promise<void> {
+    await this.nd.hotplug({ instance: this.instance, deviceType: 'NIC', action: 'REMOVE', nic: { uuid: this.nic } });
+  }
+
+  async diskAdd(): Promise<void> {
+    this.disk = randomUUID();
+    await this.nd.hotplug({ instance: this.instance, deviceType: 'DISK', action: 'ADD', disk: { uuid: this.disk, path: this.diskPath } });
+  }
+
+  async diskRemove(): Promise<void> {
+    await this.nd.hotplug({ instance: this.instance, deviceType: 'DISK', action: 'REMOVE', disk: { uuid: this.disk } });
+  }
+
+  async cpuAdd(): Promise<void> {
+    await this.nd.resize(this.instance, { vcpus: SHAPE.vcpus + 1 });
+    this.cpuAdds++;
+  }
+
+  async cpuRemove(): Promise<void> {
+    await this.nd.resize(this.instance, { vcpus: SHAPE.vcpus });
+  }
+
+  async dimmAdd(): Promise<void> {
+    await this.nd.resize(this.instance, { memoryMib: SHAPE.memoryMiB + SHAPE.dimmMiB * (this.dimms + 1) });
+    this.dimms++;
+  }
+
+  room(): { cpuAdds: number; dimms: number } {
+    return { cpuAdds: SHAPE.cpuAddsPerBoot - this.cpuAdds, dimms: SHAPE.dimmsPerBoot - this.dimms };
+  }
+
+  async reset(): Promise<void> {
+    await this.nd.stopInstance(this.instance);
+    await this.nd.bootInstance(this.instance);
+    this.dimms = 0;
+    this.cpuAdds = 0;
   }
 }

@@ -10,7 +10,7 @@ export class RawQmp {
   private buf = '';
   private waiters: Array<(msg: Record<string, unknown>) => boolean> = [];
   private id = 0;
-  private constructor(private readonly fd: number, private readonly sock: net.Socket) {
+  private constructor(private readonly fd: number, readonly sock: net.Socket) {
     sock.setEncoding('utf8');
     sock.on('data', (d: string) => {
       this.buf += d;
@@ -42,6 +42,11 @@ export class RawQmp {
     const m = await reply;
     if (m.error) throw new Error(`${execute}: ${JSON.stringify(m.error)}`);
     return m.return;
+  }
+
+  /** Resolves on the next event that `match` accepts; register it before the command that causes it. */
+  event(match: (m: Record<string, unknown>) => boolean): Promise<Record<string, unknown>> {
+    return this.next((m) => 'event' in m && match(m));
   }
 
   deleted(id: string): Promise<unknown> {
@@ -94,4 +99,36 @@ export async function rawDiskRemove(q: RawQmp, id: string): Promise<void> {
   await gone;
   await q.cmd('blockdev-del', { 'node-name': id });
   await q.cmd('remove-fd', { 'fdset-id': rawFdsets.get(id) });
+}
+
+interface HotpluggableCpu {
+  type: string;
+  props: Record<string, number>;
+  'qom-path'?: string;
+}
+
+/** vCPU add: the free slots come from query-hotpluggable-cpus, then one device_add. */
+export async function rawCpuAdd(q: RawQmp, id: string): Promise<void> {
+  const cpus = (await q.cmd('query-hotpluggable-cpus')) as HotpluggableCpu[];
+  const free = cpus.find((c) => !c['qom-path']);
+  if (!free) throw new Error('no free vCPU slot');
+  await q.cmd('device_add', { driver: free.type, id, ...free.props });
+}
+
+/** vCPU remove: device_del, then until the guest has ejected it (on QEMU 10 DEVICE_DELETED carries only the QOM path). */
+export async function rawCpuRemove(q: RawQmp, id: string, timeoutMs = 20_000): Promise<void> {
+  await q.cmd('device_del', { id });
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    const children = (await q.cmd('qom-list', { path: '/machine/peripheral' })) as Array<{ name: string }>;
+    if (!children.some((c) => c.name === id)) return;
+    if (Date.now() > deadline) throw new Error(`the guest did not eject vCPU ${id}`);
+    await new Promise((r) => setTimeout(r, 10));
+  }
+}
+
+/** ACPI DIMM add: a RAM backend, then the pc-dimm on it. */
+export async function rawDimmAdd(q: RawQmp, id: string, sizeMiB: number): Promise<void> {
+  await q.cmd('object-add', { 'qom-type': 'memory-backend-ram', id: `mem-${id}`, size: sizeMiB * 1024 * 1024 });
+  await q.cmd('device_add', { driver: 'pc-dimm', id, memdev: `mem-${id}` });
 }

@@ -1,0 +1,221 @@
+/**
+ * The master layer: a one-node cluster as real processes (gnt-cluster init,
+ * gnt-masterd, a gnt-noded with a certificate from the cluster, gnt-node add,
+ * gnt-instance add), and `gnt-instance modify --hotplug` end to end, either
+ * through the master's gRPC API as the CLI uses it (SubmitJob, then WatchJob
+ * until the job has ended) or as a CLI process.
+ */
+import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+import { Writable } from 'node:stream';
+import { call, connectMaster, watchJob } from '../src/master/cli/client';
+import { ClusterDir } from '../src/master/cluster-dir';
+import type { MasterClient } from '../src/generated/gnt/master/v1/Master';
+import type { InstanceModifyOp } from '../src/generated/gnt/master/v1/InstanceModifyOp';
+import type { SubmitJobRequest } from '../src/generated/gnt/master/v1/SubmitJobRequest';
+import { GUEST, KERNEL_ARGS, REPO, SHAPE } from './config';
+import { waitBooted } from './guest';
+import { freePort } from './noded-layer';
+import type { LayerOps } from './ops';
+
+export const CLI_MAIN = path.join(REPO, 'dist/src/master/cli/main.js');
+export const API = 'master API (gRPC)';
+export const CLI = 'CLI process';
+export const INSTANCE = 'mbench1';
+const NODE = 'node1';
+
+/** Spawns `node ARGS` and resolves once its stdout says it listens. */
+function startDaemon(args: string[], logFile: string): Promise<ChildProcess> {
+  return new Promise((resolve, reject) => {
+    const child = spawn(process.execPath, args, { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, ...profileEnv() } });
+    const log = fs.createWriteStream(logFile, { flags: 'a' });
+    let out = '';
+    const timer = setTimeout(() => reject(new Error(`${path.basename(args[0])} did not start: ${out}`)), 30_000);
+    child.stderr?.pipe(log);
+    child.stdout?.on('data', (d: Buffer) => {
+      log.write(d);
+      out += d.toString();
+      if (/listening on/.test(out)) {
+        clearTimeout(timer);
+        resolve(child);
+      }
+    });
+    child.once('exit', (code) => reject(new Error(`${args.join(' ')} exited with ${code}: ${out}`)));
+  });
+}
+
+/** GNT_BENCH_PROFILE_DIR=DIR: the daemons write V8 CPU profiles there (node --cpu-prof). */
+export function profileEnv(): Record<string, string> {
+  const dir = process.env.GNT_BENCH_PROFILE_DIR;
+  return dir ? { NODE_OPTIONS: `--cpu-prof --cpu-prof-dir=${dir}` } : {};
+}
+
+async function stopChild(child: ChildProcess | undefined): Promise<void> {
+  if (!child || child.exitCode !== null || child.signalCode !== null) return;
+  const exited = new Promise((r) => child.once('exit', r));
+  child.kill('SIGTERM');
+  await exited;
+}
+
+export interface CliResult {
+  code: number;
+  stdout: string;
+  stderr: string;
+}
+
+export class MasterCluster {
+  readonly clusterDir: string;
+  readonly dir: ClusterDir;
+  private master: ChildProcess | undefined;
+  private noded: ChildProcess | undefined;
+  private api: { client: MasterClient; address: string } | undefined;
+  /** DIMMs and vCPUs hot-added to the bench instance since its last boot. */
+  dimms = 0;
+  cpuAdds = 0;
+
+  constructor(readonly work: string) {
+    this.clusterDir = path.join(work, 'cluster');
+    this.dir = new ClusterDir(this.clusterDir);
+  }
+
+  /** A CLI command as a child process (what an operator runs). */
+  cli(prog: string, ...args: string[]): Promise<CliResult> {
+    return new Promise((resolve) => {
+      const child = spawn(process.execPath, [CLI_MAIN, prog, ...args, '--cluster-dir', this.clusterDir], { stdio: ['ignore', 'pipe', 'pipe'] });
+      let stdout = '';
+      let stderr = '';
+      child.stdout?.on('data', (d: Buffer) => (stdout += d.toString()));
+      child.stderr?.on('data', (d: Buffer) => (stderr += d.toString()));
+      child.once('exit', (code) => resolve({ code: code ?? -1, stdout, stderr }));
+    });
+  }
+
+  async cliOk(prog: string, ...args: string[]): Promise<CliResult> {
+    const r = await this.cli(prog, ...args);
+    if (r.code !== 0) throw new Error(`${prog} ${args.join(' ')}: exit ${r.code}: ${r.stderr}${r.stdout}`);
+    return r;
+  }
+
+  private setupCli(prog: string, ...args: string[]): void {
+    const r = spawnSync(process.execPath, [CLI_MAIN, prog, ...args, '--cluster-dir', this.clusterDir], { encoding: 'utf8', timeout: 120_000 });
+    if (r.status !== 0) throw new Error(`${prog} ${args.join(' ')}: exit ${r.status}: ${r.stderr}`);
+  }
+
+  async start(): Promise<void> {
+    this.setupCli('gnt-cluster', 'init', '--master-address', `127.0.0.1:${await freePort()}`, '--name', 'bench');
+    this.master = await startDaemon([CLI_MAIN, 'gnt-masterd', '--cluster-dir', this.clusterDir], path.join(this.work, 'masterd.log'));
+    const certs = path.join(this.work, `${NODE}-certs`);
+    this.setupCli('gnt-cluster', 'issue-node-cert', NODE, '--out', certs);
+    const port = await freePort();
+    const data = path.join(this.work, `${NODE}-data`);
+    const storage = path.join(this.work, `${NODE}-storage`);
+    for (const d of [data, storage]) fs.mkdirSync(d, { recursive: true });
+    this.noded = await startDaemon(
+      [path.join(REPO, 'dist/src/noded/main.js'), '--name', NODE, '--listen', `127.0.0.1:${port}`, '--data-dir', data, '--storage-dir', storage,
+        '--ca', path.join(certs, 'ca.pem'), '--cert', path.join(certs, 'node.pem'), '--key', path.join(certs, 'node.key')],
+      path.join(this.work, `${NODE}.log`),
+    );
+    await this.cliOk('gnt-node', 'add', NODE, '--address', `127.0.0.1:${port}`);
+    await this.cliOk('gnt-instance', 'add', '-n', NODE, '--vcpus', String(SHAPE.vcpus), '--maxvcpus', String(SHAPE.maxVcpus),
+      '--memory', `${SHAPE.memoryMiB}M`, '--maxmem', `${SHAPE.maxMemoryMiB}M`, '--kernel', GUEST.kernel, '--initrd', GUEST.initrd,
+      '--kernel-args', KERNEL_ARGS, INSTANCE);
+    await waitBooted(this.consoleLog(INSTANCE), `${INSTANCE} under the master`);
+  }
+
+  consoleLog(instance: string): string {
+    return path.join(this.work, `${NODE}-data`, instance, 'console.log');
+  }
+
+  /** The API connection, as the CLI makes it (mutual TLS with the cluster's CLI certificate). */
+  get client(): { client: MasterClient; address: string } {
+    this.api ??= connectMaster(this.dir);
+    return this.api;
+  }
+
+  /** Submits a job and watches it to its end, as `runJob` in the CLI does; throws unless it succeeded. */
+  async job(req: SubmitJobRequest): Promise<void> {
+    const { client, address } = this.client;
+    const { jobId } = await call<SubmitJobRequest, { jobId: string }>(client, address, 'SubmitJob', req);
+    const sink = new Writable({ write: (_chunk, _enc, cb) => cb() });
+    const job = await watchJob(client, address, jobId, sink);
+    if (job.status !== 'success') throw new Error(`job ${job.id} ${job.status}: ${job.error}`);
+  }
+
+  modify(op: Omit<InstanceModifyOp, 'name' | 'hotplug'>): Promise<void> {
+    return this.job({ instanceModify: { name: INSTANCE, hotplug: 'HOTPLUG', ...op } });
+  }
+
+  /** Back to boot memory: an ACPI shrink is recorded, then a stop and a start apply it. */
+  async restartInstance(): Promise<void> {
+    if (this.dimms) await this.modify({ memoryMib: SHAPE.memoryMiB });
+    await this.job({ instanceStop: { name: INSTANCE } });
+    fs.rmSync(this.consoleLog(INSTANCE), { force: true });
+    await this.job({ instanceStart: { name: INSTANCE } });
+    await waitBooted(this.consoleLog(INSTANCE), `${INSTANCE} under the master`);
+    this.dimms = 0;
+    this.cpuAdds = 0;
+  }
+
+  async stop(): Promise<void> {
+    this.api?.client.close();
+    await this.job({ instanceStop: { name: INSTANCE } }).catch(() => undefined);
+    await stopChild(this.noded);
+    await stopChild(this.master);
+  }
+}
+
+/** One modify, in both forms. */
+interface Change {
+  api: Omit<InstanceModifyOp, 'name' | 'hotplug'>;
+  cli: string[];
+}
+
+const CHANGES = {
+  nicAdd: { api: { nics: [{ action: 'ADD' }] }, cli: ['--net', 'add'] },
+  nicRemove: { api: { nics: [{ action: 'REMOVE', index: 0 }] }, cli: ['--net', '0:remove'] },
+  diskAdd: { api: { disks: [{ action: 'ADD', sizeBytes: 16 << 20 }] }, cli: ['--disk', 'add:size=16M'] },
+  diskRemove: { api: { disks: [{ action: 'REMOVE', index: 0 }] }, cli: ['--disk', '0:remove'] },
+  cpuAdd: { api: { vcpus: SHAPE.vcpus + 1 }, cli: ['-B', `vcpus=${SHAPE.vcpus + 1}`] },
+  cpuRemove: { api: { vcpus: SHAPE.vcpus }, cli: ['-B', `vcpus=${SHAPE.vcpus}`] },
+} satisfies Record<string, Change>;
+
+const dimmChange = (memoryMib: number): Change => ({ api: { memoryMib }, cli: ['-B', `memory=${memoryMib}M`] });
+
+/** `gnt-instance modify --hotplug` through the API (`form` "api") or as a CLI process ("cli"). */
+export class MasterLayer implements LayerOps {
+  readonly layer: string;
+
+  constructor(private readonly mc: MasterCluster, private readonly form: 'api' | 'cli') {
+    this.layer = form === 'api' ? API : CLI;
+  }
+
+  private async run(c: Change): Promise<void> {
+    if (this.form === 'api') await this.mc.modify(c.api);
+    else await this.mc.cliOk('gnt-instance', 'modify', '--hotplug', ...c.cli, INSTANCE);
+  }
+
+  nicAdd = (): Promise<void> => this.run(CHANGES.nicAdd);
+  nicRemove = (): Promise<void> => this.run(CHANGES.nicRemove);
+  diskAdd = (): Promise<void> => this.run(CHANGES.diskAdd);
+  diskRemove = (): Promise<void> => this.run(CHANGES.diskRemove);
+  async cpuAdd(): Promise<void> {
+    await this.run(CHANGES.cpuAdd);
+    this.mc.cpuAdds++;
+  }
+
+  cpuRemove = (): Promise<void> => this.mc.modify(CHANGES.cpuRemove.api);
+
+  async dimmAdd(): Promise<void> {
+    await this.run(dimmChange(SHAPE.memoryMiB + SHAPE.dimmMiB * (this.mc.dimms + 1)));
+    this.mc.dimms++;
+  }
+
+  room(): { cpuAdds: number; dimms: number } {
+    return { cpuAdds: SHAPE.cpuAddsPerBoot - this.mc.cpuAdds, dimms: SHAPE.dimmsPerBoot - this.mc.dimms };
+  }
+
+  reset(): Promise<void> {
+    return this.mc.restartInstance();
+  }
+}

@@ -19,6 +19,7 @@ import { JobStore, type JobRow } from './jobs/job-store';
 import { JobError, JobQueue } from './jobs/queue';
 import { addPending, reconcilePending, type ReconcileResult } from './jobs/reconcile';
 import { prepareJob } from './jobs/ops';
+import { checkMigrationConflict } from './jobs/submit-guard';
 import { NodeRpc, NodeRpcError, type NodeRpcOptions } from './node-rpc';
 import { checkAddress, UsageError } from './validate';
 
@@ -175,6 +176,8 @@ export class MasterDaemon {
           const inst = this.config.findInstance(op.name);
           if (inst) checkResizeLimits(inst, op.vcpus, op.memoryMib);
         }
+        // Checked and submitted in one synchronous step: no other submission can slip in between.
+        checkMigrationConflict(this.jobs, op);
         const job = this.queue.submit(prepared.op.type, prepared.op, prepared.summary, prepared.locks);
         return { jobId: job.id };
       }),

@@ -31,6 +31,11 @@
  * and an entry is removed only once handled: a master killed during
  * reconciliation does it again at its next start. Reconciling twice is
  * harmless, as the second pass finds nothing to change.
+ *
+ * An interrupted instance-migrate job (live migration, failover, cleanup) is
+ * not repaired here: the guest may be paused, or have copies on two nodes,
+ * and only `gnt-instance migrate --cleanup` asks every node. Its log gets a
+ * last line saying to run that; its devices are not reconciled.
  */
 import type { ConfigStore, InstanceConfig } from '../config/config-store';
 import { NodeRpcError, type NodeRpc } from '../node-rpc';
@@ -201,14 +206,45 @@ async function reconcileOne(deps: ReconcileDeps, name: string, jobIds: number[])
   return { instance: name, changed: changes.length > 0, lines };
 }
 
+/** The last log line of an interrupted migrate job: what the operator has to run. */
+export function migrationHint(instance: string, started: boolean): string {
+  const cmd = `gnt-instance migrate --cleanup ${instance}`;
+  return started
+    ? `reconcile: this migration job of ${instance} was cut short by the master's end and is not repaired automatically ` +
+        `(the guest may be paused, or have copies on two nodes): run "${cmd}" to find where it runs and settle the configuration and the nodes`
+    : `reconcile: this migration job of ${instance} had not started, nothing was touched; submit it again (if in doubt, run "${cmd}" first)`;
+}
+
+/**
+ * Writes the hint into the interrupted migrate jobs of a pending entry and
+ * drops them from it, in one transaction. Returns the entry's other jobs.
+ */
+function settleMigrateJobs(deps: ReconcileDeps, p: PendingReconcile): PendingReconcile {
+  const rows = p.jobIds.map((id) => ({ id, row: deps.jobs.get(id) }));
+  const migrate = rows.filter((r) => r.row?.op_type === 'instance-migrate');
+  if (!migrate.length) return p;
+  const rest: PendingReconcile = { instance: p.instance, jobIds: p.jobIds.filter((id) => !migrate.some((m) => m.id === id)) };
+  deps.config.db.transaction(() => {
+    for (const m of migrate) {
+      const line = migrationHint(p.instance, m.row!.started_at !== '');
+      deps.jobs.appendLog(m.id, line);
+      deps.report?.(`gnt-masterd: ${line} (job ${m.id})`);
+    }
+    const others = readPending(deps.config).filter((x) => x.instance !== p.instance);
+    writePending(deps.config, rest.jobIds.length ? [...others, rest] : others);
+  })();
+  return rest;
+}
+
 /**
  * Reconciles every instance on the pending list (see the file comment), one
  * InstanceInfo per instance, in parallel. Returns what was done.
  */
 export async function reconcilePending(deps: ReconcileDeps): Promise<ReconcileResult[]> {
-  const pending = readPending(deps.config);
+  const pending = readPending(deps.config).map((entry) => settleMigrateJobs(deps, entry));
   return Promise.all(
     pending.map(async (p) => {
+      if (!p.jobIds.length) return { instance: p.instance, changed: false, lines: [] };
       let result: ReconcileResult;
       try {
         result = await reconcileOne(deps, p.instance, p.jobIds);

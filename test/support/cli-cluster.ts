@@ -82,11 +82,39 @@ export function expectJson<T>(r: CliRun): T {
   return JSON.parse(expectOk(r).stdout) as T;
 }
 
+export interface AddNodeOptions {
+  /** Storage directory (disks); give two nodes the same one for shared storage (Ganeti's sharedfile). Default: <work>/<name>-storage. */
+  storageDir?: string;
+  /** Extra gnt-noded arguments. */
+  extraArgs?: string[];
+  /** Extra environment of the daemon. */
+  env?: Record<string, string>;
+}
+
+/** A node daemon of a TestCluster: how it was started, so it can be killed and started again the same way. */
+export interface TestNode {
+  name: string;
+  port: number;
+  /** host:port the master calls. */
+  address: string;
+  dataDir: string;
+  storageDir: string;
+  certsDir: string;
+  logFile: string;
+  /** The exact `node` arguments it runs with. */
+  args: string[];
+  env: Record<string, string>;
+  daemon: Daemon;
+}
+
+const isAlive = (d: Daemon | undefined): d is Daemon => !!d && d.child.exitCode === null && d.child.signalCode === null;
+
 export class TestCluster {
   readonly work = tempDir('cluster');
   readonly clusterDir = path.join(this.work, 'cluster');
+  readonly masterLog = path.join(this.work, 'masterd.log');
   private master: Daemon | undefined;
-  private readonly nodeds: Daemon[] = [];
+  private readonly nodes = new Map<string, TestNode>();
 
   /** Runs a CLI command to completion (synchronously). */
   gnt(prog: string, ...args: string[]): CliRun {
@@ -113,33 +141,102 @@ export class TestCluster {
     return expectJson<T>(r);
   }
 
-  async init(): Promise<void> {
+  /** gnt-cluster init and a running gnt-masterd (with `env`, e.g. { GNT_MASTERD_CRASH_POINT: 'after-migration-start' }). */
+  async init(env: Record<string, string> = {}): Promise<void> {
     const port = await freePort();
     this.ok(this.gnt('gnt-cluster', 'init', '--master-address', `127.0.0.1:${port}`, '--name', 'e2e'));
-    this.master = await startDaemon([CLI, 'gnt-masterd', '--cluster-dir', this.clusterDir], /gnt-masterd listening on/, path.join(this.work, 'masterd.log'));
+    await this.startMaster(env);
   }
 
-  /** Starts a node daemon with a certificate issued by the cluster, and adds it. */
-  async addNode(name: string): Promise<void> {
-    const certs = path.join(this.work, `${name}-certs`);
-    this.ok(this.gnt('gnt-cluster', 'issue-node-cert', name, '--out', certs));
+  /** The running master daemon, if any. */
+  get masterDaemon(): Daemon | undefined {
+    return this.master;
+  }
+
+  /** Starts gnt-masterd (it must not be running); resolves once it listens. */
+  async startMaster(env: Record<string, string> = {}): Promise<Daemon> {
+    if (isAlive(this.master)) throw new Error('gnt-masterd is already running');
+    this.master = await startDaemon([CLI, 'gnt-masterd', '--cluster-dir', this.clusterDir], /gnt-masterd listening on/, this.masterLog, env);
+    return this.master;
+  }
+
+  /** Kills the master (SIGKILL by default) and waits until it is gone. */
+  async killMaster(signal: NodeJS.Signals = 'SIGKILL'): Promise<void> {
+    await stopDaemon(this.master, signal);
+  }
+
+  /** Stops the master (SIGKILL by default) and starts it again, with `env` (none by default: no crash point). */
+  async restartMaster(env: Record<string, string> = {}, signal: NodeJS.Signals = 'SIGKILL'): Promise<Daemon> {
+    await this.killMaster(signal);
+    return this.startMaster(env);
+  }
+
+  /** Waits until the master exits by itself (e.g. at a crash point); rejects after `timeoutMs`. */
+  async waitMasterExit(timeoutMs = 60_000): Promise<{ code: number | null; signal: NodeJS.Signals | null }> {
+    const m = this.master;
+    if (!m) throw new Error('no master was started');
+    let timer: NodeJS.Timeout | undefined;
+    try {
+      return await Promise.race([
+        m.exited,
+        new Promise<never>((_, reject) => (timer = setTimeout(() => reject(new Error(`gnt-masterd did not exit within ${timeoutMs} ms`)), timeoutMs))),
+      ]);
+    } finally {
+      clearTimeout(timer);
+    }
+  }
+
+  /** Starts a node daemon with a certificate issued by the cluster, and adds it (gnt-node add). */
+  async addNode(name: string, opts: AddNodeOptions = {}): Promise<TestNode> {
+    const certsDir = path.join(this.work, `${name}-certs`);
+    this.ok(this.gnt('gnt-cluster', 'issue-node-cert', name, '--out', certsDir));
     const port = await freePort();
-    const data = path.join(this.work, `${name}-data`);
-    const storage = path.join(this.work, `${name}-storage`);
-    fs.mkdirSync(data, { recursive: true });
-    fs.mkdirSync(storage, { recursive: true });
-    const noded = await startDaemon(
-      [NODED, '--name', name, '--listen', `127.0.0.1:${port}`, '--data-dir', data, '--storage-dir', storage,
-        '--ca', path.join(certs, 'ca.pem'), '--cert', path.join(certs, 'node.pem'), '--key', path.join(certs, 'node.key')],
-      new RegExp(`gnt-noded ${name} listening on`),
-      path.join(this.work, `${name}.log`),
-    );
-    this.nodeds.push(noded);
-    this.ok(this.gnt('gnt-node', 'add', name, '--address', `127.0.0.1:${port}`));
+    const dataDir = path.join(this.work, `${name}-data`);
+    const storageDir = opts.storageDir ?? path.join(this.work, `${name}-storage`);
+    fs.mkdirSync(dataDir, { recursive: true });
+    fs.mkdirSync(storageDir, { recursive: true });
+    const address = `127.0.0.1:${port}`;
+    const args = [NODED, '--name', name, '--listen', address, '--data-dir', dataDir, '--storage-dir', storageDir,
+      '--ca', path.join(certsDir, 'ca.pem'), '--cert', path.join(certsDir, 'node.pem'), '--key', path.join(certsDir, 'node.key'),
+      ...(opts.extraArgs ?? [])];
+    const logFile = path.join(this.work, `${name}.log`);
+    const env = opts.env ?? {};
+    const daemon = await startDaemon(args, new RegExp(`gnt-noded ${name} listening on`), logFile, env);
+    const node: TestNode = { name, port, address, dataDir, storageDir, certsDir, logFile, args, env, daemon };
+    this.nodes.set(name, node);
+    this.ok(this.gnt('gnt-node', 'add', name, '--address', address));
+    return node;
+  }
+
+  /** A directory under the test's work dir, created; e.g. one storage dir for two nodes. */
+  dir(name: string): string {
+    const d = path.join(this.work, name);
+    fs.mkdirSync(d, { recursive: true });
+    return d;
+  }
+
+  /** A node added with addNode. */
+  node(name: string): TestNode {
+    const n = this.nodes.get(name);
+    if (!n) throw new Error(`no test node "${name}" (added: ${[...this.nodes.keys()].join(', ') || 'none'})`);
+    return n;
+  }
+
+  /** Kills a node daemon (SIGKILL by default: its QEMUs keep running) and waits until it is gone. */
+  async killNode(name: string, signal: NodeJS.Signals = 'SIGKILL'): Promise<void> {
+    await stopDaemon(this.node(name).daemon, signal);
+  }
+
+  /** Starts a killed node daemon again with the same arguments, port and directories. */
+  async restartNode(name: string): Promise<TestNode> {
+    const n = this.node(name);
+    if (isAlive(n.daemon)) throw new Error(`gnt-noded ${name} is still running: killNode first`);
+    n.daemon = await startDaemon(n.args, new RegExp(`gnt-noded ${name} listening on`), n.logFile, n.env);
+    return n;
   }
 
   async destroy(): Promise<void> {
-    for (const n of this.nodeds) await stopDaemon(n);
+    for (const n of this.nodes.values()) await stopDaemon(n.daemon);
     if (this.master) await stopDaemon(this.master);
     fs.rmSync(this.work, { recursive: true, force: true });
   }

@@ -16,10 +16,11 @@ import { benchGuestVisible, GUEST_SEES } from './guest-visible';
 import { HypervisorLayer, LIB } from './hypervisor-layer';
 import { benchList, LIST_LEVELS, listOp } from './list-bench';
 import { API, CLI, MasterCluster, MasterLayer, INSTANCE } from './master-layer';
-import { benchNodeStartup, NODE_STARTUP, NODE_STARTUP_OP } from './node-startup';
+import { benchReferences, NODE_STARTUP, NODE_STARTUP_OP, RPC_OP } from './references';
 import { NODED, NodedBench, NodedLayer } from './noded-layer';
 import { benchDevices, benchDimms, OPS, type LayerOps } from './ops';
 import { RawLayer } from './raw-layer';
+import { reapQemus } from './reaper';
 import { benchScaling, LEVELS, scalingOp } from './scaling';
 import { judgeTargets } from './targets';
 import { benchThroughput, bootThroughputGuests, throughputTable, type ThroughputRow } from './throughput';
@@ -47,7 +48,11 @@ function log(msg: string): void {
 
 async function setUp(): Promise<Rig> {
   const work = fs.mkdtempSync(path.join(os.tmpdir(), 'gnt-bench-'));
-  cleanups.push(async () => fs.rmSync(work, { recursive: true, force: true }));
+  cleanups.push(async () => {
+    const killed = reapQemus(work);
+    if (killed.length) log(`killed QEMU processes left behind: ${killed.join(', ')}`);
+    fs.rmSync(work, { recursive: true, force: true });
+  });
   const disk = RawLayer.diskFile(work);
   const nd = await NodedBench.start(work);
   cleanups.push(() => nd.stop());
@@ -94,7 +99,7 @@ async function throughput(rig: Rig): Promise<ThroughputRow[]> {
   }
 }
 
-const OP_ORDER = [NODE_STARTUP_OP, ...OPS, ...LEVELS.map(scalingOp), ...LIST_LEVELS.map(listOp)];
+const OP_ORDER = [NODE_STARTUP_OP, RPC_OP, ...OPS, ...LEVELS.map(scalingOp), ...LIST_LEVELS.map(listOp)];
 const LAYER_ORDER = [NODE_STARTUP, RAW, LIB, NODED, API, CLI, GUEST_SEES];
 
 function ordered(rows: Summary[]): Summary[] {
@@ -122,7 +127,7 @@ async function main(): Promise<void> {
   const rig = await setUp();
   const rec = new Recorder();
   const l = layers(rig);
-  await benchNodeStartup(rec, BENCH.iterations);
+  await benchReferences(rec, BENCH.iterations, rig.nd, rig.mc);
   await latency(rec, l);
   log('until the guest sees it');
   await benchGuestVisible(rig.guest, l.raw, rec);

@@ -158,8 +158,8 @@ export class MasterCluster {
   }
 
   async stop(): Promise<void> {
+    if (this.master?.exitCode === null) await this.job({ instanceStop: { name: INSTANCE } }).catch(() => undefined);
     this.api?.client.close();
-    await this.job({ instanceStop: { name: INSTANCE } }).catch(() => undefined);
     await stopChild(this.noded);
     await stopChild(this.master);
   }

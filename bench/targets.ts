@@ -1,6 +1,6 @@
 /** The targets, judged per line against numbers from the same run. */
 import { API, CLI } from './master-layer';
-import { NODE_STARTUP, NODE_STARTUP_OP } from './node-startup';
+import { NODE_STARTUP, NODE_STARTUP_OP } from './references';
 import { NODED } from './noded-layer';
 import { OPS } from './ops';
 import { LEVELS, scalingOp } from './scaling';

@@ -208,6 +208,13 @@ describe('instance-migrate job', () => {
       assert.ok(lines.some((l) => /^undo: MigrationAbort on target node2 done/.test(l)), lines.join('\n'));
     });
 
+    it('a migration that transfers nothing for 60 s is aborted', async () => {
+      const rpc = liveNodes({ 'MigrationStatus@node1': sourceStatuses([{ state: 'active', transferredBytes: '4096' }]) });
+      await fails(run(rpc), /failed at MigrationStatus on node1: the migration has transferred nothing for 60 s .*keeps running on node1/, 'DEADLINE_EXCEEDED');
+      assert.deepEqual(rpc.changes().slice(-2), ['MigrationAbort@node2', 'MigrationAbort@node1']);
+      assert.ok(lines.filter((l) => l.startsWith('migration active')).length <= 61, 'progress at most once a second');
+    });
+
     it('a failed InstanceReceive aborts only what was set up; abort errors are logged and ignored', async () => {
       const rpc = liveNodes({
         'InstanceReceive@node2': () => { throw nodeError('node2', 'FAILED_PRECONDITION', 'bridge br0 does not exist'); },

@@ -126,14 +126,14 @@ export const instanceCommands: CommandGroup = {
     },
   },
   migrate: {
-    usage: 'gnt-instance migrate [-n TARGET] [--cleanup] [--submit] INSTANCE   (live; --cleanup repairs an interrupted migration)',
+    usage: 'gnt-instance migrate [-n TARGET] [--cleanup] [--submit] INSTANCE',
     spec: { values: ['node'], flags: ['cleanup', 'submit'], aliases: { n: 'node' } },
     async run(args, { dir }) {
       return runJob(dir, { instanceMigrate: parseMigrateArgs(args) }, args.flags.has('submit'));
     },
   },
   failover: {
-    usage: 'gnt-instance failover [-n TARGET] [--submit] INSTANCE   (stop here, boot on TARGET with the same devices)',
+    usage: 'gnt-instance failover [-n TARGET] [--submit] INSTANCE',
     spec: { values: ['node'], flags: ['submit'], aliases: { n: 'node' } },
     async run(args, { dir }) {
       return runJob(dir, { instanceMigrate: parseFailoverArgs(args) }, args.flags.has('submit'));

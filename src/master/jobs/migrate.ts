@@ -39,6 +39,8 @@ export function runMigrate(deps: MigrateDeps, op: MigrateOp, ctx: JobContext): P
 const TERMINAL = new Set(['completed', 'failed', 'cancelled']);
 /** How long QEMU may report no migration at all after MigrationStart before the job gives up. */
 const NO_MIGRATION_MS = 5000;
+/** How long an active migration may transfer nothing before the job gives up (and aborts). */
+const STALL_MS = 60_000;
 const MiB = 1024 * 1024;
 
 /** A failed step of the transfer, named for the job's error. */
@@ -90,7 +92,10 @@ async function checkLiveRequirements(deps: MigrateDeps, inst: InstanceConfig, ta
   let answers;
   try {
     answers = await Promise.all([
-      statusOrAbsent(deps.rpc, source, inst.name), deps.rpc.instanceInfo(source, inst.name), deps.rpc.nodeInfo(source),
+      statusOrAbsent(deps.rpc, source, inst.name),
+      // Only for the current memory: without it the configuration's is used.
+      deps.rpc.instanceInfo(source, inst.name).catch(() => undefined),
+      deps.rpc.nodeInfo(source),
       deps.rpc.nodeInfo(dest), statusOrAbsent(deps.rpc, dest, inst.name),
     ]);
   } catch (err) {
@@ -148,8 +153,10 @@ function crashPointAfterMigrationStart(ctx: JobContext): void {
 export async function pollMigration(deps: MigrateDeps, name: string, source: NodeRow, ctx: JobContext): Promise<MigrationStatus__Output> {
   const pollMs = deps.pollMs ?? 200;
   const sleep = deps.sleep ?? ((ms: number) => new Promise<void>((r) => setTimeout(r, ms)));
-  const progress = new ProgressLog((m) => ctx.log(m), deps.now);
+  const now = deps.now ?? Date.now;
+  const progress = new ProgressLog((m) => ctx.log(m), now);
   let idleMs = 0;
+  let moved = { bytes: -1, at: now() };
   for (;;) {
     const st = await deps.rpc.migrationStatus(nodeOf(source), name);
     progress.update(st);
@@ -157,6 +164,9 @@ export async function pollMigration(deps: MigrateDeps, name: string, source: Nod
     if (!st.qemuAlive) throw new JobError(`the QEMU of ${name} on ${source.name} is gone`, 'UNAVAILABLE');
     idleMs = st.state === '' || st.state === 'none' ? idleMs + pollMs : 0;
     if (idleMs >= NO_MIGRATION_MS) throw new JobError(`QEMU on ${source.name} has reported no migration for ${NO_MIGRATION_MS / 1000} s`, 'INTERNAL');
+    if (Number(st.transferredBytes) !== moved.bytes) moved = { bytes: Number(st.transferredBytes), at: now() };
+    else if (now() - moved.at >= STALL_MS)
+      throw new JobError(`the migration has transferred nothing for ${STALL_MS / 1000} s (QEMU state ${st.state})`, 'DEADLINE_EXCEEDED');
     await sleep(pollMs);
   }
 }

@@ -20,7 +20,7 @@ import { crossCheckPci, fromQueryPci, parseInfoPci, type QueryPciBus } from './p
 import { DEFAULT_RESERVED_SLOTS, PciSlotMap } from './pci-slots';
 import { deviceExists, isDeletionOf, listDeviceIds } from './qdev';
 import { DEFAULT_QEMU, qemuFeatures } from './qemu-binary';
-import { buildFixedCommand, memoryOption, nodeLocalArgs, securityArgs, withOption, type InstanceSpec } from './qemu-command';
+import { assertFixedCommand, buildFixedCommand, memoryOption, nodeLocalArgs, securityArgs, withOption, type InstanceSpec } from './qemu-command';
 import {
   applyResize,
   foldPending,
@@ -32,6 +32,18 @@ import {
   type ResizeResult,
   type ResourceState,
 } from './resize';
+import {
+  cancelMigration,
+  isActive,
+  listenIncoming,
+  readMigration,
+  resumeGuest,
+  runState,
+  sendMigration,
+  type MigrationMark,
+  type MigrationParams,
+  type MigrationProgress,
+} from './migration';
 import { runningPid, spawnQemu, waitForExit } from './qemu-process';
 import { QmpClient, type Monitor, type QmpEvent } from './qmp-client';
 import {
@@ -76,6 +88,25 @@ export type PrepareStep = () => (() => void) | void;
 export interface ReconcileReport {
   completed: string[];
   rolledBack: string[];
+}
+
+/** This node's view of a migration of the instance (MigrationStatus). */
+export interface MigrationView {
+  role: MigrationMark['role'] | '';
+  peer: string;
+  qemuAlive: boolean;
+  runState: string;
+  progress?: MigrationProgress;
+}
+
+/** How a runtime file carried from another node is started here. */
+export interface ReceiveOptions {
+  /** true: paused, waiting for the migration stream; false: boot (failover). */
+  incoming: boolean;
+  /** The node the instance comes from. */
+  peer: string;
+  /** The address the incoming QEMU listens on (this node's own). */
+  listenHost: string;
 }
 
 type Kind = 'nic' | 'disk';
@@ -202,7 +233,10 @@ export class KvmInstance extends EventEmitter {
   // ---- process ----------------------------------------------------------
 
   start(): Promise<number> {
-    return this.serialize(() => this.startNow());
+    return this.serialize(() => {
+      this.assertNoMigration();
+      return this.startNow();
+    });
   }
 
   /**
@@ -218,6 +252,7 @@ export class KvmInstance extends EventEmitter {
     prepare?: PrepareStep,
   ): Promise<number> {
     return this.serialize(async () => {
+      this.assertNoMigration();
       const pid = this.pid;
       if (pid !== undefined) throw new InstanceStateError(`instance ${this.name} is already running (pid ${pid}); stop it before changing its spec`);
       const undo = prepare?.();
@@ -298,16 +333,27 @@ export class KvmInstance extends EventEmitter {
   }
 
   stop(timeoutMs = 10_000): Promise<void> {
-    return this.serialize(() => this.stopNow(timeoutMs));
+    return this.serialize(() => {
+      this.assertNoMigration();
+      return this.stopNow(timeoutMs);
+    });
   }
 
-  private async startNow(): Promise<number> {
+  /**
+   * `incoming`: the layout must be exactly the running source's, so nothing
+   * is dropped, completed or folded (receive() has checked there is nothing
+   * to drop or complete), and QEMU waits paused for the migration stream.
+   */
+  private async startNow(incoming = false): Promise<number> {
     if (this.pid !== undefined) throw new InstanceStateError(`instance ${this.name} is already running (pid ${this.pid})`);
-    this.dropPendingDevices();
-    this.completeLegacyDevices();
-    this.foldPendingResources();
+    if (!incoming) {
+      this.dropPendingDevices();
+      this.completeLegacyDevices();
+      this.foldPendingResources();
+    }
     const qemu = qemuFeatures(this.qemuBinary);
     const args = [...this.data.kvm_cmd, ...nodeLocalArgs(this.paths), ...securityArgs(this.data.hvparams, qemu)];
+    if (incoming) args.push('-S', '-incoming', 'defer');
     const fds: number[] = [];
     try {
       this.data.block_devices.forEach((disk, i) => {
@@ -469,7 +515,23 @@ export class KvmInstance extends EventEmitter {
   }
 
   private requireRunning(): void {
+    this.assertNoMigration();
     if (this.pid === undefined) throw new InstanceStateError(`instance ${this.name} is not running; start it or change it without hotplug`);
+  }
+
+  /** The migration this node takes part in, if any (a copy). */
+  get migration(): MigrationMark | undefined {
+    return this.data.migration ? { ...this.data.migration } : undefined;
+  }
+
+  /** Hotplug and resize are refused while a migration runs: the device would be missing on the other side. */
+  private assertNoMigration(): void {
+    const m = this.data.migration;
+    if (!m) return;
+    const how = m.role === 'source' ? `to node ${m.peer}` : `from node ${m.peer}`;
+    throw new InstanceStateError(
+      `instance ${this.name}: migration ${how} in progress (since ${m.since}); hotplug is refused until it has finished or was aborted (after an interruption: gnt-instance migrate --cleanup ${this.name})`,
+    );
   }
 
   // ---- hotplug ----------------------------------------------------------
@@ -671,6 +733,177 @@ export class KvmInstance extends EventEmitter {
         await this.finishRemoval(kind, rec, mon);
       }
       return report;
+    });
+  }
+
+  // ---- migration --------------------------------------------------------
+
+  /**
+   * Target side: writes a runtime file carried from another node and starts
+   * QEMU from it, every device at its recorded slot (new taps on the same
+   * bridges, every disk opened here). Everything is checked before anything
+   * is created; if the start fails, the instance directory and QEMU go
+   * again, and the taps with QEMU's fds. Returns the instance and, when
+   * incoming, the URI the source must send the stream to.
+   */
+  static async receive(
+    dataDir: string,
+    carried: RuntimeData,
+    how: ReceiveOptions,
+    options: KvmInstanceOptions = {},
+  ): Promise<{ instance: KvmInstance; uri?: string }> {
+    const paths = instancePaths(dataDir, carried.instance);
+    if (fs.existsSync(paths.runtimeFile)) throw new DeviceExistsError(carried.instance, `a runtime file on this node (${paths.runtimeFile})`);
+    const data = KvmInstance.checkCarried(carried);
+    if (how.incoming) data.migration = { role: 'target', peer: how.peer, since: new Date().toISOString() };
+    else delete data.migration;
+    fs.mkdirSync(paths.dir, { recursive: true, mode: 0o700 });
+    const inst = new KvmInstance(data.instance, paths, data, options);
+    try {
+      inst.save();
+      await inst.startNow(how.incoming);
+      if (!how.incoming) return { instance: inst };
+      const uri = await listenIncoming(await inst.monitor(), how.listenHost);
+      inst.data.migration = { ...inst.data.migration!, uri };
+      inst.save();
+      return { instance: inst, uri };
+    } catch (err) {
+      await inst.destroyNow().catch(() => undefined);
+      throw err;
+    }
+  }
+
+  /** A carried runtime file, checked whole: a command we make, settled devices with slots, bridges and disks present here. */
+  private static checkCarried(carried: RuntimeData): RuntimeData {
+    const data = JSON.parse(JSON.stringify(carried)) as RuntimeData;
+    assertFixedCommand(data.kvm_cmd, data.instance);
+    const all: Array<[string, AnyRecord]> = [
+      ...data.nics.map((n): [string, AnyRecord] => ['NIC', n]),
+      ...data.block_devices.map((d): [string, AnyRecord] => ['disk', d]),
+    ];
+    for (const [what, rec] of all) {
+      if (rec.state) throw new InstanceStateError(`${what} ${rec.uuid} of ${data.instance} is ${rec.state}: settle it on the source first`);
+      if (rec.pci === null || !rec.uuid) throw new InstanceStateError(`a ${what} of ${data.instance} has no PCI slot or uuid (old runtime file): restart the instance once on its node first`);
+    }
+    for (const nic of data.nics) {
+      normalizeMac(nic.mac);
+      if (nic.link) assertBridge(nic.link);
+      delete nic.tap;
+    }
+    for (const disk of data.block_devices) diskKind(disk.path);
+    return data;
+  }
+
+  /** Kills this node's QEMU of the instance (if any) and deletes its directory. Disks are not touched. */
+  private async destroyNow(): Promise<void> {
+    const pid = this.pid;
+    this.disconnect();
+    if (pid !== undefined) {
+      process.kill(pid, 'SIGKILL');
+      await waitForExit(this.paths, pid, 5000);
+    }
+    fs.rmSync(this.paths.dir, { recursive: true, force: true });
+  }
+
+  /**
+   * Source side: marks the instance as migrating to `peer` (hotplug refused
+   * from now on, also after a restart of this process) and starts the
+   * stream. Returns at once; follow it with migrationStatus().
+   */
+  migrateTo(uri: string, peer: string, params: MigrationParams = {}): Promise<MigrationProgress> {
+    return this.serialize(async () => {
+      this.assertNoMigration();
+      if (this.pid === undefined) throw new InstanceStateError(`instance ${this.name} is not running; a stopped instance is moved with failover`);
+      const pending = this.devices().find(([, rec]) => rec.state || rec.pci === null);
+      if (pending) throw new InstanceStateError(`${pending[0]} ${pending[1].uuid} of ${this.name} is ${pending[1].state ?? 'without a PCI slot'}: settle it first (it would differ on the target)`);
+      const mon = await this.monitor();
+      this.data.migration = { role: 'source', peer, uri, since: new Date().toISOString() };
+      this.save();
+      try {
+        await sendMigration(mon, uri, params);
+      } catch (err) {
+        delete this.data.migration;
+        this.save();
+        throw err;
+      }
+      return readMigration(mon);
+    });
+  }
+
+  /** Read-only and outside the queue: answers while other operations wait. */
+  async migrationStatus(): Promise<MigrationView> {
+    const m = this.data.migration;
+    const view: MigrationView = { role: m?.role ?? '', peer: m?.peer ?? '', qemuAlive: false, runState: '' };
+    if (this.pid === undefined) return view;
+    const mon = await this.monitor();
+    const [state, progress] = await Promise.all([runState(mon), readMigration(mon)]);
+    return { ...view, qemuAlive: true, runState: state, progress };
+  }
+
+  /** Target side, once the stream is complete: the guest runs here from now on. Idempotent. */
+  finishIncoming(): Promise<void> {
+    return this.serialize(async () => {
+      const m = this.data.migration;
+      if (this.pid === undefined) throw new InstanceStateError(`instance ${this.name} has no QEMU on this node to resume`);
+      const mon = await this.monitor();
+      if (m?.role === 'source') throw new InstanceStateError(`instance ${this.name} is the source of its migration here, not the target`);
+      if (m?.role === 'target') {
+        const p = await readMigration(mon);
+        if (p.state !== 'completed')
+          throw new InstanceStateError(`the migration stream of ${this.name} has not completed on this node (state ${p.state}${p.error ? `: ${p.error}` : ''})`);
+      }
+      await resumeGuest(mon);
+      delete this.data.migration;
+      this.save();
+    });
+  }
+
+  /**
+   * Undoes this node's part of a migration. Target: QEMU killed, directory
+   * deleted; resolves 'destroyed'. Source: migration cancelled if still
+   * running, guest resumed, mark cleared; resolves 'resumed'. Refuses a
+   * target whose guest already runs (it was finished).
+   */
+  abortMigration(): Promise<'destroyed' | 'resumed' | 'nothing'> {
+    return this.serialize(async () => {
+      const m = this.data.migration;
+      if (m?.role === 'target') {
+        if (this.pid !== undefined && (await runState(await this.monitor())) === 'running')
+          throw new InstanceStateError(`instance ${this.name} already runs here (its migration was finished); release the other copy instead`);
+        await this.destroyNow();
+        return 'destroyed';
+      }
+      if (m?.role !== 'source') return 'nothing';
+      if (this.pid !== undefined) {
+        const mon = await this.monitor();
+        await cancelMigration(mon);
+        await resumeGuest(mon);
+      }
+      delete this.data.migration;
+      this.save();
+      return 'resumed';
+    });
+  }
+
+  /**
+   * The instance runs on another node now: stops QEMU here and deletes the
+   * instance directory (disks are shared and kept). Refused while the guest
+   * runs here, so a released copy can never be the only one.
+   */
+  release(timeoutMs = 10_000): Promise<void> {
+    return this.serialize(async () => {
+      const pid = this.pid;
+      if (pid !== undefined) {
+        const mon = await this.monitor();
+        const [state, p] = await Promise.all([runState(mon), readMigration(mon)]);
+        if (state === 'running' || isActive(p.state))
+          throw new InstanceStateError(`refusing to release instance ${this.name}: its guest ${state === 'running' ? 'runs' : 'is being migrated'} on this node (run state ${state}, migration ${p.state})`);
+        await mon.execute('quit').catch(() => undefined);
+        this.disconnect();
+        await waitForExit(this.paths, pid, timeoutMs);
+      }
+      this.disconnect();
+      fs.rmSync(this.paths.dir, { recursive: true, force: true });
     });
   }
 }

@@ -101,3 +101,42 @@ export function securityArgs(hv: HvParams, qemu: QemuFeatures): string[] {
   if (qemu.sandbox) args.push('-sandbox', 'on,obsolete=deny,spawn=deny,resourcecontrol=deny');
   return args;
 }
+
+/** Options the fixed command may hold (what buildFixedCommand makes), with a check of each value. */
+const FIXED_OPTIONS: Record<string, ((v: string, instance: string) => boolean) | null> = {
+  '-name': (v, instance) => v === instance,
+  '-machine': (v) => /^[a-z][a-z0-9._-]{0,63}$/.test(v),
+  '-accel': (v) => v === 'tcg' || v === 'kvm',
+  '-m': (v) => /^\d+M(,slots=\d+,maxmem=\d+M)?$/.test(v),
+  '-smp': (v) => /^\d+,maxcpus=\d+$/.test(v),
+  '-nodefaults': null,
+  '-no-user-config': null,
+  '-display': (v) => v === 'none',
+  '-kernel': (v) => v.startsWith('/') && !v.includes('\0'),
+  '-uuid': (v) => /^[0-9a-fA-F-]{1,64}$/.test(v),
+  '-initrd': (v) => v.startsWith('/') && !v.includes('\0'),
+  '-append': (v) => !/[\n\0]/.test(v),
+};
+
+/**
+ * Checks that a fixed command from elsewhere (a runtime file carried from
+ * another node) is one this software makes: only the options above, each at
+ * most once, with sane values. A node never starts QEMU with arbitrary
+ * options it was sent: they could open host files or sockets.
+ */
+export function assertFixedCommand(cmd: readonly string[], instance: string): void {
+  const seen = new Set<string>();
+  for (let i = 0; i < cmd.length; i++) {
+    const opt = cmd[i];
+    if (!(opt in FIXED_OPTIONS)) throw new InvalidArgumentError(`the QEMU command of ${instance} has an option this node does not accept: "${opt}"`);
+    if (seen.has(opt)) throw new InvalidArgumentError(`the QEMU command of ${instance} has ${opt} twice`);
+    seen.add(opt);
+    const check = FIXED_OPTIONS[opt];
+    if (!check) continue;
+    const value = cmd[++i];
+    if (value === undefined || !check(value, instance))
+      throw new InvalidArgumentError(`the QEMU command of ${instance} has a bad value for ${opt}: ${JSON.stringify(value ?? null)}`);
+  }
+  for (const need of ['-name', '-m', '-smp', '-kernel'])
+    if (!seen.has(need)) throw new InvalidArgumentError(`the QEMU command of ${instance} lacks ${need}`);
+}

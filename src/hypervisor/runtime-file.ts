@@ -19,6 +19,7 @@
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { RuntimeFileError } from './errors';
+import type { MigrationMark } from './migration';
 import type { ResourceState } from './resize';
 
 export const RUNTIME_VERSION = 2;
@@ -58,6 +59,8 @@ export interface RuntimeData {
   block_devices: DiskRecord[];
   /** vCPUs and memory: boot values, limits and hot-added devices (absent in old files: no resize). */
   resources?: ResourceState;
+  /** Set while this node is the source or the target of a live migration. */
+  migration?: MigrationMark;
 }
 
 export interface SaveHooks {
@@ -145,7 +148,21 @@ export function parseRuntime(file: string, text: string, instance: string): Runt
     hvparams: hvparamsFrom(file, raw.hvparams ?? {}),
     block_devices: listFrom(file, raw.block_devices, 'block_devices', diskFrom),
     ...(raw.resources === undefined ? {} : { resources: resourcesFrom(file, raw.resources) }),
+    ...(raw.migration === undefined ? {} : { migration: migrationFrom(file, raw.migration) }),
   };
+}
+
+function migrationFrom(file: string, raw: unknown): MigrationMark {
+  const ok =
+    isObject(raw) &&
+    (raw.role === 'source' || raw.role === 'target') &&
+    typeof raw.peer === 'string' &&
+    typeof raw.since === 'string' &&
+    (raw.uri === undefined || typeof raw.uri === 'string');
+  if (!ok) throw new RuntimeFileError(file, '"migration" is not a valid migration record');
+  const m: MigrationMark = { role: raw.role as MigrationMark['role'], peer: raw.peer as string, since: raw.since as string };
+  if (typeof raw.uri === 'string') m.uri = raw.uri;
+  return m;
 }
 
 function resourcesFrom(file: string, raw: unknown): ResourceState {
@@ -179,6 +196,7 @@ export function serializeRuntime(data: RuntimeData): string {
     hvparams: data.hvparams,
     block_devices: data.block_devices,
     ...(data.resources ? { resources: data.resources } : {}),
+    ...(data.migration ? { migration: data.migration } : {}),
   };
   return JSON.stringify(ordered, null, 2) + '\n';
 }

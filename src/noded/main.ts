@@ -3,6 +3,10 @@
  *
  *   node dist/src/noded/main.js --name NAME --listen HOST:PORT --data-dir DIR
  *     --storage-dir DIR --ca FILE --cert FILE --key FILE [--qemu BINARY]
+ *     [--migration-address HOST]
+ *
+ * --migration-address: the address incoming live migrations listen on (one
+ * concrete address of this node; default: the host of --listen).
  *
  * Logs one line per RPC to stderr. On SIGTERM or SIGINT it stops serving and
  * exits; QEMU processes keep running and are picked up again at the next start.
@@ -19,14 +23,15 @@ interface Args {
   cert: string;
   key: string;
   qemu?: string;
+  migrationAddress?: string;
 }
 
 const USAGE =
-  'usage: gnt-noded --name NAME --listen HOST:PORT --data-dir DIR --storage-dir DIR --ca FILE --cert FILE --key FILE [--qemu BINARY]';
+  'usage: gnt-noded --name NAME --listen HOST:PORT --data-dir DIR --storage-dir DIR --ca FILE --cert FILE --key FILE [--qemu BINARY] [--migration-address HOST]';
 
 function parseArgs(argv: string[]): Args {
   const flags = new Map<string, string>();
-  const known = ['--name', '--listen', '--data-dir', '--storage-dir', '--ca', '--cert', '--key', '--qemu'];
+  const known = ['--name', '--listen', '--data-dir', '--storage-dir', '--ca', '--cert', '--key', '--qemu', '--migration-address'];
   for (let i = 0; i < argv.length; i++) {
     const flag = argv[i];
     if (!known.includes(flag)) throw new Error(`unknown argument "${flag}"\n${USAGE}`);
@@ -48,6 +53,7 @@ function parseArgs(argv: string[]): Args {
     cert: need('--cert'),
     key: need('--key'),
     qemu: flags.get('--qemu'),
+    migrationAddress: flags.get('--migration-address'),
   };
 }
 
@@ -66,6 +72,7 @@ async function main(): Promise<void> {
     storageDir: args.storageDir,
     tls: readIdentity({ ca: args.ca, cert: args.cert, key: args.key }),
     qemuBinary: args.qemu,
+    ...(args.migrationAddress ? { migrationHost: args.migrationAddress } : {}),
     log,
   });
   const host = args.listen.slice(0, args.listen.lastIndexOf(':'));

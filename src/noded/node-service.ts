@@ -26,7 +26,12 @@ import type { NodeDaemonHandlers } from '../generated/gnt/node/v1/NodeDaemon';
 import type { NodeInfoReply } from '../generated/gnt/node/v1/NodeInfoReply';
 import type { Disk__Output } from '../generated/gnt/node/v1/Disk';
 import type { Nic__Output } from '../generated/gnt/node/v1/Nic';
+import type { InstanceExportReply } from '../generated/gnt/node/v1/InstanceExportReply';
+import type { InstanceReceiveReply } from '../generated/gnt/node/v1/InstanceReceiveReply';
+import type { InstanceReceiveRequest__Output } from '../generated/gnt/node/v1/InstanceReceiveRequest';
+import type { MigrationStartRequest__Output } from '../generated/gnt/node/v1/MigrationStartRequest';
 import type { InstanceRegistry, Logger } from './instance-registry';
+import { MigrationService } from './migration-service';
 import { diskToProto, int64, nicToProto, planStart, runtimeToProto, type StartPlan } from './spec';
 import { failedPrecondition, invalidArgument, notFound, statusName, toStatus } from './status';
 import { assertDeviceUuid, type Storage } from './storage';
@@ -36,6 +41,8 @@ export interface NodeServiceOptions {
   registry: InstanceRegistry;
   storage: Storage;
   qemuBinary?: string;
+  /** The address incoming migrations listen on (this node's own). */
+  migrationHost: string;
   log: Logger;
 }
 
@@ -51,10 +58,19 @@ function hostMemoryMiB(): { total: number; free: number } {
 export class NodeService {
   private readonly registry: InstanceRegistry;
   private readonly storage: Storage;
+  private readonly migration: MigrationService;
 
   constructor(private readonly opts: NodeServiceOptions) {
     this.registry = opts.registry;
     this.storage = opts.storage;
+    this.migration = new MigrationService({
+      nodeName: opts.nodeName,
+      registry: opts.registry,
+      storage: opts.storage,
+      migrationHost: opts.migrationHost,
+      freeMemoryMiB: () => hostMemoryMiB().free,
+      log: opts.log,
+    });
   }
 
   /** The handler table for grpc.Server.addService. */
@@ -71,6 +87,27 @@ export class NodeService {
       HotplugSupported: this.unary('HotplugSupported', (r: HotplugSupportedRequest__Output) => r.instance, async (r) => this.hotplugSupported(r)),
       HotplugDevice: this.unary('HotplugDevice', (r: HotplugDeviceRequest__Output) => r.instance, (r) => this.hotplugDevice(r)),
       InstanceResize: this.unary('InstanceResize', (r: InstanceResizeRequest__Output) => r.instance, (r) => this.instanceResize(r)),
+      ...this.migrationHandlers(),
+    };
+  }
+
+  private migrationHandlers(): Pick<
+    NodeDaemonHandlers,
+    'InstanceExport' | 'InstanceReceive' | 'MigrationStart' | 'MigrationStatus' | 'MigrationFinish' | 'MigrationAbort' | 'InstanceRelease'
+  > {
+    const byName = (r: InstanceRef__Output): string => r.name;
+    const m = this.migration;
+    return {
+      InstanceExport: this.unary('InstanceExport', byName, async (r): Promise<InstanceExportReply> => m.export(r.name)),
+      InstanceReceive: this.unary('InstanceReceive', (r: InstanceReceiveRequest__Output) => (r.incoming ? 'incoming' : 'boot'), async (r): Promise<InstanceReceiveReply> => {
+        const { reply, instance } = await m.receive(r);
+        return { ...reply, runtime: this.runtimeOf(instance) };
+      }),
+      MigrationStart: this.unary('MigrationStart', (r: MigrationStartRequest__Output) => r.instance, (r) => m.start(r)),
+      MigrationStatus: this.unary('MigrationStatus', byName, (r) => m.status(r.name)),
+      MigrationFinish: this.unary('MigrationFinish', byName, async (r) => this.runtimeOf(await m.finish(r.name))),
+      MigrationAbort: this.unary('MigrationAbort', byName, (r) => m.abort(r.name)),
+      InstanceRelease: this.unary('InstanceRelease', byName, (r) => m.release(r.name)),
     };
   }
 
@@ -208,6 +245,8 @@ export class NodeService {
     const inst = this.registry.find(req.instance);
     if (!inst) return { supported: false, reason: `instance ${req.instance} does not exist on node ${this.opts.nodeName}` };
     if (inst.pid === undefined) return { supported: false, reason: `instance ${req.instance} is not running` };
+    const mig = inst.migration;
+    if (mig) return { supported: false, reason: `instance ${req.instance}: migration ${mig.role === 'source' ? 'to' : 'from'} node ${mig.peer} in progress` };
     return { supported: true, reason: '' };
   }
 

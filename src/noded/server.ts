@@ -19,6 +19,8 @@ export interface NodeServerOptions {
   storageDir: string;
   tls: TlsMaterial;
   qemuBinary?: string;
+  /** Address incoming migrations listen on; default: the host of `listen`. */
+  migrationHost?: string;
   /** How long to wait for a guest to eject a device (default: the hypervisor layer's). */
   unplugTimeoutMs?: number;
   log: Logger;
@@ -51,7 +53,8 @@ export async function startNodeServer(opts: NodeServerOptions): Promise<NodeServ
     opts.log,
   );
   const reconciled = registry.load();
-  const service = new NodeService({ nodeName: opts.name, registry, storage, qemuBinary: opts.qemuBinary, log: opts.log });
+  const migrationHost = opts.migrationHost ?? opts.listen.slice(0, opts.listen.lastIndexOf(':'));
+  const service = new NodeService({ nodeName: opts.name, registry, storage, qemuBinary: opts.qemuBinary, migrationHost, log: opts.log });
   const server = new grpc.Server();
   server.addService(loadNodeProto().gnt.node.v1.NodeDaemon.service, service.handlers());
   const port = await new Promise<number>((resolve, reject) =>

@@ -142,8 +142,8 @@ export class ConfigStore {
     const nodes = new Map((this.db.prepare('SELECT * FROM nodes').all() as NodeRow[]).map((n) => [n.uuid, n]));
     const nics = groupBy(this.db.prepare('SELECT instance_uuid, uuid, idx, mac, link FROM nics ORDER BY instance_uuid, idx').all() as (NicRow & Owned)[]);
     const disks = groupBy(this.db.prepare('SELECT instance_uuid, uuid, idx, size_bytes FROM disks ORDER BY instance_uuid, idx').all() as (DiskRow & Owned)[]);
-    return rows.map((row) => ({
-      ...row,
+    // completed in place: copying 10,000 rows into new objects costs more than the queries
+    return rows.map((row) => Object.assign(row, {
       hvparams: JSON.parse(row.hvparams) as Record<string, string>,
       node: nodes.get(row.node_uuid) as NodeRow,
       nics: nics.get(row.uuid) ?? [],

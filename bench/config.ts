@@ -13,8 +13,9 @@ export const REPO = path.resolve(__dirname, '../..');
 export const GUEST_DIR = path.join(REPO, '.cache/guest');
 
 export const BENCH = {
-  /** Samples per latency line (split over two interleaved rounds). */
-  iterations: num('GNT_BENCH_ITERATIONS', 20),
+  /** Samples per latency line, split over `rounds` interleaved rounds of all layers. */
+  iterations: num('GNT_BENCH_ITERATIONS', 24),
+  rounds: Math.max(1, num('GNT_BENCH_ROUNDS', 4)),
   /** Samples per DIMM add line (4 fit in one boot; then the guest is restarted). */
   dimmIterations: num('GNT_BENCH_DIMM_ITERATIONS', 12),
   /** Samples per "the guest sees it" line (each waits for the guest's once-a-second report). */
@@ -30,6 +31,12 @@ export const BENCH = {
   /** Untimed pause after an add before its remove, so that the guest has probed the device. */
   settleMs: num('GNT_BENCH_SETTLE_MS', 150),
 };
+
+/** GNT_BENCH_PROFILE_DIR=DIR: node flags that make the daemons write V8 CPU profiles there (see docs/performance.md). */
+export function profileArgs(): string[] {
+  const dir = process.env.GNT_BENCH_PROFILE_DIR;
+  return dir ? ['--cpu-prof', `--cpu-prof-dir=${dir}`] : [];
+}
 
 export const KERNEL_ARGS = 'console=ttyS0 quiet loglevel=1 panic=-1';
 export const GUEST = { kernel: path.join(GUEST_DIR, 'vmlinuz'), initrd: path.join(GUEST_DIR, 'initrd.gz') };

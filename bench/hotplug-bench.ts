@@ -75,9 +75,9 @@ function layers(rig: Rig): { raw: RawLayer; lib: HypervisorLayer; noded: NodedLa
 
 async function latency(rec: Recorder, l: ReturnType<typeof layers>): Promise<void> {
   const order: LayerOps[] = [l.raw, l.lib, l.noded, l.api, l.cli];
-  // two interleaved rounds spread any drift of the machine over all layers
-  const perRound = [Math.ceil(BENCH.iterations / 2), Math.floor(BENCH.iterations / 2)];
-  for (const n of perRound) for (const ops of order) {
+  // interleaved rounds spread any drift of the machine (e.g. other work on it) over all layers
+  const perRound = Array.from({ length: BENCH.rounds }, (_, i) => Math.floor((BENCH.iterations + i) / BENCH.rounds));
+  for (const n of perRound.filter((k) => k > 0)) for (const ops of order) {
     log(`NIC/disk/CPU: ${ops.layer}, ${n} samples`);
     await benchDevices(ops, n, rec);
   }

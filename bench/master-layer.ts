@@ -14,7 +14,7 @@ import { ClusterDir } from '../src/master/cluster-dir';
 import type { MasterClient } from '../src/generated/gnt/master/v1/Master';
 import type { InstanceModifyOp } from '../src/generated/gnt/master/v1/InstanceModifyOp';
 import type { SubmitJobRequest } from '../src/generated/gnt/master/v1/SubmitJobRequest';
-import { GUEST, KERNEL_ARGS, REPO, SHAPE } from './config';
+import { GUEST, KERNEL_ARGS, REPO, SHAPE, profileArgs } from './config';
 import { waitBooted } from './guest';
 import { freePort } from './noded-layer';
 import type { LayerOps } from './ops';
@@ -28,7 +28,7 @@ const NODE = 'node1';
 /** Spawns `node ARGS` and resolves once its stdout says it listens. */
 function startDaemon(args: string[], logFile: string): Promise<ChildProcess> {
   return new Promise((resolve, reject) => {
-    const child = spawn(process.execPath, args, { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, ...profileEnv() } });
+    const child = spawn(process.execPath, [...profileArgs(), ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
     const log = fs.createWriteStream(logFile, { flags: 'a' });
     let out = '';
     const timer = setTimeout(() => reject(new Error(`${path.basename(args[0])} did not start: ${out}`)), 30_000);
@@ -43,12 +43,6 @@ function startDaemon(args: string[], logFile: string): Promise<ChildProcess> {
     });
     child.once('exit', (code) => reject(new Error(`${args.join(' ')} exited with ${code}: ${out}`)));
   });
-}
-
-/** GNT_BENCH_PROFILE_DIR=DIR: the daemons write V8 CPU profiles there (node --cpu-prof). */
-export function profileEnv(): Record<string, string> {
-  const dir = process.env.GNT_BENCH_PROFILE_DIR;
-  return dir ? { NODE_OPTIONS: `--cpu-prof --cpu-prof-dir=${dir}` } : {};
 }
 
 async function stopChild(child: ChildProcess | undefined): Promise<void> {

@@ -11,7 +11,7 @@ import * as path from 'node:path';
 import { callNode, connectNode, deadlineIn, type NodeDaemonClient } from '../src/common/node-client';
 import { createCa, issueCertificate } from '../src/common/pki';
 import type { HotplugDeviceRequest } from '../src/generated/gnt/node/v1/HotplugDeviceRequest';
-import { GUEST, KERNEL_ARGS, REPO, SHAPE } from './config';
+import { GUEST, KERNEL_ARGS, REPO, SHAPE, profileArgs } from './config';
 import { waitBooted } from './guest';
 import type { LayerOps } from './ops';
 
@@ -59,14 +59,18 @@ export class NodedBench {
     fs.mkdirSync(storageDir, { recursive: true });
     const proc = spawn(
       process.execPath,
-      [path.join(REPO, 'dist/src/noded/main.js'), '--name', 'bench-node', '--listen', `127.0.0.1:${port}`, '--data-dir', dataDir,
+      [...profileArgs(), path.join(REPO, 'dist/src/noded/main.js'), '--name', 'bench-node', '--listen', `127.0.0.1:${port}`, '--data-dir', dataDir,
         '--storage-dir', storageDir, '--ca', ca.cert, '--cert', node.cert, '--key', node.key],
-      { stdio: ['ignore', 'pipe', 'ignore'], env: { ...process.env, ...(process.env.GNT_BENCH_NODED_PROF ? { NODE_OPTIONS: `--cpu-prof --cpu-prof-dir=${process.env.GNT_BENCH_NODED_PROF}` } : {}) } },
+      { stdio: ['ignore', 'pipe', 'ignore'] },
     );
     proc.stdout?.resume();
     await waitListening(proc, 'gnt-noded');
     const client = connectNode(`127.0.0.1:${port}`, { ca: ca.cert, cert: master.cert, key: master.key }, { serverName: 'localhost' });
     return new NodedBench(client, dataDir, proc);
+  }
+
+  get pid(): number {
+    return this.proc.pid as number;
   }
 
   consoleLog(instance: string): string {

@@ -12,6 +12,7 @@
 import { randomUUID } from 'node:crypto';
 import { EventEmitter } from 'node:events';
 import * as fs from 'node:fs';
+import { attachDimm, type DimmRecord } from './memory';
 import { attachDisk, detachDisk, diskBootArgs, diskId, diskKind, openDisk, releaseDisk } from './disk';
 import { DeviceExistsError, DeviceNotFoundError, InstanceStateError, InvalidArgumentError, errorMessage } from './errors';
 import { instancePaths, type InstancePaths } from './instance-paths';
@@ -35,6 +36,7 @@ import {
 import {
   cancelMigration,
   isActive,
+  waitIncomingLoaded,
   listenIncoming,
   readMigration,
   resumeGuest,
@@ -54,7 +56,7 @@ import {
   type NicRecord,
   type RuntimeData,
 } from './runtime-file';
-import { assertBridge } from './tap';
+import { assertBridge, waitTapsGone } from './tap';
 
 export interface KvmInstanceOptions {
   qemuBinary?: string;
@@ -353,7 +355,10 @@ export class KvmInstance extends EventEmitter {
     }
     const qemu = qemuFeatures(this.qemuBinary);
     const args = [...this.data.kvm_cmd, ...nodeLocalArgs(this.paths), ...securityArgs(this.data.hvparams, qemu)];
-    if (incoming) args.push('-S', '-incoming', 'defer');
+    // DIMMs are plugged by QMP before the guest runs (see resourceBootArgs), so QEMU starts paused then.
+    const dimms = this.data.resources?.dimms ?? [];
+    if (incoming || dimms.length) args.push('-S');
+    if (incoming) args.push('-incoming', 'defer');
     const fds: number[] = [];
     try {
       this.data.block_devices.forEach((disk, i) => {
@@ -369,9 +374,24 @@ export class KvmInstance extends EventEmitter {
       if (this.data.resources) args.push(...resourceBootArgs(this.data.resources));
       const pid = await spawnQemu(this.qemuBinary, args, fds, this.paths);
       this.save();
+      if (dimms.length) await this.plugBootDimms(pid, dimms, !incoming);
       return pid;
     } finally {
       for (const fd of fds) fs.closeSync(fd);
+    }
+  }
+
+  /** Plugs the recorded DIMMs into a QEMU started with -S, then lets the guest run unless it waits for a migration. */
+  private async plugBootDimms(pid: number, dimms: DimmRecord[], run: boolean): Promise<void> {
+    try {
+      const mon = await this.monitor();
+      for (const dimm of dimms) await attachDimm(mon, dimm);
+      if (run) await mon.execute('cont');
+    } catch (err) {
+      this.disconnect();
+      process.kill(pid, 'SIGKILL');
+      await waitForExit(this.paths, pid, 5000);
+      throw new InstanceStateError(`instance ${this.name}: plugging its DIMMs at start failed, QEMU was stopped again: ${errorMessage(err)}`);
     }
   }
 
@@ -803,6 +823,7 @@ export class KvmInstance extends EventEmitter {
       await waitForExit(this.paths, pid, 5000);
     }
     fs.rmSync(this.paths.dir, { recursive: true, force: true });
+    await waitTapsGone(this.data.nics.map((n) => n.tap).filter((t): t is string => !!t));
   }
 
   /**
@@ -847,11 +868,7 @@ export class KvmInstance extends EventEmitter {
       if (this.pid === undefined) throw new InstanceStateError(`instance ${this.name} has no QEMU on this node to resume`);
       const mon = await this.monitor();
       if (m?.role === 'source') throw new InstanceStateError(`instance ${this.name} is the source of its migration here, not the target`);
-      if (m?.role === 'target') {
-        const p = await readMigration(mon);
-        if (p.state !== 'completed')
-          throw new InstanceStateError(`the migration stream of ${this.name} has not completed on this node (state ${p.state}${p.error ? `: ${p.error}` : ''})`);
-      }
+      if (m?.role === 'target') await waitIncomingLoaded(mon, this.name);
       await resumeGuest(mon);
       delete this.data.migration;
       this.save();

@@ -63,11 +63,6 @@ export async function detachDimm(mon: Monitor, dimm: DimmRecord, timeoutMs: numb
   await ignoreNotFound(mon.execute('object-del', { id: backendId(dimm.id) }));
 }
 
-export function dimmBootArgs(dimm: DimmRecord): string[] {
-  const backend = backendId(dimm.id);
-  return ['-object', `memory-backend-ram,id=${backend},size=${dimm.sizeMiB}M`, '-device', `pc-dimm,id=${dimm.id},memdev=${backend}`];
-}
-
 export function virtioMemBootArgs(vm: VirtioMemRecord): string[] {
   const backend = backendId(vm.id);
   return [

@@ -54,6 +54,10 @@ interface QueryMigrate {
   'socket-address'?: Array<{ type?: string; host?: string; port?: string | number }>;
 }
 
+/** QEMU's own defaults (MAX_THROTTLE and the default downtime limit). */
+export const DEFAULT_BANDWIDTH_MIB = 128;
+export const DEFAULT_DOWNTIME_MS = 300;
+
 export const FINISHED_STATES = new Set(['completed', 'failed', 'cancelled']);
 const ACTIVE_STATES = new Set(['setup', 'active', 'pre-switchover', 'device', 'wait-unplug', 'postcopy-active', 'cancelling']);
 
@@ -113,10 +117,11 @@ export async function listenIncoming(mon: Monitor, host: string): Promise<string
 /** Source: sets the limits and starts the stream; returns once QEMU has accepted `migrate`. */
 export async function sendMigration(mon: Monitor, uri: string, params: MigrationParams): Promise<void> {
   parseMigrationUri(uri);
-  const set: Record<string, number> = {};
-  if (params.maxBandwidthMiB) set['max-bandwidth'] = Math.round(params.maxBandwidthMiB * 1024 * 1024);
-  if (params.downtimeLimitMs) set['downtime-limit'] = Math.round(params.downtimeLimitMs);
-  if (Object.keys(set).length) await mon.execute('migrate-set-parameters', set);
+  // Always set both: a QEMU keeps the limits of an earlier (aborted) migration otherwise.
+  await mon.execute('migrate-set-parameters', {
+    'max-bandwidth': Math.round((params.maxBandwidthMiB || DEFAULT_BANDWIDTH_MIB) * 1024 * 1024),
+    'downtime-limit': Math.round(params.downtimeLimitMs || DEFAULT_DOWNTIME_MS),
+  });
   await mon.execute('migrate', { uri });
 }
 
@@ -132,6 +137,24 @@ export async function cancelMigration(mon: Monitor, timeoutMs = 10_000): Promise
   }
   if (ACTIVE_STATES.has(p.state)) throw new InstanceStateError(`QEMU did not end the migration within ${timeoutMs} ms of migrate_cancel (state ${p.state})`);
   return p.state;
+}
+
+/**
+ * Target: waits until QEMU has loaded the whole stream. The source reports
+ * "completed" once it has sent the last byte; the target says so a moment
+ * later, when it has read it.
+ */
+export async function waitIncomingLoaded(mon: Monitor, instance: string, timeoutMs = 30_000): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    const p = await readMigration(mon);
+    if (p.state === 'completed') return;
+    if (p.state === 'failed' || p.state === 'cancelled' || p.state === 'none' || Date.now() > deadline)
+      throw new InstanceStateError(
+        `the migration stream of ${instance} has not completed on this node (state ${p.state}${p.error ? `: ${p.error}` : ''}); the source keeps the instance`,
+      );
+    await sleep(20);
+  }
 }
 
 /** Runs the guest if it is paused (after a migration that was cancelled, failed, or completed but then undone). */

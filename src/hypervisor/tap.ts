@@ -43,3 +43,14 @@ export function connectTap(tap: string, link: string | undefined): void {
     throw new Error(`cannot bring tap ${tap} up${link ? ` on bridge ${link}` : ''}: ${errorMessage(err)}`, { cause: err });
   }
 }
+
+/**
+ * After the last fd of a tap was closed (QEMU killed), the kernel removes it
+ * a moment later; waits for that, up to `timeoutMs`, so that callers can
+ * rely on "no tap left" once they return. A name the kernel already gave to
+ * a new tap simply ends the wait at the deadline.
+ */
+export async function waitTapsGone(names: string[], timeoutMs = 2000): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  while (names.some(tapExists) && Date.now() < deadline) await new Promise((r) => setTimeout(r, 20));
+}

@@ -64,9 +64,28 @@ export class NodeRpc {
     return c;
   }
 
+  /**
+   * A channel that failed to connect sits in gRPC's reconnect backoff for up
+   * to seconds, even once the node daemon is back (restarted). A call that
+   * finds no connection is therefore tried once more on a fresh channel
+   * before it reports the node unreachable. Only connection failures are
+   * retried: the node never saw the request.
+   */
+  private async send<M extends NodeMethod>(node: NodeTarget, method: M, req: NodeRequest<M>, deadline: number): Promise<NodeReply<M>> {
+    try {
+      return await callNode(this.client(node.address), method, req, { deadline });
+    } catch (e) {
+      const err = e as grpc.ServiceError;
+      if (err.code !== grpc.status.UNAVAILABLE || !/No connection established|ECONNREFUSED|connect/i.test(err.details ?? '')) throw e;
+      this.clients.get(node.address)?.close();
+      this.clients.delete(node.address);
+      return await callNode(this.client(node.address), method, req, { deadline });
+    }
+  }
+
   private async call<M extends NodeMethod>(node: NodeTarget, method: M, req: NodeRequest<M>, timeoutMs: number): Promise<NodeReply<M>> {
     try {
-      return await callNode(this.client(node.address), method, req, { deadline: Date.now() + timeoutMs });
+      return await this.send(node, method, req, Date.now() + timeoutMs);
     } catch (e) {
       const err = e as grpc.ServiceError;
       if (typeof err.code !== 'number') throw e;

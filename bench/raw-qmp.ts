@@ -10,7 +10,7 @@ export class RawQmp {
   private buf = '';
   private waiters: Array<(msg: Record<string, unknown>) => boolean> = [];
   private id = 0;
-  private constructor(private readonly fd: number, readonly sock: net.Socket) {
+  private constructor(private readonly fd: number, private readonly sock: net.Socket) {
     sock.setEncoding('utf8');
     sock.on('data', (d: string) => {
       this.buf += d;

@@ -27,6 +27,7 @@ import {
   foldPending,
   initialResources,
   resourceBootArgs,
+  tcgCpuThreadsLeft,
   validateResize,
   type NodeCapacity,
   type ResizeRequest,
@@ -373,6 +374,8 @@ export class KvmInstance extends EventEmitter {
       }
       if (this.data.resources) args.push(...resourceBootArgs(this.data.resources));
       const pid = await spawnQemu(this.qemuBinary, args, fds, this.paths);
+      const r = this.data.resources;
+      if (r) r.cpuThreads = { pid, created: r.bootVcpus + r.cpus.length };
       this.save();
       if (dimms.length) await this.plugBootDimms(pid, dimms, !incoming);
       return pid;
@@ -703,10 +706,11 @@ export class KvmInstance extends EventEmitter {
       const r = this.data.resources;
       if (!r)
         throw new InstanceStateError(`instance ${this.name} has no vCPU/memory record (runtime file of an older version); restart it once first`);
-      validateResize(this.name, r, req, node);
+      const pid = this.pid;
+      const tcg = this.data.kvm_cmd[this.data.kvm_cmd.indexOf('-accel') + 1] === 'tcg';
+      validateResize(this.name, r, req, node, tcg && pid !== undefined ? tcgCpuThreadsLeft(r, pid) : Infinity);
       this.requireRunning();
       const mon = await this.monitor();
-      const pid = this.pid;
       return applyResize(
         {
           instance: this.name,

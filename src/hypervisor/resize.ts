@@ -7,7 +7,7 @@
  * really plugged. The resource state lives in the runtime file.
  */
 import { assertCpuReplugSafe, attachCpu, cpuBootArgs, detachCpu, freeCpuSlots, queryHotpluggableCpus, type CpuRecord } from './cpu';
-import { HypervisorError, InvalidArgumentError } from './errors';
+import { HypervisorError, InstanceStateError, InvalidArgumentError } from './errors';
 import { inTransaction } from './hotplug-transaction';
 import {
   assertAcpiStep,
@@ -40,6 +40,19 @@ export interface ResourceState {
   pendingVcpus?: number;
   /** The QEMU pid in which a vCPU was unplugged (QEMU < 8 cannot re-plug then). */
   cpuUnpluggedPid?: number;
+  /**
+   * vCPU threads the QEMU process `pid` has created so far (boot, command
+   * line and hot-added; a removed vCPU's is never given back). Under TCG a
+   * process can create at most maxvcpus of them: the next one aborts QEMU
+   * (tcg_register_thread: n < tcg_max_ctxs), killing the guest.
+   */
+  cpuThreads?: { pid: number; created: number };
+}
+
+/** How many more vCPUs QEMU process `pid` can hot-add under TCG before it would abort. */
+export function tcgCpuThreadsLeft(s: ResourceState, pid: number): number {
+  const created = s.cpuThreads?.pid === pid ? s.cpuThreads.created : s.bootVcpus + s.cpus.length;
+  return Math.max(0, s.maxVcpus - created);
 }
 
 export const VIRTIO_MEM_ID = 'vmem0';
@@ -166,10 +179,19 @@ function checkMemory(instance: string, s: ResourceState, memoryMiB: number, node
   if (s.memoryHotplug === 'virtio-mem' && s.virtioMem) assertVirtioMemSize(s.virtioMem, memoryMiB - s.bootMemoryMiB);
 }
 
-/** Checks the whole request before anything changes. */
-export function validateResize(instance: string, s: ResourceState, req: ResizeRequest, node: NodeCapacity): void {
+/**
+ * Checks the whole request before anything changes. `cpuThreadsLeft`: under
+ * TCG, how many vCPUs this QEMU process can still create (tcgCpuThreadsLeft).
+ */
+export function validateResize(instance: string, s: ResourceState, req: ResizeRequest, node: NodeCapacity, cpuThreadsLeft = Infinity): void {
   if (req.vcpus === undefined && req.memoryMiB === undefined) throw new InvalidArgumentError('nothing to resize: give vcpus and/or memory');
   if (req.vcpus !== undefined) checkVcpus(instance, s, req.vcpus, node);
+  const adds = (req.vcpus ?? 0) - currentVcpus(s);
+  if (adds > cpuThreadsLeft)
+    throw new InstanceStateError(
+      `instance ${instance}: QEMU under TCG creates at most ${s.maxVcpus} vCPU threads (maxvcpus) in one process and never frees a removed vCPU's; ` +
+        `this one can add ${cpuThreadsLeft} more, ${adds} asked (one more would abort QEMU and kill the guest). Stop and start the instance to reset it`,
+    );
   if (req.memoryMiB !== undefined) checkMemory(instance, s, req.memoryMiB, node);
 }
 
@@ -195,6 +217,7 @@ async function resizeCpus(ctx: ResizeContext, s: ResourceState, vcpus: number, n
     for (const cpu of plan) {
       await attachCpu(ctx.mon, cpu);
       s.cpus.push(cpu);
+      if (ctx.pid !== undefined) s.cpuThreads = { pid: ctx.pid, created: (s.cpuThreads?.pid === ctx.pid ? s.cpuThreads.created : s.bootVcpus + s.cpus.length - 1) + 1 };
       ctx.save(s);
     }
   } else if (vcpus < now) {

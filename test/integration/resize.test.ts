@@ -48,7 +48,10 @@ describe('live vCPU and memory resize through the instance (ACPI DIMMs)', functi
     await assert.rejects(g.instance.resize({ memoryMiB: 2048 }, NODE), /at most 1024 MiB \(maxmem\)/);
     await assert.rejects(g.instance.resize({ memoryMiB: 768 }, { freeMemoryMiB: 64, cpus: 8 }), (e: unknown) =>
       e instanceof Error && (e as { code?: string }).code === 'RESOURCE_EXHAUSTED' && /64 MiB of memory free; .* cannot grow by 128 MiB/.test(e.message));
+    // 1 boot vCPU + 3 adds (one of them after a remove) = 4 threads created of maxvcpus 4: a 5th would abort QEMU.
+    await assert.rejects(g.instance.resize({ vcpus: 4 }, NODE), /QEMU under TCG creates at most 4 vCPU threads .*can add 0 more, 1 asked/);
     assert.equal(fs.readFileSync(g.instance.paths.runtimeFile, 'utf8'), before);
+    assert.ok(g.instance.pid !== undefined, 'QEMU is still alive');
   });
 
   it('a stop and start brings the guest back with the resized vCPUs and memory', async () => {

@@ -1,6 +1,6 @@
 import { strict as assert } from 'node:assert';
 import { InvalidArgumentError } from '../../src/hypervisor/errors';
-import { currentMemoryMiB, currentVcpus, validateResize, ResourceExhaustedError, type ResourceState } from '../../src/hypervisor/resize';
+import { currentMemoryMiB, currentVcpus, tcgCpuThreadsLeft, validateResize, ResourceExhaustedError, type ResourceState } from '../../src/hypervisor/resize';
 
 const node = { freeMemoryMiB: 8192, cpus: 8 };
 
@@ -17,6 +17,23 @@ describe('resize validation', () => {
     assert.equal(currentVcpus(s), 2);
     assert.equal(currentMemoryMiB(s), 640);
     assert.equal(currentMemoryMiB(state({ memoryHotplug: 'virtio-mem', virtioMem: { id: 'vmem0', maxMiB: 768, requestedMiB: 100, pci: 7 } })), 356);
+  });
+
+  it('counts the vCPU threads a TCG QEMU process has left: the record of this pid, else boot plus hot-added', () => {
+    const cpu = { id: 'vcpu-s0-c1-t0', driver: 'x', props: {} };
+    assert.equal(tcgCpuThreadsLeft(state(), 100), 3);
+    assert.equal(tcgCpuThreadsLeft(state({ cpus: [cpu] }), 100), 2);
+    assert.equal(tcgCpuThreadsLeft(state({ cpus: [cpu], cpuThreads: { pid: 100, created: 4 } }), 100), 0, 'removed vCPUs keep their threads');
+    assert.equal(tcgCpuThreadsLeft(state({ cpus: [cpu], cpuThreads: { pid: 99, created: 4 } }), 100), 2, 'another process starts afresh');
+  });
+
+  it('refuses a vCPU grow that would exceed the TCG thread limit, naming what is left', () => {
+    assert.throws(
+      () => validateResize('web1', state({ cpus: [{ id: 'vcpu-s0-c1-t0', driver: 'x', props: {} }] }), { vcpus: 4 }, node, 1),
+      (e: unknown) => (e as { code?: string }).code === 'FAILED_PRECONDITION' && /can add 1 more, 2 asked .*Stop and start the instance/.test((e as Error).message),
+    );
+    validateResize('web1', state(), { vcpus: 2 }, node, 1);
+    validateResize('web1', state({ cpus: [{ id: 'vcpu-s0-c1-t0', driver: 'x', props: {} }] }), { vcpus: 1 }, node, 0);
   });
 
   it('accepts growth within the limits', () => {

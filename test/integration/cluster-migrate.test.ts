@@ -178,22 +178,58 @@ describe('live migration through the cluster (gnt-instance migrate, two noded on
     assertRunsOnlyOn('web1', node);
   });
 
-  it('refuses hotplug while a migration runs; a source node daemon killed mid-migration, then --cleanup, leaves one running copy', async () => {
-    // 3 MiB/s: long enough to act while the stream is under way.
+  it('gnt-instance failover: the guest reboots on the other node with the same PCI layout', async () => {
+    const from = info('web1').instance.node;
+    const to = from === 'node1' ? 'node2' : 'node1';
+    const before = info('web1');
+    c.ok(c.gnt('gnt-instance', 'failover', '-n', to, 'web1'));
+    const d = assertRunsOnlyOn('web1', to);
+    assert.deepEqual(d.runtime.nics.map((n) => [n.uuid, n.mac, n.pci]), before.runtime.nics.map((n) => [n.uuid, n.mac, n.pci]));
+    assert.deepEqual(d.runtime.disks.map((x) => [x.uuid, x.pci]), before.runtime.disks.map((x) => [x.uuid, x.pci]));
+    // A reboot names disks in PCI order (hot-added ones were named in the order they came): compare without names.
+    const unnamed = (l: string[]): string[] => l.map((e) => e.split(' ').slice(1).join(' ')).sort();
+    const devices = (x: Details): string => JSON.stringify([unnamed(x.runtime.guest.nics), unnamed(x.runtime.guest.disks), x.runtime.guest.cpusOnline]);
+    const after = await waitGuest('web1', (x) => devices(x) === devices(before), 'the same devices after the reboot');
+    assert.equal(devices(after), devices(before));
+    assert.match(fs.readFileSync(path.join(runtimeDirOf(to, 'web1'), 'console.log'), 'utf8'), /gnt-guest init/, 'it booted on the new node');
+  });
+
+  /** Starts a slow (3 MiB/s) migration of slow1 to node2 and resolves once the job log shows progress. */
+  const startSlowMigration = async (): Promise<{ cli: Promise<CliRun>; job: string }> => {
+    const cli = c.gntAsync('gnt-instance', 'migrate', '-n', 'node2', 'slow1');
+    const deadline = Date.now() + 60_000;
+    for (;;) {
+      await sleep(300);
+      const job = lastJobId();
+      if (/migration active: \d+% transferred/.test(c.gnt('gnt-job', 'info', job).stdout)) return { cli, job };
+      if (Date.now() > deadline) throw new Error('the migration never showed progress');
+    }
+  };
+
+  it('refuses hotplug while a migration runs, and gnt-job cancel stops it: the instance keeps running on node1, nothing on node2', async () => {
     c.ok(addInstance('slow1', '-H', 'migration_bandwidth=3'));
     await waitGuest('slow1', (d) => d.runtime.guest.nics.length === 1, 'its NIC');
-    const migrating = c.gntAsync('gnt-instance', 'migrate', '-n', 'node2', 'slow1');
-    const deadline = Date.now() + 60_000;
-    while (!/migration active: \d+% transferred/.test(c.gnt('gnt-job', 'info', lastJobId()).stdout)) {
-      if (Date.now() > deadline) throw new Error('the migration never showed progress');
-      await sleep(300);
-    }
+    const { cli, job } = await startSlowMigration();
     const refused = c.gnt('gnt-instance', 'modify', '--hotplug', '--disk', 'add:size=4M', 'slow1');
     assert.notEqual(refused.code, 0);
     assert.match(refused.stdout + refused.stderr, /migration in progress/);
+    const tapsBefore = taps().length;
+    c.ok(c.gnt('gnt-job', 'cancel', job));
+    const r = await cli;
+    assert.notEqual(r.code, 0);
+    const done = c.json<{ status: string; error: string }>(c.gnt('gnt-job', 'info', job, '--output', 'json'));
+    assert.equal(done.status, 'canceled');
+    assert.match(done.error, /canceled by request .*keeps running on node1/);
+    assertRunsOnlyOn('slow1', 'node1');
+    assert.equal(taps().length, tapsBefore - 1, 'the incoming copy\'s tap is gone');
+    await waitTickAfter('node1', 'slow1', consoleOf('node1', 'slow1').lastTick);
+    c.ok(c.gnt('gnt-instance', 'modify', '--hotplug', '--disk', 'add:size=4M', 'slow1'));
+  });
 
+  it('a source node daemon killed mid-migration, then --cleanup, leaves one running copy', async () => {
+    const { cli } = await startSlowMigration();
     await c.killNode('node1');
-    const r = await migrating;
+    const r = await cli;
     assert.notEqual(r.code, 0, 'the job fails when the source node daemon is gone');
     await c.restartNode('node1');
     c.ok(c.gnt('gnt-instance', 'migrate', '--cleanup', 'slow1'));

@@ -137,4 +137,23 @@ describe('master config and jobs on a real SQLite file', () => {
     await queue.idle();
     assert.equal(queue.store.get(j1.id)!.status, 'success');
   });
+
+  it('cancels a running job only while it allows it; the job then ends canceled with its message', async () => {
+    let open!: () => void;
+    const queue = new JobQueue(new JobStore(db), async (_job, ctx) => {
+      await new Promise<void>((r) => (open = r));
+      ctx.allowCancel(true);
+      await new Promise<void>((_resolve, reject) => ctx.signal.addEventListener('abort', () => reject(new Error('stopped and undone'))));
+    });
+    const j = queue.submit('instance-migrate', {}, 'j', ['instance:b']);
+    await new Promise((r) => setTimeout(r, 20));
+    assert.throws(() => queue.cancel(j.id), /past the point where it can be undone/);
+    open();
+    await new Promise((r) => setTimeout(r, 20));
+    assert.equal(queue.cancel(j.id)!.status, 'running', 'the cancel is a request; the job ends by itself');
+    await queue.idle();
+    const done = queue.store.get(j.id)!;
+    assert.equal(done.status, 'canceled');
+    assert.match(done.error, /stopped and undone/);
+  });
 });

@@ -75,9 +75,14 @@ async function liveMigrate(deps: MigrateDeps, op: MigrateOp, ctx: JobContext): P
   ctx.log(`live migration of ${inst.name} from node ${source.name} to node ${target.name}`);
   await checkLiveRequirements(deps, inst, target, ctx);
   const touched: Touched = { target: false, source: false };
+  // gnt-job cancel is honoured until the switch-over: everything before it can be undone.
+  ctx.allowCancel(true);
   try {
     await transfer(deps, inst, target, touched, ctx);
+    ctx.allowCancel(false);
+    throwIfCanceled(ctx);
   } catch (err) {
+    ctx.allowCancel(false);
     const undo = await undoTransfer(deps, inst.name, source, target, touched, ctx);
     const e = err instanceof StepError ? err : new StepError('migration', err);
     throw new JobError(`live migration of ${inst.name} to ${target.name} failed at ${e.message}; ${undo}`, e.code);
@@ -125,6 +130,7 @@ async function transfer(deps: MigrateDeps, inst: InstanceConfig, target: NodeRow
     deps.rpc.instanceReceive(dest, { runtimeJson: exported.runtimeJson, sourceNode: source.name, incoming: true }),
   );
   ctx.log(`${dest.name} waits for the migration stream at ${received.migrationUri}`);
+  throwIfCanceled(ctx);
   const bandwidth = hvparamInt(inst, 'migration_bandwidth', 'MiB/s');
   const downtime = hvparamInt(inst, 'migration_downtime', 'ms');
   ctx.log(`starting the migration on ${source.name} (MigrationStart; bandwidth ${bandwidth ? `${bandwidth} MiB/s` : "QEMU's default"}, ` +
@@ -136,6 +142,11 @@ async function transfer(deps: MigrateDeps, inst: InstanceConfig, target: NodeRow
   crashPointAfterMigrationStart(ctx);
   const final = await step(`MigrationStatus on ${source.name}`, () => pollMigration(deps, inst.name, inst.node, ctx));
   if (final.state !== 'completed') throw new StepError('the migration', new JobError(`QEMU reports "${final.state}": ${final.error || 'no reason given'}`));
+}
+
+/** A `gnt-job cancel` of the running job: stop here, the caller undoes what was done. */
+function throwIfCanceled(ctx: JobContext): void {
+  if (ctx.signal.aborted) throw new JobError('canceled by request (gnt-job cancel)', 'CANCELLED');
 }
 
 /**
@@ -158,6 +169,7 @@ export async function pollMigration(deps: MigrateDeps, name: string, source: Nod
   let idleMs = 0;
   let moved = { bytes: -1, at: now() };
   for (;;) {
+    throwIfCanceled(ctx);
     const st = await deps.rpc.migrationStatus(nodeOf(source), name);
     progress.update(st);
     if (TERMINAL.has(st.state)) return st;

@@ -12,6 +12,16 @@ export interface JobContext {
   log(message: string): void;
   /** Durably notes that the job is about to hot-plug this device (read by start-up reconciliation). */
   recordHotplug(deviceUuid: string, action: 'add' | 'remove' | 'modify'): void;
+  /** Aborted when `gnt-job cancel` stops this running job (only while it allows it). */
+  readonly signal: AbortSignal;
+  /** Opens or closes the window in which a running job may be canceled: the part it knows how to undo. */
+  allowCancel(on: boolean): void;
+}
+
+/** A running job's cancel state. */
+interface Live {
+  controller: AbortController;
+  cancellable: boolean;
 }
 
 /** An error with a gRPC-style code (e.g. from a node) that the job records. */
@@ -29,6 +39,7 @@ export class JobQueue {
   private readonly pending: { id: number; locks: string[] }[] = [];
   private readonly held = new Set<string>();
   private readonly running = new Map<number, Promise<void>>();
+  private readonly live = new Map<number, Live>();
 
   constructor(readonly store: JobStore, private readonly runner: JobRunner) {
     this.events.setMaxListeners(0);
@@ -42,10 +53,22 @@ export class JobQueue {
     return job;
   }
 
-  /** Cancels a queued job; a running or finished one cannot be canceled. */
+  /**
+   * Cancels a queued job, or asks a running one that allows it (a live
+   * migration before its switch-over) to stop: it undoes what it did and
+   * ends as canceled. Other running jobs and finished ones cannot be canceled.
+   */
   cancel(id: number): JobRow | undefined {
     const job = this.store.get(id);
     if (!job) return undefined;
+    const live = this.live.get(id);
+    if (live && job.status === 'running') {
+      if (!live.cancellable)
+        throw new JobError(`job ${id} is running and past the point where it can be undone (or cannot be undone at all); only queued jobs and live migrations before their switch-over can be canceled`, 'FAILED_PRECONDITION');
+      if (!live.controller.signal.aborted) this.log(id, 'cancel requested: the job stops at its next step and undoes what it did');
+      live.controller.abort();
+      return this.store.get(id);
+    }
     const i = this.pending.findIndex((p) => p.id === id);
     if (i < 0 || job.status !== 'queued') throw new JobError(`job ${id} is ${job.status}; only queued jobs can be canceled`, 'FAILED_PRECONDITION');
     this.pending.splice(i, 1);
@@ -108,10 +131,14 @@ export class JobQueue {
     locks.forEach((l) => this.held.add(l));
     this.store.setRunning(id);
     const job = this.store.get(id)!;
+    const live: Live = { controller: new AbortController(), cancellable: false };
+    this.live.set(id, live);
     const ctx: JobContext = {
       jobId: id,
       log: (m) => void this.log(id, m),
       recordHotplug: (uuid, action) => this.store.recordHotplug(id, uuid, action),
+      signal: live.controller.signal,
+      allowCancel: (on) => void (live.cancellable = on),
     };
     const run = (async () => {
       try {
@@ -122,15 +149,17 @@ export class JobQueue {
       } catch (err) {
         const message = err instanceof Error ? err.message : String(err);
         const code = err instanceof JobError ? err.code : (err as { code?: unknown }).code;
+        const canceled = live.controller.signal.aborted;
         try {
-          this.log(id, `failed: ${message}`);
-          this.store.finish(id, 'error', message, typeof code === 'string' ? code : '');
+          this.log(id, `${canceled ? 'canceled' : 'failed'}: ${message}`);
+          this.store.finish(id, canceled ? 'canceled' : 'error', message, canceled ? 'CANCELLED' : typeof code === 'string' ? code : '');
         } catch (dbErr) {
           console.error(`gnt-masterd: could not record the failure of job ${id}: ${String(dbErr)}`);
         }
       } finally {
         locks.forEach((l) => this.held.delete(l));
         this.running.delete(id);
+        this.live.delete(id);
         this.events.emit(`done:${id}`, this.store.get(id));
         this.pump();
       }

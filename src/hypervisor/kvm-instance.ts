@@ -52,6 +52,7 @@ import { QmpClient, type Monitor, type QmpEvent } from './qmp-client';
 import {
   loadRuntimeFile,
   saveRuntimeFile,
+  saveRuntimeFileAsync,
   type DiskRecord,
   type HvParams,
   type NicRecord,
@@ -212,8 +213,9 @@ export class KvmInstance extends EventEmitter {
     return { noRom: typeof this.data.hvparams.chroot === 'string' && this.data.hvparams.chroot !== '' };
   }
 
-  private save(): void {
-    saveRuntimeFile(this.paths.runtimeFile, this.data);
+  /** Atomic and durable; asynchronous, so other instances' work goes on while this one waits for its fsyncs. */
+  private save(): Promise<void> {
+    return saveRuntimeFileAsync(this.paths.runtimeFile, this.data);
   }
 
   /** Runs `fn` after every earlier operation on this instance has finished. */
@@ -260,7 +262,7 @@ export class KvmInstance extends EventEmitter {
       if (pid !== undefined) throw new InstanceStateError(`instance ${this.name} is already running (pid ${pid}); stop it before changing its spec`);
       const undo = prepare?.();
       try {
-        this.reconfigureNow(spec, devices);
+        await this.reconfigureNow(spec, devices);
       } catch (err) {
         undo?.();
         throw err;
@@ -269,10 +271,10 @@ export class KvmInstance extends EventEmitter {
     });
   }
 
-  private reconfigureNow(
+  private async reconfigureNow(
     spec: InstanceSpec,
     devices: { nics?: NicRequest[]; disks?: DiskRequest[]; hvparams?: HvParams },
-  ): void {
+  ): Promise<void> {
     if (spec.name !== this.name) throw new InvalidArgumentError(`spec names instance ${spec.name}, not ${this.name}`);
     const kvmCmd = buildFixedCommand(spec);
     const oldSlot = (kind: Kind, uuid: string): number | null => {
@@ -332,7 +334,7 @@ export class KvmInstance extends EventEmitter {
       block_devices: disks,
       resources,
     };
-    this.save();
+    await this.save();
   }
 
   stop(timeoutMs = 10_000): Promise<void> {
@@ -350,9 +352,9 @@ export class KvmInstance extends EventEmitter {
   private async startNow(incoming = false): Promise<number> {
     if (this.pid !== undefined) throw new InstanceStateError(`instance ${this.name} is already running (pid ${this.pid})`);
     if (!incoming) {
-      this.dropPendingDevices();
-      this.completeLegacyDevices();
-      this.foldPendingResources();
+      await this.dropPendingDevices();
+      await this.completeLegacyDevices();
+      await this.foldPendingResources();
     }
     const qemu = qemuFeatures(this.qemuBinary);
     const args = [...this.data.kvm_cmd, ...nodeLocalArgs(this.paths), ...securityArgs(this.data.hvparams, qemu)];
@@ -376,7 +378,7 @@ export class KvmInstance extends EventEmitter {
       const pid = await spawnQemu(this.qemuBinary, args, fds, this.paths);
       const r = this.data.resources;
       if (r) r.cpuThreads = { pid, created: r.bootVcpus + r.cpus.length };
-      this.save();
+      await this.save();
       if (dimms.length) await this.plugBootDimms(pid, dimms, !incoming);
       return pid;
     } finally {
@@ -416,21 +418,21 @@ export class KvmInstance extends EventEmitter {
   }
 
   /** A shrink that could not happen live (ACPI memory, vCPUs below the boot count) happens now. */
-  private foldPendingResources(): void {
+  private async foldPendingResources(): Promise<void> {
     const r = this.data.resources;
     if (!r || !foldPending(r)) return;
     let cmd = withOption(this.data.kvm_cmd, '-m', memoryOption(r.bootMemoryMiB, r.maxMemoryMiB));
     cmd = withOption(cmd, '-smp', `${r.bootVcpus},maxcpus=${r.maxVcpus}`);
     this.data.kvm_cmd = cmd;
-    this.save();
+    await this.save();
   }
 
   /** Devices whose hotplug was never confirmed, or whose removal was asked, do not come back at boot. */
-  private dropPendingDevices(): void {
+  private async dropPendingDevices(): Promise<void> {
     const before = this.data.nics.length + this.data.block_devices.length;
     this.data.nics = this.data.nics.filter((n) => !n.state);
     this.data.block_devices = this.data.block_devices.filter((d) => !d.state);
-    if (this.data.nics.length + this.data.block_devices.length !== before) this.save();
+    if (this.data.nics.length + this.data.block_devices.length !== before) await this.save();
   }
 
   /**
@@ -438,7 +440,7 @@ export class KvmInstance extends EventEmitter {
    * them both at start, as Ganeti assigns slots then, so that they get
    * device ids and can be hot-removed from now on.
    */
-  private completeLegacyDevices(): void {
+  private async completeLegacyDevices(): Promise<void> {
     const all: AnyRecord[] = [...this.data.block_devices, ...this.data.nics];
     if (all.every((d) => d.pci !== null && d.uuid)) return;
     const map = new PciSlotMap(this.name);
@@ -449,7 +451,7 @@ export class KvmInstance extends EventEmitter {
       d.pci = map.firstFree();
       map.addRecorded(d.pci, d.uuid);
     }
-    this.save();
+    await this.save();
   }
 
   // ---- monitor ----------------------------------------------------------
@@ -636,16 +638,16 @@ export class KvmInstance extends EventEmitter {
   private async attachRecorded<T extends AnyRecord>(kind: Kind, rec: T, attach: () => Promise<void>): Promise<T> {
     const list: AnyRecord[] = kind === 'nic' ? this.data.nics : this.data.block_devices;
     list.push(rec);
-    this.save();
+    await this.save();
     try {
       await attach();
     } catch (err) {
       this.forget(kind, rec.uuid);
-      this.save();
+      await this.save();
       throw err;
     }
     delete rec.state;
-    this.save();
+    await this.save();
     return { ...rec };
   }
 
@@ -661,7 +663,7 @@ export class KvmInstance extends EventEmitter {
     const mon = await this.monitor();
     const wasPending = rec.state;
     rec.state = 'detaching';
-    this.save();
+    await this.save();
     try {
       if (kind === 'nic') await detachNic(mon, rec as NicRecord, rec.pci, this.unplugTimeoutMs);
       else await detachDisk(mon, rec as DiskRecord, rec.pci, this.unplugTimeoutMs);
@@ -673,7 +675,7 @@ export class KvmInstance extends EventEmitter {
       }
       if (wasPending) rec.state = wasPending;
       else delete rec.state;
-      this.save();
+      await this.save();
       throw err;
     }
     await this.finishRemoval(kind, rec, mon);
@@ -685,7 +687,7 @@ export class KvmInstance extends EventEmitter {
     if (kind === 'nic') await releaseNic(mon, rec as NicRecord, rec.pci as number);
     else await releaseDisk(mon, rec as DiskRecord, rec.pci as number);
     this.forget(kind, rec.uuid);
-    this.save();
+    await this.save();
   }
 
   // ---- vCPUs and memory ---------------------------------------------------
@@ -719,9 +721,9 @@ export class KvmInstance extends EventEmitter {
           cpuUnplugged: pid !== undefined && r.cpuUnpluggedPid === pid,
           pid,
           unplugTimeoutMs: this.unplugTimeoutMs,
-          save: (state) => {
+          save: async (state) => {
             this.data.resources = state;
-            this.save();
+            await this.save();
           },
         },
         r,
@@ -745,7 +747,7 @@ export class KvmInstance extends EventEmitter {
         const id = this.idOf(kind, rec);
         if (rec.state === 'attaching' && present.has(id)) {
           delete rec.state;
-          this.save();
+          await this.save();
           report.completed.push(id);
           continue;
         }
@@ -784,12 +786,12 @@ export class KvmInstance extends EventEmitter {
     fs.mkdirSync(paths.dir, { recursive: true, mode: 0o700 });
     const inst = new KvmInstance(data.instance, paths, data, options);
     try {
-      inst.save();
+      await inst.save();
       await inst.startNow(how.incoming);
       if (!how.incoming) return { instance: inst };
       const uri = await listenIncoming(await inst.monitor(), how.listenHost);
       inst.data.migration = { ...inst.data.migration!, uri };
-      inst.save();
+      await inst.save();
       return { instance: inst, uri };
     } catch (err) {
       await inst.destroyNow().catch(() => undefined);
@@ -843,12 +845,12 @@ export class KvmInstance extends EventEmitter {
       if (pending) throw new InstanceStateError(`${pending[0]} ${pending[1].uuid} of ${this.name} is ${pending[1].state ?? 'without a PCI slot'}: settle it first (it would differ on the target)`);
       const mon = await this.monitor();
       this.data.migration = { role: 'source', peer, uri, since: new Date().toISOString() };
-      this.save();
+      await this.save();
       try {
         await sendMigration(mon, uri, params);
       } catch (err) {
         delete this.data.migration;
-        this.save();
+        await this.save();
         throw err;
       }
       return readMigration(mon);
@@ -875,7 +877,7 @@ export class KvmInstance extends EventEmitter {
       if (m?.role === 'target') await waitIncomingLoaded(mon, this.name);
       await resumeGuest(mon);
       delete this.data.migration;
-      this.save();
+      await this.save();
     });
   }
 
@@ -901,7 +903,7 @@ export class KvmInstance extends EventEmitter {
         await resumeGuest(mon);
       }
       delete this.data.migration;
-      this.save();
+      await this.save();
       return 'resumed';
     });
   }

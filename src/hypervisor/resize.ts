@@ -205,7 +205,7 @@ export interface ResizeContext {
   pid?: number;
   unplugTimeoutMs: number;
   /** Persists the state after each device that changed (the runtime file). */
-  save(s: ResourceState): void;
+  save(s: ResourceState): Promise<void>;
 }
 
 async function resizeCpus(ctx: ResizeContext, s: ResourceState, vcpus: number, notes: string[]): Promise<void> {
@@ -218,7 +218,7 @@ async function resizeCpus(ctx: ResizeContext, s: ResourceState, vcpus: number, n
       await attachCpu(ctx.mon, cpu);
       s.cpus.push(cpu);
       if (ctx.pid !== undefined) s.cpuThreads = { pid: ctx.pid, created: (s.cpuThreads?.pid === ctx.pid ? s.cpuThreads.created : s.bootVcpus + s.cpus.length - 1) + 1 };
-      ctx.save(s);
+      await ctx.save(s);
     }
   } else if (vcpus < now) {
     const live = Math.max(vcpus, s.bootVcpus);
@@ -228,11 +228,11 @@ async function resizeCpus(ctx: ResizeContext, s: ResourceState, vcpus: number, n
       ctx.cpuUnplugged = true;
       s.cpuUnpluggedPid = ctx.pid;
       s.cpus.pop();
-      ctx.save(s);
+      await ctx.save(s);
     }
     if (vcpus < s.bootVcpus) {
       s.pendingVcpus = vcpus;
-      ctx.save(s);
+      await ctx.save(s);
       notes.push(`the instance booted with ${s.bootVcpus} vCPUs; going down to ${vcpus} takes effect at the next start`);
     }
   }
@@ -243,7 +243,7 @@ async function resizeMemory(ctx: ResizeContext, s: ResourceState, memoryMiB: num
   if (s.memoryHotplug === 'virtio-mem' && s.virtioMem) {
     const vm = s.virtioMem;
     vm.requestedMiB = memoryMiB - s.bootMemoryMiB;
-    ctx.save(s);
+    await ctx.save(s);
     const plugged = await resizeVirtioMem(ctx.mon, vm, vm.requestedMiB, ctx.unplugTimeoutMs);
     if (plugged !== vm.requestedMiB)
       notes.push(`the guest plugged ${plugged} MiB of the ${vm.requestedMiB} MiB asked of virtio-mem (it could not give more back yet)`);
@@ -254,10 +254,10 @@ async function resizeMemory(ctx: ResizeContext, s: ResourceState, memoryMiB: num
     await attachDimm(ctx.mon, dimm);
     s.dimms.push(dimm);
     delete s.pendingMemoryMiB;
-    ctx.save(s);
+    await ctx.save(s);
   } else if (memoryMiB < now) {
     s.pendingMemoryMiB = memoryMiB;
-    ctx.save(s);
+    await ctx.save(s);
     notes.push(`ACPI memory cannot shrink live: ${memoryMiB} MiB is recorded and takes effect at the next start (now ${now} MiB)`);
   }
   return undefined;
@@ -276,7 +276,7 @@ export async function applyResize(ctx: ResizeContext, s: ResourceState, req: Res
       const dimmsBefore = s.dimms.length;
       plugged = await tx.step('memory', () => resizeMemory(ctx, s, req.memoryMiB as number, notes), async () => {
         for (const dimm of s.dimms.splice(dimmsBefore)) await detachDimm(ctx.mon, dimm, ctx.unplugTimeoutMs);
-        ctx.save(s);
+        await ctx.save(s);
       });
     }
     if (req.vcpus !== undefined && req.vcpus !== currentVcpus(s)) await tx.step('vcpus', () => resizeCpus(ctx, s, req.vcpus as number, notes));

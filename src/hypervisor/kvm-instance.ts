@@ -52,7 +52,6 @@ import { QmpClient, type Monitor, type QmpEvent } from './qmp-client';
 import {
   loadRuntimeFile,
   saveRuntimeFile,
-  saveRuntimeFileAsync,
   type DiskRecord,
   type HvParams,
   type NicRecord,
@@ -213,9 +212,14 @@ export class KvmInstance extends EventEmitter {
     return { noRom: typeof this.data.hvparams.chroot === 'string' && this.data.hvparams.chroot !== '' };
   }
 
-  /** Atomic and durable; asynchronous, so other instances' work goes on while this one waits for its fsyncs. */
-  private save(): Promise<void> {
-    return saveRuntimeFileAsync(this.paths.runtimeFile, this.data);
+  /**
+   * Atomic and durable. Callers await it; it runs synchronously for now:
+   * measured under TCG load (docs/performance.md), the eight thread-pool
+   * round trips of saveRuntimeFileAsync cost ~3 ms per hotplug, more than
+   * blocking the event loop for the two fsyncs does.
+   */
+  private async save(): Promise<void> {
+    saveRuntimeFile(this.paths.runtimeFile, this.data);
   }
 
   /** Runs `fn` after every earlier operation on this instance has finished. */

@@ -63,6 +63,7 @@ async function stillPresent(mon: Monitor, id: string): Promise<boolean> {
 }
 
 const POLL_MS = 200;
+const EVENT_POLL_MS = 20;
 
 /** Events after which a pending unplug may have finished. */
 function mayEndUnplug(id: string, e: QmpEvent): boolean {
@@ -73,11 +74,11 @@ function mayEndUnplug(id: string, e: QmpEvent): boolean {
 }
 
 /**
- * device_del, then wait until QEMU no longer has the device. DEVICE_DELETED of
- * the device ends the wait at once; any related event (a child's
- * DEVICE_DELETED, ACPI_DEVICE_OST) or a short poll makes us look at
- * /machine/peripheral, because not every device kind announces its own end
- * (a vCPU on QEMU 10 reports only its lapic child). A device that is already
+ * device_del, then wait until QEMU no longer has the device: neither in
+ * /machine/peripheral nor on a PCI bus. Any related event (the device's or a
+ * child's DEVICE_DELETED, ACPI_DEVICE_OST) or a short poll makes us look,
+ * because not every device kind announces its own end (a vCPU on QEMU 10
+ * reports only its lapic child). A device that is already
  * gone counts as deleted. On timeout the device may still go later; the
  * caller keeps it marked as detaching so that a retry or reconcile ends it.
  */
@@ -90,15 +91,21 @@ export async function deleteDevice(mon: Monitor, id: string, timeoutMs: number):
     if (isNotFound(err)) return;
     throw err;
   }
+  let poll = POLL_MS;
   while (!done) {
     const left = deadline - Date.now();
     if (left <= 0) break;
-    const wait = mon.waitForEvent((e) => isDeletionOf(id, e) || mayEndUnplug(id, e), Math.min(POLL_MS, left), `unplug of ${id}`);
+    const wait = mon.waitForEvent((e) => isDeletionOf(id, e) || mayEndUnplug(id, e), Math.min(poll, left), `unplug of ${id}`);
     const event = await wait.promise.catch((err: unknown) => {
       if (err instanceof QmpTimeoutError) return undefined; // poll interval elapsed
       throw err; // the monitor went away
     });
-    done = (event !== undefined && isDeletionOf(id, event)) || !(await stillPresent(mon, id));
+    // Even the device's own DEVICE_DELETED is checked against QEMU's lists: one
+    // can arrive late from an earlier removal of the same id (a NIC modify
+    // removes and re-adds the same id), and the slot is free only once the
+    // device has left the bus.
+    done = !(await stillPresent(mon, id));
+    if (event) poll = EVENT_POLL_MS; // the unplug is under way: look again soon
   }
   if (!done) throw new QmpTimeoutError(`unplug of ${id} (the guest did not eject it)`, 'the monitor', timeoutMs);
 }

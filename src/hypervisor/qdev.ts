@@ -62,6 +62,9 @@ async function stillPresent(mon: Monitor, id: string): Promise<boolean> {
   return (await deviceExists(mon, id)) || (await onPciBus(mon, id));
 }
 
+/** QEMU stamps events with the host's wall clock, as Date.now() reads it. */
+const eventTimeMs = (e: QmpEvent): number => e.timestamp.seconds * 1000 + e.timestamp.microseconds / 1000;
+
 const POLL_MS = 200;
 const EVENT_POLL_MS = 20;
 
@@ -74,17 +77,19 @@ function mayEndUnplug(id: string, e: QmpEvent): boolean {
 }
 
 /**
- * device_del, then wait until QEMU no longer has the device: neither in
- * /machine/peripheral nor on a PCI bus. Any related event (the device's or a
- * child's DEVICE_DELETED, ACPI_DEVICE_OST) or a short poll makes us look,
- * because not every device kind announces its own end (a vCPU on QEMU 10
- * reports only its lapic child). A device that is already
+ * device_del, then wait until QEMU no longer has the device. Its own
+ * DEVICE_DELETED, stamped after our device_del, ends the wait at once; any
+ * other related event (a child's DEVICE_DELETED, ACPI_DEVICE_OST) or a short
+ * poll makes us check that it is gone from /machine/peripheral and from every
+ * PCI bus, because not every device kind announces its own end (a vCPU on
+ * QEMU 10 reports only its lapic child). A device that is already
  * gone counts as deleted. On timeout the device may still go later; the
  * caller keeps it marked as detaching so that a retry or reconcile ends it.
  */
 export async function deleteDevice(mon: Monitor, id: string, timeoutMs: number): Promise<void> {
   const deadline = Date.now() + timeoutMs;
   let done = false;
+  const sentAt = Date.now();
   try {
     await mon.execute('device_del', { id });
   } catch (err) {
@@ -100,11 +105,11 @@ export async function deleteDevice(mon: Monitor, id: string, timeoutMs: number):
       if (err instanceof QmpTimeoutError) return undefined; // poll interval elapsed
       throw err; // the monitor went away
     });
-    // Even the device's own DEVICE_DELETED is checked against QEMU's lists: one
-    // can arrive late from an earlier removal of the same id (a NIC modify
-    // removes and re-adds the same id), and the slot is free only once the
-    // device has left the bus.
-    done = !(await stillPresent(mon, id));
+    // The device's own DEVICE_DELETED (sent once it has left the bus) ends the
+    // wait, but only one stamped after our device_del: a late one from an
+    // earlier removal of the same id (a NIC modify removes and re-adds the same
+    // id) must not. Anything else is checked against QEMU's lists.
+    done = (event !== undefined && isDeletionOf(id, event) && eventTimeMs(event) >= sentAt) || !(await stillPresent(mon, id));
     if (event) poll = EVENT_POLL_MS; // the unplug is under way: look again soon
   }
   if (!done) throw new QmpTimeoutError(`unplug of ${id} (the guest did not eject it)`, 'the monitor', timeoutMs);

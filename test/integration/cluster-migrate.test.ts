@@ -90,7 +90,12 @@ describe('live migration through the cluster (gnt-instance migrate, two noded on
   });
 
   after(async () => {
-    for (const name of ['web1', 'slow1']) c.gnt('gnt-instance', 'remove', name);
+    // After a failed test an instance may still carry a migration mark, which
+    // refuses its stop: settle it first, so that remove stops its QEMU.
+    for (const name of ['web1', 'slow1']) {
+      c.gnt('gnt-instance', 'migrate', '--cleanup', name);
+      c.gnt('gnt-instance', 'remove', name);
+    }
     await c.destroy();
     for (const br of [BRIDGE, DOOMED_BRIDGE]) spawnSync('ip', ['link', 'del', br]);
   });

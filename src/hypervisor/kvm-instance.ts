@@ -212,13 +212,7 @@ export class KvmInstance extends EventEmitter {
     return { noRom: typeof this.data.hvparams.chroot === 'string' && this.data.hvparams.chroot !== '' };
   }
 
-  /**
-   * Atomic and durable. Callers await it; it runs synchronously for now:
-   * measured under TCG load (docs/performance.md), the eight thread-pool
-   * round trips of saveRuntimeFileAsync cost ~3 ms per hotplug, more than
-   * blocking the event loop for the two fsyncs does.
-   */
-  private async save(): Promise<void> {
+  private save(): void {
     saveRuntimeFile(this.paths.runtimeFile, this.data);
   }
 
@@ -266,7 +260,7 @@ export class KvmInstance extends EventEmitter {
       if (pid !== undefined) throw new InstanceStateError(`instance ${this.name} is already running (pid ${pid}); stop it before changing its spec`);
       const undo = prepare?.();
       try {
-        await this.reconfigureNow(spec, devices);
+        this.reconfigureNow(spec, devices);
       } catch (err) {
         undo?.();
         throw err;
@@ -275,10 +269,10 @@ export class KvmInstance extends EventEmitter {
     });
   }
 
-  private async reconfigureNow(
+  private reconfigureNow(
     spec: InstanceSpec,
     devices: { nics?: NicRequest[]; disks?: DiskRequest[]; hvparams?: HvParams },
-  ): Promise<void> {
+  ): void {
     if (spec.name !== this.name) throw new InvalidArgumentError(`spec names instance ${spec.name}, not ${this.name}`);
     const kvmCmd = buildFixedCommand(spec);
     const oldSlot = (kind: Kind, uuid: string): number | null => {
@@ -338,7 +332,7 @@ export class KvmInstance extends EventEmitter {
       block_devices: disks,
       resources,
     };
-    await this.save();
+    this.save();
   }
 
   stop(timeoutMs = 10_000): Promise<void> {
@@ -356,9 +350,9 @@ export class KvmInstance extends EventEmitter {
   private async startNow(incoming = false): Promise<number> {
     if (this.pid !== undefined) throw new InstanceStateError(`instance ${this.name} is already running (pid ${this.pid})`);
     if (!incoming) {
-      await this.dropPendingDevices();
-      await this.completeLegacyDevices();
-      await this.foldPendingResources();
+      this.dropPendingDevices();
+      this.completeLegacyDevices();
+      this.foldPendingResources();
     }
     const qemu = qemuFeatures(this.qemuBinary);
     const args = [...this.data.kvm_cmd, ...nodeLocalArgs(this.paths), ...securityArgs(this.data.hvparams, qemu)];
@@ -382,7 +376,7 @@ export class KvmInstance extends EventEmitter {
       const pid = await spawnQemu(this.qemuBinary, args, fds, this.paths);
       const r = this.data.resources;
       if (r) r.cpuThreads = { pid, created: r.bootVcpus + r.cpus.length };
-      await this.save();
+      this.save();
       if (dimms.length) await this.plugBootDimms(pid, dimms, !incoming);
       return pid;
     } finally {
@@ -397,9 +391,7 @@ export class KvmInstance extends EventEmitter {
       for (const dimm of dimms) await attachDimm(mon, dimm);
       if (run) await mon.execute('cont');
     } catch (err) {
-      this.disconnect();
-      process.kill(pid, 'SIGKILL');
-      await waitForExit(this.paths, pid, 5000);
+      await this.killNow(pid);
       throw new InstanceStateError(`instance ${this.name}: plugging its DIMMs at start failed, QEMU was stopped again: ${errorMessage(err)}`);
     }
   }
@@ -422,21 +414,21 @@ export class KvmInstance extends EventEmitter {
   }
 
   /** A shrink that could not happen live (ACPI memory, vCPUs below the boot count) happens now. */
-  private async foldPendingResources(): Promise<void> {
+  private foldPendingResources(): void {
     const r = this.data.resources;
     if (!r || !foldPending(r)) return;
     let cmd = withOption(this.data.kvm_cmd, '-m', memoryOption(r.bootMemoryMiB, r.maxMemoryMiB));
     cmd = withOption(cmd, '-smp', `${r.bootVcpus},maxcpus=${r.maxVcpus}`);
     this.data.kvm_cmd = cmd;
-    await this.save();
+    this.save();
   }
 
   /** Devices whose hotplug was never confirmed, or whose removal was asked, do not come back at boot. */
-  private async dropPendingDevices(): Promise<void> {
+  private dropPendingDevices(): void {
     const before = this.data.nics.length + this.data.block_devices.length;
     this.data.nics = this.data.nics.filter((n) => !n.state);
     this.data.block_devices = this.data.block_devices.filter((d) => !d.state);
-    if (this.data.nics.length + this.data.block_devices.length !== before) await this.save();
+    if (this.data.nics.length + this.data.block_devices.length !== before) this.save();
   }
 
   /**
@@ -444,7 +436,7 @@ export class KvmInstance extends EventEmitter {
    * them both at start, as Ganeti assigns slots then, so that they get
    * device ids and can be hot-removed from now on.
    */
-  private async completeLegacyDevices(): Promise<void> {
+  private completeLegacyDevices(): void {
     const all: AnyRecord[] = [...this.data.block_devices, ...this.data.nics];
     if (all.every((d) => d.pci !== null && d.uuid)) return;
     const map = new PciSlotMap(this.name);
@@ -455,7 +447,7 @@ export class KvmInstance extends EventEmitter {
       d.pci = map.firstFree();
       map.addRecorded(d.pci, d.uuid);
     }
-    await this.save();
+    this.save();
   }
 
   // ---- monitor ----------------------------------------------------------
@@ -642,16 +634,16 @@ export class KvmInstance extends EventEmitter {
   private async attachRecorded<T extends AnyRecord>(kind: Kind, rec: T, attach: () => Promise<void>): Promise<T> {
     const list: AnyRecord[] = kind === 'nic' ? this.data.nics : this.data.block_devices;
     list.push(rec);
-    await this.save();
+    this.save();
     try {
       await attach();
     } catch (err) {
       this.forget(kind, rec.uuid);
-      await this.save();
+      this.save();
       throw err;
     }
     delete rec.state;
-    await this.save();
+    this.save();
     return { ...rec };
   }
 
@@ -667,7 +659,7 @@ export class KvmInstance extends EventEmitter {
     const mon = await this.monitor();
     const wasPending = rec.state;
     rec.state = 'detaching';
-    await this.save();
+    this.save();
     try {
       if (kind === 'nic') await detachNic(mon, rec as NicRecord, rec.pci, this.unplugTimeoutMs);
       else await detachDisk(mon, rec as DiskRecord, rec.pci, this.unplugTimeoutMs);
@@ -679,7 +671,7 @@ export class KvmInstance extends EventEmitter {
       }
       if (wasPending) rec.state = wasPending;
       else delete rec.state;
-      await this.save();
+      this.save();
       throw err;
     }
     await this.finishRemoval(kind, rec, mon);
@@ -691,7 +683,7 @@ export class KvmInstance extends EventEmitter {
     if (kind === 'nic') await releaseNic(mon, rec as NicRecord, rec.pci as number);
     else await releaseDisk(mon, rec as DiskRecord, rec.pci as number);
     this.forget(kind, rec.uuid);
-    await this.save();
+    this.save();
   }
 
   // ---- vCPUs and memory ---------------------------------------------------
@@ -725,9 +717,9 @@ export class KvmInstance extends EventEmitter {
           cpuUnplugged: pid !== undefined && r.cpuUnpluggedPid === pid,
           pid,
           unplugTimeoutMs: this.unplugTimeoutMs,
-          save: async (state) => {
+          save: (state) => {
             this.data.resources = state;
-            await this.save();
+            this.save();
           },
         },
         r,
@@ -751,7 +743,7 @@ export class KvmInstance extends EventEmitter {
         const id = this.idOf(kind, rec);
         if (rec.state === 'attaching' && present.has(id)) {
           delete rec.state;
-          await this.save();
+          this.save();
           report.completed.push(id);
           continue;
         }
@@ -790,12 +782,12 @@ export class KvmInstance extends EventEmitter {
     fs.mkdirSync(paths.dir, { recursive: true, mode: 0o700 });
     const inst = new KvmInstance(data.instance, paths, data, options);
     try {
-      await inst.save();
+      inst.save();
       await inst.startNow(how.incoming);
       if (!how.incoming) return { instance: inst };
       const uri = await listenIncoming(await inst.monitor(), how.listenHost);
       inst.data.migration = { ...inst.data.migration!, uri };
-      await inst.save();
+      inst.save();
       return { instance: inst, uri };
     } catch (err) {
       await inst.destroyNow().catch(() => undefined);
@@ -824,14 +816,18 @@ export class KvmInstance extends EventEmitter {
     return data;
   }
 
+  /** SIGKILL to a QEMU whose state is not worth keeping (a half-started or incoming one), and wait for it to go. */
+  private async killNow(pid: number): Promise<void> {
+    this.disconnect();
+    process.kill(pid, 'SIGKILL');
+    await waitForExit(this.paths, pid, 5000);
+  }
+
   /** Kills this node's QEMU of the instance (if any) and deletes its directory. Disks are not touched. */
   private async destroyNow(): Promise<void> {
     const pid = this.pid;
-    this.disconnect();
-    if (pid !== undefined) {
-      process.kill(pid, 'SIGKILL');
-      await waitForExit(this.paths, pid, 5000);
-    }
+    if (pid !== undefined) await this.killNow(pid);
+    else this.disconnect();
     fs.rmSync(this.paths.dir, { recursive: true, force: true });
     await waitTapsGone(this.data.nics.map((n) => n.tap).filter((t): t is string => !!t));
   }
@@ -849,12 +845,12 @@ export class KvmInstance extends EventEmitter {
       if (pending) throw new InstanceStateError(`${pending[0]} ${pending[1].uuid} of ${this.name} is ${pending[1].state ?? 'without a PCI slot'}: settle it first (it would differ on the target)`);
       const mon = await this.monitor();
       this.data.migration = { role: 'source', peer, uri, since: new Date().toISOString() };
-      await this.save();
+      this.save();
       try {
         await sendMigration(mon, uri, params);
       } catch (err) {
         delete this.data.migration;
-        await this.save();
+        this.save();
         throw err;
       }
       return readMigration(mon);
@@ -881,7 +877,7 @@ export class KvmInstance extends EventEmitter {
       if (m?.role === 'target') await waitIncomingLoaded(mon, this.name);
       await resumeGuest(mon);
       delete this.data.migration;
-      await this.save();
+      this.save();
     });
   }
 
@@ -907,7 +903,7 @@ export class KvmInstance extends EventEmitter {
         await resumeGuest(mon);
       }
       delete this.data.migration;
-      await this.save();
+      this.save();
       return 'resumed';
     });
   }
@@ -925,11 +921,8 @@ export class KvmInstance extends EventEmitter {
         const [state, p] = await Promise.all([runState(mon), readMigration(mon)]);
         if (state === 'running' || isActive(p.state))
           throw new InstanceStateError(`refusing to release instance ${this.name}: its guest ${state === 'running' ? 'runs' : 'is being migrated'} on this node (run state ${state}, migration ${p.state})`);
-        await mon.execute('quit').catch(() => undefined);
-        this.disconnect();
-        await waitForExit(this.paths, pid, timeoutMs);
       }
-      this.disconnect();
+      await this.stopNow(timeoutMs);
       fs.rmSync(this.paths.dir, { recursive: true, force: true });
     });
   }

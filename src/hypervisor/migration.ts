@@ -58,7 +58,6 @@ interface QueryMigrate {
 export const DEFAULT_BANDWIDTH_MIB = 128;
 export const DEFAULT_DOWNTIME_MS = 300;
 
-export const FINISHED_STATES = new Set(['completed', 'failed', 'cancelled']);
 const ACTIVE_STATES = new Set(['setup', 'active', 'pre-switchover', 'device', 'wait-unplug', 'postcopy-active', 'cancelling']);
 
 const HOST_RULE = /^(?:\d{1,3}(?:\.\d{1,3}){3}|\[[0-9a-fA-F:]+\]|[A-Za-z0-9](?:[A-Za-z0-9.-]{0,252}))$/;

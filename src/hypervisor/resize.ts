@@ -49,10 +49,14 @@ export interface ResourceState {
   cpuThreads?: { pid: number; created: number };
 }
 
+/** vCPU threads QEMU process `pid` has created: as recorded for it, else (no record of that process) its present vCPUs. */
+function cpuThreadsCreated(s: ResourceState, pid: number): number {
+  return s.cpuThreads?.pid === pid ? s.cpuThreads.created : s.bootVcpus + s.cpus.length;
+}
+
 /** How many more vCPUs QEMU process `pid` can hot-add under TCG before it would abort. */
 export function tcgCpuThreadsLeft(s: ResourceState, pid: number): number {
-  const created = s.cpuThreads?.pid === pid ? s.cpuThreads.created : s.bootVcpus + s.cpus.length;
-  return Math.max(0, s.maxVcpus - created);
+  return Math.max(0, s.maxVcpus - cpuThreadsCreated(s, pid));
 }
 
 export const VIRTIO_MEM_ID = 'vmem0';
@@ -205,7 +209,7 @@ export interface ResizeContext {
   pid?: number;
   unplugTimeoutMs: number;
   /** Persists the state after each device that changed (the runtime file). */
-  save(s: ResourceState): Promise<void>;
+  save(s: ResourceState): void;
 }
 
 async function resizeCpus(ctx: ResizeContext, s: ResourceState, vcpus: number, notes: string[]): Promise<void> {
@@ -216,9 +220,9 @@ async function resizeCpus(ctx: ResizeContext, s: ResourceState, vcpus: number, n
     const plan = freeCpuSlots(ctx.instance, await queryHotpluggableCpus(ctx.mon), vcpus - now);
     for (const cpu of plan) {
       await attachCpu(ctx.mon, cpu);
+      if (ctx.pid !== undefined) s.cpuThreads = { pid: ctx.pid, created: cpuThreadsCreated(s, ctx.pid) + 1 };
       s.cpus.push(cpu);
-      if (ctx.pid !== undefined) s.cpuThreads = { pid: ctx.pid, created: (s.cpuThreads?.pid === ctx.pid ? s.cpuThreads.created : s.bootVcpus + s.cpus.length - 1) + 1 };
-      await ctx.save(s);
+      ctx.save(s);
     }
   } else if (vcpus < now) {
     const live = Math.max(vcpus, s.bootVcpus);
@@ -228,11 +232,11 @@ async function resizeCpus(ctx: ResizeContext, s: ResourceState, vcpus: number, n
       ctx.cpuUnplugged = true;
       s.cpuUnpluggedPid = ctx.pid;
       s.cpus.pop();
-      await ctx.save(s);
+      ctx.save(s);
     }
     if (vcpus < s.bootVcpus) {
       s.pendingVcpus = vcpus;
-      await ctx.save(s);
+      ctx.save(s);
       notes.push(`the instance booted with ${s.bootVcpus} vCPUs; going down to ${vcpus} takes effect at the next start`);
     }
   }
@@ -243,7 +247,7 @@ async function resizeMemory(ctx: ResizeContext, s: ResourceState, memoryMiB: num
   if (s.memoryHotplug === 'virtio-mem' && s.virtioMem) {
     const vm = s.virtioMem;
     vm.requestedMiB = memoryMiB - s.bootMemoryMiB;
-    await ctx.save(s);
+    ctx.save(s);
     const plugged = await resizeVirtioMem(ctx.mon, vm, vm.requestedMiB, ctx.unplugTimeoutMs);
     if (plugged !== vm.requestedMiB)
       notes.push(`the guest plugged ${plugged} MiB of the ${vm.requestedMiB} MiB asked of virtio-mem (it could not give more back yet)`);
@@ -254,10 +258,10 @@ async function resizeMemory(ctx: ResizeContext, s: ResourceState, memoryMiB: num
     await attachDimm(ctx.mon, dimm);
     s.dimms.push(dimm);
     delete s.pendingMemoryMiB;
-    await ctx.save(s);
+    ctx.save(s);
   } else if (memoryMiB < now) {
     s.pendingMemoryMiB = memoryMiB;
-    await ctx.save(s);
+    ctx.save(s);
     notes.push(`ACPI memory cannot shrink live: ${memoryMiB} MiB is recorded and takes effect at the next start (now ${now} MiB)`);
   }
   return undefined;
@@ -276,7 +280,7 @@ export async function applyResize(ctx: ResizeContext, s: ResourceState, req: Res
       const dimmsBefore = s.dimms.length;
       plugged = await tx.step('memory', () => resizeMemory(ctx, s, req.memoryMiB as number, notes), async () => {
         for (const dimm of s.dimms.splice(dimmsBefore)) await detachDimm(ctx.mon, dimm, ctx.unplugTimeoutMs);
-        await ctx.save(s);
+        ctx.save(s);
       });
     }
     if (req.vcpus !== undefined && req.vcpus !== currentVcpus(s)) await tx.step('vcpus', () => resizeCpus(ctx, s, req.vcpus as number, notes));

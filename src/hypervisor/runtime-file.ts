@@ -228,38 +228,3 @@ export function saveRuntimeFile(file: string, data: RuntimeData, hooks: SaveHook
   fs.renameSync(temp, file);
   fsyncDir(dir);
 }
-
-async function fsyncDirAsync(dir: string): Promise<void> {
-  const handle = await fs.promises.open(dir, 'r');
-  try {
-    await handle.sync();
-  } finally {
-    await handle.close();
-  }
-}
-
-/**
- * saveRuntimeFile without blocking the process: the same steps (temp file,
- * fsync, rename, fsync of the directory), each awaited, so a node daemon
- * serves other instances while this one waits for the disk. Callers must
- * not run two saves of the same file at once (a KvmInstance's queue sees
- * to that).
- */
-export async function saveRuntimeFileAsync(file: string, data: RuntimeData): Promise<void> {
-  const dir = path.dirname(file);
-  const temp = path.join(dir, `.${path.basename(file)}.tmp-${process.pid}`);
-  const handle = await fs.promises.open(temp, 'w', 0o600).catch((err: Error) => {
-    throw new RuntimeFileError(file, `could not be written: ${err.message}`);
-  });
-  try {
-    await handle.writeFile(serializeRuntime(data));
-    await handle.sync();
-  } catch (err) {
-    await handle.close();
-    await fs.promises.rm(temp, { force: true });
-    throw new RuntimeFileError(file, `could not be written: ${(err as Error).message}`);
-  }
-  await handle.close();
-  await fs.promises.rename(temp, file);
-  await fsyncDirAsync(dir);
-}

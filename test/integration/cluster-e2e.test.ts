@@ -18,16 +18,8 @@ const BRIDGE = 'gnte2ebr0';
 describe('a two-node cluster end to end (masterd, two noded, CLI, real guests)', function () {
   this.timeout(300_000);
   const c = new TestCluster();
-  const info = (name: string): Details => c.json<Details>(c.gnt('gnt-instance', 'info', name, '--output', 'json'));
-  const waitGuest = async (name: string, pred: (d: Details) => boolean, what: string): Promise<Details> => {
-    const deadline = Date.now() + 90_000;
-    for (;;) {
-      const d = info(name);
-      if (d.runtime.guest.known && pred(d)) return d;
-      if (Date.now() > deadline) throw new Error(`${name}: guest never showed ${what}: ${JSON.stringify(d.runtime.guest)}`);
-      await new Promise((r) => setTimeout(r, 400));
-    }
-  };
+  const info = (name: string): Details => c.instanceInfo<Details>(name);
+  const waitGuest = (name: string, pred: (d: Details) => boolean, what: string): Promise<Details> => c.waitGuest<Details>(name, pred, what);
   const hotAdded = (r: CliRun): { slot: number; id: string } => {
     const m = /hot-added at PCI slot (\d+) \(((?:nic|disk)-[0-9a-f]+-pci-\d+)\)/.exec(c.ok(r).stdout);
     assert.ok(m, r.stdout);

@@ -36,18 +36,10 @@ describe('live migration through the cluster (gnt-instance migrate, two noded on
   this.timeout(600_000);
   const c = new TestCluster();
   const nodes: Record<string, TestNode> = {};
-  const info = (name: string): Details => c.json<Details>(c.gnt('gnt-instance', 'info', name, '--output', 'json'));
+  const info = (name: string): Details => c.instanceInfo<Details>(name);
+  const waitGuest = (name: string, pred: (d: Details) => boolean, what: string): Promise<Details> => c.waitGuest<Details>(name, pred, what);
   const consoleOf = (node: string, name: string): GuestConsole => new GuestConsole(path.join(nodes[node].dataDir, name, 'console.log'));
   const runtimeDirOf = (node: string, name: string): string => path.join(nodes[node].dataDir, name);
-  const waitGuest = async (name: string, pred: (d: Details) => boolean, what: string): Promise<Details> => {
-    const deadline = Date.now() + 90_000;
-    for (;;) {
-      const d = info(name);
-      if (d.runtime.guest.known && pred(d)) return d;
-      if (Date.now() > deadline) throw new Error(`${name}: guest never showed ${what}: ${JSON.stringify(d.runtime.guest)}`);
-      await sleep(400);
-    }
-  };
   /** The guest's own view, in a form that must not change across a migration. */
   const view = (d: Details): string =>
     JSON.stringify({ nics: [...d.runtime.guest.nics].sort(), disks: [...d.runtime.guest.disks].sort(), cpus: d.runtime.guest.cpusOnline, mem: String(d.runtime.guest.memTotalKib) });

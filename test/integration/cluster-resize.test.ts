@@ -36,17 +36,10 @@ describe('live vCPU and memory resize through the cluster (gnt-instance modify -
   this.timeout(300_000);
   const c = new TestCluster();
   let baseKiB = 0;
-  const info = (): Details => c.json<Details>(c.gnt('gnt-instance', 'info', NAME, '--output', 'json'));
+  const info = (): Details => c.instanceInfo<Details>(NAME);
   const memKiB = (d: Details): number => Number(d.runtime.guest.memTotalKib);
-  const waitGuest = async (pred: (d: Details) => boolean, what: string): Promise<Details> => {
-    const deadline = Date.now() + 120_000;
-    for (;;) {
-      const d = info();
-      if (d.runtime.running && d.runtime.guest.known && pred(d)) return d;
-      if (Date.now() > deadline) throw new Error(`${NAME}: guest never showed ${what}: ${JSON.stringify(d.runtime)}`);
-      await new Promise((r) => setTimeout(r, 400));
-    }
-  };
+  const waitGuest = (pred: (d: Details) => boolean, what: string): Promise<Details> =>
+    c.waitGuest<Details>(NAME, (d) => d.runtime.running && pred(d), what, 120_000);
   const jobCount = (): number => c.json<unknown[]>(c.gnt('gnt-job', 'list', '--output', 'json')).length;
   const resizeCalls = (): number => (fs.readFileSync(path.join(c.work, 'node1.log'), 'utf8').match(/InstanceResize instance=rs1 /g) ?? []).length;
   const refused = (args: string[], re: RegExp): void => {

@@ -82,7 +82,7 @@ describe('resize (vCPUs and ACPI memory in one request) against the real guest',
     const mon = await g.instance.monitor();
     const s: ResourceState = { bootVcpus: 1, maxVcpus: 4, bootMemoryMiB: 256, maxMemoryMiB: 1024, memoryHotplug: 'acpi', cpus: [], dimms: [] };
     const saved: string[] = [];
-    const ctx = { instance: g.instance.name, mon, cpuUnplugged: false, unplugTimeoutMs: 20_000, save: async (x: ResourceState) => void saved.push(JSON.stringify(x)) };
+    const ctx = { instance: g.instance.name, mon, cpuUnplugged: false, unplugTimeoutMs: 20_000, save: (x: ResourceState) => saved.push(JSON.stringify(x)) };
     const before = (await g.console.waitFor(() => true, SEEN_TIMEOUT_MS, 'a state')).memTotalKiB;
     validateResize(g.instance.name, s, { vcpus: 2, memoryMiB: 384 }, { freeMemoryMiB: 4096, cpus: 2 });
     const result = await applyResize(ctx, s, { vcpus: 2, memoryMiB: 384 });

@@ -141,6 +141,22 @@ export class TestCluster {
     return expectJson<T>(r);
   }
 
+  /** `gnt-instance info NAME --output json`: the configuration next to the node's runtime view. */
+  instanceInfo<T>(name: string): T {
+    return this.json<T>(this.gnt('gnt-instance', 'info', name, '--output', 'json'));
+  }
+
+  /** Polls instanceInfo until the node knows what the guest reports and `pred` holds. */
+  async waitGuest<T extends { runtime: { guest: { known: boolean } } }>(name: string, pred: (d: T) => boolean, what: string, timeoutMs = 90_000): Promise<T> {
+    const deadline = Date.now() + timeoutMs;
+    for (;;) {
+      const d = this.instanceInfo<T>(name);
+      if (d.runtime.guest.known && pred(d)) return d;
+      if (Date.now() > deadline) throw new Error(`${name}: guest never showed ${what}: ${JSON.stringify(d.runtime)}`);
+      await new Promise((r) => setTimeout(r, 400));
+    }
+  }
+
   /** gnt-cluster init and a running gnt-masterd (with `env`, e.g. { GNT_MASTERD_CRASH_POINT: 'after-migration-start' }). */
   async init(env: Record<string, string> = {}): Promise<void> {
     const port = await freePort();

@@ -9,7 +9,6 @@ import {
   loadRuntimeFile,
   parseRuntime,
   saveRuntimeFile,
-  saveRuntimeFileAsync,
   serializeRuntime,
   type RuntimeData,
 } from '../../src/hypervisor/runtime-file';
@@ -222,20 +221,6 @@ describe('runtime-file', () => {
       assert.deepEqual(fs.readdirSync(dir), ['runtime.json']);
       assert.equal(fs.readFileSync(file, 'utf8'), serializeRuntime(v2()));
       assert.deepEqual(loadRuntimeFile(file, 'web-1'), v2());
-    });
-
-    it('saveRuntimeFileAsync writes the same bytes, mode 0600, over an old file, leaving no temp file', async () => {
-      fs.writeFileSync(file, 'old', { mode: 0o644 });
-      await saveRuntimeFileAsync(file, v2());
-      assert.equal(fs.statSync(file).mode & 0o777, 0o600);
-      assert.deepEqual(fs.readdirSync(dir), ['runtime.json']);
-      assert.equal(fs.readFileSync(file, 'utf8'), serializeRuntime(v2()));
-    });
-
-    it('saveRuntimeFileAsync into a missing directory fails naming the file, and writes nothing', async () => {
-      const missing = path.join(dir, 'gone', 'runtime.json');
-      await assert.rejects(saveRuntimeFileAsync(missing, v2()), (e: unknown) => e instanceof RuntimeFileError && e.message.startsWith(`runtime file ${missing}: could not be written`) && /ENOENT/.test(e.message));
-      assert.deepEqual(fs.readdirSync(dir), []);
     });
 
     it('saveRuntimeFile replaces an existing file and keeps it at mode 0600', () => {

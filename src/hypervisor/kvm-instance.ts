@@ -19,7 +19,7 @@ import { instancePaths, type InstancePaths } from './instance-paths';
 import { attachNic, detachNic, nicBootArgs, nicId, normalizeMac, prepareNicTap, releaseNic } from './nic';
 import { crossCheckPci, fromQueryPci, parseInfoPci, type QueryPciBus } from './pci-info';
 import { DEFAULT_RESERVED_SLOTS, PciSlotMap } from './pci-slots';
-import { deviceExists, isDeletionOf, listDeviceIds } from './qdev';
+import { devicePresent, isDeletionOf, listDeviceIds } from './qdev';
 import { DEFAULT_QEMU, qemuFeatures } from './qemu-binary';
 import { assertFixedCommand, buildFixedCommand, memoryOption, nodeLocalArgs, securityArgs, withOption, type InstanceSpec } from './qemu-command';
 import {
@@ -476,9 +476,10 @@ export class KvmInstance extends EventEmitter {
       void this.serialize(async () => {
         if (this.find(kind, rec.uuid) !== rec) return; // an API remove already finished it
         const mon = await this.monitor();
-        // Events can arrive late: trust QEMU's device list, not the event (after a
-        // NIC modify, the same id already names the new device).
-        if (await deviceExists(mon, this.idOf(kind, rec))) return;
+        // Events can arrive late (QEMU sends them at finalize): trust QEMU's
+        // lists, not the event (after a NIC modify, the same id already names
+        // the new device).
+        if (await devicePresent(mon, this.idOf(kind, rec))) return;
         await this.finishRemoval(kind, rec, mon);
         this.emit('device-removed', { kind, uuid: rec.uuid });
       }).catch((err) => this.emit('warning', `late removal of ${kind} ${rec.uuid}: ${errorMessage(err)}`));

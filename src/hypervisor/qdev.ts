@@ -57,13 +57,11 @@ async function onPciBus(mon: Monitor, id: string): Promise<boolean> {
  * Whether QEMU still holds the device anywhere. A PCI device leaves
  * /machine/peripheral a moment before it leaves the bus (its children's
  * DEVICE_DELETED come in between), and its slot is not free until it has.
+ * Its own DEVICE_DELETED may come later still (see deleteDevice).
  */
-async function stillPresent(mon: Monitor, id: string): Promise<boolean> {
+export async function devicePresent(mon: Monitor, id: string): Promise<boolean> {
   return (await deviceExists(mon, id)) || (await onPciBus(mon, id));
 }
-
-/** QEMU stamps events with the host's wall clock, as Date.now() reads it. */
-const eventTimeMs = (e: QmpEvent): number => e.timestamp.seconds * 1000 + e.timestamp.microseconds / 1000;
 
 const POLL_MS = 200;
 const EVENT_POLL_MS = 20;
@@ -77,19 +75,23 @@ function mayEndUnplug(id: string, e: QmpEvent): boolean {
 }
 
 /**
- * device_del, then wait until QEMU no longer has the device. Its own
- * DEVICE_DELETED, stamped after our device_del, ends the wait at once; any
- * other related event (a child's DEVICE_DELETED, ACPI_DEVICE_OST) or a short
- * poll makes us check that it is gone from /machine/peripheral and from every
- * PCI bus, because not every device kind announces its own end (a vCPU on
- * QEMU 10 reports only its lapic child). A device that is already
- * gone counts as deleted. On timeout the device may still go later; the
- * caller keeps it marked as detaching so that a retry or reconcile ends it.
+ * device_del, then wait until QEMU no longer has the device: neither in
+ * /machine/peripheral nor on a PCI bus. Events only tell us when to look:
+ * QEMU 10 sends a device's own DEVICE_DELETED when the object is finalized,
+ * which can be tens of milliseconds after it left the bus and its id became
+ * free again, so after a NIC modify (remove and re-add of the same id) the
+ * event of the old device arrives while the new one is still plugged, with a
+ * timestamp after our device_del. Not every device kind announces its own end
+ * either (a vCPU reports only its lapic child). So every related event
+ * (DEVICE_DELETED of the device or a child, ACPI_DEVICE_OST) and a short poll
+ * lead to a check of QEMU's lists, and only the lists end the wait. A device
+ * that is already gone counts as deleted. On timeout the device may still go
+ * later; the caller keeps it marked as detaching so that a retry or
+ * reconcile ends it.
  */
 export async function deleteDevice(mon: Monitor, id: string, timeoutMs: number): Promise<void> {
   const deadline = Date.now() + timeoutMs;
   let done = false;
-  const sentAt = Date.now();
   try {
     await mon.execute('device_del', { id });
   } catch (err) {
@@ -100,16 +102,12 @@ export async function deleteDevice(mon: Monitor, id: string, timeoutMs: number):
   while (!done) {
     const left = deadline - Date.now();
     if (left <= 0) break;
-    const wait = mon.waitForEvent((e) => isDeletionOf(id, e) || mayEndUnplug(id, e), Math.min(poll, left), `unplug of ${id}`);
+    const wait = mon.waitForEvent((e) => mayEndUnplug(id, e), Math.min(poll, left), `unplug of ${id}`);
     const event = await wait.promise.catch((err: unknown) => {
       if (err instanceof QmpTimeoutError) return undefined; // poll interval elapsed
       throw err; // the monitor went away
     });
-    // The device's own DEVICE_DELETED (sent once it has left the bus) ends the
-    // wait, but only one stamped after our device_del: a late one from an
-    // earlier removal of the same id (a NIC modify removes and re-adds the same
-    // id) must not. Anything else is checked against QEMU's lists.
-    done = (event !== undefined && isDeletionOf(id, event) && eventTimeMs(event) >= sentAt) || !(await stillPresent(mon, id));
+    done = !(await devicePresent(mon, id));
     if (event) poll = EVENT_POLL_MS; // the unplug is under way: look again soon
   }
   if (!done) throw new QmpTimeoutError(`unplug of ${id} (the guest did not eject it)`, 'the monitor', timeoutMs);

@@ -2,9 +2,9 @@
  * vCPU hotplug. QEMU offers the free CPU sockets/cores/threads in
  * `query-hotpluggable-cpus`; a vCPU is added by `device_add` of that entry's
  * type with its topology properties, and removed by `device_del` (the guest
- * ejects it; on QEMU 10 DEVICE_DELETED names only the QOM path, which
- * deleteDevice matches). Ids follow from the topology, so an id is never in
- * use twice at once.
+ * ejects it; on QEMU 10 DEVICE_DELETED names only its lapic child, and
+ * deleteDevice waits until the vCPU has left QEMU's device list). Ids follow
+ * from the topology, so an id is never in use twice at once.
  */
 import { InstanceStateError, InvalidArgumentError } from './errors';
 import { deleteDevice } from './qdev';

@@ -5,7 +5,7 @@
  *   prepare  -> validate path, open it O_RDWR
  *   attach   -> add-fd (opaque = device id), blockdev-add on /dev/fdset/N,
  *               device_add (each undone if a later one fails)
- *   detach   -> device_del, wait for DEVICE_DELETED
+ *   detach   -> device_del, wait until QEMU no longer lists the device
  *   release  -> blockdev-del, remove-fd of the fdset whose opaque is the id
  */
 import * as fs from 'node:fs';

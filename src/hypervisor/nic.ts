@@ -2,7 +2,7 @@
  * NIC hotplug (virtio-net-pci on a tap), in libvirt's shape:
  *   prepare  -> host tap, up and on its bridge
  *   attach   -> getfd, netdev_add, device_add (each undone if a later one fails)
- *   detach   -> device_del, wait for DEVICE_DELETED
+ *   detach   -> device_del, wait until QEMU no longer lists the device
  *   release  -> netdev_del (QEMU closes the tap fd; the tap disappears)
  * The same release path serves an API remove, a guest-initiated eject and
  * reconciliation after a restart.

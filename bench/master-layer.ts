@@ -5,7 +5,6 @@
  * through the master's gRPC API as the CLI uses it (SubmitJob, then WatchJob
  * until the job has ended) or as a CLI process.
  */
-import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { Writable } from 'node:stream';
@@ -14,55 +13,25 @@ import { ClusterDir } from '../src/master/cluster-dir';
 import type { MasterClient } from '../src/generated/gnt/master/v1/Master';
 import type { InstanceModifyOp } from '../src/generated/gnt/master/v1/InstanceModifyOp';
 import type { SubmitJobRequest } from '../src/generated/gnt/master/v1/SubmitJobRequest';
-import { GUEST, KERNEL_ARGS, REPO, SHAPE, profileArgs } from './config';
+import { GUEST, KERNEL_ARGS, SHAPE, profileArgs } from './config';
 import { waitBooted } from './guest';
-import { freePort } from './noded-layer';
 import type { LayerOps } from './ops';
+import { freePort } from '../test/support/noded';
+import { CLI_MAIN, NODED_MAIN, runCli, runCliAsync, startDaemon, stopDaemon, type CliRun, type Daemon } from '../test/support/cli-cluster';
 
-export const CLI_MAIN = path.join(REPO, 'dist/src/master/cli/main.js');
 export const API = 'master API (gRPC)';
 export const CLI = 'CLI process';
 export const INSTANCE = 'mbench1';
 const NODE = 'node1';
 
-/** Spawns `node ARGS` and resolves once its stdout says it listens. */
-function startDaemon(args: string[], logFile: string): Promise<ChildProcess> {
-  return new Promise((resolve, reject) => {
-    const child = spawn(process.execPath, [...profileArgs(), ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
-    const log = fs.createWriteStream(logFile, { flags: 'a' });
-    let out = '';
-    const timer = setTimeout(() => reject(new Error(`${path.basename(args[0])} did not start: ${out}`)), 30_000);
-    child.stderr?.pipe(log);
-    child.stdout?.on('data', (d: Buffer) => {
-      log.write(d);
-      out += d.toString();
-      if (/listening on/.test(out)) {
-        clearTimeout(timer);
-        resolve(child);
-      }
-    });
-    child.once('exit', (code) => reject(new Error(`${args.join(' ')} exited with ${code}: ${out}`)));
-  });
-}
-
-async function stopChild(child: ChildProcess | undefined): Promise<void> {
-  if (!child || child.exitCode !== null || child.signalCode !== null) return;
-  const exited = new Promise((r) => child.once('exit', r));
-  child.kill('SIGTERM');
-  await exited;
-}
-
-export interface CliResult {
-  code: number;
-  stdout: string;
-  stderr: string;
-}
+/** What gnt-masterd and gnt-noded print once they serve. */
+const LISTENING = /listening on/;
 
 export class MasterCluster {
   readonly clusterDir: string;
   readonly dir: ClusterDir;
-  private master: ChildProcess | undefined;
-  private noded: ChildProcess | undefined;
+  private master: Daemon | undefined;
+  private noded: Daemon | undefined;
   private api: { client: MasterClient; address: string } | undefined;
   /** DIMMs and vCPUs hot-added to the bench instance since its last boot. */
   dimms = 0;
@@ -74,31 +43,24 @@ export class MasterCluster {
   }
 
   /** A CLI command as a child process (what an operator runs). */
-  cli(prog: string, ...args: string[]): Promise<CliResult> {
-    return new Promise((resolve) => {
-      const child = spawn(process.execPath, [CLI_MAIN, prog, ...args, '--cluster-dir', this.clusterDir], { stdio: ['ignore', 'pipe', 'pipe'] });
-      let stdout = '';
-      let stderr = '';
-      child.stdout?.on('data', (d: Buffer) => (stdout += d.toString()));
-      child.stderr?.on('data', (d: Buffer) => (stderr += d.toString()));
-      child.once('exit', (code) => resolve({ code: code ?? -1, stdout, stderr }));
-    });
+  cli(prog: string, ...args: string[]): Promise<CliRun> {
+    return runCliAsync(this.clusterDir, prog, ...args);
   }
 
-  async cliOk(prog: string, ...args: string[]): Promise<CliResult> {
+  async cliOk(prog: string, ...args: string[]): Promise<CliRun> {
     const r = await this.cli(prog, ...args);
     if (r.code !== 0) throw new Error(`${prog} ${args.join(' ')}: exit ${r.code}: ${r.stderr}${r.stdout}`);
     return r;
   }
 
   private setupCli(prog: string, ...args: string[]): void {
-    const r = spawnSync(process.execPath, [CLI_MAIN, prog, ...args, '--cluster-dir', this.clusterDir], { encoding: 'utf8', timeout: 120_000 });
-    if (r.status !== 0) throw new Error(`${prog} ${args.join(' ')}: exit ${r.status}: ${r.stderr}`);
+    const r = runCli(this.clusterDir, prog, ...args);
+    if (r.code !== 0) throw new Error(`${prog} ${args.join(' ')}: exit ${r.code}: ${r.stderr}`);
   }
 
   async start(): Promise<void> {
     this.setupCli('gnt-cluster', 'init', '--master-address', `127.0.0.1:${await freePort()}`, '--name', 'bench');
-    this.master = await startDaemon([CLI_MAIN, 'gnt-masterd', '--cluster-dir', this.clusterDir], path.join(this.work, 'masterd.log'));
+    this.master = await startDaemon([...profileArgs(), CLI_MAIN, 'gnt-masterd', '--cluster-dir', this.clusterDir], LISTENING, path.join(this.work, 'masterd.log'));
     const certs = path.join(this.work, `${NODE}-certs`);
     this.setupCli('gnt-cluster', 'issue-node-cert', NODE, '--out', certs);
     const port = await freePort();
@@ -106,8 +68,9 @@ export class MasterCluster {
     const storage = path.join(this.work, `${NODE}-storage`);
     for (const d of [data, storage]) fs.mkdirSync(d, { recursive: true });
     this.noded = await startDaemon(
-      [path.join(REPO, 'dist/src/noded/main.js'), '--name', NODE, '--listen', `127.0.0.1:${port}`, '--data-dir', data, '--storage-dir', storage,
+      [...profileArgs(), NODED_MAIN, '--name', NODE, '--listen', `127.0.0.1:${port}`, '--data-dir', data, '--storage-dir', storage,
         '--ca', path.join(certs, 'ca.pem'), '--cert', path.join(certs, 'node.pem'), '--key', path.join(certs, 'node.key')],
+      LISTENING,
       path.join(this.work, `${NODE}.log`),
     );
     await this.cliOk('gnt-node', 'add', NODE, '--address', `127.0.0.1:${port}`);
@@ -152,10 +115,10 @@ export class MasterCluster {
   }
 
   async stop(): Promise<void> {
-    if (this.master?.exitCode === null) await this.job({ instanceStop: { name: INSTANCE } }).catch(() => undefined);
+    if (this.master?.child.exitCode === null) await this.job({ instanceStop: { name: INSTANCE } }).catch(() => undefined);
     this.api?.client.close();
-    await stopChild(this.noded);
-    await stopChild(this.master);
+    await stopDaemon(this.noded);
+    await stopDaemon(this.master);
   }
 }
 

@@ -3,48 +3,25 @@
  * instances started through InstanceStart, and HotplugDevice /
  * InstanceResize calls over mutual-TLS gRPC.
  */
-import { spawn, type ChildProcess } from 'node:child_process';
 import { randomUUID } from 'node:crypto';
 import * as fs from 'node:fs';
-import * as net from 'node:net';
 import * as path from 'node:path';
 import { callNode, connectNode, deadlineIn, type NodeDaemonClient } from '../src/common/node-client';
 import { createCa, issueCertificate } from '../src/common/pki';
 import type { HotplugDeviceRequest } from '../src/generated/gnt/node/v1/HotplugDeviceRequest';
-import { GUEST, KERNEL_ARGS, REPO, SHAPE, profileArgs } from './config';
+import { GUEST, KERNEL_ARGS, SHAPE, profileArgs } from './config';
 import { waitBooted } from './guest';
 import type { LayerOps } from './ops';
+import { NODED_MAIN, startDaemon, stopDaemon, type Daemon } from '../test/support/cli-cluster';
+import { freePort } from '../test/support/noded';
 
 export const NODED = 'gnt-noded gRPC (mTLS)';
-
-export async function freePort(): Promise<number> {
-  const srv = net.createServer();
-  await new Promise<void>((r) => srv.listen(0, '127.0.0.1', r));
-  const port = (srv.address() as net.AddressInfo).port;
-  await new Promise((r) => srv.close(r));
-  return port;
-}
-
-function waitListening(proc: ChildProcess, what: string): Promise<void> {
-  return new Promise<void>((resolve, reject) => {
-    let out = '';
-    const timer = setTimeout(() => reject(new Error(`${what} did not start: ${out}`)), 30_000);
-    proc.once('exit', (code) => reject(new Error(`${what} exited with ${code}: ${out}`)));
-    proc.stdout?.on('data', (d: Buffer) => {
-      out += d.toString();
-      if (/listening on/.test(out)) {
-        clearTimeout(timer);
-        resolve();
-      }
-    });
-  });
-}
 
 export class NodedBench {
   private constructor(
     readonly client: NodeDaemonClient,
     readonly dataDir: string,
-    private readonly proc: ChildProcess,
+    private readonly daemon: Daemon,
     private readonly started = new Set<string>(),
   ) {}
 
@@ -57,20 +34,18 @@ export class NodedBench {
     const storageDir = path.join(work, 'noded-storage');
     fs.mkdirSync(dataDir, { recursive: true });
     fs.mkdirSync(storageDir, { recursive: true });
-    const proc = spawn(
-      process.execPath,
-      [...profileArgs(), path.join(REPO, 'dist/src/noded/main.js'), '--name', 'bench-node', '--listen', `127.0.0.1:${port}`, '--data-dir', dataDir,
+    const daemon = await startDaemon(
+      [...profileArgs(), NODED_MAIN, '--name', 'bench-node', '--listen', `127.0.0.1:${port}`, '--data-dir', dataDir,
         '--storage-dir', storageDir, '--ca', ca.cert, '--cert', node.cert, '--key', node.key],
-      { stdio: ['ignore', 'pipe', 'ignore'] },
+      /listening on/,
+      path.join(work, 'noded.log'),
     );
-    proc.stdout?.resume();
-    await waitListening(proc, 'gnt-noded');
     const client = connectNode(`127.0.0.1:${port}`, { ca: ca.cert, cert: master.cert, key: master.key }, { serverName: 'localhost' });
-    return new NodedBench(client, dataDir, proc);
+    return new NodedBench(client, dataDir, daemon);
   }
 
   get pid(): number {
-    return this.proc.pid as number;
+    return this.daemon.child.pid as number;
   }
 
   consoleLog(instance: string): string {
@@ -110,10 +85,7 @@ export class NodedBench {
   async stop(): Promise<void> {
     await Promise.all([...this.started].map((n) => this.stopInstance(n).catch(() => undefined)));
     this.client.close();
-    if (this.proc.exitCode !== null) return;
-    const exited = new Promise((r) => this.proc.once('exit', r));
-    this.proc.kill('SIGTERM');
-    await exited;
+    await stopDaemon(this.daemon);
   }
 }
 

@@ -55,7 +55,7 @@ export function startDaemon(args: string[], ready: RegExp, logFile: string, env:
     });
     void exited.then(({ code, signal }) => {
       clearTimeout(timer);
-      reject(new Error(`${path.basename(args[0])} exited with ${code ?? signal}: ${out}${err}`));
+      reject(new Error(`${path.basename(args.find((a) => a.endsWith('.js')) ?? args[0])} exited with ${code ?? signal}: ${out}${err}`));
     });
   });
 }
@@ -71,6 +71,18 @@ export async function stopDaemon(d: Daemon | undefined, signal: NodeJS.Signals =
 export function runCli(clusterDir: string, prog: string, ...args: string[]): CliRun {
   const r = spawnSync(process.execPath, [CLI, prog, ...args, '--cluster-dir', clusterDir], { encoding: 'utf8', timeout: 180_000 });
   return { code: r.status ?? -1, stdout: r.stdout, stderr: r.stderr };
+}
+
+/** The same as a concurrent child process (what an operator's shell runs). */
+export function runCliAsync(clusterDir: string, prog: string, ...args: string[]): Promise<CliRun> {
+  return new Promise((resolve) => {
+    const child = spawn(process.execPath, [CLI, prog, ...args, '--cluster-dir', clusterDir], { stdio: ['ignore', 'pipe', 'pipe'] });
+    let stdout = '';
+    let stderr = '';
+    child.stdout?.on('data', (d: Buffer) => (stdout += d.toString()));
+    child.stderr?.on('data', (d: Buffer) => (stderr += d.toString()));
+    child.once('exit', (code) => resolve({ code: code ?? -1, stdout, stderr }));
+  });
 }
 
 export function expectOk(r: CliRun): CliRun {
@@ -123,14 +135,7 @@ export class TestCluster {
 
   /** Runs a CLI command as a concurrent process. */
   gntAsync(prog: string, ...args: string[]): Promise<CliRun> {
-    return new Promise((resolve) => {
-      const child = spawn(process.execPath, [CLI, prog, ...args, '--cluster-dir', this.clusterDir], { stdio: ['ignore', 'pipe', 'pipe'] });
-      let stdout = '';
-      let stderr = '';
-      child.stdout?.on('data', (d: Buffer) => (stdout += d.toString()));
-      child.stderr?.on('data', (d: Buffer) => (stderr += d.toString()));
-      child.once('exit', (code) => resolve({ code: code ?? -1, stdout, stderr }));
-    });
+    return runCliAsync(this.clusterDir, prog, ...args);
   }
 
   ok(r: CliRun): CliRun {

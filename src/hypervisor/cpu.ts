@@ -24,6 +24,8 @@ export interface CpuRecord {
   id: string;
   driver: string;
   props: CpuProps;
+  /** An intent not yet settled (resource-intents.ts). */
+  state?: 'attaching' | 'detaching';
 }
 
 const TOPOLOGY = ['socket-id', 'die-id', 'cluster-id', 'core-id', 'thread-id'] as const;

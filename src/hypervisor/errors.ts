@@ -90,21 +90,26 @@ export class HotplugStepError extends HypervisorError {
   readonly step: string;
   readonly undone: string[];
   readonly undoFailures: string[];
+  /** The step may have taken effect in QEMU: nothing was undone, reconcile settles it. */
+  readonly outcomeUnknown: boolean;
   constructor(
     action: string,
     step: string,
     cause: unknown,
     undone: string[],
     undoFailures: string[],
+    outcomeUnknown = false,
   ) {
     const why = cause instanceof Error ? cause.message : String(cause);
     const rolled = undone.length ? `; rolled back: ${undone.join(', ')}` : '';
     const left = undoFailures.length ? `; rollback FAILED for: ${undoFailures.join('; ')}` : '';
+    const unknown = outcomeUnknown ? '; its outcome is unknown (QEMU may have executed it): nothing was undone, reconciliation settles it against QEMU\'s lists' : '';
     const code = cause instanceof HypervisorError ? cause.code : 'INTERNAL';
-    super(code, `${action} failed at step ${step}: ${why}${rolled}${left}`, { cause });
+    super(code, `${action} failed at step ${step}: ${why}${rolled}${left}${unknown}`, { cause });
     this.step = step;
     this.undone = undone;
     this.undoFailures = undoFailures;
+    this.outcomeUnknown = outcomeUnknown;
   }
 }
 
@@ -117,6 +122,22 @@ export class RuntimeFileError extends HypervisorError {
 export class InstanceStateError extends HypervisorError {
   constructor(message: string) {
     super('FAILED_PRECONDITION', message);
+  }
+}
+
+/**
+ * Whether a failure leaves it unknown if QEMU executed the command: it timed
+ * out, or the monitor connection went away while it was sent or answered.
+ */
+export function isOutcomeUnknown(err: unknown): boolean {
+  if (err instanceof HotplugStepError) return err.outcomeUnknown || isOutcomeUnknown(err.cause);
+  return err instanceof QmpTimeoutError || err instanceof QmpUnavailableError;
+}
+
+/** An operation whose effect is not known yet: its intent is kept and reconciliation settles it. */
+export class OutcomeUnknownError extends HypervisorError {
+  constructor(message: string, options?: { cause?: unknown }) {
+    super('UNAVAILABLE', message, options);
   }
 }
 

@@ -2,8 +2,15 @@
  * Runs the steps of one hotplug and, when a step fails, undoes the steps
  * that succeeded, newest first. The error names the failed step, what was
  * rolled back, and any rollback that failed.
+ *
+ * A step whose outcome is unknown (the command timed out, or the monitor
+ * went away: QEMU may have executed it) is not answered with undos, which
+ * could tear down what a command that did run depends on (a netdev_del
+ * under a device_add that took effect). The error says the outcome is
+ * unknown; the caller keeps its intent record, and reconciliation settles
+ * it against QEMU's own lists.
  */
-import { HotplugStepError, errorMessage } from './errors';
+import { HotplugStepError, errorMessage, isOutcomeUnknown } from './errors';
 
 type Undo = () => Promise<unknown> | unknown;
 
@@ -28,6 +35,7 @@ export class HotplugTransaction {
   }
 
   async rollback(cause: unknown): Promise<never> {
+    if (isOutcomeUnknown(cause)) throw new HotplugStepError(this.action, this.current, cause, [], [], true);
     const undone: string[] = [];
     const failures: string[] = [];
     for (const { step, undo } of this.undos.reverse()) {

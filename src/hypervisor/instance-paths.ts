@@ -26,6 +26,7 @@ export function instancePaths(dataDir: string, name: string): InstancePaths {
     dir,
     runtimeFile: path.join(dir, 'runtime.json'),
     qmpSocket: path.join(dir, 'qmp.sock'),
+    testQmpSocket: path.join(dir, 'qmp-test.sock'),
     consoleLog: path.join(dir, 'console.log'),
     pidFile: path.join(dir, 'qemu.pid'),
     qemuLog: path.join(dir, 'qemu.log'),

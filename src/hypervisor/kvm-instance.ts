@@ -13,17 +13,23 @@ import { randomUUID } from 'node:crypto';
 import { EventEmitter } from 'node:events';
 import * as fs from 'node:fs';
 import { attachDimm, type DimmRecord } from './memory';
-import { attachDisk, detachDisk, diskBootArgs, diskId, diskKind, openDisk, releaseDisk } from './disk';
-import { DeviceExistsError, DeviceNotFoundError, InstanceStateError, InvalidArgumentError, errorMessage } from './errors';
+import { allDevices, deviceKind, idOf, type DeviceKindName, type DeviceRecord } from './device-kinds';
+import { DeviceOperations, type DiskRequest, type NicRequest, type PrepareStep, type RemovalResult } from './device-operations';
+import { diskBootArgs, diskId, diskKind, openDisk } from './disk';
+import { DeviceExistsError, InstanceStateError, InvalidArgumentError, OutcomeUnknownError, errorMessage, isOutcomeUnknown } from './errors';
+import { OperationRunner, operationError } from './operation-runner';
+import { emptyJournal, type OperationJournal, type OperationRecord } from './operations';
 import { instancePaths, type InstancePaths } from './instance-paths';
-import { attachNic, detachNic, nicBootArgs, nicId, normalizeMac, prepareNicTap, releaseNic } from './nic';
+import { nicBootArgs, nicId, normalizeMac, prepareNicTap } from './nic';
 import { crossCheckPci, fromQueryPci, parseInfoPci, type QueryPciBus } from './pci-info';
 import { DEFAULT_RESERVED_SLOTS, PciSlotMap } from './pci-slots';
-import { devicePresent, isDeletionOf, listDeviceIds } from './qdev';
+import { devicePresent, isDeletionOf } from './qdev';
 import { DEFAULT_QEMU, qemuFeatures } from './qemu-binary';
 import { assertFixedCommand, buildFixedCommand, memoryOption, nodeLocalArgs, securityArgs, withOption, type InstanceSpec } from './qemu-command';
 import {
   applyResize,
+  currentMemoryMiB,
+  currentVcpus,
   foldPending,
   initialResources,
   resourceBootArgs,
@@ -57,40 +63,34 @@ import {
   type NicRecord,
   type RuntimeData,
 } from './runtime-file';
+import { settleResourceIntents } from './resource-intents';
 import { assertBridge, waitTapsGone } from './tap';
+import { unplugTimeoutFor, unplugTimeoutsFromHvparams, type UnplugKind, type UnplugTimeouts } from './unplug-timeouts';
 
 export interface KvmInstanceOptions {
   qemuBinary?: string;
-  /** How long to wait for the guest to eject a device. */
+  /** How long to wait for the guest to eject a device, for every kind (older option; unplugTimeouts wins). */
   unplugTimeoutMs?: number;
+  /** How long to wait for the guest to eject a device, per kind (gnt-noded --unplug-timeout). */
+  unplugTimeouts?: UnplugTimeouts;
   /** Wraps the monitor (tests use it to inject faults a real QEMU cannot produce on demand). */
   wrapMonitor?: (mon: QmpClient) => Monitor;
+  /** Test hook: QEMU gets a second QMP socket (paths.testQmpSocket) a test can drive. */
+  testMonitor?: boolean;
 }
 
-export interface NicRequest {
-  uuid: string;
-  mac: string;
-  link?: string;
-  /** A specific PCI slot; by default the first free one. */
-  slot?: number;
-}
+export type { DiskRequest, NicRequest, PrepareStep, RemovalResult } from './device-operations';
 
-export interface DiskRequest {
-  uuid: string;
-  path: string;
-  slot?: number;
+/** What a hotplug request asks, with the master's operation id ('' for none). */
+export interface OperationOptions {
+  operationId?: string;
 }
-
-/**
- * Work a caller needs done inside an operation, in the instance's queue, once
- * the cheap checks have passed (e.g. creating a disk file). It may return an
- * undo, which runs if the operation fails before it changes anything.
- */
-export type PrepareStep = () => (() => void) | void;
 
 export interface ReconcileReport {
   completed: string[];
   rolledBack: string[];
+  /** Removals the guest has still not acknowledged. */
+  pending: string[];
 }
 
 /** This node's view of a migration of the instance (MigrationStatus). */
@@ -112,12 +112,15 @@ export interface ReceiveOptions {
   listenHost: string;
 }
 
-type Kind = 'nic' | 'disk';
-type AnyRecord = NicRecord | DiskRecord;
-
-const DEFAULT_UNPLUG_TIMEOUT_MS = 15_000;
-
 const hvString = (hv: HvParams, key: string): string | undefined => (typeof hv[key] === 'string' ? (hv[key] as string) : undefined);
+
+/** Checks the hvparams the hypervisor layer reads itself before they are recorded. */
+function checkHvparams(instance: string, hv: HvParams): HvParams {
+  unplugTimeoutsFromHvparams(hv, instance);
+  return hv;
+}
+
+const RECONCILE_RETRY_MS = 1000;
 
 export class KvmInstance extends EventEmitter {
   readonly name: string;
@@ -127,6 +130,12 @@ export class KvmInstance extends EventEmitter {
   private mon: Monitor | undefined;
   private queue: Promise<unknown> = Promise.resolve();
   private readonly options: KvmInstanceOptions;
+  /** Runs requests at most once per operation id (operation-runner.ts). */
+  private readonly runner: OperationRunner;
+  /** Add, remove, modify and settle of NICs and disks (device-operations.ts). */
+  private readonly deviceOps: DeviceOperations;
+  /** A monitor connect under way: concurrent callers share it. */
+  private connecting: Promise<Monitor> | undefined;
 
   private constructor(name: string, paths: InstancePaths, data: RuntimeData, options: KvmInstanceOptions) {
     super();
@@ -134,6 +143,26 @@ export class KvmInstance extends EventEmitter {
     this.paths = paths;
     this.data = data;
     this.options = options;
+    this.runner = new OperationRunner({
+      name,
+      journal: () => this.journal,
+      save: () => this.save(),
+      serialize: (fn) => this.serialize(fn),
+    });
+    this.deviceOps = new DeviceOperations({
+      name,
+      runner: this.runner,
+      data: () => this.data,
+      journal: () => this.journal,
+      save: () => this.save(),
+      monitor: () => this.monitor(),
+      requireRunning: () => this.requireRunning(),
+      unplugTimeout: (kind) => this.unplugTimeout(kind),
+      attachContext: () => ({ nicOptions: this.nicOptions }),
+      chooseSlot: (mon, requested) => this.chooseSlot(mon, requested),
+      scheduleReconcile: () => this.scheduleReconcile(),
+      warn: (message) => void this.emit('warning', message),
+    });
   }
 
   /** Creates the runtime file of a new instance, placing its devices on free slots. */
@@ -150,7 +179,7 @@ export class KvmInstance extends EventEmitter {
       instance: spec.name,
       kvm_cmd: buildFixedCommand(spec),
       nics: [],
-      hvparams: { ...(devices.hvparams ?? {}) },
+      hvparams: checkHvparams(spec.name, { ...(devices.hvparams ?? {}) }),
       block_devices: [],
     };
     const slots = new PciSlotMap(spec.name, DEFAULT_RESERVED_SLOTS);
@@ -166,6 +195,7 @@ export class KvmInstance extends EventEmitter {
     for (const d of devices.disks ?? []) {
       diskKind(d.path);
       const disk: DiskRecord = { uuid: d.uuid, path: d.path, pci: place(d.uuid, d.slot, 'disk') };
+      if (d.created) disk.created = true;
       diskId(disk, disk.pci as number);
       data.block_devices.push(disk);
     }
@@ -204,8 +234,10 @@ export class KvmInstance extends EventEmitter {
     return this.options.qemuBinary ?? DEFAULT_QEMU;
   }
 
-  private get unplugTimeoutMs(): number {
-    return this.options.unplugTimeoutMs ?? DEFAULT_UNPLUG_TIMEOUT_MS;
+  /** How long the guest has to release a device of this kind (unplug-timeouts.ts). */
+  private unplugTimeout(kind: UnplugKind): number {
+    const instance = unplugTimeoutsFromHvparams(this.data.hvparams, this.name);
+    return unplugTimeoutFor(kind, instance, this.options.unplugTimeouts ?? {}, this.options.unplugTimeoutMs);
   }
 
   private get nicOptions(): { noRom: boolean } {
@@ -275,15 +307,15 @@ export class KvmInstance extends EventEmitter {
   ): void {
     if (spec.name !== this.name) throw new InvalidArgumentError(`spec names instance ${spec.name}, not ${this.name}`);
     const kvmCmd = buildFixedCommand(spec);
-    const oldSlot = (kind: Kind, uuid: string): number | null => {
-      const rec = this.find(kind, uuid);
+    const oldSlot = (kind: DeviceKindName, uuid: string): number | null => {
+      const rec = this.deviceOps.find(deviceKind(kind), uuid);
       return rec && rec.uuid ? rec.pci : null;
     };
     const slots = new PciSlotMap(this.name, DEFAULT_RESERVED_SLOTS);
     const uuids = new Set<string>();
-    const wanted: Array<[Kind, NicRequest | DiskRequest]> = [
-      ...(devices.disks ?? []).map((d): [Kind, DiskRequest] => ['disk', d]),
-      ...(devices.nics ?? []).map((n): [Kind, NicRequest] => ['nic', n]),
+    const wanted: Array<[DeviceKindName, NicRequest | DiskRequest]> = [
+      ...(devices.disks ?? []).map((d): [DeviceKindName, DiskRequest] => ['disk', d]),
+      ...(devices.nics ?? []).map((n): [DeviceKindName, NicRequest] => ['nic', n]),
     ];
     for (const [kind, d] of wanted) {
       if (!d.uuid) throw new InvalidArgumentError(`a ${kind} of ${this.name} has no uuid`);
@@ -307,6 +339,7 @@ export class KvmInstance extends EventEmitter {
     const disks: DiskRecord[] = (devices.disks ?? []).map((d) => {
       diskKind(d.path);
       const disk: DiskRecord = { uuid: d.uuid, path: d.path, pci: chosen.get(d.uuid) as number };
+      if (d.created) disk.created = true;
       diskId(disk, disk.pci as number);
       return disk;
     });
@@ -316,7 +349,9 @@ export class KvmInstance extends EventEmitter {
       nicId(nic, nic.pci as number);
       return nic;
     });
-    const hvparams = { ...(devices.hvparams ?? {}) };
+    const hvparams = checkHvparams(this.name, { ...(devices.hvparams ?? {}) });
+    const kept = new Set(disks.map((d) => d.path));
+    const dropped = this.data.block_devices.filter((d) => !kept.has(d.path));
     const oldVmemSlot = this.data.resources?.virtioMem?.pci;
     const resources = initialResources(spec, hvString(hvparams, 'memory_hotplug'), () => {
       const slot = oldVmemSlot !== undefined && !slots.holderOf(oldVmemSlot) ? oldVmemSlot : slots.firstFree();
@@ -331,8 +366,10 @@ export class KvmInstance extends EventEmitter {
       hvparams,
       block_devices: disks,
       resources,
+      ...(this.data.operations ? { operations: this.data.operations } : {}),
     };
     this.save();
+    for (const d of dropped) this.deviceOps.releaseHost(deviceKind('disk'), d);
   }
 
   stop(timeoutMs = 10_000): Promise<void> {
@@ -355,7 +392,7 @@ export class KvmInstance extends EventEmitter {
       this.foldPendingResources();
     }
     const qemu = qemuFeatures(this.qemuBinary);
-    const args = [...this.data.kvm_cmd, ...nodeLocalArgs(this.paths), ...securityArgs(this.data.hvparams, qemu)];
+    const args = [...this.data.kvm_cmd, ...nodeLocalArgs(this.paths, { testMonitor: this.options.testMonitor }), ...securityArgs(this.data.hvparams, qemu)];
     // DIMMs are plugged by QMP before the guest runs (see resourceBootArgs), so QEMU starts paused then.
     const dimms = this.data.resources?.dimms ?? [];
     if (incoming || dimms.length) args.push('-S');
@@ -425,10 +462,18 @@ export class KvmInstance extends EventEmitter {
 
   /** Devices whose hotplug was never confirmed, or whose removal was asked, do not come back at boot. */
   private dropPendingDevices(): void {
-    const before = this.data.nics.length + this.data.block_devices.length;
-    this.data.nics = this.data.nics.filter((n) => !n.state);
-    this.data.block_devices = this.data.block_devices.filter((d) => !d.state);
-    if (this.data.nics.length + this.data.block_devices.length !== before) this.save();
+    this.dropPendingResources();
+    this.deviceOps.dropPending();
+  }
+
+  /** vCPU/DIMM intents of a stopped QEMU: an unconfirmed add does not come back, an asked removal is done. */
+  private dropPendingResources(): void {
+    const r = this.data.resources;
+    if (!r || !(r.cpus.some((c) => c.state) || r.dimms.some((d) => d.state))) return;
+    r.cpus = r.cpus.filter((c) => !c.state);
+    r.dimms = r.dimms.filter((d) => !d.state);
+    this.settleResizeOps(r);
+    this.save();
   }
 
   /**
@@ -437,7 +482,7 @@ export class KvmInstance extends EventEmitter {
    * device ids and can be hot-removed from now on.
    */
   private completeLegacyDevices(): void {
-    const all: AnyRecord[] = [...this.data.block_devices, ...this.data.nics];
+    const all: DeviceRecord[] = [...this.data.block_devices, ...this.data.nics];
     if (all.every((d) => d.pci !== null && d.uuid)) return;
     const map = new PciSlotMap(this.name);
     for (const d of all) if (d.pci !== null) map.addRecorded(d.pci, d.uuid || 'a device');
@@ -455,6 +500,15 @@ export class KvmInstance extends EventEmitter {
   /** The monitor, connected on first use and again after QEMU restarts. */
   async monitor(): Promise<Monitor> {
     if (this.client && !this.client.closed && this.mon) return this.mon;
+    if (!this.connecting) {
+      this.connecting = this.connectMonitor().finally(() => {
+        this.connecting = undefined;
+      });
+    }
+    return this.connecting;
+  }
+
+  private async connectMonitor(): Promise<Monitor> {
     const client = await QmpClient.connect(this.paths.qmpSocket);
     client.on('event', (e: QmpEvent) => this.onEvent(e));
     this.client = client;
@@ -463,6 +517,7 @@ export class KvmInstance extends EventEmitter {
   }
 
   disconnect(): void {
+    this.connecting = undefined;
     this.client?.close();
     this.client = undefined;
     this.mon = undefined;
@@ -471,40 +526,19 @@ export class KvmInstance extends EventEmitter {
   /** A guest may eject a device on its own, or finish a timed-out unplug late. */
   private onEvent(e: QmpEvent): void {
     if (e.event !== 'DEVICE_DELETED') return;
-    for (const [kind, rec] of this.devices()) {
-      if (rec.pci === null || !rec.uuid || !isDeletionOf(this.idOf(kind, rec), e)) continue;
+    for (const [kind, rec] of allDevices(this.data)) {
+      if (rec.pci === null || !rec.uuid || !isDeletionOf(idOf(kind, rec), e)) continue;
       void this.serialize(async () => {
-        if (this.find(kind, rec.uuid) !== rec) return; // an API remove already finished it
+        if (this.deviceOps.find(kind, rec.uuid) !== rec) return; // an API remove already finished it
         const mon = await this.monitor();
         // Events can arrive late (QEMU sends them at finalize): trust QEMU's
         // lists, not the event (after a NIC modify, the same id already names
         // the new device).
-        if (await devicePresent(mon, this.idOf(kind, rec))) return;
-        await this.finishRemoval(kind, rec, mon);
-        this.emit('device-removed', { kind, uuid: rec.uuid });
-      }).catch((err) => this.emit('warning', `late removal of ${kind} ${rec.uuid}: ${errorMessage(err)}`));
+        if (await devicePresent(mon, idOf(kind, rec))) return;
+        await this.deviceOps.finishRemoval(kind, rec, mon, 'guest');
+        this.emit('device-removed', { kind: kind.name, uuid: rec.uuid });
+      }).catch((err) => this.emit('warning', `late removal of ${kind.label} ${rec.uuid}: ${errorMessage(err)}`));
     }
-  }
-
-  private devices(): Array<[Kind, AnyRecord]> {
-    return [
-      ...this.data.nics.map((n): [Kind, AnyRecord] => ['nic', n]),
-      ...this.data.block_devices.map((d): [Kind, AnyRecord] => ['disk', d]),
-    ];
-  }
-
-  private idOf(kind: Kind, rec: AnyRecord): string {
-    return kind === 'nic' ? nicId(rec as NicRecord, rec.pci as number) : diskId(rec as DiskRecord, rec.pci as number);
-  }
-
-  private find(kind: Kind, uuid: string): AnyRecord | undefined {
-    const list: AnyRecord[] = kind === 'nic' ? this.data.nics : this.data.block_devices;
-    return list.find((d) => d.uuid === uuid);
-  }
-
-  private forget(kind: Kind, uuid: string): void {
-    if (kind === 'nic') this.data.nics = this.data.nics.filter((n) => n.uuid !== uuid);
-    else this.data.block_devices = this.data.block_devices.filter((d) => d.uuid !== uuid);
   }
 
   // ---- PCI slots --------------------------------------------------------
@@ -517,8 +551,8 @@ export class KvmInstance extends EventEmitter {
     const problems = crossCheckPci(live, structured);
     if (problems.length) this.emit('warning', `info pci and query-pci disagree: ${problems.join('; ')}`);
     const map = new PciSlotMap(this.name).addLive(live).addLive(structured);
-    for (const [kind, rec] of this.devices()) {
-      if (rec.pci !== null) map.addRecorded(rec.pci, rec.uuid ? this.idOf(kind, rec) : `a ${kind} from an old runtime file`);
+    for (const [kind, rec] of allDevices(this.data)) {
+      if (rec.pci !== null) map.addRecorded(rec.pci, rec.uuid ? idOf(kind, rec) : `a ${kind.label} from an old runtime file`);
     }
     const vmem = this.data.resources?.virtioMem;
     if (vmem) map.addRecorded(vmem.pci, `the virtio-mem device ${vmem.id}`);
@@ -528,12 +562,6 @@ export class KvmInstance extends EventEmitter {
   private async chooseSlot(mon: Monitor, requested: number | undefined): Promise<number> {
     const map = await this.slotMap(mon);
     return requested === undefined ? map.firstFree() : map.claim(requested);
-  }
-
-  private assertNewUuid(uuid: string): void {
-    if (!uuid) throw new InvalidArgumentError('a device needs a uuid');
-    if (this.find('nic', uuid) || this.find('disk', uuid))
-      throw new DeviceExistsError(this.name, `a device with uuid ${uuid}`);
   }
 
   private requireRunning(): void {
@@ -556,135 +584,61 @@ export class KvmInstance extends EventEmitter {
     );
   }
 
-  // ---- hotplug ----------------------------------------------------------
+  // ---- operations ---------------------------------------------------------
 
-  hotAddNic(req: NicRequest): Promise<NicRecord> {
-    return this.serialize(() => this.addNicNow(req));
+  private get journal(): OperationJournal {
+    if (!this.data.operations) this.data.operations = emptyJournal();
+    return this.data.operations;
   }
 
-  /** Resolves with the record the NIC had. */
-  hotRemoveNic(uuid: string): Promise<NicRecord> {
-    return this.serialize(() => this.removeNow('nic', uuid) as Promise<NicRecord>);
+  /** The recorded operation with this id (a copy), if any. */
+  operationRecord(id: string): OperationRecord | undefined {
+    return this.runner.record(id);
+  }
+
+  /** Whether an identified operation is being worked on in this process now. */
+  operationInFlight(id: string): boolean {
+    return this.runner.inFlightNow(id);
+  }
+
+  /** Records that the master gave up on an operation id this node never saw (a late copy is refused). */
+  fenceOperation(id: string): Promise<OperationRecord> {
+    return this.runner.fence(id);
+  }
+
+  /** The journal (a copy): the node reports its records to the master. */
+  get operations(): OperationJournal {
+    return JSON.parse(JSON.stringify(this.journal)) as OperationJournal;
+  }
+
+  // ---- hotplug ----------------------------------------------------------
+
+  hotAddNic(req: NicRequest, opts: OperationOptions = {}): Promise<NicRecord> {
+    return this.runner.run(opts.operationId ?? '', 'nic', 'add', req.uuid, () => this.deviceOps.addNic(req));
+  }
+
+  /** Resolves with the record the NIC had, and whether the guest has still to release it. */
+  hotRemoveNic(uuid: string, opts: OperationOptions = {}): Promise<RemovalResult<NicRecord>> {
+    return this.runner.run(opts.operationId ?? '', 'nic', 'remove', uuid, () => this.deviceOps.remove(deviceKind('nic'), uuid) as Promise<RemovalResult<NicRecord>>);
   }
 
   /** A new MAC or link: remove the NIC and add it again at the same slot. */
-  hotModifyNic(uuid: string, change: { mac?: string; link?: string }): Promise<NicRecord> {
-    return this.serialize(async () => {
-      const old = this.find('nic', uuid) as NicRecord | undefined;
-      if (!old) throw new DeviceNotFoundError(this.name, `NIC with uuid ${uuid}`);
-      const next: NicRequest = { uuid, mac: change.mac ?? old.mac, link: change.link ?? old.link, slot: old.pci ?? undefined };
-      normalizeMac(next.mac);
-      if (next.link) assertBridge(next.link);
-      await this.removeNow('nic', uuid);
-      try {
-        return await this.addNicNow(next);
-      } catch (err) {
-        const restore = await this.addNicNow({ uuid, mac: old.mac, link: old.link, slot: next.slot }).then(
-          () => 'the old NIC was put back',
-          (e) => `putting the old NIC back failed too: ${errorMessage(e)}`,
-        );
-        throw new InstanceStateError(`modify of NIC ${uuid} on ${this.name}: ${errorMessage(err)}; ${restore}`);
-      }
-    });
+  hotModifyNic(uuid: string, change: { mac?: string; link?: string }, opts: OperationOptions = {}): Promise<NicRecord> {
+    return this.runner.run(opts.operationId ?? '', 'nic', 'modify', uuid, () => this.deviceOps.modifyNic(uuid, change));
   }
 
-  /** `prepare` runs in the queue once the instance is known to run and the uuid to be new (e.g. to create the file). */
-  hotAddDisk(req: DiskRequest, prepare?: PrepareStep): Promise<DiskRecord> {
-    return this.serialize(() => this.addDiskNow(req, prepare));
+  /**
+   * `prepare` runs in the queue once the instance is known to run, the uuid
+   * to be new and the intent to be recorded (e.g. to create the file: a
+   * crash right after leaves an intent whose rollback deletes it).
+   */
+  hotAddDisk(req: DiskRequest, prepare?: PrepareStep, opts: OperationOptions = {}): Promise<DiskRecord> {
+    return this.runner.run(opts.operationId ?? '', 'disk', 'add', req.uuid, () => this.deviceOps.addDisk(req, prepare));
   }
 
-  /** Resolves with the record the disk had. */
-  hotRemoveDisk(uuid: string): Promise<DiskRecord> {
-    return this.serialize(() => this.removeNow('disk', uuid) as Promise<DiskRecord>);
-  }
-
-  private async addNicNow(req: NicRequest): Promise<NicRecord> {
-    const mac = normalizeMac(req.mac);
-    if (req.link) assertBridge(req.link);
-    this.assertNewUuid(req.uuid);
-    this.requireRunning();
-    const mon = await this.monitor();
-    const slot = await this.chooseSlot(mon, req.slot);
-    const nic: NicRecord = { uuid: req.uuid, mac, pci: slot, state: 'attaching' };
-    if (req.link) nic.link = req.link;
-    nicId(nic, slot);
-    return this.attachRecorded('nic', nic, async () => {
-      nic.tap = await attachNic(mon, nic, slot, this.nicOptions);
-    });
-  }
-
-  private async addDiskNow(req: DiskRequest, prepare?: PrepareStep): Promise<DiskRecord> {
-    if (!prepare) diskKind(req.path);
-    this.assertNewUuid(req.uuid);
-    this.requireRunning();
-    const undo = prepare?.();
-    try {
-      if (prepare) diskKind(req.path);
-      const mon = await this.monitor();
-      const slot = await this.chooseSlot(mon, req.slot);
-      const disk: DiskRecord = { uuid: req.uuid, path: req.path, pci: slot, state: 'attaching' };
-      diskId(disk, slot);
-      return await this.attachRecorded('disk', disk, () => attachDisk(mon, disk, slot));
-    } catch (err) {
-      undo?.();
-      throw err;
-    }
-  }
-
-  /** Records the intent, attaches, records the result; on failure the file is as before. */
-  private async attachRecorded<T extends AnyRecord>(kind: Kind, rec: T, attach: () => Promise<void>): Promise<T> {
-    const list: AnyRecord[] = kind === 'nic' ? this.data.nics : this.data.block_devices;
-    list.push(rec);
-    this.save();
-    try {
-      await attach();
-    } catch (err) {
-      this.forget(kind, rec.uuid);
-      this.save();
-      throw err;
-    }
-    delete rec.state;
-    this.save();
-    return { ...rec };
-  }
-
-  private async removeNow(kind: Kind, uuid: string): Promise<AnyRecord> {
-    const rec = this.find(kind, uuid);
-    const what = kind === 'nic' ? 'NIC' : 'disk';
-    if (!rec) throw new DeviceNotFoundError(this.name, `${what} with uuid ${uuid}`);
-    const removed: AnyRecord = { ...rec };
-    delete removed.state;
-    if (rec.pci === null)
-      throw new InstanceStateError(`${what} ${uuid} of ${this.name} has no PCI slot recorded (old runtime file); remove it without hotplug, or restart the instance once to give it a slot`);
-    this.requireRunning();
-    const mon = await this.monitor();
-    const wasPending = rec.state;
-    rec.state = 'detaching';
-    this.save();
-    try {
-      if (kind === 'nic') await detachNic(mon, rec as NicRecord, rec.pci, this.unplugTimeoutMs);
-      else await detachDisk(mon, rec as DiskRecord, rec.pci, this.unplugTimeoutMs);
-    } catch (err) {
-      if (err instanceof Error && 'code' in err && err.code === 'DEADLINE_EXCEEDED') {
-        throw new InstanceStateError(
-          `the guest of ${this.name} did not release ${what} ${uuid} in time; it stays marked as detaching and is removed when the guest lets go or at the next start`,
-        );
-      }
-      if (wasPending) rec.state = wasPending;
-      else delete rec.state;
-      this.save();
-      throw err;
-    }
-    await this.finishRemoval(kind, rec, mon);
-    return removed;
-  }
-
-  /** The one path that ends a removal: backend released, record dropped. */
-  private async finishRemoval(kind: Kind, rec: AnyRecord, mon: Monitor): Promise<void> {
-    if (kind === 'nic') await releaseNic(mon, rec as NicRecord, rec.pci as number);
-    else await releaseDisk(mon, rec as DiskRecord, rec.pci as number);
-    this.forget(kind, rec.uuid);
-    this.save();
+  /** Resolves with the record the disk had, and whether the guest has still to release it. */
+  hotRemoveDisk(uuid: string, opts: OperationOptions = {}): Promise<RemovalResult<DiskRecord>> {
+    return this.runner.run(opts.operationId ?? '', 'disk', 'remove', uuid, () => this.deviceOps.remove(deviceKind('disk'), uuid) as Promise<RemovalResult<DiskRecord>>);
   }
 
   // ---- vCPUs and memory ---------------------------------------------------
@@ -700,63 +654,132 @@ export class KvmInstance extends EventEmitter {
    * is recorded in the runtime file, so a restart or a migration target
    * reproduces it.
    */
-  resize(req: ResizeRequest, node: NodeCapacity): Promise<ResizeResult> {
-    return this.serialize(async () => {
+  resize(req: ResizeRequest, node: NodeCapacity, opts: OperationOptions = {}): Promise<ResizeResult> {
+    return this.runner.run(opts.operationId ?? '', 'resources', 'resize', '', async () => {
       const r = this.data.resources;
       if (!r)
         throw new InstanceStateError(`instance ${this.name} has no vCPU/memory record (runtime file of an older version); restart it once first`);
+      if (this.runner.current) this.runner.current.request = { ...req };
       const pid = this.pid;
       const tcg = this.data.kvm_cmd[this.data.kvm_cmd.indexOf('-accel') + 1] === 'tcg';
-      validateResize(this.name, r, req, node, tcg && pid !== undefined ? tcgCpuThreadsLeft(r, pid) : Infinity);
-      this.requireRunning();
-      const mon = await this.monitor();
-      return applyResize(
-        {
-          instance: this.name,
-          mon,
-          qemuVersion: this.client?.qemuVersion,
-          cpuUnplugged: pid !== undefined && r.cpuUnpluggedPid === pid,
-          pid,
-          unplugTimeoutMs: this.unplugTimeoutMs,
-          save: (state) => {
-            this.data.resources = state;
-            this.save();
-          },
-        },
-        r,
-        req,
-      );
+      try {
+        validateResize(this.name, r, req, node, tcg && pid !== undefined ? tcgCpuThreadsLeft(r, pid) : Infinity);
+        this.requireRunning();
+        const mon = await this.monitor();
+        const result = await applyResize(this.resizeContext(mon, r, pid), r, req);
+        this.runner.settleCurrent('resize', 'succeeded', { result });
+        this.save();
+        return result;
+      } catch (err) {
+        if (isOutcomeUnknown(err)) {
+          this.scheduleReconcile();
+          throw new OutcomeUnknownError(`resize of ${this.name}: ${errorMessage(err)}; the node settles it as soon as QEMU's monitor answers (ask for the operation's outcome)`, { cause: err });
+        }
+        const now = { vcpus: currentVcpus(r), memoryMiB: currentMemoryMiB(r), notes: [] };
+        this.runner.settleCurrent('resize', 'failed', { result: now, error: operationError(err) });
+        this.save();
+        throw err;
+      }
     });
   }
 
+  private resizeContext(mon: Monitor, r: ResourceState, pid: number | undefined): Parameters<typeof applyResize>[0] {
+    return {
+      instance: this.name,
+      mon,
+      qemuVersion: this.client?.qemuVersion,
+      cpuUnplugged: pid !== undefined && r.cpuUnpluggedPid === pid,
+      pid,
+      unplugTimeoutMs: this.unplugTimeout('cpu'),
+      save: (state) => {
+        this.data.resources = state;
+        this.save();
+      },
+    };
+  }
+
   /**
-   * Settles devices left half-done by a crash: an unconfirmed attach that QEMU
-   * has is kept, one it lacks is cleaned up; a removal is carried to its end.
+   * Settles every intent left half-done (by a crash of this process, a
+   * command that timed out, a guest that did not answer): an unconfirmed
+   * attach that QEMU has is kept, one it lacks is released; a removal is
+   * carried to its end or stays pending; vCPU and DIMM intents the same
+   * way; operations still running with no intent are settled by what the
+   * runtime file holds. Each outcome is recorded in the operation journal.
    */
   reconcile(): Promise<ReconcileReport> {
+    return this.serialize(() => this.reconcileNow());
+  }
+
+  /**
+   * For a QEMU that runs on after this process restarted: connects the
+   * monitor and reconciles in one queue entry, so no request for the
+   * instance runs before its state is settled.
+   */
+  openAndReconcile(): Promise<ReconcileReport> {
     return this.serialize(async () => {
-      const report: ReconcileReport = { completed: [], rolledBack: [] };
-      const pending = this.devices().filter(([, rec]) => rec.state && rec.pci !== null);
-      if (!pending.length) return report;
-      const mon = await this.monitor();
-      const present = await listDeviceIds(mon);
-      for (const [kind, rec] of pending) {
-        const id = this.idOf(kind, rec);
-        if (rec.state === 'attaching' && present.has(id)) {
-          delete rec.state;
-          this.save();
-          report.completed.push(id);
-          continue;
-        }
-        if (rec.state === 'detaching' && present.has(id)) {
-          if (kind === 'nic') await detachNic(mon, rec as NicRecord, rec.pci as number, this.unplugTimeoutMs);
-          else await detachDisk(mon, rec as DiskRecord, rec.pci as number, this.unplugTimeoutMs);
-        }
-        (rec.state === 'attaching' ? report.rolledBack : report.completed).push(id);
-        await this.finishRemoval(kind, rec, mon);
-      }
-      return report;
+      await this.monitor();
+      return this.reconcileNow();
     });
+  }
+
+  private reconcileTimer: NodeJS.Timeout | undefined;
+
+  /** Reconciles again soon (after an outcome that QEMU could not tell), until nothing is left open. */
+  private scheduleReconcile(): void {
+    if (this.reconcileTimer) return;
+    this.reconcileTimer = setTimeout(() => {
+      this.reconcileTimer = undefined;
+      if (this.pid === undefined) return;
+      this.reconcile().then(
+        (r) => this.emit('reconciled', r),
+        (err) => {
+          this.emit('warning', `reconcile failed, trying again: ${errorMessage(err)}`);
+          this.scheduleReconcile();
+        },
+      );
+    }, RECONCILE_RETRY_MS);
+    this.reconcileTimer.unref();
+  }
+
+  private async reconcileNow(): Promise<ReconcileReport> {
+    const report: ReconcileReport = { completed: [], rolledBack: [], pending: [] };
+    if (this.pid === undefined) return report;
+    for (const [kind, rec] of allDevices(this.data).filter(([, r]) => r.state && r.pci !== null)) {
+      const id = idOf(kind, rec);
+      const outcome = await this.deviceOps.settleDevice(kind, rec, 'reconcile');
+      (outcome === 'completed' ? report.completed : outcome === 'pending' ? report.pending : report.rolledBack).push(id);
+    }
+    const r = this.data.resources;
+    if (r && (r.cpus.some((c) => c.state) || r.dimms.some((d) => d.state))) {
+      const done = await settleResourceIntents(await this.monitor(), r, this.unplugTimeout('cpu'));
+      report.completed.push(...done.completed);
+      report.rolledBack.push(...done.rolledBack);
+      report.pending.push(...done.pending);
+      this.save();
+    }
+    if (r && this.journal.records.some((o) => o.kind === 'resources' && o.state === 'running')) {
+      this.settleResizeOps(r);
+      this.save();
+    }
+    this.deviceOps.settleOrphanOperations((id) => this.runner.inFlightNow(id));
+    return report;
+  }
+
+  /**
+   * Running resize operations whose intents are settled: succeeded when the
+   * instance has what was asked, failed otherwise; both with the values the
+   * instance has now.
+   */
+  private settleResizeOps(r: ResourceState): void {
+    if (r.cpus.some((c) => c.state) || r.dimms.some((d) => d.state)) return;
+    const now = { vcpus: currentVcpus(r), memoryMiB: currentMemoryMiB(r), notes: ['settled by reconciliation after an interruption'] };
+    for (const op of this.journal.records.filter((o) => o.kind === 'resources' && o.state === 'running')) {
+      if (this.runner.inFlightNow(op.id)) continue;
+      const asked = (op.request ?? {}) as ResizeRequest;
+      const reached = (asked.vcpus === undefined || asked.vcpus === now.vcpus) && (asked.memoryMiB === undefined || asked.memoryMiB === now.memoryMiB);
+      if (reached) this.runner.settle(op, 'succeeded', 'reconcile', { result: now });
+      else this.runner.settle(op, 'failed', 'reconcile', { result: now, error: { code: 'ABORTED', message: `the resize was interrupted; the instance has ${now.vcpus} vCPUs and ${now.memoryMiB} MiB now` } });
+    }
   }
 
   // ---- migration --------------------------------------------------------
@@ -800,9 +823,9 @@ export class KvmInstance extends EventEmitter {
   private static checkCarried(carried: RuntimeData): RuntimeData {
     const data = JSON.parse(JSON.stringify(carried)) as RuntimeData;
     assertFixedCommand(data.kvm_cmd, data.instance);
-    const all: Array<[string, AnyRecord]> = [
-      ...data.nics.map((n): [string, AnyRecord] => ['NIC', n]),
-      ...data.block_devices.map((d): [string, AnyRecord] => ['disk', d]),
+    const all: Array<[string, DeviceRecord]> = [
+      ...data.nics.map((n): [string, DeviceRecord] => ['NIC', n]),
+      ...data.block_devices.map((d): [string, DeviceRecord] => ['disk', d]),
     ];
     for (const [what, rec] of all) {
       if (rec.state) throw new InstanceStateError(`${what} ${rec.uuid} of ${data.instance} is ${rec.state}: settle it on the source first`);
@@ -842,8 +865,8 @@ export class KvmInstance extends EventEmitter {
     return this.serialize(async () => {
       this.assertNoMigration();
       if (this.pid === undefined) throw new InstanceStateError(`instance ${this.name} is not running; a stopped instance is moved with failover`);
-      const pending = this.devices().find(([, rec]) => rec.state || rec.pci === null);
-      if (pending) throw new InstanceStateError(`${pending[0]} ${pending[1].uuid} of ${this.name} is ${pending[1].state ?? 'without a PCI slot'}: settle it first (it would differ on the target)`);
+      const pending = allDevices(this.data).find(([, rec]) => rec.state || rec.pci === null);
+      if (pending) throw new InstanceStateError(`${pending[0].label} ${pending[1].uuid} of ${this.name} is ${pending[1].state ?? 'without a PCI slot'}: settle it first (it would differ on the target)`);
       const mon = await this.monitor();
       this.data.migration = { role: 'source', peer, uri, since: new Date().toISOString() };
       this.save();
@@ -925,6 +948,52 @@ export class KvmInstance extends EventEmitter {
       }
       await this.stopNow(timeoutMs);
       fs.rmSync(this.paths.dir, { recursive: true, force: true });
+    });
+  }
+
+  // ---- verify repairs ----
+  // Used by verify --fix (src/noded/verify-service.ts) from inside exclusive():
+  // none of them queues. Each saves a changed copy of the runtime data and
+  // only then makes it current.
+
+  /** Applies `change` to a copy of the runtime data, saves it, then makes it current. Resolves whether it changed anything. */
+  private verifyRewrite(change: (d: RuntimeData) => boolean): boolean {
+    const next = this.runtime;
+    if (!change(next)) return false;
+    saveRuntimeFile(this.paths.runtimeFile, next);
+    this.data = next;
+    return true;
+  }
+
+  /** Drops the record of a device QEMU does not have: a NIC or disk by uuid, a hot-added vCPU or DIMM by id. */
+  verifyDropRecord(kind: 'nic' | 'disk' | 'cpu' | 'dimm', key: string): boolean {
+    return this.verifyRewrite((d) => {
+      const before = JSON.stringify(d);
+      if (kind === 'nic') d.nics = d.nics.filter((n) => n.uuid !== key);
+      else if (kind === 'disk') d.block_devices = d.block_devices.filter((b) => b.uuid !== key);
+      else if (d.resources && kind === 'cpu') d.resources.cpus = d.resources.cpus.filter((c) => c.id !== key);
+      else if (d.resources) d.resources.dimms = d.resources.dimms.filter((m) => m.id !== key);
+      return JSON.stringify(d) !== before;
+    });
+  }
+
+  /** A hot-add QEMU completed but the record still says "attaching": settles it. */
+  verifyCompleteAttach(kind: 'nic' | 'disk', uuid: string): boolean {
+    return this.verifyRewrite((d) => {
+      const rec = (kind === 'nic' ? d.nics : d.block_devices).find((r) => r.uuid === uuid);
+      if (rec?.state !== 'attaching') return false;
+      delete rec.state;
+      return true;
+    });
+  }
+
+  /** Records the tap QEMU really uses for a NIC. */
+  verifyRecordTap(uuid: string, tap: string): boolean {
+    return this.verifyRewrite((d) => {
+      const nic = d.nics.find((n) => n.uuid === uuid);
+      if (!nic || nic.tap === tap) return false;
+      nic.tap = tap;
+      return true;
     });
   }
 }

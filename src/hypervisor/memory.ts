@@ -20,6 +20,8 @@ const MiB = 1024 * 1024;
 export interface DimmRecord {
   id: string;
   sizeMiB: number;
+  /** An intent not yet settled (resource-intents.ts). */
+  state?: 'attaching' | 'detaching';
 }
 
 export interface VirtioMemRecord {

@@ -73,12 +73,17 @@ export interface NodePaths {
   qmpSocket: string;
   consoleLog: string;
   pidFile: string;
+  /** The second monitor's socket (test hook), when enabled. */
+  testQmpSocket?: string;
 }
 
 /** Monitor, console and pid file: paths of the node that runs the instance. */
-export function nodeLocalArgs(paths: NodePaths): string[] {
+export function nodeLocalArgs(paths: NodePaths, options: { testMonitor?: boolean } = {}): string[] {
   return [
     '-qmp', `unix:${paths.qmpSocket},server=on,wait=off`,
+    // A second monitor for tests and debugging (gnt-noded --test-monitor): QEMU's
+    // QMP socket serves one client at a time, and the node daemon holds the first.
+    ...(options.testMonitor && paths.testQmpSocket ? ['-qmp', `unix:${paths.testQmpSocket},server=on,wait=off`] : []),
     '-chardev', `file,id=console,path=${paths.consoleLog}`,
     '-serial', 'chardev:console',
     '-pidfile', paths.pidFile,

@@ -7,7 +7,7 @@
  * really plugged. The resource state lives in the runtime file.
  */
 import { assertCpuReplugSafe, attachCpu, cpuBootArgs, detachCpu, freeCpuSlots, queryHotpluggableCpus, type CpuRecord } from './cpu';
-import { HypervisorError, InstanceStateError, InvalidArgumentError } from './errors';
+import { HypervisorError, InstanceStateError, InvalidArgumentError, isOutcomeUnknown } from './errors';
 import { inTransaction } from './hotplug-transaction';
 import {
   assertAcpiStep,
@@ -129,10 +129,22 @@ export interface ResizeRequest {
   memoryMiB?: number;
 }
 
-/** What the node can still give (free memory, CPUs): a grow beyond it is refused. */
+/** Nova's default cpu_allocation_ratio: vCPUs per node CPU. */
+export const DEFAULT_CPU_OVERCOMMIT_RATIO = 16;
+
+/**
+ * What the node can still give: a grow beyond it is refused. vCPUs follow the
+ * overcommit rule (assertVcpusFit): the running instances of a node may have
+ * `floor(cpus * cpuOvercommitRatio)` vCPUs together.
+ */
 export interface NodeCapacity {
   freeMemoryMiB: number;
+  /** The node's CPUs. */
   cpus: number;
+  /** vCPUs per node CPU (default DEFAULT_CPU_OVERCOMMIT_RATIO). */
+  cpuOvercommitRatio?: number;
+  /** vCPUs of the node's other running, starting or growing instances (default 0). */
+  otherVcpus?: number;
 }
 
 export interface ResizeResult {
@@ -160,8 +172,30 @@ function checkVcpus(instance: string, s: ResourceState, vcpus: number, node: Nod
   if (!Number.isInteger(vcpus) || vcpus < 1) throw new InvalidArgumentError(`vcpus must be at least 1, not ${vcpus}`);
   if (vcpus > s.maxVcpus)
     throw new InvalidArgumentError(`instance ${instance} can have at most ${s.maxVcpus} vCPUs (maxvcpus); ${vcpus} asked`);
-  if (vcpus > currentVcpus(s) && vcpus > node.cpus)
-    throw new ResourceExhaustedError(`the node has ${node.cpus} CPUs; instance ${instance} cannot grow to ${vcpus} vCPUs`);
+  if (vcpus > currentVcpus(s)) assertVcpusFit(instance, vcpus, node, 'grow to');
+}
+
+/** How many vCPUs the running instances of a node may have together. */
+export function vcpuLimit(cpus: number, ratio: number): number {
+  return Math.floor(cpus * ratio + 1e-9); // 100 * 0.29 is 28.999999999999996 in floating point
+}
+
+/**
+ * The vCPU overcommit rule, the same at boot and for a live grow: the
+ * instance's vCPUs plus those of the node's other instances must stay within
+ * vcpuLimit(cpus, ratio). Only a grow or a start is checked, so an instance
+ * above the limit (the ratio was lowered) can always shrink.
+ */
+export function assertVcpusFit(instance: string, vcpus: number, node: NodeCapacity, action: 'start with' | 'grow to'): void {
+  const ratio = node.cpuOvercommitRatio ?? DEFAULT_CPU_OVERCOMMIT_RATIO;
+  const limit = vcpuLimit(node.cpus, ratio);
+  const others = node.otherVcpus ?? 0;
+  if (others + vcpus <= limit) return;
+  throw new ResourceExhaustedError(
+    `instance ${instance} cannot ${action} ${vcpus} vCPUs: the node has ${node.cpus} CPUs and a vCPU overcommit ratio of ${ratio}, ` +
+      `so its instances may have ${limit} vCPUs together; the others have ${others}, so ${others + vcpus} asked in all. ` +
+      `Ask for at most ${Math.max(0, limit - others)}, stop or move another instance, or start gnt-noded with a higher --cpu-overcommit-ratio`,
+  );
 }
 
 function checkMemory(instance: string, s: ResourceState, memoryMiB: number, node: NodeCapacity): void {
@@ -212,6 +246,35 @@ export interface ResizeContext {
   save(s: ResourceState): void;
 }
 
+/**
+ * Runs one vCPU/DIMM step whose intent (`rec.state`) is already saved.
+ * Success: `done` runs, the intent is cleared and saved. A definitive
+ * failure: `undo` drops the record (an attach) or the intent is cleared (a
+ * detach), saved, and the error goes on. An unknown outcome (timeout,
+ * monitor gone): the intent stays for reconciliation (resource-intents.ts).
+ */
+async function withIntent(
+  ctx: ResizeContext,
+  s: ResourceState,
+  rec: CpuRecord | DimmRecord,
+  step: () => Promise<void>,
+  undo?: () => unknown,
+  done?: () => unknown,
+): Promise<void> {
+  try {
+    await step();
+  } catch (err) {
+    if (isOutcomeUnknown(err)) throw err;
+    if (undo) undo();
+    else delete rec.state;
+    ctx.save(s);
+    throw err;
+  }
+  delete rec.state;
+  done?.();
+  ctx.save(s);
+}
+
 async function resizeCpus(ctx: ResizeContext, s: ResourceState, vcpus: number, notes: string[]): Promise<void> {
   const now = currentVcpus(s);
   if (vcpus > now) {
@@ -219,20 +282,22 @@ async function resizeCpus(ctx: ResizeContext, s: ResourceState, vcpus: number, n
     delete s.pendingVcpus;
     const plan = freeCpuSlots(ctx.instance, await queryHotpluggableCpus(ctx.mon), vcpus - now);
     for (const cpu of plan) {
-      await attachCpu(ctx.mon, cpu);
+      // Intent first (and the thread counted: over-counting is the safe side).
       if (ctx.pid !== undefined) s.cpuThreads = { pid: ctx.pid, created: cpuThreadsCreated(s, ctx.pid) + 1 };
-      s.cpus.push(cpu);
+      const rec: CpuRecord = { ...cpu, state: 'attaching' };
+      s.cpus.push(rec);
       ctx.save(s);
+      await withIntent(ctx, s, rec, () => attachCpu(ctx.mon, cpu), () => s.cpus.pop());
     }
   } else if (vcpus < now) {
     const live = Math.max(vcpus, s.bootVcpus);
     while (currentVcpus(s) > live) {
       const cpu = s.cpus[s.cpus.length - 1];
-      await detachCpu(ctx.mon, cpu, ctx.unplugTimeoutMs);
       ctx.cpuUnplugged = true;
       s.cpuUnpluggedPid = ctx.pid;
-      s.cpus.pop();
+      cpu.state = 'detaching';
       ctx.save(s);
+      await withIntent(ctx, s, cpu, () => detachCpu(ctx.mon, cpu, ctx.unplugTimeoutMs), undefined, () => s.cpus.pop());
     }
     if (vcpus < s.bootVcpus) {
       s.pendingVcpus = vcpus;
@@ -254,11 +319,10 @@ async function resizeMemory(ctx: ResizeContext, s: ResourceState, memoryMiB: num
     return plugged;
   }
   if (memoryMiB > now) {
-    const dimm: DimmRecord = { id: nextDimmId(s.dimms.map((d) => d.id)), sizeMiB: memoryMiB - now };
-    await attachDimm(ctx.mon, dimm);
+    const dimm: DimmRecord = { id: nextDimmId(s.dimms.map((d) => d.id)), sizeMiB: memoryMiB - now, state: 'attaching' };
     s.dimms.push(dimm);
-    delete s.pendingMemoryMiB;
     ctx.save(s);
+    await withIntent(ctx, s, dimm, () => attachDimm(ctx.mon, dimm), () => s.dimms.pop(), () => delete s.pendingMemoryMiB);
   } else if (memoryMiB < now) {
     s.pendingMemoryMiB = memoryMiB;
     ctx.save(s);

@@ -20,6 +20,7 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { RuntimeFileError } from './errors';
 import type { MigrationMark } from './migration';
+import { journalFrom, type OperationJournal } from './operations';
 import type { ResourceState } from './resize';
 
 export const RUNTIME_VERSION = 2;
@@ -45,6 +46,8 @@ export interface DiskRecord {
   path: string;
   pci: number | null;
   state?: PendingState;
+  /** The node created this file for the disk: it is deleted when the disk goes. */
+  created?: boolean;
 }
 
 export type HvValue = string | number | boolean;
@@ -61,6 +64,8 @@ export interface RuntimeData {
   resources?: ResourceState;
   /** Set while this node is the source or the target of a live migration. */
   migration?: MigrationMark;
+  /** Operation ids and outcomes (operations.ts); absent in older files. */
+  operations?: OperationJournal;
 }
 
 export interface SaveHooks {
@@ -93,6 +98,7 @@ function diskFrom(file: string, raw: unknown): DiskRecord {
   if (!isObject(d) || typeof hostPath !== 'string') throw new RuntimeFileError(file, 'a block device entry has no path');
   const disk: DiskRecord = { uuid: typeof d.uuid === 'string' ? d.uuid : '', path: hostPath, pci: pciOf(d.pci) };
   if (d.state === 'attaching' || d.state === 'detaching') disk.state = d.state;
+  if (d.created === true) disk.created = true;
   return disk;
 }
 
@@ -149,6 +155,7 @@ export function parseRuntime(file: string, text: string, instance: string): Runt
     block_devices: listFrom(file, raw.block_devices, 'block_devices', diskFrom),
     ...(raw.resources === undefined ? {} : { resources: resourcesFrom(file, raw.resources) }),
     ...(raw.migration === undefined ? {} : { migration: migrationFrom(file, raw.migration) }),
+    ...(raw.operations === undefined ? {} : { operations: journalFrom(raw.operations, (m) => new RuntimeFileError(file, m)) }),
   };
 }
 
@@ -197,6 +204,7 @@ export function serializeRuntime(data: RuntimeData): string {
     block_devices: data.block_devices,
     ...(data.resources ? { resources: data.resources } : {}),
     ...(data.migration ? { migration: data.migration } : {}),
+    ...(data.operations ? { operations: data.operations } : {}),
   };
   return JSON.stringify(ordered, null, 2) + '\n';
 }

@@ -11,10 +11,14 @@ import * as path from 'node:path';
 import { errorMessage } from '../hypervisor/errors';
 import { GuestConsole, type GuestState } from '../hypervisor/guest-console';
 import { assertInstanceName } from '../hypervisor/instance-paths';
-import { KvmInstance, type KvmInstanceOptions } from '../hypervisor/kvm-instance';
+import { KvmInstance, type KvmInstanceOptions, type ReconcileReport } from '../hypervisor/kvm-instance';
 import { notFound } from './status';
 
 export type Logger = (line: string) => void;
+
+export function describeReconcile(r: ReconcileReport): string {
+  return `completed [${r.completed.join(', ')}], rolled back [${r.rolledBack.join(', ')}], removal pending [${r.pending.join(', ')}]`;
+}
 
 interface Entry {
   instance: KvmInstance;
@@ -55,14 +59,13 @@ export class InstanceRegistry {
       const pid = inst.pid;
       this.log(`loaded instance ${inst.name} (${pid === undefined ? 'stopped' : `running, pid ${pid}`})`);
       if (pid === undefined) continue;
+      // Connect and reconcile are one queue entry: no request for the
+      // instance runs before its half-done changes are settled.
       pending.push(
-        inst
-          .exclusive(async () => void (await inst.monitor()))
-          .then(() => inst.reconcile())
-          .then(
-            (r) => this.log(`reconciled ${inst.name}: completed [${r.completed.join(', ')}], rolled back [${r.rolledBack.join(', ')}]`),
-            (err) => this.log(`reconcile of ${inst.name} failed: ${errorMessage(err)}`),
-          ),
+        inst.openAndReconcile().then(
+          (r) => this.log(`reconciled ${inst.name}: ${describeReconcile(r)}`),
+          (err) => this.log(`reconcile of ${inst.name} failed: ${errorMessage(err)}`),
+        ),
       );
     }
     return Promise.all(pending).then(() => undefined);
@@ -71,6 +74,7 @@ export class InstanceRegistry {
   /** Starts tracking an instance object (a new one, or one just loaded). */
   add(inst: KvmInstance): KvmInstance {
     inst.on('warning', (msg: string) => this.log(`instance ${inst.name}: warning: ${msg}`));
+    inst.on('reconciled', (r: ReconcileReport) => this.log(`reconciled ${inst.name}: ${describeReconcile(r)}`));
     inst.on('device-removed', (d: { kind: string; uuid: string }) =>
       this.log(`instance ${inst.name}: the guest released ${d.kind} ${d.uuid}; removed`),
     );

@@ -3,16 +3,29 @@
  *
  *   node dist/src/noded/main.js --name NAME --listen HOST:PORT --data-dir DIR
  *     --storage-dir DIR --ca FILE --cert FILE --key FILE [--qemu BINARY]
- *     [--migration-address HOST]
+ *     [--migration-address HOST] [--cpu-overcommit-ratio R]
+ *     [--unplug-timeout KIND=SECONDS,...] [--test-monitor]
  *
  * --migration-address: the address incoming live migrations listen on (one
  * concrete address of this node; default: the host of --listen).
+ * --cpu-overcommit-ratio: vCPUs per node CPU that the running instances may
+ * have together, checked at start and at a live grow (default 16; decimals
+ * allowed; see docs/operator-guide.md).
+ * --unplug-timeout: how long the guest has to release a device of each kind
+ * before its removal is reported as pending (nic, disk, cpu, memory; e.g.
+ * nic=10,disk=60); an instance's hvparam unplug_timeout overrides it.
+ * --test-monitor: test hook; every QEMU gets a second QMP socket
+ * (qmp-test.sock in its runtime directory) for tests to drive.
  *
  * Logs one line per RPC to stderr. On SIGTERM or SIGINT it stops serving and
  * exits; QEMU processes keep running and are picked up again at the next start.
  */
+import * as os from 'node:os';
 import { readIdentity } from '../common/pki';
+import { DEFAULT_CPU_OVERCOMMIT_RATIO, vcpuLimit } from '../hypervisor/resize';
+import { parseUnplugTimeouts, type UnplugTimeouts } from '../hypervisor/unplug-timeouts';
 import { startNodeServer } from './server';
+import { parseCpuOvercommitRatio } from './vcpu-policy';
 
 interface Args {
   name: string;
@@ -24,16 +37,24 @@ interface Args {
   key: string;
   qemu?: string;
   migrationAddress?: string;
+  cpuOvercommitRatio?: number;
+  unplugTimeouts?: UnplugTimeouts;
+  testMonitor: boolean;
 }
 
 const USAGE =
-  'usage: gnt-noded --name NAME --listen HOST:PORT --data-dir DIR --storage-dir DIR --ca FILE --cert FILE --key FILE [--qemu BINARY] [--migration-address HOST]';
+  'usage: gnt-noded --name NAME --listen HOST:PORT --data-dir DIR --storage-dir DIR --ca FILE --cert FILE --key FILE [--qemu BINARY] [--migration-address HOST] [--cpu-overcommit-ratio R] [--unplug-timeout KIND=SECONDS,...] [--test-monitor]';
 
 function parseArgs(argv: string[]): Args {
   const flags = new Map<string, string>();
-  const known = ['--name', '--listen', '--data-dir', '--storage-dir', '--ca', '--cert', '--key', '--qemu', '--migration-address'];
+  const known = ['--name', '--listen', '--data-dir', '--storage-dir', '--ca', '--cert', '--key', '--qemu', '--migration-address', '--cpu-overcommit-ratio', '--unplug-timeout'];
+  let testMonitor = false;
   for (let i = 0; i < argv.length; i++) {
     const flag = argv[i];
+    if (flag === '--test-monitor') {
+      testMonitor = true;
+      continue;
+    }
     if (!known.includes(flag)) throw new Error(`unknown argument "${flag}"\n${USAGE}`);
     const value = argv[++i];
     if (value === undefined || value.startsWith('--')) throw new Error(`${flag} needs a value\n${USAGE}`);
@@ -44,6 +65,7 @@ function parseArgs(argv: string[]): Args {
     if (!v) throw new Error(`${flag} is required\n${USAGE}`);
     return v;
   };
+  const ratio = flags.get('--cpu-overcommit-ratio');
   return {
     name: need('--name'),
     listen: need('--listen'),
@@ -54,6 +76,9 @@ function parseArgs(argv: string[]): Args {
     key: need('--key'),
     qemu: flags.get('--qemu'),
     migrationAddress: flags.get('--migration-address'),
+    cpuOvercommitRatio: ratio === undefined ? undefined : parseCpuOvercommitRatio(ratio),
+    ...(flags.has('--unplug-timeout') ? { unplugTimeouts: parseUnplugTimeouts(flags.get('--unplug-timeout') as string, '--unplug-timeout') } : {}),
+    testMonitor,
   };
 }
 
@@ -73,10 +98,16 @@ async function main(): Promise<void> {
     tls: readIdentity({ ca: args.ca, cert: args.cert, key: args.key }),
     qemuBinary: args.qemu,
     ...(args.migrationAddress ? { migrationHost: args.migrationAddress } : {}),
+    ...(args.cpuOvercommitRatio ? { cpuOvercommitRatio: args.cpuOvercommitRatio } : {}),
+    ...(args.unplugTimeouts ? { unplugTimeouts: args.unplugTimeouts } : {}),
+    testMonitor: args.testMonitor,
     log,
   });
   const host = args.listen.slice(0, args.listen.lastIndexOf(':'));
   process.stdout.write(`gnt-noded ${args.name} listening on ${host}:${node.port}\n`);
+  const ratio = args.cpuOvercommitRatio ?? DEFAULT_CPU_OVERCOMMIT_RATIO;
+  const cpus = os.availableParallelism();
+  log(`vCPU overcommit ratio ${ratio}: the running instances may have ${vcpuLimit(cpus, ratio)} vCPUs together (${cpus} CPUs)`);
   let stopping = false;
   const stop = (signal: string): void => {
     if (stopping) return;

@@ -7,8 +7,12 @@
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import type * as grpc from '@grpc/grpc-js';
-import { errorMessage } from '../hypervisor/errors';
-import { KvmInstance } from '../hypervisor/kvm-instance';
+import { KvmInstance, type OperationOptions } from '../hypervisor/kvm-instance';
+import { assertOperationId } from '../hypervisor/operations';
+import type { OperationRef__Output } from '../generated/gnt/node/v1/OperationRef';
+import type { OperationLogRequest__Output } from '../generated/gnt/node/v1/OperationLogRequest';
+import { diskReply, nicReply, operationLog, operationStatus } from './operations-service';
+import { crashPoint } from './fault-injection';
 import { DEFAULT_QEMU, qemuFeatures } from '../hypervisor/qemu-binary';
 import type { HotplugDeviceReply } from '../generated/gnt/node/v1/HotplugDeviceReply';
 import type { HotplugDeviceRequest__Output } from '../generated/gnt/node/v1/HotplugDeviceRequest';
@@ -32,9 +36,11 @@ import type { InstanceReceiveRequest__Output } from '../generated/gnt/node/v1/In
 import type { MigrationStartRequest__Output } from '../generated/gnt/node/v1/MigrationStartRequest';
 import type { InstanceRegistry, Logger } from './instance-registry';
 import { MigrationService } from './migration-service';
-import { diskToProto, int64, nicToProto, planStart, runtimeToProto, type StartPlan } from './spec';
+import { verifyHandler } from './verify-service';
+import { int64, planStart, runtimeToProto, type StartPlan } from './spec';
 import { failedPrecondition, invalidArgument, notFound, statusName, toStatus } from './status';
 import { assertDeviceUuid, type Storage } from './storage';
+import type { VcpuPolicy } from './vcpu-policy';
 
 export interface NodeServiceOptions {
   nodeName: string;
@@ -43,6 +49,8 @@ export interface NodeServiceOptions {
   qemuBinary?: string;
   /** The address incoming migrations listen on (this node's own). */
   migrationHost: string;
+  /** The vCPU overcommit rule, for InstanceStart and InstanceResize alike (--cpu-overcommit-ratio). */
+  vcpus: VcpuPolicy;
   log: Logger;
 }
 
@@ -87,7 +95,10 @@ export class NodeService {
       HotplugSupported: this.unary('HotplugSupported', (r: HotplugSupportedRequest__Output) => r.instance, async (r) => this.hotplugSupported(r)),
       HotplugDevice: this.unary('HotplugDevice', (r: HotplugDeviceRequest__Output) => r.instance, (r) => this.hotplugDevice(r)),
       InstanceResize: this.unary('InstanceResize', (r: InstanceResizeRequest__Output) => r.instance, (r) => this.instanceResize(r)),
+      OperationStatus: this.unary('OperationStatus', (r: OperationRef__Output) => r.instance, (r) => operationStatus(this.registry, r)),
+      OperationLog: this.unary('OperationLog', () => '', async (r: OperationLogRequest__Output) => operationLog(this.registry, r)),
       ...this.migrationHandlers(),
+      InstanceVerify: verifyHandler(this.opts, (method, instanceOf, fn) => this.unary(method, instanceOf, fn)),
     };
   }
 
@@ -169,6 +180,15 @@ export class NodeService {
     const plan = planStart(spec, this.storage);
     const devices = { nics: plan.nics, disks: plan.disks, hvparams: plan.hvparams };
     const known = this.registry.find(name);
+    // A running instance's vCPUs count already; its start is refused in its queue ("already running").
+    if (known && known.pid !== undefined) return this.startKnown(known, plan.machine, devices, plan.newDisks);
+    return this.opts.vcpus.whileStarting(name, plan.machine.vcpus, () => this.startChecked(plan, devices));
+  }
+
+  /** instanceStart once the vCPU rule has admitted it. */
+  private async startChecked(plan: StartPlan, devices: Pick<StartPlan, 'nics' | 'disks' | 'hvparams'>): Promise<InstanceRuntime> {
+    const name = plan.machine.name;
+    const known = this.registry.find(name);
     if (known) return this.startKnown(known, plan.machine, devices, plan.newDisks);
     return this.registry.withName(name, async () => {
       const again = this.registry.find(name);
@@ -213,7 +233,8 @@ export class NodeService {
   /** Runs in the instance's queue, so it comes after every operation that arrived before it. */
   private async instanceRemove(req: InstanceRef__Output): Promise<InstanceRemoveReply> {
     const inst = this.registry.get(req.name);
-    return inst.exclusive(async () => {
+    // Under the name lock too, so that a start creating the instance anew cannot interleave.
+    return this.registry.withName(inst.name, () => inst.exclusive(async () => {
       if (this.registry.find(inst.name) !== inst) throw notFound(`instance ${inst.name} was removed already`);
       const pid = inst.pid;
       if (pid !== undefined) throw failedPrecondition(`instance ${inst.name} is running (pid ${pid}); stop it before removing it`);
@@ -221,19 +242,19 @@ export class NodeService {
       fs.rmSync(inst.paths.dir, { recursive: true, force: true });
       this.storage.removeInstance(inst.name);
       return {};
-    });
+    }));
   }
 
   // ---- vCPUs and memory -------------------------------------------------
 
-  /** Live resize; KvmInstance validates it whole against the node's free memory and CPUs. */
+  /** Live resize; KvmInstance validates it whole against the node's free memory and the vCPU overcommit rule. */
   private async instanceResize(req: InstanceResizeRequest__Output): Promise<InstanceResizeReply> {
     if (req.vcpus < 0) throw invalidArgument(`vcpus must not be negative, not ${req.vcpus}`);
     const memoryMiB = int64(req.memoryMib, 'memory_mib');
     if (!req.vcpus && !memoryMiB) throw invalidArgument('nothing to resize: give vcpus and/or memory_mib');
     const inst = this.registry.get(req.instance);
-    const capacity = { freeMemoryMiB: hostMemoryMiB().free, cpus: os.cpus().length };
-    const r = await inst.resize({ ...(req.vcpus ? { vcpus: req.vcpus } : {}), ...(memoryMiB ? { memoryMiB } : {}) }, capacity);
+    const want = { ...(req.vcpus ? { vcpus: req.vcpus } : {}), ...(memoryMiB ? { memoryMiB } : {}) };
+    const r = await this.opts.vcpus.whileResizing(inst.name, req.vcpus, hostMemoryMiB().free, (capacity) => inst.resize(want, capacity, { operationId: assertOperationId(req.operationId) }));
     return { vcpus: r.vcpus, memoryMib: String(r.memoryMiB), pluggedMib: String(r.pluggedMiB ?? -1), notes: r.notes };
   }
 
@@ -252,67 +273,61 @@ export class NodeService {
 
   private async hotplugDevice(req: HotplugDeviceRequest__Output): Promise<HotplugDeviceReply> {
     const inst = this.registry.get(req.instance);
+    const opts = { operationId: assertOperationId(req.operationId) };
+    let reply: HotplugDeviceReply;
     if (req.deviceType === 'NIC') {
       if (!req.nic) throw invalidArgument('a NIC hotplug needs the nic field');
-      return this.hotplugNic(inst, req.action, req.nic);
-    }
-    if (req.deviceType === 'DISK') {
+      reply = await this.hotplugNic(inst, req.action, req.nic, opts);
+    } else if (req.deviceType === 'DISK') {
       if (!req.disk) throw invalidArgument('a disk hotplug needs the disk field');
-      return this.hotplugDisk(inst, req.action, req.disk);
-    }
-    throw invalidArgument(`device_type must be NIC or DISK, not ${req.deviceType}`);
+      reply = await this.hotplugDisk(inst, req.action, req.disk, opts);
+    } else throw invalidArgument(`device_type must be NIC or DISK, not ${req.deviceType}`);
+    crashPoint('after-hotplug-applied', this.opts.log);
+    return reply;
   }
 
-  private async hotplugNic(inst: KvmInstance, action: string, nic: Nic__Output): Promise<HotplugDeviceReply> {
+  private async hotplugNic(inst: KvmInstance, action: string, nic: Nic__Output, opts: OperationOptions): Promise<HotplugDeviceReply> {
     const uuid = assertDeviceUuid(nic.uuid, 'the NIC');
     switch (action) {
       case 'ADD': {
-        const rec = await inst.hotAddNic(nic.link ? { uuid, mac: nic.mac, link: nic.link } : { uuid, mac: nic.mac });
-        const out = nicToProto(rec);
-        return { pci: out.pci, deviceId: out.deviceId, nic: out };
+        const rec = await inst.hotAddNic(nic.link ? { uuid, mac: nic.mac, link: nic.link } : { uuid, mac: nic.mac }, opts);
+        return nicReply(rec);
       }
       case 'MODIFY': {
         if (!nic.mac && !nic.link) throw invalidArgument(`modify of NIC ${uuid}: give a new mac or link`);
-        const rec = await inst.hotModifyNic(uuid, { mac: nic.mac || undefined, link: nic.link || undefined });
-        const out = nicToProto(rec);
-        return { pci: out.pci, deviceId: out.deviceId, nic: out };
+        return nicReply(await inst.hotModifyNic(uuid, { mac: nic.mac || undefined, link: nic.link || undefined }, opts));
       }
       case 'REMOVE': {
-        const out = nicToProto(await inst.hotRemoveNic(uuid));
-        return { pci: out.pci, deviceId: out.deviceId, nic: out };
+        const r = await inst.hotRemoveNic(uuid, opts);
+        return { ...nicReply(r.record), removalPending: r.pending };
       }
       default:
         throw invalidArgument(`NIC hotplug action must be ADD, REMOVE or MODIFY, not ${action}`);
     }
   }
 
-  private async hotplugDisk(inst: KvmInstance, action: string, disk: Disk__Output): Promise<HotplugDeviceReply> {
+  private async hotplugDisk(inst: KvmInstance, action: string, disk: Disk__Output, opts: OperationOptions): Promise<HotplugDeviceReply> {
     const uuid = assertDeviceUuid(disk.uuid, 'the disk');
     switch (action) {
       case 'ADD': {
         if (disk.path && !disk.path.startsWith('/')) throw invalidArgument(`disk ${uuid}: path "${disk.path}" is not absolute`);
         const path = disk.path || this.storage.defaultDiskPath(inst.name, uuid);
         const sizeBytes = disk.path ? 0 : int64(disk.sizeBytes, `disk ${uuid} size_bytes`);
-        // Created in the instance's queue, once the instance is known to run and the uuid to be new.
+        // Created in the instance's queue once the intent is recorded: a
+        // crash right after leaves an intent whose rollback deletes the file.
         const prepare = (): (() => void) | void => {
           if (disk.path) return;
           const created = this.storage.createDisks(inst.name, [{ path, sizeBytes }]);
+          crashPoint('after-disk-file-created', this.opts.log);
           return () => this.storage.removeFiles(created);
         };
-        const out = diskToProto(await inst.hotAddDisk({ uuid, path }, prepare));
-        return { pci: out.pci, deviceId: out.deviceId, disk: out };
+        const req = disk.path ? { uuid, path } : { uuid, path, created: true };
+        return diskReply(await inst.hotAddDisk(req, prepare, opts));
       }
       case 'REMOVE': {
-        const rec = await inst.hotRemoveDisk(uuid);
-        const out = diskToProto(rec);
-        if (this.storage.owns(inst.name, rec.path)) {
-          try {
-            fs.rmSync(rec.path, { force: true });
-          } catch (err) {
-            this.opts.log(`disk ${uuid} of ${inst.name} was removed, but deleting ${rec.path} failed: ${errorMessage(err)}`);
-          }
-        }
-        return { pci: out.pci, deviceId: out.deviceId, disk: out };
+        // The file the node created goes with the record (KvmInstance.finishRemoval).
+        const r = await inst.hotRemoveDisk(uuid, opts);
+        return { ...diskReply(r.record), removalPending: r.pending };
       }
       default:
         throw invalidArgument(`disk hotplug action must be ADD or REMOVE, not ${action}`);

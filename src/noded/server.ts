@@ -7,9 +7,12 @@ import * as grpc from '@grpc/grpc-js';
 import * as fs from 'node:fs';
 import { loadNodeProto } from '../common/proto';
 import type { TlsMaterial } from '../common/pki';
+import { DEFAULT_CPU_OVERCOMMIT_RATIO } from '../hypervisor/resize';
+import type { UnplugTimeouts } from '../hypervisor/unplug-timeouts';
 import { InstanceRegistry, type Logger } from './instance-registry';
 import { NodeService } from './node-service';
 import { Storage } from './storage';
+import { VcpuPolicy } from './vcpu-policy';
 
 export interface NodeServerOptions {
   name: string;
@@ -23,6 +26,12 @@ export interface NodeServerOptions {
   migrationHost?: string;
   /** How long to wait for a guest to eject a device (default: the hypervisor layer's). */
   unplugTimeoutMs?: number;
+  /** vCPUs per node CPU the node's running instances may have together (default 16, as Nova). */
+  cpuOvercommitRatio?: number;
+  /** Test hook: a second QMP socket per instance (qmp-test.sock in its runtime dir). */
+  testMonitor?: boolean;
+  /** Unplug timeouts per device kind (an instance's hvparam unplug_timeout overrides them). */
+  unplugTimeouts?: UnplugTimeouts;
   log: Logger;
 }
 
@@ -49,12 +58,18 @@ export async function startNodeServer(opts: NodeServerOptions): Promise<NodeServ
   const registry = new InstanceRegistry(
     opts.name,
     opts.dataDir,
-    { qemuBinary: opts.qemuBinary, ...(opts.unplugTimeoutMs ? { unplugTimeoutMs: opts.unplugTimeoutMs } : {}) },
+    {
+      qemuBinary: opts.qemuBinary,
+      ...(opts.unplugTimeoutMs ? { unplugTimeoutMs: opts.unplugTimeoutMs } : {}),
+      ...(opts.testMonitor ? { testMonitor: true } : {}),
+      ...(opts.unplugTimeouts ? { unplugTimeouts: opts.unplugTimeouts } : {}),
+    },
     opts.log,
   );
   const reconciled = registry.load();
   const migrationHost = opts.migrationHost ?? opts.listen.slice(0, opts.listen.lastIndexOf(':'));
-  const service = new NodeService({ nodeName: opts.name, registry, storage, qemuBinary: opts.qemuBinary, migrationHost, log: opts.log });
+  const vcpus = new VcpuPolicy({ registry, ratio: opts.cpuOvercommitRatio ?? DEFAULT_CPU_OVERCOMMIT_RATIO });
+  const service = new NodeService({ nodeName: opts.name, registry, storage, qemuBinary: opts.qemuBinary, migrationHost, vcpus, log: opts.log });
   const server = new grpc.Server();
   server.addService(loadNodeProto().gnt.node.v1.NodeDaemon.service, service.handlers());
   const port = await new Promise<number>((resolve, reject) =>

@@ -69,7 +69,7 @@ export function planStart(spec: InstanceSpec__Output, storage: Storage): StartPl
     }
     const path = storage.defaultDiskPath(spec.name, d.uuid);
     newDisks.push({ path, sizeBytes: int64(d.sizeBytes, `disk ${d.uuid} size_bytes`) });
-    return { uuid: d.uuid, path };
+    return { uuid: d.uuid, path, created: true };
   });
   const nics = spec.nics.map((n, i): NicRequest => {
     assertDeviceUuid(n.uuid, `NIC ${i} of ${spec.name}`);
@@ -96,6 +96,7 @@ export function nicToProto(n: NicRecord): Nic {
     pci: n.pci ?? -1,
     deviceId: idOf('nic', n),
     tap: n.tap ?? '',
+    state: n.state ?? '',
   };
 }
 
@@ -115,6 +116,7 @@ export function diskToProto(d: DiskRecord): Disk {
     path: d.path,
     pci: d.pci ?? -1,
     deviceId: idOf('disk', d),
+    state: d.state ?? '',
   };
 }
 

@@ -88,7 +88,14 @@ describe('resize (vCPUs and ACPI memory in one request) against the real guest',
     const result = await applyResize(ctx, s, { vcpus: 2, memoryMiB: 384 });
     assert.deepEqual([result.vcpus, result.memoryMiB, result.notes], [2, 384, []]);
     await g.console.waitFor((x) => countCpuList(x.cpusOnline) === 2 && x.memTotalKiB === before + 128 * 1024, SEEN_TIMEOUT_MS, '2 CPUs and +128 MiB');
-    assert.equal(saved.length, 2, 'saved after the DIMM and after the vCPU');
+    // Each device: its intent before device_add, then its result.
+    const states = saved.map((j) => JSON.parse(j) as ResourceState).map((x) => [x.dimms.map((d) => d.state ?? 'done'), x.cpus.map((c) => c.state ?? 'done')]);
+    assert.deepEqual(states, [
+      [['attaching'], []],
+      [['done'], []],
+      [['done'], ['attaching']],
+      [['done'], ['done']],
+    ], 'intent, then result, for the DIMM and then the vCPU');
 
     const shrink = await applyResize(ctx, s, { vcpus: 1, memoryMiB: 256 });
     assert.equal(shrink.vcpus, 1);

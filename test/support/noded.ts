@@ -43,6 +43,10 @@ export interface NodedOptions {
   storageDir: string;
   identity: Identity;
   port: number;
+  /** More gnt-noded arguments, such as ['--cpu-overcommit-ratio', '1']. */
+  args?: string[];
+  /** More environment, such as { GNT_NODED_CRASH_POINT: 'after-hotplug-applied' }. */
+  env?: Record<string, string>;
 }
 
 export interface Noded {
@@ -61,8 +65,8 @@ export function spawnNoded(o: NodedOptions): Promise<Noded> {
   const proc = spawn(
     process.execPath,
     [NODED_MAIN, '--name', o.name, '--listen', listen, '--data-dir', o.dataDir, '--storage-dir', o.storageDir,
-      '--ca', o.identity.ca, '--cert', o.identity.cert, '--key', o.identity.key],
-    { stdio: ['ignore', 'pipe', 'pipe'] },
+      '--ca', o.identity.ca, '--cert', o.identity.cert, '--key', o.identity.key, ...(o.args ?? [])],
+    { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, ...(o.env ?? {}) } },
   );
   let stdout = '';
   let stderr = '';

@@ -75,10 +75,10 @@ describe('noded: spec conversion', () => {
   it('turns a spec into a machine, device requests and disks to create', () => {
     const plan = planStart({
       ...base,
-      nics: [{ uuid: 'n1', mac: '52:54:00:00:00:01', link: '', pci: 0, deviceId: '', tap: '' }],
+      nics: [{ uuid: 'n1', mac: '52:54:00:00:00:01', link: '', pci: 0, deviceId: '', tap: '', state: '' }],
       disks: [
-        { uuid: 'd1', sizeBytes: '1048576', path: '', pci: 0, deviceId: '' },
-        { uuid: 'd2', sizeBytes: '0', path: '/dev/vg/d2', pci: 0, deviceId: '' },
+        { uuid: 'd1', sizeBytes: '1048576', path: '', pci: 0, deviceId: '', state: '' },
+        { uuid: 'd2', sizeBytes: '0', path: '/dev/vg/d2', pci: 0, deviceId: '', state: '' },
       ],
     }, storage);
     assert.equal(plan.machine.memoryMiB, 256);
@@ -86,7 +86,7 @@ describe('noded: spec conversion', () => {
     assert.equal(plan.machine.machine, 'q35');
     assert.deepEqual(plan.hvparams, { security_model: 'none' });
     assert.deepEqual(plan.nics, [{ uuid: 'n1', mac: '52:54:00:00:00:01' }]);
-    assert.deepEqual(plan.disks, [{ uuid: 'd1', path: '/srv/gnt/web1/d1.img' }, { uuid: 'd2', path: '/dev/vg/d2' }]);
+    assert.deepEqual(plan.disks, [{ uuid: 'd1', path: '/srv/gnt/web1/d1.img', created: true }, { uuid: 'd2', path: '/dev/vg/d2' }]);
     assert.deepEqual(plan.newDisks, [{ path: '/srv/gnt/web1/d1.img', sizeBytes: 1048576 }]);
   });
 
@@ -95,7 +95,7 @@ describe('noded: spec conversion', () => {
     assert.throws(() => planStart({ ...base, name: '../x' }, storage), invalid);
     assert.throws(() => planStart({ ...base, kernel: 'vmlinuz' }, storage), invalid);
     assert.throws(() => planStart({ ...base, memoryMib: '-1' }, storage), invalid);
-    assert.throws(() => planStart({ ...base, disks: [{ uuid: 'a/b', sizeBytes: '1', path: '', pci: 0, deviceId: '' }] }, storage), invalid);
+    assert.throws(() => planStart({ ...base, disks: [{ uuid: 'a/b', sizeBytes: '1', path: '', pci: 0, deviceId: '', state: '' }] }, storage), invalid);
   });
 
   it('shows a runtime file with slots and device ids, and no guest view when stopped', () => {

@@ -1,0 +1,98 @@
+/**
+ * The device kinds that live on a PCI slot and have a record of their own in
+ * the runtime file (NICs, disks), each a module (nic.ts, disk.ts) behind one
+ * interface, and the registry that maps a kind's name to it. Everything in
+ * the instance that works on "a device" (add, remove, the one removal ending,
+ * reconcile, verify) goes through this interface, never through a branch on
+ * the kind. A new kind is a module implementing DeviceKind, an entry in
+ * DEVICE_KINDS, its runtime-file list and its proto message (see
+ * docs/reliability.md, "Adding a device kind").
+ */
+import * as fs from 'node:fs';
+import { attachDisk, detachDisk, diskId, diskKind, releaseDisk } from './disk';
+import { attachNic, detachNic, nicId, releaseNic, validateNic, type NicDeviceOptions } from './nic';
+import type { Monitor } from './qmp-client';
+import type { DiskRecord, NicRecord, RuntimeData } from './runtime-file';
+import type { UnplugKind } from './unplug-timeouts';
+
+export type DeviceKindName = 'nic' | 'disk';
+export type DeviceRecord = NicRecord | DiskRecord;
+
+/** What an attach may need from the instance. */
+export interface AttachContext {
+  nicOptions: NicDeviceOptions;
+}
+
+export interface DeviceKind<R extends DeviceRecord = DeviceRecord> {
+  readonly name: DeviceKindName;
+  /** How people call it in messages: "NIC", "disk". */
+  readonly label: string;
+  readonly unplugKind: UnplugKind;
+  /** The instance's records of this kind (the live list: callers may push to it). */
+  records(data: RuntimeData): R[];
+  /** Drops the record with this uuid. */
+  forget(data: RuntimeData, uuid: string): void;
+  /** Its QEMU device id at `slot`. */
+  id(rec: R, slot: number): string;
+  /** Checks what can be checked before anything is touched. */
+  validate(rec: R): void;
+  /** The QMP steps of a hot-add (each undone if a later one fails); may update the record (a NIC's tap). */
+  attach(mon: Monitor, rec: R, slot: number, ctx: AttachContext): Promise<void>;
+  /** device_del and wait until QEMU no longer lists the device. */
+  detach(mon: Monitor, rec: R, slot: number, timeoutMs: number): Promise<void>;
+  /** Frees the QEMU backends (netdev, named fd; block node, fdset); harmless when gone. */
+  release(mon: Monitor, rec: R, slot: number): Promise<void>;
+  /** Frees what the node made on the host for the device (a disk file it created); after the save that dropped it. */
+  releaseHost(rec: R): void;
+}
+
+export const NIC_KIND: DeviceKind<NicRecord> = {
+  name: 'nic',
+  label: 'NIC',
+  unplugKind: 'nic',
+  records: (data) => data.nics,
+  forget: (data, uuid) => {
+    data.nics = data.nics.filter((n) => n.uuid !== uuid);
+  },
+  id: (rec, slot) => nicId(rec, slot),
+  validate: (rec) => validateNic(rec),
+  attach: async (mon, rec, slot, ctx) => {
+    rec.tap = await attachNic(mon, rec, slot, ctx.nicOptions);
+  },
+  detach: (mon, rec, slot, timeoutMs) => detachNic(mon, rec, slot, timeoutMs),
+  release: (mon, rec, slot) => releaseNic(mon, rec, slot),
+  releaseHost: () => undefined, // the tap goes with QEMU's last fd of it
+};
+
+export const DISK_KIND: DeviceKind<DiskRecord> = {
+  name: 'disk',
+  label: 'disk',
+  unplugKind: 'disk',
+  records: (data) => data.block_devices,
+  forget: (data, uuid) => {
+    data.block_devices = data.block_devices.filter((d) => d.uuid !== uuid);
+  },
+  id: (rec, slot) => diskId(rec, slot),
+  validate: (rec) => void diskKind(rec.path),
+  attach: (mon, rec, slot) => attachDisk(mon, rec, slot),
+  detach: (mon, rec, slot, timeoutMs) => detachDisk(mon, rec, slot, timeoutMs),
+  release: (mon, rec, slot) => releaseDisk(mon, rec, slot),
+  releaseHost: (rec) => {
+    if (rec.created) fs.rmSync(rec.path, { force: true });
+  },
+};
+
+export const DEVICE_KINDS: Readonly<Record<DeviceKindName, DeviceKind>> = {
+  nic: NIC_KIND as unknown as DeviceKind,
+  disk: DISK_KIND as unknown as DeviceKind,
+};
+
+export const deviceKind = (name: DeviceKindName): DeviceKind => DEVICE_KINDS[name];
+
+/** Every device record of the instance, with its kind. */
+export function allDevices(data: RuntimeData): Array<[DeviceKind, DeviceRecord]> {
+  return Object.values(DEVICE_KINDS).flatMap((k) => k.records(data).map((r): [DeviceKind, DeviceRecord] => [k, r]));
+}
+
+/** The device id of a record with a slot. */
+export const idOf = (kind: DeviceKind, rec: DeviceRecord): string => kind.id(rec, rec.pci as number);

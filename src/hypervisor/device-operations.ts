@@ -1,0 +1,335 @@
+/**
+ * Add, remove and modify of the devices that have a record of their own
+ * (device-kinds.ts), for any kind, in libvirt's shape: prepare, attach as
+ * undoable steps, detach, and one removal ending (finishRemoval) reached by
+ * the API call, a DEVICE_DELETED event, a guest-initiated eject and
+ * reconciliation. Every change goes:
+ *
+ *   intent (record with state attaching/detaching + the operation) saved
+ *   -> host and QEMU touched -> result (record + operation outcome) saved
+ *
+ * A definitive failure leaves the file as before; a failure whose outcome is
+ * unknown (timeout, monitor gone) keeps the intent, and settleDevice decides
+ * it by QEMU's own lists. Everything here runs inside the instance's queue.
+ */
+import { recordNodeChange, type OperationJournal, type SettledBy } from './operations';
+import { DeviceExistsError, DeviceNotFoundError, InstanceStateError, InvalidArgumentError, OutcomeUnknownError, errorMessage, isOutcomeUnknown } from './errors';
+import { allDevices, idOf, type AttachContext, type DeviceKind, type DeviceRecord } from './device-kinds';
+import { DISK_KIND, NIC_KIND } from './device-kinds';
+import { diskId, diskKind } from './disk';
+import { nicId, normalizeMac } from './nic';
+import { operationError, type OperationRunner } from './operation-runner';
+import { devicePresent } from './qdev';
+import type { Monitor } from './qmp-client';
+import type { DiskRecord, NicRecord, RuntimeData } from './runtime-file';
+import { assertBridge } from './tap';
+import type { UnplugKind } from './unplug-timeouts';
+
+export interface NicRequest {
+  uuid: string;
+  mac: string;
+  link?: string;
+  /** A specific PCI slot; by default the first free one. */
+  slot?: number;
+}
+
+export interface DiskRequest {
+  uuid: string;
+  path: string;
+  slot?: number;
+  /** The node made (or makes) this file for the disk: it is deleted when the disk goes. */
+  created?: boolean;
+}
+
+/**
+ * Work a caller needs done inside an operation, in the instance's queue, once
+ * the cheap checks have passed and the intent is recorded (e.g. creating a
+ * disk file). It may return an undo, which runs if the operation fails
+ * before it changes anything.
+ */
+export type PrepareStep = () => (() => void) | void;
+
+/** A removal: done, or waiting for the guest to release the device (its slot and id stay reserved). */
+export interface RemovalResult<T> {
+  record: T;
+  pending: boolean;
+}
+
+export type DeviceOutcome = 'completed' | 'rolled back' | 'pending';
+
+/** What device operations need from their instance. */
+export interface DeviceHost {
+  readonly name: string;
+  readonly runner: OperationRunner;
+  data(): RuntimeData;
+  journal(): OperationJournal;
+  save(): void;
+  monitor(): Promise<Monitor>;
+  requireRunning(): void;
+  unplugTimeout(kind: UnplugKind): number;
+  attachContext(): AttachContext;
+  chooseSlot(mon: Monitor, requested: number | undefined): Promise<number>;
+  scheduleReconcile(): void;
+  warn(message: string): void;
+}
+
+/** A device record as callers see it: a copy without its pending state. */
+export function publicRecord<T extends DeviceRecord>(rec: T): T {
+  const copy = { ...rec };
+  delete copy.state;
+  return copy;
+}
+
+export class DeviceOperations {
+  constructor(private readonly host: DeviceHost) {}
+
+  private get runner(): OperationRunner {
+    return this.host.runner;
+  }
+
+  find(kind: DeviceKind, uuid: string): DeviceRecord | undefined {
+    return kind.records(this.host.data()).find((d) => d.uuid === uuid);
+  }
+
+  assertNewUuid(uuid: string): void {
+    if (!uuid) throw new InvalidArgumentError('a device needs a uuid');
+    if (allDevices(this.host.data()).some(([, r]) => r.uuid === uuid)) throw new DeviceExistsError(this.host.name, `a device with uuid ${uuid}`);
+  }
+
+  async addNic(req: NicRequest): Promise<NicRecord> {
+    const mac = normalizeMac(req.mac);
+    if (req.link) assertBridge(req.link);
+    this.assertNewUuid(req.uuid);
+    this.host.requireRunning();
+    const mon = await this.host.monitor();
+    const slot = await this.host.chooseSlot(mon, req.slot);
+    const nic: NicRecord = { uuid: req.uuid, mac, pci: slot, state: 'attaching' };
+    if (req.link) nic.link = req.link;
+    nicId(nic, slot);
+    return this.attachRecorded(NIC_KIND, nic, mon);
+  }
+
+  async addDisk(req: DiskRequest, prepare?: PrepareStep): Promise<DiskRecord> {
+    if (!prepare) diskKind(req.path);
+    this.assertNewUuid(req.uuid);
+    this.host.requireRunning();
+    const mon = await this.host.monitor();
+    const slot = await this.host.chooseSlot(mon, req.slot);
+    const disk: DiskRecord = { uuid: req.uuid, path: req.path, pci: slot, state: 'attaching' };
+    if (req.created) disk.created = true;
+    diskId(disk, slot);
+    return this.attachRecorded(DISK_KIND, disk, mon, prepare);
+  }
+
+  /** A new MAC or link: remove the NIC and add it again at the same slot. */
+  async modifyNic(uuid: string, change: { mac?: string; link?: string }): Promise<NicRecord> {
+    const old = this.find(NIC_KIND as unknown as DeviceKind, uuid) as NicRecord | undefined;
+    const name = this.host.name;
+    if (!old) throw new DeviceNotFoundError(name, `NIC with uuid ${uuid}`);
+    if (old.state) throw new InstanceStateError(`NIC ${uuid} of ${name} is ${old.state === 'detaching' ? 'being removed (removal pending)' : 'being added'}; it cannot be modified now`);
+    const next: NicRequest = { uuid, mac: change.mac ?? old.mac, link: change.link ?? old.link, slot: old.pci ?? undefined };
+    normalizeMac(next.mac);
+    if (next.link) assertBridge(next.link);
+    const removal = await this.remove(NIC_KIND as unknown as DeviceKind, uuid);
+    if (removal.pending) throw new InstanceStateError(`modify of NIC ${uuid} on ${name}: the guest did not release the old NIC in time; its removal is pending, and the new one was not added`);
+    let rec: NicRecord;
+    try {
+      rec = await this.addNic(next);
+    } catch (err) {
+      if (isOutcomeUnknown(err)) throw err;
+      const restore = await this.addNic({ uuid, mac: old.mac, link: old.link, slot: next.slot }).then(
+        () => 'the old NIC was put back',
+        (e) => `putting the old NIC back failed too: ${errorMessage(e)}`,
+      );
+      throw new InstanceStateError(`modify of NIC ${uuid} on ${name}: ${errorMessage(err)}; ${restore}`);
+    }
+    this.runner.settleCurrent('modify', 'succeeded', { result: rec });
+    this.host.save();
+    return rec;
+  }
+
+  /**
+   * Records the intent (with the operation), prepares the host side,
+   * attaches, and records the result with the operation's outcome.
+   */
+  private async attachRecorded<T extends DeviceRecord>(kind: DeviceKind<T>, rec: T, mon: Monitor, prepare?: PrepareStep): Promise<T> {
+    kind.records(this.host.data()).push(rec);
+    this.host.save();
+    let undoPrepare: (() => void) | void = undefined;
+    try {
+      undoPrepare = prepare?.();
+      if (prepare) kind.validate(rec);
+      await kind.attach(mon, rec, rec.pci as number, this.host.attachContext());
+    } catch (err) {
+      if (isOutcomeUnknown(err)) return this.settleUnknownAttach(kind as unknown as DeviceKind, rec, err) as Promise<T>;
+      undoPrepare?.();
+      kind.forget(this.host.data(), rec.uuid);
+      this.runner.settleCurrent('add', 'failed', { error: operationError(err) });
+      this.host.save();
+      throw err;
+    }
+    delete rec.state;
+    this.runner.settleCurrent('add', 'succeeded', { result: publicRecord(rec) });
+    this.host.save();
+    return publicRecord(rec);
+  }
+
+  /** An attach step timed out or the monitor went away: settle by QEMU's lists now if it answers. */
+  private async settleUnknownAttach(kind: DeviceKind, rec: DeviceRecord, cause: unknown): Promise<DeviceRecord> {
+    try {
+      const outcome = await this.settleDevice(kind, rec, 'request');
+      if (outcome === 'completed') return publicRecord(rec);
+      throw new InstanceStateError(`${errorMessage(cause)}; QEMU does not have the device, everything it had was released`);
+    } catch (err) {
+      if (err instanceof InstanceStateError) throw err;
+      this.host.scheduleReconcile();
+      throw new OutcomeUnknownError(
+        `hot-add of ${kind.label} ${rec.uuid} on ${this.host.name}: ${errorMessage(cause)}; the intent is kept and the node settles it as soon as QEMU's monitor answers (ask for the operation's outcome)`,
+        { cause },
+      );
+    }
+  }
+
+  async remove(kind: DeviceKind, uuid: string): Promise<RemovalResult<DeviceRecord>> {
+    const rec = this.find(kind, uuid);
+    const name = this.host.name;
+    if (!rec) throw new DeviceNotFoundError(name, `${kind.label} with uuid ${uuid}`);
+    if (rec.pci === null)
+      throw new InstanceStateError(`${kind.label} ${uuid} of ${name} has no PCI slot recorded (old runtime file); remove it without hotplug, or restart the instance once to give it a slot`);
+    if (rec.state === 'attaching') throw new InstanceStateError(`${kind.label} ${uuid} of ${name} is still being added; wait for that operation to settle`);
+    this.host.requireRunning();
+    const mon = await this.host.monitor();
+    rec.state = 'detaching';
+    this.host.save();
+    try {
+      await kind.detach(mon, rec, rec.pci, this.host.unplugTimeout(kind.unplugKind));
+    } catch (err) {
+      if (!isOutcomeUnknown(err)) {
+        delete rec.state;
+        this.host.save();
+        throw err;
+      }
+      // The guest has not let go (or QEMU did not answer): removal pending.
+      // The slot and id stay reserved; the guest's release, a repeated
+      // remove or reconciliation ends it.
+      const result = { record: publicRecord(rec), pending: true };
+      this.runner.settleCurrent('remove', 'removal_pending', { result });
+      this.host.save();
+      this.host.warn(`the guest has not released ${kind.label} ${uuid} within ${this.host.unplugTimeout(kind.unplugKind)} ms: ${errorMessage(err)}; removal pending`);
+      return result;
+    }
+    await this.finishRemoval(kind, rec, mon, 'request');
+    return { record: publicRecord(rec), pending: false };
+  }
+
+  /**
+   * The one path that ends a removal, for the API call, a DEVICE_DELETED
+   * event, a guest-initiated eject and reconciliation: backends released,
+   * record dropped with the operations it ends, then what the node made on
+   * the host for it (a disk file) deleted.
+   */
+  async finishRemoval(kind: DeviceKind, rec: DeviceRecord, mon: Monitor, by: SettledBy): Promise<void> {
+    await kind.release(mon, rec, rec.pci as number);
+    const wasAttaching = rec.state === 'attaching';
+    kind.forget(this.host.data(), rec.uuid);
+    if (wasAttaching) this.runner.failOpen(rec.uuid, by, `the hot-add of ${kind.label} ${rec.uuid} did not reach QEMU; everything it had made was released`);
+    else {
+      if (by === 'request') this.runner.settleCurrent('remove', 'succeeded', { result: { record: publicRecord(rec), pending: false } });
+      this.settleRemoved(kind, rec, by);
+    }
+    this.host.save();
+    this.releaseHost(kind, rec);
+  }
+
+  releaseHost(kind: DeviceKind, rec: DeviceRecord): void {
+    try {
+      kind.releaseHost(rec);
+    } catch (err) {
+      this.host.warn(`${kind.label} ${rec.uuid} is gone, but freeing its host side failed: ${errorMessage(err)}`);
+    }
+  }
+
+  /**
+   * A removal finished: the other operations still open for the device end
+   * with it; with none (the guest ejected it by itself) the change is
+   * recorded as the node's own, so the master learns of it.
+   */
+  private settleRemoved(kind: DeviceKind, rec: DeviceRecord, by: SettledBy): void {
+    const result = { record: publicRecord(rec), pending: false };
+    const open = this.runner.openFor(rec.uuid);
+    for (const op of open) {
+      if (op.action === 'remove') this.runner.settle(op, 'succeeded', by, { result });
+      else this.runner.settle(op, 'failed', by, { error: { code: 'ABORTED', message: `${kind.label} ${rec.uuid} was removed (${by}) while this operation was open` } });
+    }
+    if (!open.length && by !== 'request' && this.runner.current?.uuid !== rec.uuid) recordNodeChange(this.host.journal(), kind.name, 'remove', rec.uuid, by, result);
+  }
+
+  /**
+   * Settles one device's intent against QEMU's lists: an attach QEMU has is
+   * kept, one it lacks is released; a removal is carried on (if the guest
+   * does not let go in time, it stays pending).
+   */
+  async settleDevice(kind: DeviceKind, rec: DeviceRecord, by: SettledBy): Promise<DeviceOutcome> {
+    const mon = await this.host.monitor();
+    const present = await devicePresent(mon, idOf(kind, rec));
+    if (rec.state === 'attaching' && present) {
+      delete rec.state;
+      for (const op of this.runner.openFor(rec.uuid))
+        this.runner.settle(op, 'succeeded', by, { result: op.action === 'remove' ? { record: publicRecord(rec), pending: false } : publicRecord(rec) });
+      if (this.runner.current?.uuid === rec.uuid) this.runner.settleCurrent('add', 'succeeded', { result: publicRecord(rec) });
+      this.host.save();
+      return 'completed';
+    }
+    if (rec.state === 'detaching' && present) {
+      try {
+        await kind.detach(mon, rec, rec.pci as number, this.host.unplugTimeout(kind.unplugKind));
+      } catch (err) {
+        if (!isOutcomeUnknown(err)) throw err;
+        for (const op of this.runner.openFor(rec.uuid))
+          if (op.state === 'running') this.runner.settle(op, 'removal_pending', by, { result: { record: publicRecord(rec), pending: true } });
+        this.host.save();
+        return 'pending';
+      }
+    }
+    const rolledBack = rec.state === 'attaching';
+    await this.finishRemoval(kind, rec, mon, by);
+    return rolledBack ? 'rolled back' : 'completed';
+  }
+
+  /** At a start (QEMU not running): an unconfirmed add does not come back, an asked removal is done. */
+  dropPending(): void {
+    const pending = allDevices(this.host.data()).filter(([, rec]) => rec.state);
+    if (!pending.length) return;
+    for (const [kind, rec] of pending) {
+      kind.forget(this.host.data(), rec.uuid);
+      const removed = rec.state === 'detaching';
+      for (const op of this.runner.openFor(rec.uuid)) {
+        if (removed) this.runner.settle(op, 'succeeded', 'reconcile', { result: { record: publicRecord(rec), pending: false } });
+        else this.runner.settle(op, 'failed', 'reconcile', { error: { code: 'ABORTED', message: `the instance stopped before the hot-add of ${kind.label} ${rec.uuid} was confirmed; it was dropped` } });
+      }
+    }
+    this.host.save();
+    for (const [kind, rec] of pending) this.releaseHost(kind, rec);
+  }
+
+  /**
+   * Operations still running whose device has no intent left (e.g. the
+   * process died between recording them and touching anything): settled by
+   * what the runtime file holds.
+   */
+  settleOrphanOperations(inFlight: (id: string) => boolean): void {
+    let changed = false;
+    for (const op of this.host.journal().records.filter((o) => o.state === 'running' && o.kind !== 'resources')) {
+      if (inFlight(op.id)) continue;
+      const kind = (op.kind === 'disk' ? DISK_KIND : NIC_KIND) as unknown as DeviceKind;
+      const rec = this.find(kind, op.uuid);
+      if (rec?.state) continue;
+      const holds = op.action === 'remove' ? !rec : !!rec;
+      const result = op.action === 'remove' ? { record: { uuid: op.uuid }, pending: false } : rec ? publicRecord(rec) : undefined;
+      if (holds) this.runner.settle(op, 'succeeded', 'reconcile', { result });
+      else this.runner.settle(op, 'failed', 'reconcile', { error: { code: 'ABORTED', message: `operation ${op.id} was interrupted before it changed anything` } });
+      changed = true;
+    }
+    if (changed) this.host.save();
+  }
+}

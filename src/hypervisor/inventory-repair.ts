@@ -1,0 +1,80 @@
+/**
+ * The repairs of verify --fix that touch QEMU or the host (inventory.ts
+ * finds them). Runtime-record repairs are KvmInstance's (its "verify
+ * repairs" section). Every repair treats "already gone" as done.
+ */
+import { execFile } from 'node:child_process';
+import * as fs from 'node:fs';
+import { promisify } from 'node:util';
+import { fdsetsOf } from './disk';
+import { errorMessage } from './errors';
+import type { Repair } from './inventory';
+import { backendId } from './memory';
+import { deleteDevice, ignoreNotFound } from './qdev';
+import type { Monitor } from './qmp-client';
+import { connectTap } from './tap';
+
+const run = promisify(execFile);
+
+/** The repairs that need the instance's monitor. */
+export type QemuRepair = Extract<Repair, { kind: 'remove-device' | 'release-netdev' | 'release-block-node' | 'release-fdset' | 'release-memory-backend' }>;
+
+export const isQemuRepair = (r: Repair): r is QemuRepair =>
+  ['remove-device', 'release-netdev', 'release-block-node', 'release-fdset', 'release-memory-backend'].includes(r.kind);
+
+/** A NIC's backend: its netdev and a named fd getfd may have left. */
+async function releaseNetdev(mon: Monitor, id: string): Promise<void> {
+  await ignoreNotFound(mon.execute('netdev_del', { id }));
+  await ignoreNotFound(mon.execute('closefd', { fdname: id }));
+}
+
+/** A disk's backend: its block node and every fdset whose opaque is the id. */
+async function releaseBlock(mon: Monitor, id: string): Promise<void> {
+  await ignoreNotFound(mon.execute('blockdev-del', { 'node-name': id }));
+  for (const set of await fdsetsOf(mon, id)) await ignoreNotFound(mon.execute('remove-fd', { 'fdset-id': set }));
+}
+
+/** device_del, the wait until QEMU's lists no longer have it, then its backends. */
+async function removeDevice(mon: Monitor, r: Extract<Repair, { kind: 'remove-device' }>, unplugTimeoutMs: number): Promise<void> {
+  await deleteDevice(mon, r.id, unplugTimeoutMs);
+  if (r.device === 'nic') await releaseNetdev(mon, r.id);
+  else if (r.device === 'disk') await releaseBlock(mon, r.id);
+  else if (r.device === 'dimm') await ignoreNotFound(mon.execute('object-del', { id: backendId(r.id) }));
+}
+
+export async function applyQemuRepair(mon: Monitor, r: QemuRepair, unplugTimeoutMs: number): Promise<void> {
+  switch (r.kind) {
+    case 'remove-device':
+      return removeDevice(mon, r, unplugTimeoutMs);
+    case 'release-netdev':
+      return releaseNetdev(mon, r.id);
+    case 'release-block-node':
+      return releaseBlock(mon, r.id);
+    case 'release-fdset':
+      return ignoreNotFound(mon.execute('remove-fd', { 'fdset-id': r.id }));
+    case 'release-memory-backend':
+      return ignoreNotFound(mon.execute('object-del', { id: r.id }));
+  }
+}
+
+/** Deletes a tap nobody holds (a persistent one: its last fd is long closed). */
+export async function deleteTap(name: string): Promise<void> {
+  if (!fs.existsSync(`/sys/class/net/${name}`)) return;
+  try {
+    await run('ip', ['link', 'delete', name]);
+  } catch (err) {
+    throw new Error(`cannot delete tap ${name}: ${errorMessage(err)}`, { cause: err });
+  }
+}
+
+/** Host repairs that need no monitor: a tap back on its bridge, a stray tap, an orphan file. */
+export async function applyHostRepair(r: Extract<Repair, { kind: 'connect-tap' | 'delete-tap' | 'delete-file' }>): Promise<void> {
+  switch (r.kind) {
+    case 'connect-tap':
+      return connectTap(r.tap, r.link);
+    case 'delete-tap':
+      return deleteTap(r.name);
+    case 'delete-file':
+      return fs.rmSync(r.path, { force: true });
+  }
+}

@@ -12,7 +12,7 @@
  * unknown (timeout, monitor gone) keeps the intent, and settleDevice decides
  * it by QEMU's own lists. Everything here runs inside the instance's queue.
  */
-import { recordNodeChange, type OperationJournal, type SettledBy } from './operations';
+import { recordNodeChange, type OperationJournal, type OperationRecord, type SettledBy } from './operations';
 import { DeviceExistsError, DeviceNotFoundError, InstanceStateError, InvalidArgumentError, OutcomeUnknownError, errorMessage, isOutcomeUnknown } from './errors';
 import { allDevices, idOf, type AttachContext, type DeviceKind, type DeviceRecord } from './device-kinds';
 import { DISK_KIND, NIC_KIND } from './device-kinds';
@@ -130,6 +130,9 @@ export class DeviceOperations {
     const next: NicRequest = { uuid, mac: change.mac ?? old.mac, link: change.link ?? old.link, slot: old.pci ?? undefined };
     normalizeMac(next.mac);
     if (next.link) assertBridge(next.link);
+    // Saved with the removal's intent: a crash between the removal and the
+    // new add is repaired by putting the old NIC back (restoreModified).
+    if (this.runner.current) this.runner.current.request = { before: publicRecord(old) };
     const removal = await this.remove(NIC_KIND as unknown as DeviceKind, uuid);
     if (removal.pending) throw new InstanceStateError(`modify of NIC ${uuid} on ${name}: the guest did not release the old NIC in time; its removal is pending, and the new one was not added`);
     let rec: NicRecord;
@@ -317,13 +320,17 @@ export class DeviceOperations {
    * process died between recording them and touching anything): settled by
    * what the runtime file holds.
    */
-  settleOrphanOperations(inFlight: (id: string) => boolean): void {
+  async settleOrphanOperations(inFlight: (id: string) => boolean): Promise<void> {
     let changed = false;
     for (const op of this.host.journal().records.filter((o) => o.state === 'running' && o.kind !== 'resources')) {
       if (inFlight(op.id)) continue;
       const kind = (op.kind === 'disk' ? DISK_KIND : NIC_KIND) as unknown as DeviceKind;
       const rec = this.find(kind, op.uuid);
       if (rec?.state) continue;
+      if (op.action === 'modify' && !rec) {
+        await this.restoreModified(op);
+        continue;
+      }
       const holds = op.action === 'remove' ? !rec : !!rec;
       const result = op.action === 'remove' ? { record: { uuid: op.uuid }, pending: false } : rec ? publicRecord(rec) : undefined;
       if (holds) this.runner.settle(op, 'succeeded', 'reconcile', { result });
@@ -331,5 +338,20 @@ export class DeviceOperations {
       changed = true;
     }
     if (changed) this.host.save();
+  }
+
+  /** A NIC modify cut off between the removal and the new add: the old NIC goes back at its slot. */
+  private async restoreModified(op: OperationRecord): Promise<void> {
+    const before = (op.request as { before?: NicRecord } | undefined)?.before;
+    let how: string;
+    try {
+      if (!before) throw new InstanceStateError('the old NIC was not recorded');
+      await this.addNic({ uuid: before.uuid, mac: before.mac, link: before.link, slot: before.pci ?? undefined });
+      how = 'the old NIC was put back at its slot';
+    } catch (err) {
+      how = `putting the old NIC back failed (${errorMessage(err)}): the NIC is gone from the instance`;
+    }
+    this.runner.settle(op, 'failed', 'reconcile', { error: { code: 'ABORTED', message: `the modify of NIC ${op.uuid} was interrupted after the old NIC was removed; ${how}` } });
+    this.host.save();
   }
 }

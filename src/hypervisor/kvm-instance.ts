@@ -63,7 +63,8 @@ import {
   type NicRecord,
   type RuntimeData,
 } from './runtime-file';
-import { settleResourceIntents } from './resource-intents';
+import { reconcileInstance, settleResizeOperations, type ReconcileReport } from './instance-reconcile';
+import { MonitorLink } from './monitor-link';
 import { assertBridge, waitTapsGone } from './tap';
 import { unplugTimeoutFor, unplugTimeoutsFromHvparams, type UnplugKind, type UnplugTimeouts } from './unplug-timeouts';
 
@@ -86,12 +87,7 @@ export interface OperationOptions {
   operationId?: string;
 }
 
-export interface ReconcileReport {
-  completed: string[];
-  rolledBack: string[];
-  /** Removals the guest has still not acknowledged. */
-  pending: string[];
-}
+export type { ReconcileReport } from './instance-reconcile';
 
 /** This node's view of a migration of the instance (MigrationStatus). */
 export interface MigrationView {
@@ -126,16 +122,13 @@ export class KvmInstance extends EventEmitter {
   readonly name: string;
   readonly paths: InstancePaths;
   private data: RuntimeData;
-  private client: QmpClient | undefined;
-  private mon: Monitor | undefined;
+  private readonly link: MonitorLink;
   private queue: Promise<unknown> = Promise.resolve();
   private readonly options: KvmInstanceOptions;
   /** Runs requests at most once per operation id (operation-runner.ts). */
   private readonly runner: OperationRunner;
   /** Add, remove, modify and settle of NICs and disks (device-operations.ts). */
   private readonly deviceOps: DeviceOperations;
-  /** A monitor connect under way: concurrent callers share it. */
-  private connecting: Promise<Monitor> | undefined;
 
   private constructor(name: string, paths: InstancePaths, data: RuntimeData, options: KvmInstanceOptions) {
     super();
@@ -143,6 +136,7 @@ export class KvmInstance extends EventEmitter {
     this.paths = paths;
     this.data = data;
     this.options = options;
+    this.link = new MonitorLink({ socketPath: paths.qmpSocket, wrap: options.wrapMonitor, onEvent: (e) => this.onEvent(e) });
     this.runner = new OperationRunner({
       name,
       journal: () => this.journal,
@@ -244,8 +238,22 @@ export class KvmInstance extends EventEmitter {
     return { noRom: typeof this.data.hvparams.chroot === 'string' && this.data.hvparams.chroot !== '' };
   }
 
+  /**
+   * Makes the in-memory state durable. Changes are made in memory and then
+   * saved; if the save fails, memory goes back to what the file holds, so it
+   * never stays ahead of the disk (the operation fails with the save's error).
+   */
   private save(): void {
-    saveRuntimeFile(this.paths.runtimeFile, this.data);
+    try {
+      saveRuntimeFile(this.paths.runtimeFile, this.data);
+    } catch (err) {
+      try {
+        this.data = loadRuntimeFile(this.paths.runtimeFile, this.name);
+      } catch {
+        /* the file is unreadable too: keep memory, the error below names the save */
+      }
+      throw err;
+    }
   }
 
   /** Runs `fn` after every earlier operation on this instance has finished. */
@@ -472,7 +480,7 @@ export class KvmInstance extends EventEmitter {
     if (!r || !(r.cpus.some((c) => c.state) || r.dimms.some((d) => d.state))) return;
     r.cpus = r.cpus.filter((c) => !c.state);
     r.dimms = r.dimms.filter((d) => !d.state);
-    this.settleResizeOps(r);
+    settleResizeOperations(this.journal, this.runner, r);
     this.save();
   }
 
@@ -497,30 +505,13 @@ export class KvmInstance extends EventEmitter {
 
   // ---- monitor ----------------------------------------------------------
 
-  /** The monitor, connected on first use and again after QEMU restarts. */
-  async monitor(): Promise<Monitor> {
-    if (this.client && !this.client.closed && this.mon) return this.mon;
-    if (!this.connecting) {
-      this.connecting = this.connectMonitor().finally(() => {
-        this.connecting = undefined;
-      });
-    }
-    return this.connecting;
-  }
-
-  private async connectMonitor(): Promise<Monitor> {
-    const client = await QmpClient.connect(this.paths.qmpSocket);
-    client.on('event', (e: QmpEvent) => this.onEvent(e));
-    this.client = client;
-    this.mon = this.options.wrapMonitor ? this.options.wrapMonitor(client) : client;
-    return this.mon;
+  /** The monitor, connected on first use and again after QEMU restarts (single-flight). */
+  monitor(): Promise<Monitor> {
+    return this.link.get();
   }
 
   disconnect(): void {
-    this.connecting = undefined;
-    this.client?.close();
-    this.client = undefined;
-    this.mon = undefined;
+    this.link.close();
   }
 
   /** A guest may eject a device on its own, or finish a timed-out unplug late. */
@@ -687,7 +678,7 @@ export class KvmInstance extends EventEmitter {
     return {
       instance: this.name,
       mon,
-      qemuVersion: this.client?.qemuVersion,
+      qemuVersion: this.link.qemuVersion,
       cpuUnplugged: pid !== undefined && r.cpuUnpluggedPid === pid,
       pid,
       unplugTimeoutMs: this.unplugTimeout('cpu'),
@@ -741,45 +732,17 @@ export class KvmInstance extends EventEmitter {
     this.reconcileTimer.unref();
   }
 
-  private async reconcileNow(): Promise<ReconcileReport> {
-    const report: ReconcileReport = { completed: [], rolledBack: [], pending: [] };
-    if (this.pid === undefined) return report;
-    for (const [kind, rec] of allDevices(this.data).filter(([, r]) => r.state && r.pci !== null)) {
-      const id = idOf(kind, rec);
-      const outcome = await this.deviceOps.settleDevice(kind, rec, 'reconcile');
-      (outcome === 'completed' ? report.completed : outcome === 'pending' ? report.pending : report.rolledBack).push(id);
-    }
-    const r = this.data.resources;
-    if (r && (r.cpus.some((c) => c.state) || r.dimms.some((d) => d.state))) {
-      const done = await settleResourceIntents(await this.monitor(), r, this.unplugTimeout('cpu'));
-      report.completed.push(...done.completed);
-      report.rolledBack.push(...done.rolledBack);
-      report.pending.push(...done.pending);
-      this.save();
-    }
-    if (r && this.journal.records.some((o) => o.kind === 'resources' && o.state === 'running')) {
-      this.settleResizeOps(r);
-      this.save();
-    }
-    this.deviceOps.settleOrphanOperations((id) => this.runner.inFlightNow(id));
-    return report;
-  }
-
-  /**
-   * Running resize operations whose intents are settled: succeeded when the
-   * instance has what was asked, failed otherwise; both with the values the
-   * instance has now.
-   */
-  private settleResizeOps(r: ResourceState): void {
-    if (r.cpus.some((c) => c.state) || r.dimms.some((d) => d.state)) return;
-    const now = { vcpus: currentVcpus(r), memoryMiB: currentMemoryMiB(r), notes: ['settled by reconciliation after an interruption'] };
-    for (const op of this.journal.records.filter((o) => o.kind === 'resources' && o.state === 'running')) {
-      if (this.runner.inFlightNow(op.id)) continue;
-      const asked = (op.request ?? {}) as ResizeRequest;
-      const reached = (asked.vcpus === undefined || asked.vcpus === now.vcpus) && (asked.memoryMiB === undefined || asked.memoryMiB === now.memoryMiB);
-      if (reached) this.runner.settle(op, 'succeeded', 'reconcile', { result: now });
-      else this.runner.settle(op, 'failed', 'reconcile', { result: now, error: { code: 'ABORTED', message: `the resize was interrupted; the instance has ${now.vcpus} vCPUs and ${now.memoryMiB} MiB now` } });
-    }
+  private reconcileNow(): Promise<ReconcileReport> {
+    if (this.pid === undefined) return Promise.resolve({ completed: [], rolledBack: [], pending: [] });
+    return reconcileInstance({
+      deviceOps: this.deviceOps,
+      runner: this.runner,
+      data: () => this.data,
+      journal: () => this.journal,
+      save: () => this.save(),
+      monitor: () => this.monitor(),
+      cpuUnplugTimeoutMs: () => this.unplugTimeout('cpu'),
+    });
   }
 
   // ---- migration --------------------------------------------------------

@@ -75,7 +75,11 @@ export class OperationRunner {
   }
 
   run<T>(opId: string, kind: OperationKind, action: OperationAction, uuid: string, body: () => Promise<T>): Promise<T> {
-    assertOperationId(opId);
+    try {
+      assertOperationId(opId);
+    } catch (err) {
+      return Promise.reject(err);
+    }
     const flying = opId ? this.inFlight.get(opId) : undefined;
     if (flying) return flying as Promise<T>;
     const run = this.host.serialize(async () => {
@@ -115,8 +119,12 @@ export class OperationRunner {
    * so a late copy of the request is refused; returns the record.
    */
   fence(id: string): Promise<OperationRecord> {
-    assertOperationId(id);
-    if (!id) throw new HypervisorError('INVALID_ARGUMENT', 'fencing needs an operation id');
+    try {
+      assertOperationId(id);
+      if (!id) throw new HypervisorError('INVALID_ARGUMENT', 'fencing needs an operation id');
+    } catch (err) {
+      return Promise.reject(err);
+    }
     const flying = this.inFlight.get(id);
     return (flying ? flying.catch(() => undefined) : Promise.resolve()).then(() =>
       this.host.serialize(async () => {

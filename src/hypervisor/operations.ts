@@ -54,6 +54,8 @@ export interface OperationRecord {
 export interface OperationJournal {
   revision: number;
   records: OperationRecord[];
+  /** The highest revision among pruned records: a reader behind it has missed changes. */
+  prunedThrough?: number;
 }
 
 export const MAX_SETTLED = 256;
@@ -123,17 +125,20 @@ export function changedSince(j: OperationJournal, revision: number): OperationRe
   return j.records.filter((r) => r.revision > revision).sort((a, b) => a.revision - b.revision);
 }
 
-/** Whether the journal still holds every change after `revision` (none was pruned). */
+/**
+ * Whether the journal still holds every change after `revision`: no record
+ * whose last change came after it was pruned. (Gaps in the revisions are
+ * normal: a record that changed again carries only its newest revision.)
+ */
 export function reachesBack(j: OperationJournal, revision: number): boolean {
-  if (revision >= j.revision) return true;
-  const oldest = Math.min(...j.records.filter((r) => r.revision > 0).map((r) => r.revision), j.revision + 1);
-  return oldest <= revision + 1;
+  return revision >= (j.prunedThrough ?? 0);
 }
 
 function prune(j: OperationJournal): void {
   const settled = j.records.filter((r) => r.state === 'succeeded' || r.state === 'failed');
   if (settled.length <= MAX_SETTLED) return;
   const drop = new Set(settled.sort((a, b) => a.revision - b.revision).slice(0, settled.length - MAX_SETTLED));
+  j.prunedThrough = Math.max(j.prunedThrough ?? 0, ...[...drop].map((r) => r.revision));
   j.records = j.records.filter((r) => !drop.has(r));
 }
 

@@ -222,7 +222,12 @@ function fsyncDir(dir: string): void {
 export function saveRuntimeFile(file: string, data: RuntimeData, hooks: SaveHooks = {}): void {
   const dir = path.dirname(file);
   const temp = path.join(dir, `.${path.basename(file)}.tmp-${process.pid}`);
-  const fd = fs.openSync(temp, 'w', 0o600);
+  let fd: number;
+  try {
+    fd = fs.openSync(temp, 'w', 0o600);
+  } catch (err) {
+    throw new RuntimeFileError(file, `could not be written: ${(err as Error).message}`);
+  }
   try {
     fs.writeFileSync(fd, serializeRuntime(data));
     fs.fsyncSync(fd);

@@ -1,5 +1,5 @@
 import { strict as assert } from 'node:assert';
-import { HotplugStepError, QmpCommandError, QmpTimeoutError } from '../../src/hypervisor/errors';
+import { HotplugStepError, QmpCommandError, QmpTimeoutError, isOutcomeUnknown } from '../../src/hypervisor/errors';
 import { HotplugTransaction, inTransaction } from '../../src/hypervisor/hotplug-transaction';
 
 /** Runs `p` and returns the HotplugStepError it rejects with. */
@@ -166,6 +166,24 @@ describe('hotplug-transaction', () => {
       }),
     );
     assert.equal(timeout.code, 'DEADLINE_EXCEEDED');
+  });
+
+  it('undoes nothing after a step whose outcome is unknown (timeout), and says so', async () => {
+    const log: string[] = [];
+    const err = await stepError(
+      inTransaction('hot-add of NIC n', async (tx) => {
+        await tx.step('netdev_add', () => 1, () => log.push('netdev_del'));
+        await tx.step('device_add', () => {
+          throw new QmpTimeoutError('device_add', '/run/x/qmp.sock', 5000);
+        });
+      }),
+    );
+    assert.deepEqual(log, [], 'a device_add that may have run keeps its netdev');
+    assert.equal(err.outcomeUnknown, true);
+    assert.deepEqual(err.undone, []);
+    assert.match(err.message, /its outcome is unknown .* nothing was undone, reconciliation settles it/);
+    assert.equal(isOutcomeUnknown(err), true);
+    assert.equal(isOutcomeUnknown(new QmpCommandError('device_add', 'GenericError', 'no')), false);
   });
 
   it('uses INTERNAL and the string form for a cause that is not an Error', async () => {

@@ -47,6 +47,7 @@ describe('instance-paths', () => {
         dir: '/var/lib/gnt/web-1.example',
         runtimeFile: '/var/lib/gnt/web-1.example/runtime.json',
         qmpSocket: '/var/lib/gnt/web-1.example/qmp.sock',
+        testQmpSocket: '/var/lib/gnt/web-1.example/qmp-test.sock',
         consoleLog: '/var/lib/gnt/web-1.example/console.log',
         pidFile: '/var/lib/gnt/web-1.example/qemu.pid',
         qemuLog: '/var/lib/gnt/web-1.example/qemu.log',

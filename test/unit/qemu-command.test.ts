@@ -113,6 +113,15 @@ describe('qemu-command', () => {
         '-pidfile', '/d/qemu.pid',
       ]);
     });
+
+    it('adds the test monitor only when asked (gnt-noded --test-monitor)', () => {
+      const paths = { qmpSocket: '/d/qmp.sock', consoleLog: '/d/console.log', pidFile: '/d/qemu.pid', testQmpSocket: '/d/qmp-test.sock' };
+      assert.ok(!nodeLocalArgs(paths).includes('unix:/d/qmp-test.sock,server=on,wait=off'));
+      assert.deepEqual(nodeLocalArgs(paths, { testMonitor: true }).slice(0, 4), [
+        '-qmp', 'unix:/d/qmp.sock,server=on,wait=off',
+        '-qmp', 'unix:/d/qmp-test.sock,server=on,wait=off',
+      ]);
+    });
   });
 
   describe('securityArgs', () => {

@@ -70,6 +70,8 @@ export interface DeviceHost {
   attachContext(): AttachContext;
   chooseSlot(mon: Monitor, requested: number | undefined): Promise<number>;
   scheduleReconcile(): void;
+  /** QEMU refused an attach: the slot owner reads QEMU's lists again before the next choice. */
+  slotsChanged(): void;
   warn(message: string): void;
 }
 
@@ -165,6 +167,7 @@ export class DeviceOperations {
       await kind.attach(mon, rec, rec.pci as number, this.host.attachContext());
     } catch (err) {
       if (isOutcomeUnknown(err)) return this.settleUnknownAttach(kind as unknown as DeviceKind, rec, err) as Promise<T>;
+      this.host.slotsChanged();
       undoPrepare?.();
       kind.forget(this.host.data(), rec.uuid);
       this.runner.settleCurrent('add', 'failed', { error: operationError(err) });
@@ -227,12 +230,15 @@ export class DeviceOperations {
 
   /**
    * The one path that ends a removal, for the API call, a DEVICE_DELETED
-   * event, a guest-initiated eject and reconciliation: backends released,
-   * record dropped with the operations it ends, then what the node made on
-   * the host for it (a disk file) deleted.
+   * event, a guest-initiated eject and reconciliation: QEMU's backends
+   * released, what the node made on the host for the device (a disk file)
+   * deleted while the record still names it, then the record dropped with
+   * the operations it ends. A crash in between leaves a record whose next
+   * reconcile finishes the same way, never a file that no record names.
    */
   async finishRemoval(kind: DeviceKind, rec: DeviceRecord, mon: Monitor, by: SettledBy): Promise<void> {
     await kind.release(mon, rec, rec.pci as number);
+    this.releaseHost(kind, rec);
     const wasAttaching = rec.state === 'attaching';
     kind.forget(this.host.data(), rec.uuid);
     if (wasAttaching) this.runner.failOpen(rec.uuid, by, `the hot-add of ${kind.label} ${rec.uuid} did not reach QEMU; everything it had made was released`);
@@ -241,7 +247,6 @@ export class DeviceOperations {
       this.settleRemoved(kind, rec, by);
     }
     this.host.save();
-    this.releaseHost(kind, rec);
   }
 
   releaseHost(kind: DeviceKind, rec: DeviceRecord): void {
@@ -303,6 +308,7 @@ export class DeviceOperations {
   dropPending(): void {
     const pending = allDevices(this.host.data()).filter(([, rec]) => rec.state);
     if (!pending.length) return;
+    for (const [kind, rec] of pending) this.releaseHost(kind, rec);
     for (const [kind, rec] of pending) {
       kind.forget(this.host.data(), rec.uuid);
       const removed = rec.state === 'detaching';
@@ -312,7 +318,6 @@ export class DeviceOperations {
       }
     }
     this.host.save();
-    for (const [kind, rec] of pending) this.releaseHost(kind, rec);
   }
 
   /**

@@ -458,6 +458,11 @@ export function compareBackends(rt: RuntimeData, q: QemuInventory): Finding[] {
     const opaque = s.fds.map((f) => f.opaque ?? '').filter(Boolean).join(', ');
     out.push({ device: `fdset ${s.id}${opaque ? ` (${opaque})` : ''}`, problem: 'no block node reads from this fdset', code: 'unused-backend', repair: { kind: 'release-fdset', id: s.id } });
   }
+  const netdevFds = new Set(q.net.filter((c) => c.type !== 'nic' && c.fd !== undefined).map((c) => c.fd));
+  for (const [fd, tap] of q.tunFds) {
+    if (netdevFds.has(fd)) continue;
+    out.push({ device: `tap ${tap} (QEMU fd ${fd})`, problem: 'QEMU holds this tap open but no netdev uses it (a getfd no netdev_add consumed); it goes when QEMU stops', code: 'unused-backend' });
+  }
   const usedMem = new Set(q.memoryDevices.map((m) => m.memdev.replace(/^\/objects\//, '')));
   const vmem = rt.resources?.virtioMem;
   if (vmem) usedMem.add(backendId(vmem.id));
@@ -562,6 +567,14 @@ export function findOrphanFiles(candidates: string[], referenced: ReadonlySet<st
     });
 }
 
+function isRegularFile(f: string): boolean {
+  try {
+    return fs.lstatSync(f).isFile();
+  } catch {
+    return false; // gone meanwhile
+  }
+}
+
 /** The node's own disk files in one instance directory of the storage directory: `<uuid>.img`. */
 export function storageCandidates(dir: string, isOwnName: (file: string) => boolean): string[] {
   let names: string[];
@@ -572,7 +585,7 @@ export function storageCandidates(dir: string, isOwnName: (file: string) => bool
   }
   return names
     .map((n) => path.join(dir, n))
-    .filter((f) => isOwnName(path.basename(f)) && fs.lstatSync(f).isFile())
+    .filter((f) => isOwnName(path.basename(f)) && isRegularFile(f))
     .sort();
 }
 

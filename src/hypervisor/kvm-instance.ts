@@ -21,7 +21,6 @@ import { OperationRunner, operationError } from './operation-runner';
 import { emptyJournal, type OperationJournal, type OperationRecord } from './operations';
 import { instancePaths, type InstancePaths } from './instance-paths';
 import { nicBootArgs, nicId, normalizeMac, prepareNicTap } from './nic';
-import { crossCheckPci, fromQueryPci, parseInfoPci, type QueryPciBus } from './pci-info';
 import { DEFAULT_RESERVED_SLOTS, PciSlotMap } from './pci-slots';
 import { devicePresent, isDeletionOf } from './qdev';
 import { DEFAULT_QEMU, qemuFeatures } from './qemu-binary';
@@ -65,6 +64,7 @@ import {
 } from './runtime-file';
 import { reconcileInstance, settleResizeOperations, type ReconcileReport } from './instance-reconcile';
 import { MonitorLink } from './monitor-link';
+import { SlotOwner } from './slot-owner';
 import { assertBridge, waitTapsGone } from './tap';
 import { unplugTimeoutFor, unplugTimeoutsFromHvparams, type UnplugKind, type UnplugTimeouts } from './unplug-timeouts';
 
@@ -123,6 +123,8 @@ export class KvmInstance extends EventEmitter {
   readonly paths: InstancePaths;
   private data: RuntimeData;
   private readonly link: MonitorLink;
+  /** The one owner of the instance's PCI slots (slot-owner.ts). */
+  private readonly slots: SlotOwner;
   private queue: Promise<unknown> = Promise.resolve();
   private readonly options: KvmInstanceOptions;
   /** Runs requests at most once per operation id (operation-runner.ts). */
@@ -136,6 +138,7 @@ export class KvmInstance extends EventEmitter {
     this.paths = paths;
     this.data = data;
     this.options = options;
+    this.slots = new SlotOwner(name, (m) => void this.emit('warning', m));
     this.link = new MonitorLink({ socketPath: paths.qmpSocket, wrap: options.wrapMonitor, onEvent: (e) => this.onEvent(e) });
     this.runner = new OperationRunner({
       name,
@@ -155,6 +158,7 @@ export class KvmInstance extends EventEmitter {
       attachContext: () => ({ nicOptions: this.nicOptions }),
       chooseSlot: (mon, requested) => this.chooseSlot(mon, requested),
       scheduleReconcile: () => this.scheduleReconcile(),
+      slotsChanged: () => this.slots.invalidate(),
       warn: (message) => void this.emit('warning', message),
     });
   }
@@ -512,6 +516,7 @@ export class KvmInstance extends EventEmitter {
 
   disconnect(): void {
     this.link.close();
+    this.slots.invalidate();
   }
 
   /** A guest may eject a device on its own, or finish a timed-out unplug late. */
@@ -536,23 +541,12 @@ export class KvmInstance extends EventEmitter {
 
   /** The PCI slot map as QEMU shows it now (info pci, cross-checked with query-pci) plus the runtime file. */
   async slotMap(mon: Monitor): Promise<PciSlotMap> {
-    const [text, query] = await Promise.all([mon.hmp('info pci'), mon.execute<QueryPciBus[]>('query-pci')]);
-    const live = parseInfoPci(text);
-    const structured = fromQueryPci(query);
-    const problems = crossCheckPci(live, structured);
-    if (problems.length) this.emit('warning', `info pci and query-pci disagree: ${problems.join('; ')}`);
-    const map = new PciSlotMap(this.name).addLive(live).addLive(structured);
-    for (const [kind, rec] of allDevices(this.data)) {
-      if (rec.pci !== null) map.addRecorded(rec.pci, rec.uuid ? idOf(kind, rec) : `a ${kind.label} from an old runtime file`);
-    }
-    const vmem = this.data.resources?.virtioMem;
-    if (vmem) map.addRecorded(vmem.pci, `the virtio-mem device ${vmem.id}`);
-    return map;
+    await this.slots.refresh(mon, this.data);
+    return this.slots.map(mon, this.data);
   }
 
-  private async chooseSlot(mon: Monitor, requested: number | undefined): Promise<number> {
-    const map = await this.slotMap(mon);
-    return requested === undefined ? map.firstFree() : map.claim(requested);
+  private chooseSlot(mon: Monitor, requested: number | undefined): Promise<number> {
+    return this.slots.choose(mon, this.data, requested);
   }
 
   private requireRunning(): void {
@@ -579,6 +573,8 @@ export class KvmInstance extends EventEmitter {
 
   private get journal(): OperationJournal {
     if (!this.data.operations) this.data.operations = emptyJournal();
+    // A journal written before epochs existed gets one (saved with the next change).
+    if (!this.data.operations.epoch) this.data.operations.epoch = emptyJournal().epoch;
     return this.data.operations;
   }
 
@@ -599,7 +595,7 @@ export class KvmInstance extends EventEmitter {
 
   /** The journal (a copy): the node reports its records to the master. */
   get operations(): OperationJournal {
-    return JSON.parse(JSON.stringify(this.journal)) as OperationJournal;
+    return JSON.parse(JSON.stringify(this.data.operations ?? { epoch: '', revision: 0, records: [] })) as OperationJournal;
   }
 
   // ---- hotplug ----------------------------------------------------------
@@ -732,9 +728,9 @@ export class KvmInstance extends EventEmitter {
     this.reconcileTimer.unref();
   }
 
-  private reconcileNow(): Promise<ReconcileReport> {
-    if (this.pid === undefined) return Promise.resolve({ completed: [], rolledBack: [], pending: [] });
-    return reconcileInstance({
+  private async reconcileNow(): Promise<ReconcileReport> {
+    if (this.pid === undefined) return { completed: [], rolledBack: [], pending: [] };
+    const report = await reconcileInstance({
       deviceOps: this.deviceOps,
       runner: this.runner,
       data: () => this.data,
@@ -743,6 +739,9 @@ export class KvmInstance extends EventEmitter {
       monitor: () => this.monitor(),
       cpuUnplugTimeoutMs: () => this.unplugTimeout('cpu'),
     });
+    // Cross-check of the slots against QEMU's own lists (slot-owner.ts).
+    await this.slots.refresh(await this.monitor(), this.data);
+    return report;
   }
 
   // ---- migration --------------------------------------------------------
@@ -916,27 +915,27 @@ export class KvmInstance extends EventEmitter {
 
   // ---- verify repairs ----
   // Used by verify --fix (src/noded/verify-service.ts) from inside exclusive():
-  // none of them queues. Each saves a changed copy of the runtime data and
-  // only then makes it current.
+  // none of them queues. Each changes the runtime data and saves it (save()
+  // puts memory back to the file if the save fails).
 
-  /** Applies `change` to a copy of the runtime data, saves it, then makes it current. Resolves whether it changed anything. */
+  /** Applies `change` to the runtime data and saves it when it changed anything; returns whether it did. */
   private verifyRewrite(change: (d: RuntimeData) => boolean): boolean {
-    const next = this.runtime;
-    if (!change(next)) return false;
-    saveRuntimeFile(this.paths.runtimeFile, next);
-    this.data = next;
+    if (!change(this.data)) return false;
+    this.save();
     return true;
   }
 
   /** Drops the record of a device QEMU does not have: a NIC or disk by uuid, a hot-added vCPU or DIMM by id. */
   verifyDropRecord(kind: 'nic' | 'disk' | 'cpu' | 'dimm', key: string): boolean {
     return this.verifyRewrite((d) => {
-      const before = JSON.stringify(d);
+      const r = d.resources;
+      const count = (): number => d.nics.length + d.block_devices.length + (r ? r.cpus.length + r.dimms.length : 0);
+      const before = count();
       if (kind === 'nic') d.nics = d.nics.filter((n) => n.uuid !== key);
       else if (kind === 'disk') d.block_devices = d.block_devices.filter((b) => b.uuid !== key);
-      else if (d.resources && kind === 'cpu') d.resources.cpus = d.resources.cpus.filter((c) => c.id !== key);
-      else if (d.resources) d.resources.dimms = d.resources.dimms.filter((m) => m.id !== key);
-      return JSON.stringify(d) !== before;
+      else if (r && kind === 'cpu') r.cpus = r.cpus.filter((c) => c.id !== key);
+      else if (r) r.dimms = r.dimms.filter((m) => m.id !== key);
+      return count() !== before;
     });
   }
 

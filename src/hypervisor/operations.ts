@@ -18,6 +18,7 @@
  * changed after the last revision it applied. Settled records are pruned
  * beyond MAX_SETTLED, oldest first; running and pending ones never are.
  */
+import { randomUUID } from 'node:crypto';
 import { InvalidArgumentError } from './errors';
 
 export type OperationState = 'running' | 'removal_pending' | 'succeeded' | 'failed';
@@ -52,6 +53,8 @@ export interface OperationRecord {
 }
 
 export interface OperationJournal {
+  /** Made when the journal is created: a reader that sees another one knows the journal started over. */
+  epoch?: string;
   revision: number;
   records: OperationRecord[];
   /** The highest revision among pruned records: a reader behind it has missed changes. */
@@ -69,7 +72,7 @@ export function assertOperationId(id: string): string {
   return id;
 }
 
-export const emptyJournal = (): OperationJournal => ({ revision: 0, records: [] });
+export const emptyJournal = (): OperationJournal => ({ epoch: randomUUID(), revision: 0, records: [] });
 
 export function findOperation(j: OperationJournal, id: string): OperationRecord | undefined {
   return id ? j.records.find((r) => r.id === id) : undefined;

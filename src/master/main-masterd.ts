@@ -1,23 +1,48 @@
 /**
- * gnt-masterd --cluster-dir DIR [--listen HOST:PORT]
+ * gnt-masterd --cluster-dir DIR [--listen HOST:PORT] [--outcome-window-ms MS]
+ *             [--converge-interval-ms MS] [--fence-after-ms MS]
  *
  * Serves the master API with mutual TLS and runs jobs. Jobs left queued or
- * running by an earlier master are marked failed at start-up, and the
- * configuration of the instances they touched is reconciled with the
- * nodes' runtime (jobs/reconcile.ts) before serving. Prints
- * "gnt-masterd listening on HOST:PORT" once ready.
+ * running by an earlier master are marked failed at start-up; the outcomes
+ * of their operations are settled by the convergence loop (convergence.ts),
+ * whose first pass runs before serving, and older interrupted jobs without
+ * operations are reconciled with the nodes' runtime (jobs/reconcile.ts).
+ * Prints "gnt-masterd listening on HOST:PORT" once ready.
+ *
+ * The three timings can also come from GNT_MASTERD_OUTCOME_WINDOW_MS,
+ * GNT_MASTERD_CONVERGE_INTERVAL_MS and GNT_MASTERD_FENCE_AFTER_MS (the
+ * options win).
  */
 import { ClusterDir } from './cluster-dir';
 import { MasterDaemon } from './server';
 import { parseArgs } from './cli/args';
-import { UsageError } from './validate';
+import { checkCount, UsageError } from './validate';
+import type { ParsedArgs } from './cli/args';
+
+const TIMINGS = {
+  outcomeWindowMs: ['outcome-window-ms', 'GNT_MASTERD_OUTCOME_WINDOW_MS'],
+  convergeIntervalMs: ['converge-interval-ms', 'GNT_MASTERD_CONVERGE_INTERVAL_MS'],
+  fenceAfterMs: ['fence-after-ms', 'GNT_MASTERD_FENCE_AFTER_MS'],
+} as const;
+
+type Timings = { -readonly [K in keyof typeof TIMINGS]?: number };
+
+/** The timing options (ms, 10 ms to 1 h), from the command line or the environment. */
+function timings(args: ParsedArgs): Timings {
+  const out: Timings = {};
+  for (const [key, [option, env]] of Object.entries(TIMINGS) as [keyof Timings, readonly [string, string]][]) {
+    const text = args.value(option) ?? process.env[env];
+    if (text !== undefined && text !== '') out[key] = checkCount(text, `--${option} (or ${env})`, 10, 3_600_000);
+  }
+  return out;
+}
 
 export async function masterdMain(argv: string[]): Promise<number> {
   let args;
   try {
-    args = parseArgs(argv, { values: ['cluster-dir', 'listen'], flags: ['help'] });
+    args = parseArgs(argv, { values: ['cluster-dir', 'listen', ...Object.values(TIMINGS).map(([o]) => o)], flags: ['help'] });
     if (args.flags.has('help')) {
-      process.stdout.write('usage: gnt-masterd [--cluster-dir DIR] [--listen HOST:PORT]\n');
+      process.stdout.write('usage: gnt-masterd [--cluster-dir DIR] [--listen HOST:PORT] [--outcome-window-ms MS] [--converge-interval-ms MS] [--fence-after-ms MS]\n');
       return 0;
     }
     if (args.positional.length) throw new UsageError(`unexpected argument "${args.positional[0]}"`);
@@ -29,10 +54,12 @@ export async function masterdMain(argv: string[]): Promise<number> {
   let master: MasterDaemon;
   let bound: string;
   try {
-    master = new MasterDaemon({ clusterDir: dir, listen: args.value('listen') });
+    master = new MasterDaemon({ clusterDir: dir, listen: args.value('listen'), ...timings(args) });
     for (const id of master.interrupted) process.stderr.write(`gnt-masterd: job ${id} was interrupted by a master restart; marked failed\n`);
     // Before serving: no new job may touch an instance whose config is being repaired.
-    await master.reconcile((line) => process.stderr.write(`${line}\n`));
+    const report = (line: string) => process.stderr.write(`${line}\n`);
+    await master.reconcile(report);
+    await master.startConvergence(report);
     bound = await master.listen();
   } catch (err) {
     process.stderr.write(`Failure: ${(err as Error).message}\n`);

@@ -21,13 +21,36 @@ import type { InstanceReceiveRequest } from '../generated/gnt/node/v1/InstanceRe
 import type { InstanceReceiveReply__Output } from '../generated/gnt/node/v1/InstanceReceiveReply';
 import type { MigrationStartRequest } from '../generated/gnt/node/v1/MigrationStartRequest';
 import type { MigrationStatus__Output } from '../generated/gnt/node/v1/MigrationStatus';
+import type { InstanceVerifyRequest } from '../generated/gnt/node/v1/InstanceVerifyRequest';
+import type { InstanceVerifyReply__Output } from '../generated/gnt/node/v1/InstanceVerifyReply';
+import type { OperationRecord__Output } from '../generated/gnt/node/v1/OperationRecord';
+import type { OperationCursor } from '../generated/gnt/node/v1/OperationCursor';
+import type { OperationLogReply__Output } from '../generated/gnt/node/v1/OperationLogReply';
+
+/** Codes the node's handlers answer after deciding that nothing was (or stays) applied. */
+const DEFINITIVE = new Set(['INVALID_ARGUMENT', 'NOT_FOUND', 'ALREADY_EXISTS', 'FAILED_PRECONDITION', 'RESOURCE_EXHAUSTED',
+  'OUT_OF_RANGE', 'UNIMPLEMENTED', 'PERMISSION_DENIED', 'UNAUTHENTICATED', 'ABORTED']);
 
 export class NodeRpcError extends Error {
-  constructor(message: string, readonly code: string, readonly grpcCode: number) {
+  /**
+   * True when the caller cannot tell whether the node applied the request:
+   * the connection dropped or never answered (UNAVAILABLE not about QEMU),
+   * the call's own deadline passed, or the call ended CANCELLED, UNKNOWN or
+   * INTERNAL. False for an answer of the node's handler (a definitive
+   * refusal or failure, including QEMU's monitor gone and QEMU or the guest
+   * not answering in time).
+   */
+  readonly ambiguous: boolean;
+
+  constructor(message: string, readonly code: string, readonly grpcCode: number, ambiguous?: boolean) {
     super(message);
     this.name = 'NodeRpcError';
+    this.ambiguous = ambiguous ?? !DEFINITIVE.has(code);
   }
 }
+
+/** Whether an error from a node call leaves the outcome of the request unknown (see NodeRpcError.ambiguous). */
+export const outcomeUnknown = (err: unknown): boolean => !(err instanceof NodeRpcError) || err.ambiguous;
 
 export const statusName = (code: number): string => grpc.status[code] ?? `CODE_${code}`;
 
@@ -68,15 +91,24 @@ export class NodeRpc {
    * A channel that failed to connect sits in gRPC's reconnect backoff for up
    * to seconds, even once the node daemon is back (restarted). A call that
    * finds no connection is therefore tried once more on a fresh channel
-   * before it reports the node unreachable. Only connection failures are
-   * retried: the node never saw the request.
+   * before it reports the node unreachable.
+   *
+   * Only failures to establish a connection are retried here, never a
+   * connection that dropped while the node held the call ("Connection
+   * dropped": the node may have applied the request). Even a connect failure
+   * does not prove the node never saw the request, so a retry is safe only
+   * because a changing call carries an operation id: HotplugDevice and
+   * InstanceResize are sent again with the same id, and a node that already
+   * has it answers the recorded outcome instead of applying it twice
+   * (jobs/operations.ts). What remains ambiguous after this is resolved by
+   * the caller with OperationStatus (jobs/op-call.ts).
    */
   private async send<M extends NodeMethod>(node: NodeTarget, method: M, req: NodeRequest<M>, deadline: number): Promise<NodeReply<M>> {
     try {
       return await callNode(this.client(node.address), method, req, { deadline });
     } catch (e) {
       const err = e as grpc.ServiceError;
-      if (err.code !== grpc.status.UNAVAILABLE || !/No connection established|ECONNREFUSED|connect/i.test(err.details ?? '')) throw e;
+      if (err.code !== grpc.status.UNAVAILABLE || !/No connection established|ECONNREFUSED|failed to connect/i.test(err.details ?? '')) throw e;
       this.clients.get(node.address)?.close();
       this.clients.delete(node.address);
       return await callNode(this.client(node.address), method, req, { deadline });
@@ -92,13 +124,15 @@ export class NodeRpc {
       const name = statusName(err.code);
       const detail = (err.details || err.message).replace(/\s*Resolution note:\s*$/, '').trim();
       const where = `node ${node.name} (${node.address})`;
-      const message =
-        err.code === grpc.status.UNAVAILABLE && !/^QEMU|monitor/i.test(detail)
-          ? `cannot reach ${where}: ${detail}`
-          : err.code === grpc.status.DEADLINE_EXCEEDED && /Deadline exceeded/i.test(detail)
-            ? `${where} did not answer ${method} within ${Math.round(timeoutMs / 1000)} s`
-            : `${where}: ${detail} (${name})`;
-      throw new NodeRpcError(message, name, err.code);
+      const unreachable = err.code === grpc.status.UNAVAILABLE && !/^QEMU|monitor/i.test(detail);
+      const rpcDeadline = err.code === grpc.status.DEADLINE_EXCEEDED && /Deadline exceeded/i.test(detail);
+      const message = unreachable
+        ? `cannot reach ${where}: ${detail}`
+        : rpcDeadline
+          ? `${where} did not answer ${method} within ${Math.round(timeoutMs / 1000)} s`
+          : `${where}: ${detail} (${name})`;
+      const answered = (err.code === grpc.status.UNAVAILABLE || err.code === grpc.status.DEADLINE_EXCEEDED) && !unreachable && !rpcDeadline;
+      throw new NodeRpcError(message, name, err.code, answered ? false : undefined);
     }
   }
 
@@ -128,6 +162,14 @@ export class NodeRpc {
   }
   instanceResize(node: NodeTarget, req: InstanceResizeRequest): Promise<InstanceResizeReply__Output> {
     return this.call(node, 'InstanceResize', req, this.longMs);
+  }
+  /** The recorded outcome of one operation; fence=true records an unknown id as FAILED (quick). */
+  operationStatus(node: NodeTarget, instance: string, operationId: string, fence = false): Promise<OperationRecord__Output> {
+    return this.call(node, 'OperationStatus', { instance, operationId, fence }, this.shortMs);
+  }
+  /** The node's operation records after the given revisions (quick). */
+  operationLog(node: NodeTarget, cursors: OperationCursor[], timeoutMs?: number): Promise<OperationLogReply__Output> {
+    return this.call(node, 'OperationLog', { cursors, allInstances: false }, timeoutMs ?? this.shortMs);
   }
 
 
@@ -160,6 +202,13 @@ export class NodeRpc {
   /** The instance runs elsewhere now: stops QEMU on this node and forgets it, keeping the disks (long). */
   instanceRelease(node: NodeTarget, name: string): Promise<unknown> {
     return this.call(node, 'InstanceRelease', { name }, this.longMs);
+  }
+
+  // ---- verification (verify.ts) ----
+
+  /** Compares (and with fix repairs) the node's instances against QEMU and the host (long: repairs wait for unplugs). */
+  instanceVerify(node: NodeTarget, req: InstanceVerifyRequest): Promise<InstanceVerifyReply__Output> {
+    return this.call(node, 'InstanceVerify', req, this.longMs);
   }
 
   close(): void {

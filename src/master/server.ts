@@ -21,7 +21,12 @@ import { addPending, reconcilePending, type ReconcileResult } from './jobs/recon
 import { prepareJob } from './jobs/ops';
 import { checkMigrationConflict } from './jobs/submit-guard';
 import { NodeRpc, NodeRpcError, type NodeRpcOptions } from './node-rpc';
+import { Convergence, DEFAULT_CONVERGE_INTERVAL_MS } from './convergence';
+import { recentHistory } from './config/history';
+import { openOperations } from './jobs/operations';
+import type { InstanceDetails } from '../generated/gnt/master/v1/InstanceDetails';
 import { checkAddress, UsageError } from './validate';
+import { VERIFY_OP, Verifier } from './verify';
 
 export const loadMasterProto = (): MasterProto => loadProto<MasterProto>('master.proto');
 
@@ -37,8 +42,8 @@ function toInstance(i: InstanceConfig): Instance {
     uuid: i.uuid, name: i.name, node: i.node.name, vcpus: i.vcpus, maxvcpus: i.maxvcpus, memoryMib: i.memory_mib,
     maxmemMib: i.maxmem_mib, kernel: i.kernel, initrd: i.initrd, kernelArgs: i.kernel_args, hvparams: i.hvparams,
     adminState: i.admin_state, createdAt: i.created_at,
-    nics: i.nics.map((n) => ({ index: n.idx, uuid: n.uuid, mac: n.mac, link: n.link })),
-    disks: i.disks.map((d) => ({ index: d.idx, uuid: d.uuid, sizeBytes: d.size_bytes })),
+    nics: i.nics.map((n) => ({ index: n.idx, uuid: n.uuid, mac: n.mac, link: n.link, removalPending: n.removal_pending !== '' })),
+    disks: i.disks.map((d) => ({ index: d.idx, uuid: d.uuid, sizeBytes: d.size_bytes, removalPending: d.removal_pending !== '' })),
   };
 }
 
@@ -59,6 +64,12 @@ export interface MasterOptions {
   /** Overrides the address from cluster.json (host:port; port 0 picks one). */
   listen?: string;
   rpc?: NodeRpcOptions;
+  /** How long a job asks a node for an operation's outcome after an ambiguous failure, ms (default 60 s). */
+  outcomeWindowMs?: number;
+  /** Pause between convergence passes, ms (default 1 s). */
+  convergeIntervalMs?: number;
+  /** Age after which an operation still 'sent' is fenced by the convergence loop, ms (default 10 s). */
+  fenceAfterMs?: number;
 }
 
 export class MasterDaemon {
@@ -67,6 +78,11 @@ export class MasterDaemon {
   readonly jobs: JobStore;
   readonly queue: JobQueue;
   readonly rpc: NodeRpc;
+  /** gnt-cluster verify / gnt-instance verify (verify.ts): its jobs run in the same queue. */
+  readonly verifier: Verifier;
+  /** Operations jobs are sending or resolving now (the convergence loop leaves them to the job). */
+  readonly inflight = new Set<string>();
+  private convergence?: Convergence;
   private server?: grpc.Server;
   /** Ids of the jobs found unfinished at start-up and marked failed. */
   readonly interrupted: number[];
@@ -85,8 +101,9 @@ export class MasterDaemon {
       return ids;
     })();
     this.rpc = new NodeRpc(dir.masterIdentity, options.rpc);
-    const executor = new Executor(this.config, this.rpc);
-    this.queue = new JobQueue(this.jobs, (job, ctx) => executor.run(job, ctx));
+    const executor = new Executor(this.config, this.rpc, { outcomeWindowMs: options.outcomeWindowMs }, this.inflight);
+    this.verifier = new Verifier(this.config, this.jobs, this.rpc);
+    this.queue = new JobQueue(this.jobs, (job, ctx) => (job.op_type === VERIFY_OP ? this.verifier.run(job, ctx) : executor.run(job, ctx)));
   }
 
   /**
@@ -96,6 +113,27 @@ export class MasterDaemon {
    */
   reconcile(report?: (line: string) => void, timeoutMs = 5000): Promise<ReconcileResult[]> {
     return reconcilePending({ config: this.config, jobs: this.jobs, rpc: this.rpc, report, timeoutMs });
+  }
+
+  /**
+   * The convergence loop (convergence.ts): runs one pass now and resolves
+   * when it is done (call before listen()), then keeps running every
+   * convergeIntervalMs until close().
+   */
+  async startConvergence(report?: (line: string) => void): Promise<void> {
+    if (this.convergence) return;
+    const c = new Convergence({
+      config: this.config, jobs: this.jobs, rpc: this.rpc, inflight: this.inflight, report,
+      fenceAfterMs: this.options.fenceAfterMs, timeoutMs: 5000,
+    });
+    this.convergence = c;
+    await c.runOnce();
+    c.start(this.options.convergeIntervalMs ?? DEFAULT_CONVERGE_INTERVAL_MS);
+  }
+
+  /** One convergence pass now (tests; the loop runs them by itself). */
+  converge(): Promise<void> {
+    return this.convergence?.runOnce() ?? Promise.resolve();
   }
 
   /** Starts serving; resolves to the bound host:port. */
@@ -127,6 +165,7 @@ export class MasterDaemon {
         });
       });
     }
+    await this.convergence?.stop();
     const running = this.queue.runningIds();
     this.rpc.close();
     // A job still running keeps writing its log until the process exits; its
@@ -261,9 +300,17 @@ export class MasterDaemon {
           instances: instances.map((i) => ({ instance: toInstance(i), operState: states.get(`${i.node.name}/${i.name}`) ?? 'unknown' })),
         };
       }),
-      GetInstance: unary(async (req) => {
+      Verify: unary((req) => this.verifier.request(this.queue, req)),
+      GetInstance: unary(async (req): Promise<InstanceDetails> => {
         const inst = this.config.getInstance(req.name);
-        return { instance: toInstance(inst), runtime: await this.runtimeView(inst) };
+        return {
+          instance: toInstance(inst),
+          runtime: await this.runtimeView(inst),
+          history: recentHistory(this.db, inst.uuid),
+          operations: openOperations(this.config)
+            .filter((o) => o.instance_uuid === inst.uuid)
+            .map((o) => ({ id: o.id, jobId: o.job_id ?? 0, kind: o.kind, action: o.action, deviceUuid: o.device_uuid, state: o.state, createdAt: o.created_at })),
+        };
       }),
     };
   }

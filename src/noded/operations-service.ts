@@ -104,11 +104,12 @@ export function operationLog(registry: InstanceRegistry, req: OperationLogReques
     const after = int64(c.afterRevision, `after_revision of ${c.instance}`);
     cursors.set(c.instance, after);
   }
-  const reply: OperationLogReply = { records: [], truncated: [] };
+  const reply: OperationLogReply = { records: [], truncated: [], heads: [] };
   for (const inst of registry.all()) {
     const after = cursors.get(inst.name) ?? (req.allInstances ? 0 : undefined);
     if (after === undefined) continue;
     const journal = inst.operations;
+    reply.heads!.push({ instance: inst.name, epoch: journal.epoch ?? '', revision: String(journal.revision) });
     if (!reachesBack(journal, after)) reply.truncated!.push(inst.name);
     for (const rec of changedSince(journal, after)) reply.records!.push(recordToProto(inst.name, rec));
   }

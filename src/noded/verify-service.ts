@@ -35,9 +35,11 @@ import {
   readQemuInventory,
   storageCandidates,
   tapHolders,
+  type DeviceKind,
   type Finding,
   type Repair,
 } from '../hypervisor/inventory';
+import { unplugTimeoutFor, unplugTimeoutsFromHvparams, type UnplugKind, type UnplugTimeouts } from '../hypervisor/unplug-timeouts';
 import { applyHostRepair, applyQemuRepair, isQemuRepair } from '../hypervisor/inventory-repair';
 import type { KvmInstance } from '../hypervisor/kvm-instance';
 import type { Monitor } from '../hypervisor/qmp-client';
@@ -63,7 +65,6 @@ interface Checked extends Finding {
   repairError?: string;
 }
 
-const DEFAULT_UNPLUG_TIMEOUT_MS = 15_000;
 /** Rounds of backend release: netdevs and block nodes, then the fdsets they held. */
 const BACKEND_ROUNDS = 3;
 
@@ -97,8 +98,17 @@ async function attempt(f: Checked, fn: () => Promise<unknown> | unknown): Promis
 export class VerifyService {
   constructor(private readonly opts: VerifyServiceOptions) {}
 
-  private get unplugTimeoutMs(): number {
-    return this.opts.registry.options.unplugTimeoutMs ?? DEFAULT_UNPLUG_TIMEOUT_MS;
+  /** The unplug timeout of one device kind for this instance, as its own operations use it. */
+  private unplugTimeoutMs(inst: KvmInstance, kind: DeviceKind): number {
+    const options = this.opts.registry.options;
+    let own: UnplugTimeouts = {};
+    try {
+      own = unplugTimeoutsFromHvparams(inst.runtime.hvparams, inst.name);
+    } catch {
+      /* an invalid hvparam: the node's timeouts */
+    }
+    const unplugKind: UnplugKind = kind === 'dimm' ? 'memory' : kind === 'other' ? 'nic' : kind;
+    return unplugTimeoutFor(unplugKind, own, options.unplugTimeouts ?? {}, options.unplugTimeoutMs);
   }
 
   async verify(req: InstanceVerifyRequest__Output): Promise<InstanceVerifyReply> {
@@ -149,6 +159,7 @@ export class VerifyService {
       findings: findings.map((f) => toProto(inst.name, f)),
       gone,
       migrating: !!rt.migration,
+      pendingVcpus: inst.runtime.resources?.pendingVcpus ?? -1,
     };
   }
 
@@ -163,7 +174,7 @@ export class VerifyService {
     // Backends again, after the device repairs (a removed device's backends go with it, a dropped
     // record's stay), in rounds: an fdset is unused only once its block node has gone.
     for (let round = 0; round < BACKEND_ROUNDS; round++) {
-      const left = compareBackends(inst.runtime, await readQemuInventory(mon, pid)).filter((b) => !findings.some((f) => f.device === b.device && f.repaired === false));
+      const left = compareBackends(inst.runtime, await readQemuInventory(mon, pid)).filter((b) => b.repair && !findings.some((f) => f.device === b.device && f.repaired === false));
       if (!left.length) break;
       for (const b of left) await this.releaseBackend(mon, findings, b);
     }
@@ -177,14 +188,14 @@ export class VerifyService {
     const f: Checked = same ?? { ...b, problem: `${b.problem} (left by a repair above)` };
     if (!same) findings.push(f);
     const r = b.repair;
-    if (r && isQemuRepair(r) && r.kind !== 'remove-device') await attempt(f, () => applyQemuRepair(mon, r, this.unplugTimeoutMs));
+    if (r && isQemuRepair(r) && r.kind !== 'remove-device') await attempt(f, () => applyQemuRepair(mon, r, 0));
   }
 
   private async repairDevice(inst: KvmInstance, mon: Monitor, f: Checked, gone: VerifyGone[]): Promise<void> {
     const r = f.repair as Repair;
     switch (r.kind) {
       case 'remove-device':
-        if (await attempt(f, () => applyQemuRepair(mon, r, this.unplugTimeoutMs))) {
+        if (await attempt(f, () => applyQemuRepair(mon, r, this.unplugTimeoutMs(inst, r.device)))) {
           const parsed = parseDeviceId(r.id);
           if (parsed && (parsed.kind === 'nic' || parsed.kind === 'disk')) gone.push({ kind: parsed.kind, uuid: parsed.uuidPart, prefixOnly: true });
         }

@@ -113,10 +113,17 @@ describe('verify inventory (QEMU 10 lists)', () => {
     assert.deepEqual(compareDevices(rt, q), []);
     assert.equal(compareBackends(rt, q).length, 2);
     q.net = q.net.filter((c) => c.id !== 'nic-01fc3e26-pci-6');
+    q.tunFds.delete(22); // netdev_del closes QEMU's tap fd
     q.blockNodes = q.blockNodes.filter((n) => n.nodeName !== 'disk-dcb12bee-pci-7');
     assert.deepEqual(compareBackends(rt, q).map((f) => f.repair), [{ kind: 'release-fdset', id: 0 }]);
     q.fdsets = q.fdsets.filter((s) => s.id !== 0);
     assert.deepEqual(compareBackends(rt, q), []);
+  });
+
+  it('a tap fd QEMU holds that no netdev reads (a leaked getfd) is reported', () => {
+    const { rt, q } = load('settled');
+    q.tunFds.set(30, 'gnttap4');
+    assert.deepEqual(compareBackends(rt, q).map((f) => [f.device, f.code, f.repair]), [['tap gnttap4 (QEMU fd 30)', 'unused-backend', undefined]]);
   });
 
   it('a device the runtime file lacks is to be removed from QEMU, with its kind', () => {

@@ -1,9 +1,10 @@
-/** gnt-cluster: init, issue-node-cert, info. These work on the cluster directory itself, not through the master. */
+/** gnt-cluster: init, issue-node-cert, info work on the cluster directory itself; verify goes through the master (verify.ts). */
 import * as fs from 'node:fs';
 import type { CommandGroup } from './common';
 import { positionals } from './common';
 import { block, json } from './output';
 import { checkName, UsageError } from '../validate';
+import { clusterVerifyCommand } from './verify';
 
 export const clusterCommands: CommandGroup = {
   init: {
@@ -67,4 +68,5 @@ export const clusterCommands: CommandGroup = {
       return 0;
     },
   },
+  verify: clusterVerifyCommand,
 };

@@ -4,6 +4,7 @@ import type { CommandGroup } from './common';
 import { positionals } from './common';
 import { call, connectMaster, runJob } from './client';
 import { block, json, table } from './output';
+import { instanceVerifyCommand } from './verify';
 import { parseBackendParams, parseDiskChange, parseDiskSpec, parseHvparams, parseNicChange, parseNicSpec } from './parse';
 import { checkCount, checkName, checkNodePath, formatSize, parseSizeMiB, UsageError } from '../validate';
 import type { ListInstancesReply__Output } from '../../generated/gnt/master/v1/ListInstancesReply';
@@ -34,6 +35,7 @@ export function parseFailoverArgs(args: ParsedArgs): InstanceMigrateOp {
 }
 
 export const instanceCommands: CommandGroup = {
+  verify: instanceVerifyCommand,
   add: {
     usage:
       'gnt-instance add -n NODE --vcpus N [--maxvcpus N] --memory SIZE [--maxmem SIZE] --kernel PATH [--initrd PATH]\n' +
@@ -153,7 +155,7 @@ export const instanceCommands: CommandGroup = {
             table(
               ['Instance', 'Node', 'Admin', 'Status', 'VCPUs', 'Memory', 'NICs', 'Disks'],
               reply.instances.map(({ instance: i, operState }) => [
-                i!.name, i!.node, i!.adminState, operState, `${i!.vcpus}/${i!.maxvcpus}`, `${i!.memoryMib}M/${i!.maxmemMib}M`, i!.nics.length, i!.disks.length,
+                i!.name, i!.node, i!.adminState, operState, `${i!.vcpus}/${i!.maxvcpus}`, `${i!.memoryMib}M/${i!.maxmemMib}M`, deviceCount(i!.nics), deviceCount(i!.disks),
               ]),
             ),
           );
@@ -183,6 +185,16 @@ export const instanceCommands: CommandGroup = {
     },
   },
 };
+
+/** "2", or "2 (1 removal pending)". */
+export function deviceCount(devices: { removalPending: boolean }[]): string {
+  const pending = devices.filter((x) => x.removalPending).length;
+  return pending ? `${devices.length} (${pending} removal pending)` : String(devices.length);
+}
+
+/** A device's state as config and node see it: "removal pending", "attaching" or "-". */
+const deviceState = (cfgPending: boolean, nodeState: string | undefined): string =>
+  cfgPending || nodeState === 'detaching' ? 'removal pending' : nodeState || '-';
 
 export function formatInstanceInfo(d: InstanceDetails__Output): string {
   const i = d.instance!;
@@ -217,20 +229,20 @@ export function formatInstanceInfo(d: InstanceDetails__Output): string {
   out += 'NICs (config | node runtime):\n';
   out += i.nics.length
     ? table(
-        ['  #', 'MAC', 'Link', 'UUID', 'PCI', 'Device id', 'Tap'],
+        ['  #', 'MAC', 'Link', 'UUID', 'PCI', 'Device id', 'Tap', 'State'],
         i.nics.map((n) => {
           const r = rtNic.get(n.uuid);
-          return [`  ${n.index}`, n.mac, n.link || '-', n.uuid, r && r.pci >= 0 ? r.pci : '-', r?.deviceId || '-', r?.tap || '-'];
+          return [`  ${n.index}`, n.mac, n.link || '-', n.uuid, r && r.pci >= 0 ? r.pci : '-', r?.deviceId || '-', r?.tap || '-', deviceState(n.removalPending, r?.state)];
         }),
       )
     : '  none\n';
   out += 'Disks (config | node runtime):\n';
   out += i.disks.length
     ? table(
-        ['  #', 'Size', 'UUID', 'PCI', 'Device id', 'Path'],
+        ['  #', 'Size', 'UUID', 'PCI', 'Device id', 'Path', 'State'],
         i.disks.map((x) => {
           const r = rtDisk.get(x.uuid);
-          return [`  ${x.index}`, formatSize(Number(x.sizeBytes)), x.uuid, r && r.pci >= 0 ? r.pci : '-', r?.deviceId || '-', r?.path || '-'];
+          return [`  ${x.index}`, formatSize(Number(x.sizeBytes)), x.uuid, r && r.pci >= 0 ? r.pci : '-', r?.deviceId || '-', r?.path || '-', deviceState(x.removalPending, r?.state)];
         }),
       )
     : '  none\n';
@@ -240,5 +252,10 @@ export function formatInstanceInfo(d: InstanceDetails__Output): string {
   const g = rt.guest;
   if (g?.known)
     out += block([['Guest view', { 'CPUs online': g.cpusOnline, 'MemTotal': `${g.memTotalKib} KiB`, NICs: g.nics, Disks: g.disks }]]);
+  if (d.operations.length)
+    out += `Open operations (outcome not settled yet; the master settles them from the node, with no command):\n${d.operations
+      .map((o) => `  ${o.id} job ${o.jobId} ${o.kind} ${o.action}${o.deviceUuid ? ` ${o.deviceUuid}` : ''}: ${o.state === 'sent' ? 'outcome unknown' : 'removal pending'} since ${o.createdAt}\n`)
+      .join('')}`;
+  if (d.history.length) out += `Recent history:\n${d.history.map((h) => `  ${h.time} ${h.message}\n`).join('')}`;
   return out;
 }

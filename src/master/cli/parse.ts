@@ -7,7 +7,7 @@
  *   gnt-instance modify: --net add[:mac=MAC,link=BR] | N:mac=MAC[,link=BR] | N:link=BR | N:remove
  *                        --disk add:size=SIZE | N:remove
  *                        -B / --backend-parameters vcpus=N,memory=SIZE
- *   -H / --hvparams:     security_model, security_domain, chroot, machine, accel, memory_hotplug,
+ *   -H / --hvparams:     security_model, security_domain, chroot, machine, accel, memory_hotplug, unplug_timeout_{nic,disk,cpu,memory},
  *                        migration_bandwidth (MiB/s), migration_downtime (ms)
  */
 import type { NicChange } from '../../generated/gnt/master/v1/NicChange';
@@ -109,6 +109,9 @@ export function parseDiskChange(text: string): DiskChange {
   throw new UsageError(`${what}: a disk change is add:size=SIZE or N:remove`);
 }
 
+/** How long the guest has to release a device, per kind, in seconds (the node's --unplug-timeout otherwise). */
+const UNPLUG_TIMEOUT_HVPARAMS = ['unplug_timeout_nic', 'unplug_timeout_disk', 'unplug_timeout_cpu', 'unplug_timeout_memory'];
+
 /** -H / --hvparams [kvm:]key=value,... */
 export function parseHvparams(texts: string[]): Record<string, string> {
   const out: Record<string, string> = {};
@@ -116,7 +119,7 @@ export function parseHvparams(texts: string[]): Record<string, string> {
     const body = t.startsWith('kvm:') ? t.slice(4) : t;
     const kv = parseKeyValues(
       body,
-      ['security_model', 'security_domain', 'chroot', 'machine', 'accel', 'memory_hotplug', 'migration_bandwidth', 'migration_downtime'],
+      ['security_model', 'security_domain', 'chroot', 'machine', 'accel', 'memory_hotplug', 'migration_bandwidth', 'migration_downtime', ...UNPLUG_TIMEOUT_HVPARAMS],
       `--hvparams ${t}`,
     );
     Object.assign(out, kv);
@@ -131,6 +134,9 @@ export function parseHvparams(texts: string[]): Record<string, string> {
     if (out[k] !== undefined && !/^\d{1,9}$/.test(out[k]))
       throw new UsageError(`hvparam ${k} must be a whole number (${k === 'migration_bandwidth' ? 'MiB/s' : 'ms'}; 0: QEMU's default), not "${out[k]}"`);
   if (out.chroot && !out.chroot.startsWith('/')) throw new UsageError(`hvparam chroot "${out.chroot}" must be an absolute path`);
+  for (const k of UNPLUG_TIMEOUT_HVPARAMS)
+    if (out[k] !== undefined && !(Number(out[k]) > 0 && Number(out[k]) <= 3600))
+      throw new UsageError(`hvparam ${k} must be a number of seconds above 0 and at most 3600, not "${out[k]}"`);
   return out;
 }
 

@@ -19,13 +19,19 @@ export interface NicRow {
   idx: number;
   mac: string;
   link: string;
+  /** The id of the operation whose removal the guest has not acknowledged yet; '' none. */
+  removal_pending: string;
 }
 
 export interface DiskRow {
   uuid: string;
   idx: number;
   size_bytes: number;
+  /** As in NicRow. */
+  removal_pending: string;
 }
+
+export type DeviceTable = 'nics' | 'disks';
 
 export interface InstanceRow {
   uuid: string;
@@ -140,8 +146,8 @@ export class ConfigStore {
   listInstances(): InstanceConfig[] {
     const rows = this.db.prepare('SELECT * FROM instances ORDER BY name').all() as InstanceRow[];
     const nodes = new Map((this.db.prepare('SELECT * FROM nodes').all() as NodeRow[]).map((n) => [n.uuid, n]));
-    const nics = groupBy(this.db.prepare('SELECT instance_uuid, uuid, idx, mac, link FROM nics ORDER BY instance_uuid, idx').all() as (NicRow & Owned)[]);
-    const disks = groupBy(this.db.prepare('SELECT instance_uuid, uuid, idx, size_bytes FROM disks ORDER BY instance_uuid, idx').all() as (DiskRow & Owned)[]);
+    const nics = groupBy(this.db.prepare('SELECT instance_uuid, uuid, idx, mac, link, removal_pending FROM nics ORDER BY instance_uuid, idx').all() as (NicRow & Owned)[]);
+    const disks = groupBy(this.db.prepare('SELECT instance_uuid, uuid, idx, size_bytes, removal_pending FROM disks ORDER BY instance_uuid, idx').all() as (DiskRow & Owned)[]);
     // completed in place: copying 10,000 rows into new objects costs more than the queries
     return rows.map((row) => Object.assign(row, {
       hvparams: JSON.parse(row.hvparams) as Record<string, string>,
@@ -168,8 +174,8 @@ export class ConfigStore {
       ...row,
       hvparams: JSON.parse(row.hvparams) as Record<string, string>,
       node,
-      nics: this.db.prepare('SELECT uuid, idx, mac, link FROM nics WHERE instance_uuid = ? ORDER BY idx').all(row.uuid) as NicRow[],
-      disks: this.db.prepare('SELECT uuid, idx, size_bytes FROM disks WHERE instance_uuid = ? ORDER BY idx').all(row.uuid) as DiskRow[],
+      nics: this.db.prepare('SELECT uuid, idx, mac, link, removal_pending FROM nics WHERE instance_uuid = ? ORDER BY idx').all(row.uuid) as NicRow[],
+      disks: this.db.prepare('SELECT uuid, idx, size_bytes, removal_pending FROM disks WHERE instance_uuid = ? ORDER BY idx').all(row.uuid) as DiskRow[],
     };
   }
 
@@ -177,11 +183,35 @@ export class ConfigStore {
     return this.db.prepare('SELECT 1 FROM nics WHERE mac = ?').get(mac) !== undefined;
   }
 
+  /**
+   * Whether a new change may not take this MAC: a NIC has it, or an
+   * operation whose outcome is not known yet (state 'sent') gives it to a
+   * NIC when it settles.
+   */
+  macTaken(mac: string): boolean {
+    return (
+      this.macInUse(mac) ||
+      this.db
+        .prepare(`SELECT 1 FROM operations WHERE state = 'sent' AND kind = 'nic' AND json_extract(change_json, '$.mac') = ?`)
+        .get(mac) !== undefined
+    );
+  }
+
+  /** Whether a NIC or disk with this uuid is in the configuration. */
+  hasDevice(table: DeviceTable, uuid: string): boolean {
+    return this.db.prepare(`SELECT 1 FROM ${table} WHERE uuid = ?`).get(uuid) !== undefined;
+  }
+
+  /** Marks a device as "removal pending" under operation `opId` ('' clears the mark). */
+  setRemovalPending(table: DeviceTable, uuid: string, opId: string): void {
+    this.db.prepare(`UPDATE ${table} SET removal_pending = ? WHERE uuid = ?`).run(opId, uuid);
+  }
+
   /** A 52:54:00 MAC used by no NIC and not in `reserved`. */
   generateMac(reserved: ReadonlySet<string> = new Set()): string {
     for (let i = 0; i < 1000; i++) {
       const mac = randomMac();
-      if (!reserved.has(mac) && !this.macInUse(mac)) return mac;
+      if (!reserved.has(mac) && !this.macTaken(mac)) return mac;
     }
     throw new ConfigError('could not find a free MAC address in 52:54:00:xx:xx:xx', 'FAILED_PRECONDITION');
   }
@@ -263,7 +293,7 @@ export class ConfigStore {
     })();
   }
 
-  removeDevice(table: 'nics' | 'disks', uuid: string): void {
+  removeDevice(table: DeviceTable, uuid: string): void {
     this.db.transaction(() => {
       const row = this.db.prepare(`SELECT instance_uuid, idx FROM ${table} WHERE uuid = ?`).get(uuid) as
         | { instance_uuid: string; idx: number }

@@ -83,6 +83,52 @@ const MIGRATIONS: string[] = [
     PRIMARY KEY (job_id, device_uuid, action)
   );
   `,
+  // 3: operation ids (jobs/operations.ts): one row per live change sent to a
+  // node, committed before the call; the change the master commits when the
+  // node reports success; devices whose removal the guest has not
+  // acknowledged; the last node operation-log revision applied per instance
+  // (convergence.ts); and a per-instance history of changes the node made
+  // on its own.
+  `
+  CREATE TABLE operations (
+    id            TEXT PRIMARY KEY,
+    job_id        INTEGER REFERENCES jobs(id) ON DELETE SET NULL,
+    instance_uuid TEXT NOT NULL,
+    instance_name TEXT NOT NULL,
+    node_uuid     TEXT NOT NULL,
+    kind          TEXT NOT NULL CHECK (kind IN ('nic', 'disk', 'resources')),
+    action        TEXT NOT NULL CHECK (action IN ('add', 'remove', 'modify', 'resize')),
+    device_uuid   TEXT NOT NULL DEFAULT '',
+    change_json   TEXT NOT NULL,
+    state         TEXT NOT NULL CHECK (state IN ('sent', 'removal_pending', 'succeeded', 'failed')),
+    error_code    TEXT NOT NULL DEFAULT '',
+    error         TEXT NOT NULL DEFAULT '',
+    created_at    TEXT NOT NULL,
+    settled_at    TEXT NOT NULL DEFAULT '',
+    settled_by    TEXT NOT NULL DEFAULT ''
+  );
+  CREATE INDEX operations_open ON operations(state) WHERE state IN ('sent', 'removal_pending');
+  CREATE INDEX operations_job ON operations(job_id);
+  CREATE INDEX operations_device ON operations(device_uuid);
+  ALTER TABLE nics ADD COLUMN removal_pending TEXT NOT NULL DEFAULT '';
+  ALTER TABLE disks ADD COLUMN removal_pending TEXT NOT NULL DEFAULT '';
+  CREATE TABLE oplog_cursors (
+    instance_uuid TEXT PRIMARY KEY REFERENCES instances(uuid) ON DELETE CASCADE,
+    node_uuid     TEXT NOT NULL,
+    revision      INTEGER NOT NULL CHECK (revision >= 0)
+  );
+  CREATE TABLE instance_history (
+    id            INTEGER PRIMARY KEY AUTOINCREMENT,
+    instance_uuid TEXT NOT NULL REFERENCES instances(uuid) ON DELETE CASCADE,
+    time          TEXT NOT NULL,
+    message       TEXT NOT NULL
+  );
+  CREATE INDEX instance_history_instance ON instance_history(instance_uuid, id);
+  `,
+  // 4: the epoch of the node journal a cursor belongs to (a new epoch: read from 0).
+  `
+  ALTER TABLE oplog_cursors ADD COLUMN epoch TEXT NOT NULL DEFAULT '';
+  `,
 ];
 
 export const SCHEMA_VERSION = MIGRATIONS.length;

@@ -12,6 +12,8 @@
  * A cannot be reached: B starts the guest from the configuration
  * (InstanceStart), where device slots may differ, and the primary becomes B.
  */
+import { setCursor } from '../config/oplog-cursors';
+import { settleRemovalsAbsentFrom } from './operations';
 import type { InstanceConfig, NodeRow } from '../config/config-store';
 import type { InstanceExportReply__Output } from '../../generated/gnt/node/v1/InstanceExportReply';
 import { NodeRpcError } from '../node-rpc';
@@ -151,11 +153,15 @@ async function startFromConfig(deps: MigrateDeps, inst: InstanceConfig, target: 
     throw new JobError(`failover of ${inst.name} refused, nothing was changed: ${errText(err)}`, errCode(err));
   }
   checkFreeMemory(inst.name, inst.memory_mib, target.name, free);
+  let rt;
   try {
-    await deps.rpc.instanceStart(nodeOf(target), instanceSpec(inst));
+    rt = await deps.rpc.instanceStart(nodeOf(target), instanceSpec(inst));
   } catch (err) {
     throw new JobError(`failover of ${inst.name} failed: starting it on ${target.name} failed: ${errText(err)}; the configuration is unchanged`, errCode(err));
   }
   commitPrimary(deps, inst, target, ctx);
   deps.config.setAdminState(inst.name, 'up');
+  // A runtime file made from the configuration starts a new operation journal on the target.
+  setCursor(deps.config.db, inst.uuid, target.uuid, 0);
+  settleRemovalsAbsentFrom(deps.config, inst.uuid, new Set([...rt.nics.map((n) => n.uuid), ...rt.disks.map((d) => d.uuid)])).forEach((l) => ctx.log(l));
 }

@@ -1,6 +1,14 @@
 /**
  * Start-up reconciliation of instances touched by interrupted jobs.
  *
+ * Since operation ids (jobs/operations.ts), an interrupted job's live
+ * changes are rows of the operations table, and the convergence loop
+ * (convergence.ts) settles each one from the node's own record, exactly
+ * once. Such a job only gets a log line here saying which of its
+ * operations are still open. The runtime comparison below is kept for
+ * interrupted jobs that have no operation rows (written by an older
+ * master, before schema version 3).
+ *
  * A job is "interrupted" when the master stopped (crash, SIGKILL, power
  * loss) while it was queued or running; JobStore.failInterrupted() marks it
  * failed at the next start. An interrupted instance-modify may have died
@@ -42,7 +50,8 @@ import { NodeRpcError, type NodeRpc } from '../node-rpc';
 import { formatSize } from '../validate';
 import type { JobStore } from './job-store';
 import type { Op } from './ops';
-import { nodeTarget } from './executor';
+import { nodeTarget } from './spec';
+import { changeOf, describeChange, operationsOfJobs } from './operations';
 import type { InstanceRuntime__Output } from '../../generated/gnt/node/v1/InstanceRuntime';
 
 export const PENDING_KEY = 'reconcile_pending';
@@ -237,11 +246,36 @@ function settleMigrateJobs(deps: ReconcileDeps, p: PendingReconcile): PendingRec
 }
 
 /**
+ * Writes into each interrupted job that has operation rows which of them
+ * the convergence loop still has to settle, and drops those jobs from the
+ * entry, in one transaction. Returns the entry's other jobs (no operations).
+ */
+function handOverOperationJobs(deps: ReconcileDeps, p: PendingReconcile): PendingReconcile {
+  const withOps = p.jobIds.map((id) => ({ id, ops: operationsOfJobs(deps.config, [id]) })).filter((j) => j.ops.length);
+  if (!withOps.length) return p;
+  const rest: PendingReconcile = { instance: p.instance, jobIds: p.jobIds.filter((id) => !withOps.some((j) => j.id === id)) };
+  deps.config.db.transaction(() => {
+    for (const j of withOps) {
+      const open = j.ops.filter((o) => o.state === 'sent' || o.state === 'removal_pending');
+      deps.jobs.appendLog(
+        j.id,
+        open.length
+          ? `its open operations are settled from the node's record of them, with no command: ${open.map((o) => `${o.id} (${describeChange(changeOf(o))}, ${o.state})`).join('; ')}`
+          : 'all its operations were settled before the master stopped',
+      );
+    }
+    const others = readPending(deps.config).filter((x) => x.instance !== p.instance);
+    writePending(deps.config, rest.jobIds.length ? [...others, rest] : others);
+  })();
+  return rest;
+}
+
+/**
  * Reconciles every instance on the pending list (see the file comment), one
  * InstanceInfo per instance, in parallel. Returns what was done.
  */
 export async function reconcilePending(deps: ReconcileDeps): Promise<ReconcileResult[]> {
-  const pending = readPending(deps.config).map((entry) => settleMigrateJobs(deps, entry));
+  const pending = readPending(deps.config).map((entry) => handOverOperationJobs(deps, settleMigrateJobs(deps, entry)));
   return Promise.all(
     pending.map(async (p) => {
       if (!p.jobIds.length) return { instance: p.instance, changed: false, lines: [] };

@@ -5,7 +5,11 @@ import type { InstanceSpec } from '../../generated/gnt/node/v1/InstanceSpec';
 
 export const nodeTarget = (inst: InstanceConfig): NodeTarget => ({ name: inst.node.name, address: inst.node.address });
 
-/** The whole spec the node needs to start the instance (InstanceStart). */
+/**
+ * The whole spec the node needs to start the instance (InstanceStart).
+ * A device whose removal is pending (the guest had not released it) is left
+ * out: a fresh start is where its removal completes.
+ */
 export function instanceSpec(inst: InstanceConfig): InstanceSpec {
   return {
     name: inst.name,
@@ -17,8 +21,8 @@ export function instanceSpec(inst: InstanceConfig): InstanceSpec {
     kernel: inst.kernel,
     initrd: inst.initrd,
     kernelArgs: inst.kernel_args,
-    nics: inst.nics.map((n) => ({ uuid: n.uuid, mac: n.mac, link: n.link, pci: -1 })),
-    disks: inst.disks.map((d) => ({ uuid: d.uuid, sizeBytes: d.size_bytes, path: '', pci: -1 })),
+    nics: inst.nics.filter((n) => !n.removal_pending).map((n) => ({ uuid: n.uuid, mac: n.mac, link: n.link, pci: -1 })),
+    disks: inst.disks.filter((d) => !d.removal_pending).map((d) => ({ uuid: d.uuid, sizeBytes: d.size_bytes, path: '', pci: -1 })),
     hvparams: inst.hvparams,
   };
 }

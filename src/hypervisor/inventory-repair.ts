@@ -1,6 +1,6 @@
 /**
- * The repairs of verify --fix that touch QEMU or the host (inventory.ts
- * finds them). Runtime-record repairs are KvmInstance's (its "verify
+ * The repairs of verify --fix that touch QEMU or the host (inventory-compare.ts
+ * and host-compare.ts find them). Runtime-record repairs are KvmInstance's (its "verify
  * repairs" section). Every repair treats "already gone" as done.
  */
 import { execFile } from 'node:child_process';
@@ -8,7 +8,7 @@ import * as fs from 'node:fs';
 import { promisify } from 'node:util';
 import { fdsetsOf } from './disk';
 import { errorMessage } from './errors';
-import type { Repair } from './inventory';
+import type { Repair } from './inventory-findings';
 import { backendId } from './memory';
 import { deleteDevice, ignoreNotFound } from './qdev';
 import type { Monitor } from './qmp-client';

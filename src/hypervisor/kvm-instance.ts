@@ -13,24 +13,23 @@ import { randomUUID } from 'node:crypto';
 import { EventEmitter } from 'node:events';
 import * as fs from 'node:fs';
 import { attachDimm, type DimmRecord } from './memory';
-import { allDevices, deviceKind, idOf, type DeviceKindName, type DeviceRecord } from './device-kinds';
+import { allDevices, deviceKind, idOf, type DeviceRecord } from './device-kinds';
 import { DeviceOperations, type DiskRequest, type NicRequest, type PrepareStep, type RemovalResult } from './device-operations';
-import { diskBootArgs, diskId, diskKind, openDisk } from './disk';
+import { diskBootArgs, openDisk } from './disk';
 import { DeviceExistsError, InstanceStateError, InvalidArgumentError, OutcomeUnknownError, errorMessage, isOutcomeUnknown } from './errors';
 import { OperationRunner, operationError } from './operation-runner';
 import { emptyJournal, type OperationJournal, type OperationRecord } from './operations';
 import { instancePaths, type InstancePaths } from './instance-paths';
-import { nicBootArgs, nicId, normalizeMac, prepareNicTap } from './nic';
-import { DEFAULT_RESERVED_SLOTS, PciSlotMap } from './pci-slots';
+import { nicBootArgs, prepareNicTap } from './nic';
+import { PciSlotMap } from './pci-slots';
 import { devicePresent, isDeletionOf } from './qdev';
 import { DEFAULT_QEMU, qemuFeatures } from './qemu-binary';
-import { assertFixedCommand, buildFixedCommand, memoryOption, nodeLocalArgs, securityArgs, withOption, type InstanceSpec } from './qemu-command';
+import { memoryOption, nodeLocalArgs, securityArgs, withOption, type InstanceSpec } from './qemu-command';
 import {
   applyResize,
   currentMemoryMiB,
   currentVcpus,
   foldPending,
-  initialResources,
   resourceBootArgs,
   tcgCpuThreadsLeft,
   validateResize,
@@ -39,19 +38,7 @@ import {
   type ResizeResult,
   type ResourceState,
 } from './resize';
-import {
-  cancelMigration,
-  isActive,
-  waitIncomingLoaded,
-  listenIncoming,
-  readMigration,
-  resumeGuest,
-  runState,
-  sendMigration,
-  type MigrationMark,
-  type MigrationParams,
-  type MigrationProgress,
-} from './migration';
+import { listenIncoming, type MigrationMark, type MigrationParams, type MigrationProgress } from './migration';
 import { runningPid, spawnQemu, waitForExit } from './qemu-process';
 import { QmpClient, type Monitor, type QmpEvent } from './qmp-client';
 import {
@@ -64,8 +51,10 @@ import {
 } from './runtime-file';
 import { reconcileInstance, settleResizeOperations, type ReconcileReport } from './instance-reconcile';
 import { MonitorLink } from './monitor-link';
+import { InstanceMigration, checkCarried, type MigrationView, type ReceiveOptions } from './instance-migration';
 import { SlotOwner } from './slot-owner';
-import { assertBridge, waitTapsGone } from './tap';
+import { layoutRuntime } from './runtime-layout';
+import { waitTapsGone } from './tap';
 import { unplugTimeoutFor, unplugTimeoutsFromHvparams, type UnplugKind, type UnplugTimeouts } from './unplug-timeouts';
 
 export interface KvmInstanceOptions {
@@ -89,32 +78,7 @@ export interface OperationOptions {
 
 export type { ReconcileReport } from './instance-reconcile';
 
-/** This node's view of a migration of the instance (MigrationStatus). */
-export interface MigrationView {
-  role: MigrationMark['role'] | '';
-  peer: string;
-  qemuAlive: boolean;
-  runState: string;
-  progress?: MigrationProgress;
-}
-
-/** How a runtime file carried from another node is started here. */
-export interface ReceiveOptions {
-  /** true: paused, waiting for the migration stream; false: boot (failover). */
-  incoming: boolean;
-  /** The node the instance comes from. */
-  peer: string;
-  /** The address the incoming QEMU listens on (this node's own). */
-  listenHost: string;
-}
-
-const hvString = (hv: HvParams, key: string): string | undefined => (typeof hv[key] === 'string' ? (hv[key] as string) : undefined);
-
-/** Checks the hvparams the hypervisor layer reads itself before they are recorded. */
-function checkHvparams(instance: string, hv: HvParams): HvParams {
-  unplugTimeoutsFromHvparams(hv, instance);
-  return hv;
-}
+export type { MigrationView, ReceiveOptions } from './instance-migration';
 
 const RECONCILE_RETRY_MS = 1000;
 
@@ -123,6 +87,8 @@ export class KvmInstance extends EventEmitter {
   readonly paths: InstancePaths;
   private data: RuntimeData;
   private readonly link: MonitorLink;
+  /** Its part in a live migration (instance-migration.ts). */
+  private readonly migrationPart: InstanceMigration;
   /** The one owner of the instance's PCI slots (slot-owner.ts). */
   private readonly slots: SlotOwner;
   private queue: Promise<unknown> = Promise.resolve();
@@ -139,6 +105,17 @@ export class KvmInstance extends EventEmitter {
     this.data = data;
     this.options = options;
     this.slots = new SlotOwner(name, (m) => void this.emit('warning', m));
+    this.migrationPart = new InstanceMigration({
+      name,
+      data: () => this.data,
+      save: () => this.save(),
+      monitor: () => this.monitor(),
+      pid: () => this.pid,
+      assertNoMigration: () => this.assertNoMigration(),
+      stopNow: (ms) => this.stopNow(ms),
+      destroyNow: () => this.destroyNow(),
+      removeDir: () => fs.rmSync(this.paths.dir, { recursive: true, force: true }),
+    });
     this.link = new MonitorLink({ socketPath: paths.qmpSocket, wrap: options.wrapMonitor, onEvent: (e) => this.onEvent(e) });
     this.runner = new OperationRunner({
       name,
@@ -172,43 +149,9 @@ export class KvmInstance extends EventEmitter {
   ): KvmInstance {
     const paths = instancePaths(dataDir, spec.name);
     if (fs.existsSync(paths.runtimeFile)) throw new DeviceExistsError(spec.name, `a runtime file at ${paths.runtimeFile}`);
-    const data: RuntimeData = {
-      version: 2,
-      instance: spec.name,
-      kvm_cmd: buildFixedCommand(spec),
-      nics: [],
-      hvparams: checkHvparams(spec.name, { ...(devices.hvparams ?? {}) }),
-      block_devices: [],
-    };
-    const slots = new PciSlotMap(spec.name, DEFAULT_RESERVED_SLOTS);
-    const uuids = new Set<string>();
-    const place = (uuid: string, slot: number | undefined, what: string): number => {
-      if (!uuid) throw new InvalidArgumentError(`${what} has no uuid`);
-      if (uuids.has(uuid)) throw new InvalidArgumentError(`uuid ${uuid} is given to two devices`);
-      uuids.add(uuid);
-      const s = slot === undefined ? slots.firstFree() : slots.claim(slot);
-      slots.addRecorded(s, `${what} ${uuid}`);
-      return s;
-    };
-    for (const d of devices.disks ?? []) {
-      diskKind(d.path);
-      const disk: DiskRecord = { uuid: d.uuid, path: d.path, pci: place(d.uuid, d.slot, 'disk') };
-      if (d.created) disk.created = true;
-      diskId(disk, disk.pci as number);
-      data.block_devices.push(disk);
-    }
-    for (const n of devices.nics ?? []) {
-      const nic: NicRecord = { uuid: n.uuid, mac: normalizeMac(n.mac), pci: place(n.uuid, n.slot, 'NIC') };
-      if (n.link) nic.link = n.link;
-      nicId(nic, nic.pci as number);
-      data.nics.push(nic);
-    }
-    data.resources = initialResources(spec, hvString(data.hvparams, 'memory_hotplug'), () => {
-      const slot = slots.firstFree();
-      slots.addRecorded(slot, 'virtio-mem');
-      return slot;
-    });
+    const data = layoutRuntime(spec, devices);
     fs.mkdirSync(paths.dir, { recursive: true, mode: 0o700 });
+    saveRuntimeFile(paths.runtimeFile, data);    fs.mkdirSync(paths.dir, { recursive: true, mode: 0o700 });
     saveRuntimeFile(paths.runtimeFile, data);
     return new KvmInstance(spec.name, paths, data, options);
   }
@@ -318,69 +261,12 @@ export class KvmInstance extends EventEmitter {
     devices: { nics?: NicRequest[]; disks?: DiskRequest[]; hvparams?: HvParams },
   ): void {
     if (spec.name !== this.name) throw new InvalidArgumentError(`spec names instance ${spec.name}, not ${this.name}`);
-    const kvmCmd = buildFixedCommand(spec);
-    const oldSlot = (kind: DeviceKindName, uuid: string): number | null => {
-      const rec = this.deviceOps.find(deviceKind(kind), uuid);
-      return rec && rec.uuid ? rec.pci : null;
-    };
-    const slots = new PciSlotMap(this.name, DEFAULT_RESERVED_SLOTS);
-    const uuids = new Set<string>();
-    const wanted: Array<[DeviceKindName, NicRequest | DiskRequest]> = [
-      ...(devices.disks ?? []).map((d): [DeviceKindName, DiskRequest] => ['disk', d]),
-      ...(devices.nics ?? []).map((n): [DeviceKindName, NicRequest] => ['nic', n]),
-    ];
-    for (const [kind, d] of wanted) {
-      if (!d.uuid) throw new InvalidArgumentError(`a ${kind} of ${this.name} has no uuid`);
-      if (uuids.has(d.uuid)) throw new InvalidArgumentError(`uuid ${d.uuid} is given to two devices`);
-      uuids.add(d.uuid);
-    }
-    // Kept devices first, so that a new device can never take a kept one's slot.
-    const chosen = new Map<string, number>();
-    for (const [kind, d] of wanted) {
-      const keep = d.slot ?? oldSlot(kind, d.uuid);
-      if (keep === null) continue;
-      chosen.set(d.uuid, slots.claim(keep));
-      slots.addRecorded(keep, `${kind} ${d.uuid}`);
-    }
-    for (const [kind, d] of wanted) {
-      if (chosen.has(d.uuid)) continue;
-      const s = slots.firstFree();
-      chosen.set(d.uuid, s);
-      slots.addRecorded(s, `${kind} ${d.uuid}`);
-    }
-    const disks: DiskRecord[] = (devices.disks ?? []).map((d) => {
-      diskKind(d.path);
-      const disk: DiskRecord = { uuid: d.uuid, path: d.path, pci: chosen.get(d.uuid) as number };
-      if (d.created) disk.created = true;
-      diskId(disk, disk.pci as number);
-      return disk;
-    });
-    const nics: NicRecord[] = (devices.nics ?? []).map((n) => {
-      const nic: NicRecord = { uuid: n.uuid, mac: normalizeMac(n.mac), pci: chosen.get(n.uuid) as number };
-      if (n.link) nic.link = n.link;
-      nicId(nic, nic.pci as number);
-      return nic;
-    });
-    const hvparams = checkHvparams(this.name, { ...(devices.hvparams ?? {}) });
-    const kept = new Set(disks.map((d) => d.path));
+    const next = layoutRuntime(spec, devices, this.data);
+    const kept = new Set(next.block_devices.map((d) => d.path));
     const dropped = this.data.block_devices.filter((d) => !kept.has(d.path));
-    const oldVmemSlot = this.data.resources?.virtioMem?.pci;
-    const resources = initialResources(spec, hvString(hvparams, 'memory_hotplug'), () => {
-      const slot = oldVmemSlot !== undefined && !slots.holderOf(oldVmemSlot) ? oldVmemSlot : slots.firstFree();
-      slots.addRecorded(slot, 'virtio-mem');
-      return slot;
-    });
-    this.data = {
-      version: 2,
-      instance: this.name,
-      kvm_cmd: kvmCmd,
-      nics,
-      hvparams,
-      block_devices: disks,
-      resources,
-      ...(this.data.operations ? { operations: this.data.operations } : {}),
-    };
+    this.data = next;
     this.save();
+    for (const d of dropped) this.deviceOps.releaseHost(deviceKind('disk'), d);    this.save();
     for (const d of dropped) this.deviceOps.releaseHost(deviceKind('disk'), d);
   }
 
@@ -762,7 +648,7 @@ export class KvmInstance extends EventEmitter {
   ): Promise<{ instance: KvmInstance; uri?: string }> {
     const paths = instancePaths(dataDir, carried.instance);
     if (fs.existsSync(paths.runtimeFile)) throw new DeviceExistsError(carried.instance, `a runtime file on this node (${paths.runtimeFile})`);
-    const data = KvmInstance.checkCarried(carried);
+    const data = checkCarried(carried);
     if (how.incoming) data.migration = { role: 'target', peer: how.peer, since: new Date().toISOString() };
     else delete data.migration;
     fs.mkdirSync(paths.dir, { recursive: true, mode: 0o700 });
@@ -781,27 +667,6 @@ export class KvmInstance extends EventEmitter {
     }
   }
 
-  /** A carried runtime file, checked whole: a command we make, settled devices with slots, bridges and disks present here. */
-  private static checkCarried(carried: RuntimeData): RuntimeData {
-    const data = JSON.parse(JSON.stringify(carried)) as RuntimeData;
-    assertFixedCommand(data.kvm_cmd, data.instance);
-    const all: Array<[string, DeviceRecord]> = [
-      ...data.nics.map((n): [string, DeviceRecord] => ['NIC', n]),
-      ...data.block_devices.map((d): [string, DeviceRecord] => ['disk', d]),
-    ];
-    for (const [what, rec] of all) {
-      if (rec.state) throw new InstanceStateError(`${what} ${rec.uuid} of ${data.instance} is ${rec.state}: settle it on the source first`);
-      if (rec.pci === null || !rec.uuid) throw new InstanceStateError(`a ${what} of ${data.instance} has no PCI slot or uuid (old runtime file): restart the instance once on its node first`);
-    }
-    for (const nic of data.nics) {
-      normalizeMac(nic.mac);
-      if (nic.link) assertBridge(nic.link);
-      delete nic.tap;
-    }
-    for (const disk of data.block_devices) diskKind(disk.path);
-    return data;
-  }
-
   /** SIGKILL to a QEMU whose state is not worth keeping (a half-started or incoming one), and wait for it to go. */
   private async killNow(pid: number): Promise<void> {
     this.disconnect();
@@ -818,99 +683,29 @@ export class KvmInstance extends EventEmitter {
     await waitTapsGone(this.data.nics.map((n) => n.tap).filter((t): t is string => !!t));
   }
 
-  /**
-   * Source side: marks the instance as migrating to `peer` (hotplug refused
-   * from now on, also after a restart of this process) and starts the
-   * stream. Returns at once; follow it with migrationStatus().
-   */
+  /** Source side: marks the instance as migrating to `peer` and starts the stream; returns at once. */
   migrateTo(uri: string, peer: string, params: MigrationParams = {}): Promise<MigrationProgress> {
-    return this.serialize(async () => {
-      this.assertNoMigration();
-      if (this.pid === undefined) throw new InstanceStateError(`instance ${this.name} is not running; a stopped instance is moved with failover`);
-      const pending = allDevices(this.data).find(([, rec]) => rec.state || rec.pci === null);
-      if (pending) throw new InstanceStateError(`${pending[0].label} ${pending[1].uuid} of ${this.name} is ${pending[1].state ?? 'without a PCI slot'}: settle it first (it would differ on the target)`);
-      const mon = await this.monitor();
-      this.data.migration = { role: 'source', peer, uri, since: new Date().toISOString() };
-      this.save();
-      try {
-        await sendMigration(mon, uri, params);
-      } catch (err) {
-        delete this.data.migration;
-        this.save();
-        throw err;
-      }
-      return readMigration(mon);
-    });
+    return this.serialize(() => this.migrationPart.start(uri, peer, params));
   }
 
   /** Read-only and outside the queue: answers while other operations wait. */
-  async migrationStatus(): Promise<MigrationView> {
-    const m = this.data.migration;
-    const view: MigrationView = { role: m?.role ?? '', peer: m?.peer ?? '', qemuAlive: false, runState: '' };
-    if (this.pid === undefined) return view;
-    const mon = await this.monitor();
-    const [state, progress] = await Promise.all([runState(mon), readMigration(mon)]);
-    return { ...view, qemuAlive: true, runState: state, progress };
+  migrationStatus(): Promise<MigrationView> {
+    return this.migrationPart.status();
   }
 
   /** Target side, once the stream is complete: the guest runs here from now on. Idempotent. */
   finishIncoming(): Promise<void> {
-    return this.serialize(async () => {
-      const m = this.data.migration;
-      if (this.pid === undefined) throw new InstanceStateError(`instance ${this.name} has no QEMU on this node to resume`);
-      const mon = await this.monitor();
-      if (m?.role === 'source') throw new InstanceStateError(`instance ${this.name} is the source of its migration here, not the target`);
-      if (m?.role === 'target') await waitIncomingLoaded(mon, this.name);
-      await resumeGuest(mon);
-      delete this.data.migration;
-      this.save();
-    });
+    return this.serialize(() => this.migrationPart.finishIncoming());
   }
 
-  /**
-   * Undoes this node's part of a migration. Target: QEMU killed, directory
-   * deleted; resolves 'destroyed'. Source: migration cancelled if still
-   * running, guest resumed, mark cleared; resolves 'resumed'. Refuses a
-   * target whose guest already runs (it was finished).
-   */
+  /** Undoes this node's part of a migration (instance-migration.ts). */
   abortMigration(): Promise<'destroyed' | 'resumed' | 'nothing'> {
-    return this.serialize(async () => {
-      const m = this.data.migration;
-      if (m?.role === 'target') {
-        if (this.pid !== undefined && (await runState(await this.monitor())) === 'running')
-          throw new InstanceStateError(`instance ${this.name} already runs here (its migration was finished); release the other copy instead`);
-        await this.destroyNow();
-        return 'destroyed';
-      }
-      if (m?.role !== 'source') return 'nothing';
-      if (this.pid !== undefined) {
-        const mon = await this.monitor();
-        await cancelMigration(mon);
-        await resumeGuest(mon);
-      }
-      delete this.data.migration;
-      this.save();
-      return 'resumed';
-    });
+    return this.serialize(() => this.migrationPart.abort());
   }
 
-  /**
-   * The instance runs on another node now: stops QEMU here and deletes the
-   * instance directory (disks are shared and kept). Refused while the guest
-   * runs here, so a released copy can never be the only one.
-   */
+  /** The instance runs on another node now: stops QEMU here and forgets it (disks are kept). */
   release(timeoutMs = 10_000): Promise<void> {
-    return this.serialize(async () => {
-      const pid = this.pid;
-      if (pid !== undefined) {
-        const mon = await this.monitor();
-        const [state, p] = await Promise.all([runState(mon), readMigration(mon)]);
-        if (state === 'running' || isActive(p.state))
-          throw new InstanceStateError(`refusing to release instance ${this.name}: its guest ${state === 'running' ? 'runs' : 'is being migrated'} on this node (run state ${state}, migration ${p.state})`);
-      }
-      await this.stopNow(timeoutMs);
-      fs.rmSync(this.paths.dir, { recursive: true, force: true });
-    });
+    return this.serialize(() => this.migrationPart.release(timeoutMs));
   }
 
   // ---- verify repairs ----

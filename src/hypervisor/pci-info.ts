@@ -49,14 +49,18 @@ export function parseInfoPci(text: string): PciFunction[] {
   return out;
 }
 
+/** Where a `query-pci` device is, and its qdev id. */
+export interface QueryPciAddress {
+  bus: number;
+  slot: number;
+  function: number;
+  qdev_id: string;
+}
+
 /** The subset of `query-pci` this project reads. */
 export interface QueryPciBus {
   bus: number;
-  devices: Array<{
-    bus: number;
-    slot: number;
-    function: number;
-    qdev_id: string;
+  devices: Array<QueryPciAddress & {
     class_info: { class: number; desc?: string };
     id: { vendor: number; device: number };
     pci_bridge?: { devices?: QueryPciBus['devices'] };
@@ -65,24 +69,34 @@ export interface QueryPciBus {
 
 const hex4 = (n: number): string => n.toString(16).padStart(4, '0');
 
-/** Flattens `query-pci` into the same shape as parseInfoPci. */
-export function fromQueryPci(buses: QueryPciBus[]): PciFunction[] {
-  const out: PciFunction[] = [];
-  const walk = (devices: QueryPciBus['devices']): void => {
+/** A device of `query-pci` as far as walking the buses goes: a bridge lists the devices behind it. */
+interface BridgedDevice<D> {
+  pci_bridge?: { devices?: D[] };
+}
+
+/** Every device of `query-pci`, bus by bus, each bridge followed by the devices behind it. */
+export function queryPciDevices<D extends BridgedDevice<D>>(buses: Array<{ devices: D[] }>): D[] {
+  const out: D[] = [];
+  const walk = (devices: D[]): void => {
     for (const d of devices) {
-      out.push({
-        bus: d.bus,
-        slot: d.slot,
-        function: d.function,
-        className: d.class_info.desc ?? `Class ${String(d.class_info.class).padStart(4, '0')}`, // decimal, as info pci prints it
-        vendorDevice: `${hex4(d.id.vendor)}:${hex4(d.id.device)}`,
-        qdevId: d.qdev_id,
-      });
+      out.push(d);
       if (d.pci_bridge?.devices) walk(d.pci_bridge.devices);
     }
   };
   for (const b of buses) walk(b.devices);
   return out;
+}
+
+/** Flattens `query-pci` into the same shape as parseInfoPci. */
+export function fromQueryPci(buses: QueryPciBus[]): PciFunction[] {
+  return queryPciDevices(buses).map((d) => ({
+    bus: d.bus,
+    slot: d.slot,
+    function: d.function,
+    className: d.class_info.desc ?? `Class ${String(d.class_info.class).padStart(4, '0')}`, // decimal, as info pci prints it
+    vendorDevice: `${hex4(d.id.vendor)}:${hex4(d.id.device)}`,
+    qdevId: d.qdev_id,
+  }));
 }
 
 const key = (f: PciFunction): string => `${f.bus}:${f.slot}.${f.function}`;

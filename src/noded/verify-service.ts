@@ -49,7 +49,7 @@ import type { InstanceVerifyRequest__Output } from '../generated/gnt/node/v1/Ins
 import type { InstanceVerifyResult } from '../generated/gnt/node/v1/InstanceVerifyResult';
 import type { VerifyFinding } from '../generated/gnt/node/v1/VerifyFinding';
 import type { VerifyGone } from '../generated/gnt/node/v1/VerifyGone';
-import type { InstanceRegistry, Logger } from './instance-registry';
+import { describeReconcile, type InstanceRegistry, type Logger } from './instance-registry';
 import { runtimeToProto } from './spec';
 import type { Storage } from './storage';
 
@@ -117,7 +117,17 @@ export class VerifyService {
     const results: InstanceVerifyResult[] = [];
     const owned = new Set<string>();
     const keep = keepConfigured(new Set(req.configuredDisks));
-    for (const inst of instances) results.push(await inst.exclusive(() => this.verifyOne(inst, req.fix, owned, keep)));
+    for (const inst of instances) {
+      // --fix first settles open intents by the same rules as after a
+      // restart (reconcile), then repairs what is left.
+      if (req.fix && inst.pid !== undefined) {
+        await inst.reconcile().then(
+          (r) => this.opts.log(`verify --fix: reconciled ${inst.name}: ${describeReconcile(r)}`),
+          (err: unknown) => this.opts.log(`verify --fix: reconcile of ${inst.name} failed: ${err instanceof Error ? err.message : String(err)}`),
+        );
+      }
+      results.push(await inst.exclusive(() => this.verifyOne(inst, req.fix, owned, keep)));
+    }
     const nodeFindings = req.nodeWide ? await this.verifyNode(req, owned, keep) : [];
     if (req.fix) this.logRepairs(results, nodeFindings);
     return { instances: results, nodeFindings, nodedFds: fdCount(process.pid) };

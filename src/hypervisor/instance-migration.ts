@@ -1,0 +1,179 @@
+/**
+ * One instance's part in a live migration, on either node (see
+ * docs/migration.md): the source marks the instance and sends its state; the
+ * target waits paused for it, then resumes the guest; either side can undo
+ * its part; the source releases its copy once the target runs. Every method
+ * here runs inside the instance's queue (KvmInstance calls it through
+ * serialize), except `status`, which only reads.
+ */
+import { allDevices } from './device-kinds';
+import { diskKind } from './disk';
+import { InstanceStateError } from './errors';
+import {
+  cancelMigration,
+  isActive,
+  readMigration,
+  resumeGuest,
+  runState,
+  sendMigration,
+  waitIncomingLoaded,
+  type MigrationMark,
+  type MigrationParams,
+  type MigrationProgress,
+} from './migration';
+import { normalizeMac } from './nic';
+import { assertFixedCommand } from './qemu-command';
+import type { Monitor } from './qmp-client';
+import type { DiskRecord, NicRecord, RuntimeData } from './runtime-file';
+import { assertBridge } from './tap';
+
+/** This node's view of a migration of the instance (MigrationStatus). */
+export interface MigrationView {
+  role: MigrationMark['role'] | '';
+  peer: string;
+  qemuAlive: boolean;
+  runState: string;
+  progress?: MigrationProgress;
+}
+
+/** How a runtime file carried from another node is started here. */
+export interface ReceiveOptions {
+  /** true: paused, waiting for the migration stream; false: boot (failover). */
+  incoming: boolean;
+  /** The node the instance comes from. */
+  peer: string;
+  /** The address the incoming QEMU listens on (this node's own). */
+  listenHost: string;
+}
+
+export interface MigrationHost {
+  readonly name: string;
+  data(): RuntimeData;
+  save(): void;
+  monitor(): Promise<Monitor>;
+  pid(): number | undefined;
+  assertNoMigration(): void;
+  stopNow(timeoutMs: number): Promise<void>;
+  /** Kills QEMU (if any) and deletes the instance directory; disks are kept. */
+  destroyNow(): Promise<void>;
+  /** Deletes the instance directory (QEMU is gone). */
+  removeDir(): void;
+}
+
+/** A carried runtime file, checked whole: a command we make, settled devices with slots, bridges and disks present here. */
+export function checkCarried(carried: RuntimeData): RuntimeData {
+  const data = JSON.parse(JSON.stringify(carried)) as RuntimeData;
+  assertFixedCommand(data.kvm_cmd, data.instance);
+  const all: Array<[string, NicRecord | DiskRecord]> = [
+    ...data.nics.map((n): [string, NicRecord | DiskRecord] => ['NIC', n]),
+    ...data.block_devices.map((d): [string, NicRecord | DiskRecord] => ['disk', d]),
+  ];
+  for (const [what, rec] of all) {
+    if (rec.state) throw new InstanceStateError(`${what} ${rec.uuid} of ${data.instance} is ${rec.state}: settle it on the source first`);
+    if (rec.pci === null || !rec.uuid) throw new InstanceStateError(`a ${what} of ${data.instance} has no PCI slot or uuid (old runtime file): restart the instance once on its node first`);
+  }
+  for (const nic of data.nics) {
+    normalizeMac(nic.mac);
+    if (nic.link) assertBridge(nic.link);
+    delete nic.tap;
+  }
+  for (const disk of data.block_devices) diskKind(disk.path);
+  return data;
+}
+
+export class InstanceMigration {
+  constructor(private readonly host: MigrationHost) {}
+
+  /**
+   * Source side: marks the instance as migrating to `peer` (hotplug refused
+   * from now on, also after a restart of this process) and starts the
+   * stream. Returns at once; follow it with status().
+   */
+  async start(uri: string, peer: string, params: MigrationParams): Promise<MigrationProgress> {
+    const { host } = this;
+    host.assertNoMigration();
+    if (host.pid() === undefined) throw new InstanceStateError(`instance ${host.name} is not running; a stopped instance is moved with failover`);
+    const pending = allDevices(host.data()).find(([, rec]) => rec.state || rec.pci === null);
+    if (pending) throw new InstanceStateError(`${pending[0].label} ${pending[1].uuid} of ${host.name} is ${pending[1].state ?? 'without a PCI slot'}: settle it first (it would differ on the target)`);
+    const r = host.data().resources;
+    if (r && (r.cpus.some((c) => c.state) || r.dimms.some((d) => d.state)))
+      throw new InstanceStateError(`a vCPU or DIMM change of ${host.name} is not settled yet: wait for it (it would differ on the target)`);
+    const mon = await host.monitor();
+    host.data().migration = { role: 'source', peer, uri, since: new Date().toISOString() };
+    host.save();
+    try {
+      await sendMigration(mon, uri, params);
+    } catch (err) {
+      delete host.data().migration;
+      host.save();
+      throw err;
+    }
+    return readMigration(mon);
+  }
+
+  /** Read-only: answers while other operations wait. */
+  async status(): Promise<MigrationView> {
+    const m = this.host.data().migration;
+    const view: MigrationView = { role: m?.role ?? '', peer: m?.peer ?? '', qemuAlive: false, runState: '' };
+    if (this.host.pid() === undefined) return view;
+    const mon = await this.host.monitor();
+    const [state, progress] = await Promise.all([runState(mon), readMigration(mon)]);
+    return { ...view, qemuAlive: true, runState: state, progress };
+  }
+
+  /** Target side, once the stream is complete: the guest runs here from now on. Idempotent. */
+  async finishIncoming(): Promise<void> {
+    const { host } = this;
+    const m = host.data().migration;
+    if (host.pid() === undefined) throw new InstanceStateError(`instance ${host.name} has no QEMU on this node to resume`);
+    const mon = await host.monitor();
+    if (m?.role === 'source') throw new InstanceStateError(`instance ${host.name} is the source of its migration here, not the target`);
+    if (m?.role === 'target') await waitIncomingLoaded(mon, host.name);
+    await resumeGuest(mon);
+    delete host.data().migration;
+    host.save();
+  }
+
+  /**
+   * Undoes this node's part. Target: QEMU killed, directory deleted;
+   * 'destroyed'. Source: migration cancelled if still running, guest
+   * resumed, mark cleared; 'resumed'. Refuses a target whose guest already
+   * runs (it was finished).
+   */
+  async abort(): Promise<'destroyed' | 'resumed' | 'nothing'> {
+    const { host } = this;
+    const m = host.data().migration;
+    if (m?.role === 'target') {
+      if (host.pid() !== undefined && (await runState(await host.monitor())) === 'running')
+        throw new InstanceStateError(`instance ${host.name} already runs here (its migration was finished); release the other copy instead`);
+      await host.destroyNow();
+      return 'destroyed';
+    }
+    if (m?.role !== 'source') return 'nothing';
+    if (host.pid() !== undefined) {
+      const mon = await host.monitor();
+      await cancelMigration(mon);
+      await resumeGuest(mon);
+    }
+    delete host.data().migration;
+    host.save();
+    return 'resumed';
+  }
+
+  /**
+   * The instance runs on another node now: stops QEMU here and deletes the
+   * instance directory (disks are shared and kept). Refused while the guest
+   * runs here, so a released copy can never be the only one.
+   */
+  async release(timeoutMs: number): Promise<void> {
+    const { host } = this;
+    if (host.pid() !== undefined) {
+      const mon = await host.monitor();
+      const [state, p] = await Promise.all([runState(mon), readMigration(mon)]);
+      if (state === 'running' || isActive(p.state))
+        throw new InstanceStateError(`refusing to release instance ${host.name}: its guest ${state === 'running' ? 'runs' : 'is being migrated'} on this node (run state ${state}, migration ${p.state})`);
+    }
+    await host.stopNow(timeoutMs);
+    host.removeDir();
+  }
+}

@@ -13,24 +13,18 @@
  * job's own reply, the job's OperationStatus polling, the convergence loop,
  * an instance start): in one transaction it commits the configuration change
  * and marks the row final, and does nothing for a row that is already final,
- * so each change is committed exactly once.
+ * so each change is committed exactly once. What a change is and how it is
+ * committed belongs to its kind (jobs/device-changes/, one module per kind).
  */
 import { randomUUID } from 'node:crypto';
 import { nowIso } from '../config/db';
-import type { ConfigStore, DeviceTable, InstanceConfig } from '../config/config-store';
-import { formatSize } from '../validate';
+import type { ConfigStore, InstanceConfig } from '../config/config-store';
+import { changeKind, type OpChange } from './device-changes/registry';
 
 export type OpState = 'sent' | 'removal_pending' | 'succeeded' | 'failed';
 export const FINAL_STATES: ReadonlySet<OpState> = new Set(['succeeded', 'failed']);
 
-/** The configuration change an operation commits when it succeeds (stored as change_json). */
-export type OpChange =
-  | { kind: 'nic'; action: 'add'; uuid: string; mac: string; link: string }
-  | { kind: 'nic'; action: 'modify'; uuid: string; mac: string; link: string; oldMac: string; oldLink: string }
-  | { kind: 'nic'; action: 'remove'; uuid: string; mac: string }
-  | { kind: 'disk'; action: 'add'; uuid: string; sizeBytes: number }
-  | { kind: 'disk'; action: 'remove'; uuid: string; sizeBytes: number }
-  | { kind: 'resources'; action: 'resize'; vcpus: number; memoryMib: number; oldVcpus: number; oldMemoryMib: number };
+export type { OpChange } from './device-changes/registry';
 
 export interface OperationRow {
   id: string;
@@ -79,21 +73,9 @@ export class OperationError extends Error {
 
 export const changeOf = (op: OperationRow): OpChange => JSON.parse(op.change_json) as OpChange;
 
-const tableOf = (kind: 'nic' | 'disk'): DeviceTable => (kind === 'nic' ? 'nics' : 'disks');
-const onLink = (link: string): string => (link ? ` on ${link}` : '');
-
-/** The change in words, e.g. "hot-add of new NIC 3f.. (52:54:00:.. on br0)". */
+/** The change in words, e.g. "hot-add of new NIC 3f.. (52:54:00:.. on br0)" (device-changes/). */
 export function describeChange(c: OpChange): string {
-  switch (c.kind) {
-    case 'nic':
-      if (c.action === 'add') return `hot-add of new NIC ${c.uuid} (${c.mac}${onLink(c.link)})`;
-      if (c.action === 'modify') return `hot-modify of NIC ${c.uuid} to ${c.mac}${onLink(c.link)}`;
-      return `hot-remove of NIC ${c.uuid} (${c.mac})`;
-    case 'disk':
-      return c.action === 'add' ? `hot-add of new disk ${c.uuid} (${formatSize(c.sizeBytes)})` : `hot-remove of disk ${c.uuid} (${formatSize(c.sizeBytes)})`;
-    case 'resources':
-      return `live resize to ${c.vcpus} vCPUs, ${c.memoryMib} MiB (from ${c.oldVcpus} vCPUs, ${c.oldMemoryMib} MiB)`;
-  }
+  return changeKind(c.kind).describe(c);
 }
 
 export function getOperation(config: ConfigStore, id: string): OperationRow | undefined {
@@ -124,27 +106,6 @@ export function operationsOfJobs(config: ConfigStore, jobIds: number[]): Operati
   return jobIds.flatMap((id) => q.all(id) as OperationRow[]);
 }
 
-/** Commits a succeeded change to the configuration; safe to repeat (a device already there or gone is left alone). */
-function commitChange(config: ConfigStore, inst: InstanceConfig, c: OpChange): void {
-  if (c.kind === 'resources') return config.setResources(inst.name, c.vcpus, c.memoryMib);
-  const table = tableOf(c.kind);
-  if (c.action === 'remove') return config.removeDevice(table, c.uuid);
-  const present = config.hasDevice(table, c.uuid);
-  if (c.kind === 'nic' && c.action === 'modify') return present ? config.modifyNic(c.uuid, c.mac, c.link) : undefined;
-  if (present) return;
-  if (c.kind === 'nic') return config.appendNic(inst.uuid, c.uuid, c.mac, c.link);
-  if (c.action === 'add') return config.appendDisk(inst.uuid, c.uuid, c.sizeBytes);
-}
-
-/** The node's vCPUs and memory after a failed resize, clamped to the limits the schema enforces. */
-function commitFailedResize(config: ConfigStore, inst: InstanceConfig, r: Resources): boolean {
-  const vcpus = Math.min(Math.max(1, r.vcpus || inst.vcpus), inst.maxvcpus);
-  const memoryMib = Math.min(Math.max(1, r.memoryMib || inst.memory_mib), inst.maxmem_mib);
-  if (vcpus === inst.vcpus && memoryMib === inst.memory_mib) return false;
-  config.setResources(inst.name, vcpus, memoryMib);
-  return true;
-}
-
 function instanceByUuid(config: ConfigStore, uuid: string): InstanceConfig | undefined {
   const row = config.db.prepare('SELECT name FROM instances WHERE uuid = ?').get(uuid) as { name: string } | undefined;
   return row && config.findInstance(row.name);
@@ -158,27 +119,21 @@ function markState(config: ConfigStore, op: OperationRow, o: Outcome): void {
     .run(o.state, err.errorCode, err.error, final ? nowIso() : '', o.settledBy, op.id);
 }
 
-/** Applies the outcome to the configuration; returns the summary's tail. */
+/** Applies the outcome to the configuration, through the change's kind (device-changes/); returns the summary's tail. */
 function applyOutcome(config: ConfigStore, op: OperationRow, inst: InstanceConfig | undefined, o: Outcome): string {
   const c = changeOf(op);
   if (!inst) return o.state === 'failed' ? `failed (${o.error}); the instance is no longer in the configuration` : `${o.state.replace('_', ' ')}; the instance is no longer in the configuration`;
+  const kind = changeKind(c.kind);
   if (o.state === 'succeeded') {
-    commitChange(config, inst, c);
-    if (c.kind !== 'resources' && c.action === 'remove') settleSiblingRemovals(config, op, o.settledBy);
+    kind.commitSettled(config, inst, c);
+    if (c.action === 'remove') settleSiblingRemovals(config, op, o.settledBy);
     return 'succeeded; committed to the configuration';
   }
   if (o.state === 'removal_pending') {
-    if (c.kind !== 'resources') config.setRemovalPending(tableOf(c.kind), c.uuid, op.id);
+    kind.markRemovalPending(config, c, op.id);
     return 'is pending: the guest has not released the device yet; the removal completes when it does, with no command';
   }
-  if (c.kind !== 'resources') {
-    const pendingMark = config.db.prepare(`SELECT 1 FROM ${tableOf(c.kind)} WHERE uuid = ? AND removal_pending = ?`).get(c.uuid, op.id);
-    if (pendingMark) config.setRemovalPending(tableOf(c.kind), c.uuid, '');
-  } else if (o.resources && commitFailedResize(config, inst, o.resources)) {
-    const now = config.findInstance(inst.name)!;
-    return `failed part-way (${o.error}); the configuration takes the node's values: ${now.vcpus} vCPUs, ${now.memory_mib} MiB`;
-  }
-  return `failed (${o.error}); the configuration of this change is unchanged`;
+  return kind.settleFailed(config, inst, c, op.id, o) ?? `failed (${o.error}); the configuration of this change is unchanged`;
 }
 
 /** Other open removals of the same device (a remove repeated while pending) end with it. */

@@ -1,0 +1,117 @@
+/**
+ * The `gnt-instance modify` job: a list of typed changes (device-changes/,
+ * one module per kind), planned all at once against a copy of the
+ * configuration, then run one by one in that order: live through an
+ * operation (committed before the node is called, settled exactly once by
+ * runOperation, jobs/op-call.ts), or in the configuration only (it applies
+ * at the next start). A failure leaves the configuration of the failed
+ * change as it was; the changes before it stay done.
+ */
+import type { ConfigStore, InstanceConfig } from '../config/config-store';
+import type { NodeRpc, NodeTarget } from '../node-rpc';
+import { JobError, type JobContext } from './queue';
+import { nodeTarget } from './spec';
+import { createOperation } from './operations';
+import { runOperation, type OpCallDeps } from './op-call';
+import type { MacSource, ModifyOp } from './device-changes/change-kind';
+import { CHANGE_ORDER, changeKind, type ChangeKindName, type ModifyStep, type StepOf } from './device-changes/registry';
+
+export interface ModifyDeps {
+  config: ConfigStore;
+  rpc: NodeRpc;
+  /** Ids of the operations jobs are sending now. */
+  inflight: Set<string>;
+  /** How long a job keeps asking a node for an operation's outcome after an ambiguous failure, ms. */
+  windowMs?: number;
+  /** MACs for new NICs, reserved for this job. */
+  macs: MacSource;
+}
+
+/**
+ * Plans every change against a copy first: any bad index, limit or MAC
+ * fails the job before anything is touched. Indices refer to the device
+ * list as it is after the earlier changes of the same command (as in
+ * Ganeti).
+ */
+export function planModify(inst: InstanceConfig, op: ModifyOp, macs: MacSource): ModifyStep[] {
+  return CHANGE_ORDER.flatMap((kind): ModifyStep[] => changeKind(kind).plan({ inst, op, macs }));
+}
+
+export async function runModify(deps: ModifyDeps, op: ModifyOp, ctx: JobContext): Promise<void> {
+  const inst = deps.config.getInstance(op.name);
+  const steps = planModify(inst, op, deps.macs);
+  const run = new ModifyRun(deps, inst, op.hotplug, ctx);
+  for (const s of steps) await run.step(s.kind, s);
+  if (run.pending.length) ctx.log(`${run.pending.length} change(s) apply at the next start of instance ${inst.name}`);
+}
+
+/** One modify job while it runs: what it did, what waits for the next start, which kinds go live. */
+class ModifyRun {
+  readonly done: string[] = [];
+  readonly pending: string[] = [];
+  private readonly live = new Map<ChangeKindName, boolean>();
+  private readonly node: NodeTarget;
+
+  constructor(
+    private readonly deps: ModifyDeps,
+    private readonly inst: InstanceConfig,
+    private readonly hotplug: ModifyOp['hotplug'],
+    private readonly ctx: JobContext,
+  ) {
+    this.node = nodeTarget(inst);
+  }
+
+  async step<K extends ChangeKindName>(kind: K, s: StepOf<K>): Promise<void> {
+    if (await this.isLive(kind)) await this.runLive(kind, s);
+    else this.configOnly(kind, s);
+  }
+
+  /** Whether this kind is changed live: --hotplug yes, none no, --hotplug-if-possible asks once per kind. */
+  private async isLive(kind: ChangeKindName): Promise<boolean> {
+    if (this.hotplug === 'NONE') return false;
+    if (this.hotplug === 'HOTPLUG') return true;
+    let live = this.live.get(kind);
+    if (live === undefined) {
+      live = await changeKind(kind).liveSupported({ rpc: this.deps.rpc, node: this.node, inst: this.inst, log: (l) => this.ctx.log(l) });
+      this.live.set(kind, live);
+    }
+    return live;
+  }
+
+  private configOnly<K extends ChangeKindName>(kind: K, s: StepOf<K>): void {
+    const k = changeKind(kind);
+    k.commit(this.deps.config, this.inst, s);
+    const text = k.configOnlyText(s);
+    this.ctx.log(`${text.log}; it applies at the next start of ${this.inst.name}`);
+    this.done.push(text.done);
+    this.pending.push(s.what);
+  }
+
+  private opDeps(): OpCallDeps {
+    const { config, rpc, inflight, windowMs } = this.deps;
+    return { config, rpc, inflight, windowMs };
+  }
+
+  /** One live change: its operation is committed before the node is called and settled by runOperation, exactly once. */
+  private async runLive<K extends ChangeKindName>(kind: K, s: StepOf<K>): Promise<void> {
+    const { config, rpc } = this.deps;
+    const { ctx, inst, node } = this;
+    const k = changeKind(kind);
+    const row = createOperation(config, ctx.jobId, inst, s.change);
+    ctx.log(`${k.liveStart(s, inst, node)} (operation ${row.id})`);
+    const request = k.request(s, inst, row.id);
+    const res = await runOperation(this.opDeps(), {
+      op: row,
+      node,
+      log: ctx.log,
+      send: () => k.send({ rpc, node, request, log: ctx.log }),
+      fromReply: (r) => k.fromReply(r),
+    });
+    const final = res.settle.op;
+    if (final.state === 'failed') throw new JobError(k.failedMessage(s, final, { config, inst, done: this.done }), final.error_code);
+    const out = k.succeeded(s, final, res.reply ?? k.replyOfRecord(res.record), !res.reply);
+    ctx.log(out.line);
+    out.notes.forEach((n) => ctx.log(`note: ${n}`));
+    this.done.push(out.line);
+  }
+}

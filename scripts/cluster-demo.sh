@@ -91,6 +91,9 @@ run gnt-instance modify --hotplug --net 1:remove demo1
 run gnt-instance modify --hotplug --disk 1:remove demo1
 guest_view 'g.nics.length === 1 && g.disks.length === 1'
 
+say "configuration, runtime file, QEMU and the host agree"
+run gnt-cluster verify
+
 say "every change was a job"
 run gnt-job list
 

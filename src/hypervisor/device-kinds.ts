@@ -10,7 +10,7 @@
  */
 import * as fs from 'node:fs';
 import { attachDisk, detachDisk, diskId, diskKind, releaseDisk } from './disk';
-import { attachNic, detachNic, nicId, releaseNic, validateNic, type NicDeviceOptions } from './nic';
+import { attachNic, detachNic, nicId, prepareNicTap, releaseNic, validateNic, type NicDeviceOptions } from './nic';
 import type { Monitor } from './qmp-client';
 import type { DiskRecord, NicRecord, RuntimeData } from './runtime-file';
 import type { UnplugKind } from './unplug-timeouts';
@@ -21,6 +21,12 @@ export type DeviceRecord = NicRecord | DiskRecord;
 /** What an attach may need from the instance. */
 export interface AttachContext {
   nicOptions: NicDeviceOptions;
+}
+
+/** Host resources made for a device before its intent is recorded (a NIC's tap), held by this process until QEMU has its own copy. */
+export interface HostPrep {
+  fd: number;
+  close(): void;
 }
 
 export interface DeviceKind<R extends DeviceRecord = DeviceRecord> {
@@ -36,8 +42,14 @@ export interface DeviceKind<R extends DeviceRecord = DeviceRecord> {
   id(rec: R, slot: number): string;
   /** Checks what can be checked before anything is touched. */
   validate(rec: R): void;
-  /** The QMP steps of a hot-add (each undone if a later one fails); may update the record (a NIC's tap). */
-  attach(mon: Monitor, rec: R, slot: number, ctx: AttachContext): Promise<void>;
+  /**
+   * Makes the host side before the intent is saved, recording its name in
+   * the record (a NIC's tap). Dies with this process if it crashes before
+   * QEMU holds it, so nothing is left that no record names.
+   */
+  prepareHost?(rec: R): Promise<HostPrep>;
+  /** The QMP steps of a hot-add (each undone if a later one fails). */
+  attach(mon: Monitor, rec: R, slot: number, ctx: AttachContext, prep: HostPrep | undefined): Promise<void>;
   /** device_del and wait until QEMU no longer lists the device. */
   detach(mon: Monitor, rec: R, slot: number, timeoutMs: number): Promise<void>;
   /** Frees the QEMU backends (netdev, named fd; block node, fdset); harmless when gone. */
@@ -56,9 +68,19 @@ export const NIC_KIND: DeviceKind<NicRecord> = {
   },
   id: (rec, slot) => nicId(rec, slot),
   validate: (rec) => validateNic(rec),
-  attach: async (mon, rec, slot, ctx) => {
-    rec.tap = await attachNic(mon, rec, slot, ctx.nicOptions);
+  prepareHost: async (rec) => {
+    const tap = await prepareNicTap(rec);
+    rec.tap = tap.name;
+    let open = true;
+    return {
+      fd: tap.fd,
+      close: () => {
+        if (open) fs.closeSync(tap.fd);
+        open = false;
+      },
+    };
   },
+  attach: (mon, rec, slot, ctx, prep) => attachNic(mon, rec, slot, ctx.nicOptions, (prep as HostPrep).fd),
   detach: (mon, rec, slot, timeoutMs) => detachNic(mon, rec, slot, timeoutMs),
   release: (mon, rec, slot) => releaseNic(mon, rec, slot),
   releaseHost: () => undefined, // the tap goes with QEMU's last fd of it

@@ -14,7 +14,7 @@
  */
 import { recordNodeChange, type OperationJournal, type OperationRecord, type SettledBy } from './operations';
 import { DeviceExistsError, DeviceNotFoundError, InstanceStateError, InvalidArgumentError, OutcomeUnknownError, errorMessage, isOutcomeUnknown } from './errors';
-import { allDevices, idOf, type AttachContext, type DeviceKind, type DeviceRecord } from './device-kinds';
+import { allDevices, idOf, type AttachContext, type DeviceKind, type DeviceRecord, type HostPrep } from './device-kinds';
 import { DISK_KIND, NIC_KIND } from './device-kinds';
 import { diskId, diskKind } from './disk';
 import { nicId, normalizeMac } from './nic';
@@ -158,13 +158,22 @@ export class DeviceOperations {
    * attaches, and records the result with the operation's outcome.
    */
   private async attachRecorded<T extends DeviceRecord>(kind: DeviceKind<T>, rec: T, mon: Monitor, prepare?: PrepareStep): Promise<T> {
+    const prep = kind.prepareHost ? await kind.prepareHost(rec) : undefined;
+    try {
+      return await this.attachPrepared(kind, rec, mon, prep, prepare);
+    } finally {
+      prep?.close(); // QEMU holds its own copy (or the attach failed and the tap goes)
+    }
+  }
+
+  private async attachPrepared<T extends DeviceRecord>(kind: DeviceKind<T>, rec: T, mon: Monitor, prep: HostPrep | undefined, prepare?: PrepareStep): Promise<T> {
     kind.records(this.host.data()).push(rec);
     this.host.save();
     let undoPrepare: (() => void) | void = undefined;
     try {
       undoPrepare = prepare?.();
       if (prepare) kind.validate(rec);
-      await kind.attach(mon, rec, rec.pci as number, this.host.attachContext());
+      await kind.attach(mon, rec, rec.pci as number, this.host.attachContext(), prep);
     } catch (err) {
       if (isOutcomeUnknown(err)) return this.settleUnknownAttach(kind as unknown as DeviceKind, rec, err) as Promise<T>;
       this.host.slotsChanged();

@@ -71,32 +71,20 @@ export function nicBootArgs(nic: NicRecord, slot: number, childFd: number, optio
   return ['-netdev', `tap,id=${id},fd=${childFd}`, '-device', toDeviceArg(nicDeviceProps(nic, slot, options))];
 }
 
-/** Hot-adds the NIC at `slot`; returns the tap's name. Undoes every step on failure. */
-export async function attachNic(mon: Monitor, nic: NicRecord, slot: number, options: NicDeviceOptions): Promise<string> {
+/**
+ * Hot-adds the NIC at `slot` on the prepared tap (prepareNicTap: created,
+ * on its bridge and named in the NIC's intent before QEMU is touched, so a
+ * crash never leaves a tap that no record names). The caller keeps its fd
+ * and closes it afterwards: QEMU holds its own copy from getfd on. Undoes
+ * every step on failure.
+ */
+export async function attachNic(mon: Monitor, nic: NicRecord, slot: number, options: NicDeviceOptions, tapFd: number): Promise<void> {
   const id = nicId(nic, slot);
-  return inTransaction(`hot-add of NIC ${id}`, async (tx) => {
-    let tapFd: number | undefined;
-    const closeTap = (): void => {
-      if (tapFd !== undefined) fs.closeSync(tapFd);
-      tapFd = undefined;
-    };
-    try {
-      const tap = await tx.step('create tap', () => createTap(), closeTap);
-      tapFd = tap.fd;
-      await tx.step('connect tap', () => connectTap(tap.name, nic.link));
-      await tx.step('getfd', () => mon.execute('getfd', { fdname: id }, { fds: [tap.fd] }), () =>
-        mon.execute('closefd', { fdname: id }),
-      );
-      closeTap(); // QEMU holds its copy now
-      await tx.step('netdev_add', () => mon.execute('netdev_add', { type: 'tap', id, fd: id }), () =>
-        mon.execute('netdev_del', { id }),
-      );
-      tx.forget('getfd'); // netdev_add consumed the named fd
-      await tx.step('device_add', () => mon.execute('device_add', nicDeviceProps(nic, slot, options)));
-      return tap.name;
-    } finally {
-      closeTap();
-    }
+  await inTransaction(`hot-add of NIC ${id}`, async (tx) => {
+    await tx.step('getfd', () => mon.execute('getfd', { fdname: id }, { fds: [tapFd] }), () => mon.execute('closefd', { fdname: id }));
+    await tx.step('netdev_add', () => mon.execute('netdev_add', { type: 'tap', id, fd: id }), () => mon.execute('netdev_del', { id }));
+    tx.forget('getfd'); // netdev_add consumed the named fd
+    await tx.step('device_add', () => mon.execute('device_add', nicDeviceProps(nic, slot, options)));
   });
 }
 

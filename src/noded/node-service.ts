@@ -7,12 +7,13 @@
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import type * as grpc from '@grpc/grpc-js';
-import { KvmInstance, type OperationOptions } from '../hypervisor/kvm-instance';
+import { KvmInstance } from '../hypervisor/kvm-instance';
 import { assertOperationId } from '../hypervisor/operations';
 import type { OperationRef__Output } from '../generated/gnt/node/v1/OperationRef';
 import type { OperationLogRequest__Output } from '../generated/gnt/node/v1/OperationLogRequest';
-import { diskReply, nicReply, operationLog, operationStatus } from './operations-service';
+import { operationLog, operationStatus } from './operations-service';
 import { crashPoint } from './fault-injection';
+import { HOTPLUG_HANDLERS, hotplugKindOf } from './hotplug-handlers';
 import { DEFAULT_QEMU, qemuFeatures } from '../hypervisor/qemu-binary';
 import type { HotplugDeviceReply } from '../generated/gnt/node/v1/HotplugDeviceReply';
 import type { HotplugDeviceRequest__Output } from '../generated/gnt/node/v1/HotplugDeviceRequest';
@@ -28,8 +29,6 @@ import type { InstanceStartRequest__Output } from '../generated/gnt/node/v1/Inst
 import type { InstanceStopRequest__Output } from '../generated/gnt/node/v1/InstanceStopRequest';
 import type { NodeDaemonHandlers } from '../generated/gnt/node/v1/NodeDaemon';
 import type { NodeInfoReply } from '../generated/gnt/node/v1/NodeInfoReply';
-import type { Disk__Output } from '../generated/gnt/node/v1/Disk';
-import type { Nic__Output } from '../generated/gnt/node/v1/Nic';
 import type { InstanceExportReply } from '../generated/gnt/node/v1/InstanceExportReply';
 import type { InstanceReceiveReply } from '../generated/gnt/node/v1/InstanceReceiveReply';
 import type { InstanceReceiveRequest__Output } from '../generated/gnt/node/v1/InstanceReceiveRequest';
@@ -39,7 +38,7 @@ import { MigrationService } from './migration-service';
 import { verifyHandler } from './verify-service';
 import { int64, planStart, runtimeToProto, type StartPlan } from './spec';
 import { failedPrecondition, invalidArgument, notFound, statusName, toStatus } from './status';
-import { assertDeviceUuid, type Storage } from './storage';
+import type { Storage } from './storage';
 import type { VcpuPolicy } from './vcpu-policy';
 
 export interface NodeServiceOptions {
@@ -274,63 +273,8 @@ export class NodeService {
   private async hotplugDevice(req: HotplugDeviceRequest__Output): Promise<HotplugDeviceReply> {
     const inst = this.registry.get(req.instance);
     const opts = { operationId: assertOperationId(req.operationId) };
-    let reply: HotplugDeviceReply;
-    if (req.deviceType === 'NIC') {
-      if (!req.nic) throw invalidArgument('a NIC hotplug needs the nic field');
-      reply = await this.hotplugNic(inst, req.action, req.nic, opts);
-    } else if (req.deviceType === 'DISK') {
-      if (!req.disk) throw invalidArgument('a disk hotplug needs the disk field');
-      reply = await this.hotplugDisk(inst, req.action, req.disk, opts);
-    } else throw invalidArgument(`device_type must be NIC or DISK, not ${req.deviceType}`);
+    const reply = await HOTPLUG_HANDLERS[hotplugKindOf(req)](inst, req, opts, { storage: this.storage, log: this.opts.log });
     crashPoint('after-hotplug-applied', this.opts.log);
     return reply;
-  }
-
-  private async hotplugNic(inst: KvmInstance, action: string, nic: Nic__Output, opts: OperationOptions): Promise<HotplugDeviceReply> {
-    const uuid = assertDeviceUuid(nic.uuid, 'the NIC');
-    switch (action) {
-      case 'ADD': {
-        const rec = await inst.hotAddNic(nic.link ? { uuid, mac: nic.mac, link: nic.link } : { uuid, mac: nic.mac }, opts);
-        return nicReply(rec);
-      }
-      case 'MODIFY': {
-        if (!nic.mac && !nic.link) throw invalidArgument(`modify of NIC ${uuid}: give a new mac or link`);
-        return nicReply(await inst.hotModifyNic(uuid, { mac: nic.mac || undefined, link: nic.link || undefined }, opts));
-      }
-      case 'REMOVE': {
-        const r = await inst.hotRemoveNic(uuid, opts);
-        return { ...nicReply(r.record), removalPending: r.pending };
-      }
-      default:
-        throw invalidArgument(`NIC hotplug action must be ADD, REMOVE or MODIFY, not ${action}`);
-    }
-  }
-
-  private async hotplugDisk(inst: KvmInstance, action: string, disk: Disk__Output, opts: OperationOptions): Promise<HotplugDeviceReply> {
-    const uuid = assertDeviceUuid(disk.uuid, 'the disk');
-    switch (action) {
-      case 'ADD': {
-        if (disk.path && !disk.path.startsWith('/')) throw invalidArgument(`disk ${uuid}: path "${disk.path}" is not absolute`);
-        const path = disk.path || this.storage.defaultDiskPath(inst.name, uuid);
-        const sizeBytes = disk.path ? 0 : int64(disk.sizeBytes, `disk ${uuid} size_bytes`);
-        // Created in the instance's queue once the intent is recorded: a
-        // crash right after leaves an intent whose rollback deletes the file.
-        const prepare = (): (() => void) | void => {
-          if (disk.path) return;
-          const created = this.storage.createDisks(inst.name, [{ path, sizeBytes }]);
-          crashPoint('after-disk-file-created', this.opts.log);
-          return () => this.storage.removeFiles(created);
-        };
-        const req = disk.path ? { uuid, path } : { uuid, path, created: true };
-        return diskReply(await inst.hotAddDisk(req, prepare, opts));
-      }
-      case 'REMOVE': {
-        // The file the node created goes with the record (KvmInstance.finishRemoval).
-        const r = await inst.hotRemoveDisk(uuid, opts);
-        return { ...diskReply(r.record), removalPending: r.pending };
-      }
-      default:
-        throw invalidArgument(`disk hotplug action must be ADD or REMOVE, not ${action}`);
-    }
   }
 }

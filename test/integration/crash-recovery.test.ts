@@ -1,4 +1,5 @@
 import { strict as assert } from 'node:assert';
+import * as fs from 'node:fs';
 import { spawnSync } from 'node:child_process';
 import * as path from 'node:path';
 import { KvmInstance } from '../../src/hypervisor/kvm-instance';
@@ -43,9 +44,12 @@ describe('kill -9 in the middle of a hotplug, then reconcile', function () {
     crashAfter(g, 'device_add', `await inst.hotAddNic({ uuid: '${uuid}', mac: '52:54:00:99:00:01' });`);
     const after = KvmInstance.open(g.dataDir, g.instance.name);
     assert.equal(after.runtime.nics[0].state, 'attaching', 'the intent is on disk');
+    const tap = after.runtime.nics[0].tap;
+    assert.ok(tap && fs.existsSync(`/sys/class/net/${tap}`), `the intent names the tap QEMU holds (${tap})`);
     const report = await after.reconcile();
     assert.equal(report.completed.length, 1);
     assert.equal(after.runtime.nics[0].state, undefined);
+    assert.equal(after.runtime.nics[0].tap, tap, 'the completed NIC keeps its tap recorded');
     await g.console.waitFor((s) => s.nets.some((n) => n.mac === '52:54:00:99:00:01'), SEEN_TIMEOUT_MS, 'the NIC');
     g.instance = after;
   });

@@ -1,0 +1,87 @@
+/**
+ * HotplugDevice per device kind: each kind's handler turns the kind-specific
+ * part of the request (proto/node.proto, `oneof device`) into the
+ * hypervisor layer's call and its record back into the reply. A new kind is
+ * one more entry in HOTPLUG_HANDLERS.
+ */
+import type { KvmInstance, OperationOptions } from '../hypervisor/kvm-instance';
+import type { Disk__Output } from '../generated/gnt/node/v1/Disk';
+import type { HotplugDeviceReply } from '../generated/gnt/node/v1/HotplugDeviceReply';
+import type { HotplugDeviceRequest__Output } from '../generated/gnt/node/v1/HotplugDeviceRequest';
+import type { Nic__Output } from '../generated/gnt/node/v1/Nic';
+import { crashPoint } from './fault-injection';
+import type { Logger } from './instance-registry';
+import { diskReply, nicReply } from './operations-service';
+import { int64 } from './spec';
+import { invalidArgument } from './status';
+import { assertDeviceUuid, type Storage } from './storage';
+
+export type HotplugKind = 'nic' | 'disk';
+
+export interface HotplugContext {
+  storage: Storage;
+  log: Logger;
+}
+
+type Handler = (inst: KvmInstance, req: HotplugDeviceRequest__Output, opts: OperationOptions, ctx: HotplugContext) => Promise<HotplugDeviceReply>;
+
+const KIND_OF_TYPE: Record<string, HotplugKind> = { NIC: 'nic', DISK: 'disk' };
+const LABEL: Record<HotplugKind, string> = { nic: 'NIC', disk: 'disk' };
+
+/** The kind-specific part of a request, checked against its device_type. */
+export function hotplugKindOf(req: HotplugDeviceRequest__Output): HotplugKind {
+  const kind = KIND_OF_TYPE[req.deviceType];
+  if (!kind) throw invalidArgument(`device_type must be NIC or DISK, not ${req.deviceType}`);
+  const given = req.device ?? (req.nic ? 'nic' : req.disk ? 'disk' : undefined);
+  if (!given) throw invalidArgument(`a ${LABEL[kind]} hotplug needs the ${kind} field`);
+  if (given !== kind) throw invalidArgument(`device_type ${req.deviceType} does not match the device given (${given})`);
+  return kind;
+}
+
+async function hotplugNic(inst: KvmInstance, req: HotplugDeviceRequest__Output, opts: OperationOptions): Promise<HotplugDeviceReply> {
+  const nic = req.nic as Nic__Output;
+  const uuid = assertDeviceUuid(nic.uuid, 'the NIC');
+  switch (req.action) {
+    case 'ADD':
+      return nicReply(await inst.hotAddNic(nic.link ? { uuid, mac: nic.mac, link: nic.link } : { uuid, mac: nic.mac }, opts));
+    case 'MODIFY':
+      if (!nic.mac && !nic.link) throw invalidArgument(`modify of NIC ${uuid}: give a new mac or link`);
+      return nicReply(await inst.hotModifyNic(uuid, { mac: nic.mac || undefined, link: nic.link || undefined }, opts));
+    case 'REMOVE': {
+      const r = await inst.hotRemoveNic(uuid, opts);
+      return { ...nicReply(r.record), removalPending: r.pending };
+    }
+    default:
+      throw invalidArgument(`NIC hotplug action must be ADD, REMOVE or MODIFY, not ${req.action}`);
+  }
+}
+
+async function hotplugDisk(inst: KvmInstance, req: HotplugDeviceRequest__Output, opts: OperationOptions, ctx: HotplugContext): Promise<HotplugDeviceReply> {
+  const disk = req.disk as Disk__Output;
+  const uuid = assertDeviceUuid(disk.uuid, 'the disk');
+  switch (req.action) {
+    case 'ADD': {
+      if (disk.path && !disk.path.startsWith('/')) throw invalidArgument(`disk ${uuid}: path "${disk.path}" is not absolute`);
+      const path = disk.path || ctx.storage.defaultDiskPath(inst.name, uuid);
+      const sizeBytes = disk.path ? 0 : int64(disk.sizeBytes, `disk ${uuid} size_bytes`);
+      // Created in the instance's queue once the intent is recorded: a
+      // crash right after leaves an intent whose rollback deletes the file.
+      const prepare = (): (() => void) | void => {
+        if (disk.path) return;
+        const created = ctx.storage.createDisks(inst.name, [{ path, sizeBytes }]);
+        crashPoint('after-disk-file-created', ctx.log);
+        return () => ctx.storage.removeFiles(created);
+      };
+      return diskReply(await inst.hotAddDisk(disk.path ? { uuid, path } : { uuid, path, created: true }, prepare, opts));
+    }
+    case 'REMOVE': {
+      // The file the node created goes with the record (device-operations.ts finishRemoval).
+      const r = await inst.hotRemoveDisk(uuid, opts);
+      return { ...diskReply(r.record), removalPending: r.pending };
+    }
+    default:
+      throw invalidArgument(`disk hotplug action must be ADD or REMOVE, not ${req.action}`);
+  }
+}
+
+export const HOTPLUG_HANDLERS: Readonly<Record<HotplugKind, Handler>> = { nic: hotplugNic, disk: hotplugDisk };

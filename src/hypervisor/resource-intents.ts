@@ -47,35 +47,47 @@ async function settleOne(
   return 'completed';
 }
 
+/** How one kind of resource record is detached and released. */
+interface ResourceSteps<R> {
+  detach(rec: R): Promise<void>;
+  release(rec: R): Promise<void>;
+}
+
+/** Settles the pending records of one list; returns the records to keep. */
+async function settleList<R extends CpuRecord | DimmRecord>(
+  list: R[],
+  present: ReadonlySet<string>,
+  steps: ResourceSteps<R>,
+  note: (id: string, o: Outcome) => void,
+): Promise<R[]> {
+  const keep: R[] = [];
+  for (const rec of list) {
+    if (!rec.state) {
+      keep.push(rec);
+      continue;
+    }
+    const wasAttaching = rec.state === 'attaching';
+    const o = await settleOne(rec, present.has(rec.id), () => steps.detach(rec), () => steps.release(rec));
+    note(rec.id, o);
+    if (o === 'pending' || (o === 'completed' && wasAttaching)) keep.push(rec);
+  }
+  return keep;
+}
+
 /** Settles the pending vCPU and DIMM records of `r` in place; the caller saves. */
 export async function settleResourceIntents(mon: Monitor, r: ResourceState, unplugTimeoutMs: number): Promise<ResourceSettlement> {
   const out: ResourceSettlement = { completed: [], rolledBack: [], pending: [] };
   const ids = await listDeviceIds(mon);
   const note = (id: string, o: Outcome): void => void (o === 'completed' ? out.completed : o === 'pending' ? out.pending : out.rolledBack).push(id);
-  const keepCpu = new Set<CpuRecord>();
-  for (const cpu of r.cpus) {
-    if (!cpu.state) {
-      keepCpu.add(cpu);
-      continue;
-    }
-    const wasAttaching = cpu.state === 'attaching';
-    const o = await settleOne(cpu, ids.has(cpu.id), () => detachCpu(mon, cpu, unplugTimeoutMs), async () => undefined);
-    note(cpu.id, o);
-    if (o === 'pending' || (o === 'completed' && wasAttaching)) keepCpu.add(cpu);
-  }
-  r.cpus = r.cpus.filter((c) => keepCpu.has(c));
-  const keepDimm = new Set<DimmRecord>();
-  for (const dimm of r.dimms) {
-    if (!dimm.state) {
-      keepDimm.add(dimm);
-      continue;
-    }
-    const wasAttaching = dimm.state === 'attaching';
-    const release = (): Promise<void> => ignoreNotFound(mon.execute('object-del', { id: backendId(dimm.id) }));
-    const o = await settleOne(dimm, ids.has(dimm.id), () => detachDimm(mon, dimm, unplugTimeoutMs), release);
-    note(dimm.id, o);
-    if (o === 'pending' || (o === 'completed' && wasAttaching)) keepDimm.add(dimm);
-  }
-  r.dimms = r.dimms.filter((d) => keepDimm.has(d));
+  r.cpus = await settleList(r.cpus, ids, { detach: (cpu) => detachCpu(mon, cpu, unplugTimeoutMs), release: async () => undefined }, note);
+  r.dimms = await settleList(
+    r.dimms,
+    ids,
+    {
+      detach: (dimm) => detachDimm(mon, dimm, unplugTimeoutMs),
+      release: (dimm) => ignoreNotFound(mon.execute('object-del', { id: backendId(dimm.id) })),
+    },
+    note,
+  );
   return out;
 }

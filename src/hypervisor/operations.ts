@@ -61,7 +61,7 @@ export interface OperationJournal {
   prunedThrough?: number;
 }
 
-export const MAX_SETTLED = 256;
+export const MAX_SETTLED = 64;
 
 const OP_ID_RULE = /^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$/;
 

@@ -22,6 +22,7 @@ import {
   type MigrationProgress,
 } from './migration';
 import { normalizeMac } from './nic';
+import { hasResourceIntents } from './resource-intents';
 import { assertFixedCommand } from './qemu-command';
 import type { Monitor } from './qmp-client';
 import type { DiskRecord, NicRecord, RuntimeData } from './runtime-file';
@@ -96,7 +97,7 @@ export class InstanceMigration {
     const pending = allDevices(host.data()).find(([, rec]) => rec.state || rec.pci === null);
     if (pending) throw new InstanceStateError(`${pending[0].label} ${pending[1].uuid} of ${host.name} is ${pending[1].state ?? 'without a PCI slot'}: settle it first (it would differ on the target)`);
     const r = host.data().resources;
-    if (r && (r.cpus.some((c) => c.state) || r.dimms.some((d) => d.state)))
+    if (r && hasResourceIntents(r))
       throw new InstanceStateError(`a vCPU or DIMM change of ${host.name} is not settled yet: wait for it (it would differ on the target)`);
     const mon = await host.monitor();
     host.data().migration = { role: 'source', peer, uri, since: new Date().toISOString() };

@@ -13,7 +13,7 @@ import type { OperationRunner } from './operation-runner';
 import type { OperationJournal } from './operations';
 import type { Monitor } from './qmp-client';
 import { currentMemoryMiB, currentVcpus, type ResizeRequest, type ResourceState } from './resize';
-import { settleResourceIntents } from './resource-intents';
+import { hasResourceIntents, settleResourceIntents } from './resource-intents';
 import type { RuntimeData } from './runtime-file';
 
 export interface ReconcileReport {
@@ -33,7 +33,6 @@ export interface ReconcileHost {
   cpuUnplugTimeoutMs(): number;
 }
 
-const hasIntents = (r: ResourceState): boolean => r.cpus.some((c) => c.state) || r.dimms.some((d) => d.state);
 
 /** Runs inside the instance's queue, with QEMU running. */
 export async function reconcileInstance(host: ReconcileHost): Promise<ReconcileReport> {
@@ -44,7 +43,7 @@ export async function reconcileInstance(host: ReconcileHost): Promise<ReconcileR
     (outcome === 'completed' ? report.completed : outcome === 'pending' ? report.pending : report.rolledBack).push(id);
   }
   const r = host.data().resources;
-  if (r && hasIntents(r)) {
+  if (r && hasResourceIntents(r)) {
     const done = await settleResourceIntents(await host.monitor(), r, host.cpuUnplugTimeoutMs());
     report.completed.push(...done.completed);
     report.rolledBack.push(...done.rolledBack);
@@ -62,7 +61,7 @@ export async function reconcileInstance(host: ReconcileHost): Promise<ReconcileR
  * with the values the instance has now. Returns whether any was settled.
  */
 export function settleResizeOperations(journal: OperationJournal, runner: OperationRunner, r: ResourceState): boolean {
-  if (hasIntents(r)) return false;
+  if (hasResourceIntents(r)) return false;
   const now = { vcpus: currentVcpus(r), memoryMiB: currentMemoryMiB(r), notes: ['settled by reconciliation after an interruption'] };
   let settled = false;
   for (const op of journal.records.filter((o) => o.kind === 'resources' && o.state === 'running')) {

@@ -53,6 +53,7 @@ import { reconcileInstance, settleResizeOperations, type ReconcileReport } from 
 import { MonitorLink } from './monitor-link';
 import { InstanceMigration, checkCarried, type MigrationView, type ReceiveOptions } from './instance-migration';
 import { SlotOwner } from './slot-owner';
+import { hasResourceIntents } from './resource-intents';
 import { layoutRuntime } from './runtime-layout';
 import { waitTapsGone } from './tap';
 import { unplugTimeoutFor, unplugTimeoutsFromHvparams, type UnplugKind, type UnplugTimeouts } from './unplug-timeouts';
@@ -176,7 +177,7 @@ export class KvmInstance extends EventEmitter {
   }
 
   /** How long the guest has to release a device of this kind (unplug-timeouts.ts). */
-  private unplugTimeout(kind: UnplugKind): number {
+  unplugTimeout(kind: UnplugKind): number {
     const instance = unplugTimeoutsFromHvparams(this.data.hvparams, this.name);
     return unplugTimeoutFor(kind, instance, this.options.unplugTimeouts ?? {}, this.options.unplugTimeoutMs);
   }
@@ -367,7 +368,7 @@ export class KvmInstance extends EventEmitter {
   /** vCPU/DIMM intents of a stopped QEMU: an unconfirmed add does not come back, an asked removal is done. */
   private dropPendingResources(): void {
     const r = this.data.resources;
-    if (!r || !(r.cpus.some((c) => c.state) || r.dimms.some((d) => d.state))) return;
+    if (!r || !hasResourceIntents(r)) return;
     r.cpus = r.cpus.filter((c) => !c.state);
     r.dimms = r.dimms.filter((d) => !d.state);
     settleResizeOperations(this.journal, this.runner, r);

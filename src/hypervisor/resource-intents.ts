@@ -14,6 +14,9 @@ import { ignoreNotFound, listDeviceIds } from './qdev';
 import type { Monitor } from './qmp-client';
 import type { ResourceState } from './resize';
 
+/** Whether a vCPU or DIMM change is recorded but not settled. */
+export const hasResourceIntents = (r: ResourceState): boolean => r.cpus.some((c) => c.state !== undefined) || r.dimms.some((d) => d.state !== undefined);
+
 export interface ResourceSettlement {
   completed: string[];
   rolledBack: string[];

@@ -62,6 +62,8 @@ function resizeOf(rec: OperationRecord): InstanceResizeReply | undefined {
 }
 
 export function recordToProto(instance: string, rec: OperationRecord): OperationRecordProto {
+  const hotplug = hotplugOf(rec);
+  const resize = resizeOf(rec);
   return {
     instance,
     operationId: rec.id,
@@ -73,8 +75,8 @@ export function recordToProto(instance: string, rec: OperationRecord): Operation
     settledBy: rec.settledBy ?? '',
     errorCode: rec.error?.code ?? '',
     errorMessage: rec.error?.message ?? '',
-    ...(hotplugOf(rec) ? { hotplug: hotplugOf(rec) } : {}),
-    ...(resizeOf(rec) ? { resize: resizeOf(rec) } : {}),
+    ...(hotplug ? { hotplug } : {}),
+    ...(resize ? { resize } : {}),
     startedAt: rec.startedAt,
     finishedAt: rec.finishedAt ?? '',
   };

@@ -39,7 +39,6 @@ import {
   type Finding,
   type Repair,
 } from '../hypervisor/inventory';
-import { unplugTimeoutFor, unplugTimeoutsFromHvparams, type UnplugKind, type UnplugTimeouts } from '../hypervisor/unplug-timeouts';
 import { applyHostRepair, applyQemuRepair, isQemuRepair } from '../hypervisor/inventory-repair';
 import type { KvmInstance } from '../hypervisor/kvm-instance';
 import type { Monitor } from '../hypervisor/qmp-client';
@@ -100,15 +99,7 @@ export class VerifyService {
 
   /** The unplug timeout of one device kind for this instance, as its own operations use it. */
   private unplugTimeoutMs(inst: KvmInstance, kind: DeviceKind): number {
-    const options = this.opts.registry.options;
-    let own: UnplugTimeouts = {};
-    try {
-      own = unplugTimeoutsFromHvparams(inst.runtime.hvparams, inst.name);
-    } catch {
-      /* an invalid hvparam: the node's timeouts */
-    }
-    const unplugKind: UnplugKind = kind === 'dimm' ? 'memory' : kind === 'other' ? 'nic' : kind;
-    return unplugTimeoutFor(unplugKind, own, options.unplugTimeouts ?? {}, options.unplugTimeoutMs);
+    return inst.unplugTimeout(kind === 'dimm' ? 'memory' : kind === 'other' ? 'nic' : kind);
   }
 
   async verify(req: InstanceVerifyRequest__Output): Promise<InstanceVerifyReply> {

@@ -8,6 +8,7 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { callNode, connectNode, deadlineIn, type NodeDaemonClient } from '../src/common/node-client';
 import { createCa, issueCertificate } from '../src/common/pki';
+import { MASTER_ROLE, nodeRole } from '../src/common/cert-roles';
 import type { HotplugDeviceRequest } from '../src/generated/gnt/node/v1/HotplugDeviceRequest';
 import { GUEST, KERNEL_ARGS, SHAPE, profileArgs } from './config';
 import { waitBooted } from './guest';
@@ -27,8 +28,8 @@ export class NodedBench {
 
   static async start(work: string): Promise<NodedBench> {
     const ca = createCa(path.join(work, 'ca'), 'bench-ca');
-    const node = issueCertificate(ca, path.join(work, 'certs'), 'bench-node');
-    const master = issueCertificate(ca, path.join(work, 'certs'), 'bench-master');
+    const node = issueCertificate(ca, path.join(work, 'certs'), 'bench-node', nodeRole('bench-node'));
+    const master = issueCertificate(ca, path.join(work, 'certs'), 'bench-master', MASTER_ROLE);
     const port = await freePort();
     const dataDir = path.join(work, 'noded-data');
     const storageDir = path.join(work, 'noded-storage');

@@ -7,11 +7,16 @@
  *   pki/ca.pem, ca.key    the cluster CA (key 0600)
  *   pki/master.pem, .key  the master's certificate (server, and client to nodes)
  *   pki/cli.pem, .key     the CLI's client certificate
+ *   pki/old-ca-TIME/      an earlier CA kept after renew-crypto --new-ca
+ *
+ * Each certificate carries its role as a SAN URI (common/cert-roles.ts):
+ * urn:gnt-hotplug:master, urn:gnt-hotplug:cli, urn:gnt-hotplug:node:NAME.
  *
  * Directories are 0700, keys and the database 0600.
  */
 import * as fs from 'node:fs';
 import * as path from 'node:path';
+import { CLI_ROLE, MASTER_ROLE, nodeRole } from '../common/cert-roles';
 import { createCa, issueCertificate, type Identity } from '../common/pki';
 import { openDb, nowIso } from './config/db';
 import { ConfigStore } from './config/config-store';
@@ -79,8 +84,8 @@ export class ClusterDir {
       dns: ['localhost', ...(isIp ? [] : [host])],
       ip: ['127.0.0.1', ...(isIp && host !== '127.0.0.1' ? [host] : [])],
     };
-    issueCertificate(this.ca, this.pkiDir, 'master', alt);
-    issueCertificate(this.ca, this.pkiDir, 'cli', { dns: ['localhost'], ip: ['127.0.0.1'] });
+    issueCertificate(this.ca, this.pkiDir, 'master', MASTER_ROLE, alt);
+    issueCertificate(this.ca, this.pkiDir, 'cli', CLI_ROLE, { dns: ['localhost'], ip: ['127.0.0.1'] });
     const db = openDb(this.dbFile, { create: true });
     const store = new ConfigStore(db);
     const file: ClusterFile = { name: options.name, master_address: options.masterAddress, created_at: nowIso() };
@@ -104,7 +109,7 @@ export class ClusterDir {
     if (!fs.existsSync(this.ca.key)) throw new Error(`no cluster CA in ${this.pkiDir}: run "gnt-cluster init" first`);
     fs.mkdirSync(outDir, { recursive: true, mode: 0o700 });
     fs.chmodSync(outDir, 0o700);
-    const issued = issueCertificate(this.ca, outDir, name, {
+    const issued = issueCertificate(this.ca, outDir, name, nodeRole(name), {
       dns: alt.dns?.length ? alt.dns : [name, 'localhost'],
       ip: alt.ip?.length ? alt.ip : ['127.0.0.1'],
     });

@@ -1,6 +1,6 @@
 /**
  * gnt-masterd --cluster-dir DIR [--listen HOST:PORT] [--outcome-window-ms MS]
- *             [--converge-interval-ms MS] [--fence-after-ms MS]
+ *             [--converge-interval-ms MS] [--fence-after-ms MS] [--max-in-flight N]
  *
  * Serves the master API with mutual TLS and runs jobs. Jobs left queued or
  * running by an earlier master are marked failed at start-up; the outcomes
@@ -11,7 +11,8 @@
  *
  * The three timings can also come from GNT_MASTERD_OUTCOME_WINDOW_MS,
  * GNT_MASTERD_CONVERGE_INTERVAL_MS and GNT_MASTERD_FENCE_AFTER_MS (the
- * options win).
+ * options win). --max-in-flight: calls one client certificate may have
+ * running at once (default 64); the excess is answered RESOURCE_EXHAUSTED.
  */
 import { ClusterDir } from './cluster-dir';
 import { MasterDaemon } from './server';
@@ -40,9 +41,9 @@ function timings(args: ParsedArgs): Timings {
 export async function masterdMain(argv: string[]): Promise<number> {
   let args;
   try {
-    args = parseArgs(argv, { values: ['cluster-dir', 'listen', ...Object.values(TIMINGS).map(([o]) => o)], flags: ['help'] });
+    args = parseArgs(argv, { values: ['cluster-dir', 'listen', 'max-in-flight', ...Object.values(TIMINGS).map(([o]) => o)], flags: ['help'] });
     if (args.flags.has('help')) {
-      process.stdout.write('usage: gnt-masterd [--cluster-dir DIR] [--listen HOST:PORT] [--outcome-window-ms MS] [--converge-interval-ms MS] [--fence-after-ms MS]\n');
+      process.stdout.write('usage: gnt-masterd [--cluster-dir DIR] [--listen HOST:PORT] [--outcome-window-ms MS] [--converge-interval-ms MS] [--fence-after-ms MS] [--max-in-flight N]\n');
       return 0;
     }
     if (args.positional.length) throw new UsageError(`unexpected argument "${args.positional[0]}"`);
@@ -54,7 +55,11 @@ export async function masterdMain(argv: string[]): Promise<number> {
   let master: MasterDaemon;
   let bound: string;
   try {
-    master = new MasterDaemon({ clusterDir: dir, listen: args.value('listen'), ...timings(args) });
+    const maxInFlight = args.value('max-in-flight');
+    master = new MasterDaemon({
+      clusterDir: dir, listen: args.value('listen'), ...timings(args),
+      ...(maxInFlight !== undefined ? { maxInFlight: checkCount(maxInFlight, '--max-in-flight', 1, 10_000) } : {}),
+    });
     for (const id of master.interrupted) process.stderr.write(`gnt-masterd: job ${id} was interrupted by a master restart; marked failed\n`);
     // Before serving: no new job may touch an instance whose config is being repaired.
     const report = (line: string) => process.stderr.write(`${line}\n`);

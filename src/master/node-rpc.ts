@@ -1,12 +1,17 @@
 /**
  * Calls from the master to node daemons (proto/node.proto) over mutual TLS
- * with the master's certificate. Each call has a deadline; failures become
+ * with the master's certificate. Every connection to a node checks that the
+ * node's certificate names that node (role urn:gnt-hotplug:node:NAME) and is
+ * not revoked (options.refuse). Each call has a deadline; failures become
  * NodeRpcError carrying the gRPC status name (RESOURCE_EXHAUSTED, NOT_FOUND,
  * ...) and a message naming the node.
  */
 import * as grpc from '@grpc/grpc-js';
 import { callNode, connectNode, type NodeDaemonClient, type NodeMethod, type NodeReply, type NodeRequest } from '../common/node-client';
 import { readIdentity, type Identity, type TlsMaterial } from '../common/pki';
+import type { CertFacts } from '../common/cert-roles';
+import type { NodeRenewCertificateRequest } from '../generated/gnt/node/v1/NodeRenewCertificateRequest';
+import type { NodeRenewCertificateReply__Output } from '../generated/gnt/node/v1/NodeRenewCertificateReply';
 import type { NodeInfoReply__Output } from '../generated/gnt/node/v1/NodeInfoReply';
 import type { InstanceRuntime__Output } from '../generated/gnt/node/v1/InstanceRuntime';
 import type { InstanceSpec } from '../generated/gnt/node/v1/InstanceSpec';
@@ -64,27 +69,64 @@ export interface NodeRpcOptions {
   shortTimeoutMs?: number;
   /** Deadline of calls that start, stop or hotplug, ms. */
   longTimeoutMs?: number;
+  /** Why a node certificate is refused although it names its node (the deny-list), or undefined. */
+  refuse?: (facts: CertFacts) => string | undefined;
 }
 
 export class NodeRpc {
+  /** One channel per node name and address: its certificate must name that node. */
   private readonly clients = new Map<string, NodeDaemonClient>();
-  private readonly tls: TlsMaterial;
+  /** The certificate each channel's last connection presented. */
+  private readonly peers = new Map<string, CertFacts>();
+  private tls: TlsMaterial;
   private readonly shortMs: number;
   private readonly longMs: number;
 
-  constructor(identity: Identity, options: NodeRpcOptions = {}) {
-    this.tls = readIdentity(identity);
+  constructor(identity: Identity | TlsMaterial, private readonly options: NodeRpcOptions = {}) {
+    this.tls = Buffer.isBuffer(identity.ca) ? (identity as TlsMaterial) : readIdentity(identity as Identity);
     this.shortMs = options.shortTimeoutMs ?? 10_000;
     this.longMs = options.longTimeoutMs ?? 120_000;
   }
 
-  private client(address: string): NodeDaemonClient {
-    let c = this.clients.get(address);
+  private static key(node: NodeTarget): string {
+    return `${node.name}@${node.address}`;
+  }
+
+  private client(node: NodeTarget): NodeDaemonClient {
+    const key = NodeRpc.key(node);
+    let c = this.clients.get(key);
     if (!c) {
-      c = connectNode(address, this.tls);
-      this.clients.set(address, c);
+      c = connectNode(node.address, this.tls, {
+        expectNode: node.name,
+        ...(this.options.refuse ? { refuse: this.options.refuse } : {}),
+        onPeer: (facts) => this.peers.set(key, facts),
+      });
+      this.clients.set(key, c);
     }
     return c;
+  }
+
+  private drop(node: NodeTarget): void {
+    const key = NodeRpc.key(node);
+    this.clients.get(key)?.close();
+    this.clients.delete(key);
+  }
+
+  /** Role and fingerprint of the certificate `node` presented on its channel's last connection. */
+  peerOf(node: NodeTarget): CertFacts | undefined {
+    return this.peers.get(NodeRpc.key(node));
+  }
+
+  /** Closes the channel to `node` (removed, or its certificate changed): the next call connects and checks anew. */
+  forget(node: NodeTarget): void {
+    this.drop(node);
+    this.peers.delete(NodeRpc.key(node));
+  }
+
+  /** The master's TLS material from now on: every channel is closed and reconnects with it. */
+  setTls(tls: TlsMaterial): void {
+    this.tls = tls;
+    this.close();
   }
 
   /**
@@ -105,13 +147,12 @@ export class NodeRpc {
    */
   private async send<M extends NodeMethod>(node: NodeTarget, method: M, req: NodeRequest<M>, deadline: number): Promise<NodeReply<M>> {
     try {
-      return await callNode(this.client(node.address), method, req, { deadline });
+      return await callNode(this.client(node), method, req, { deadline });
     } catch (e) {
       const err = e as grpc.ServiceError;
       if (err.code !== grpc.status.UNAVAILABLE || !/No connection established|ECONNREFUSED|failed to connect/i.test(err.details ?? '')) throw e;
-      this.clients.get(node.address)?.close();
-      this.clients.delete(node.address);
-      return await callNode(this.client(node.address), method, req, { deadline });
+      this.drop(node);
+      return await callNode(this.client(node), method, req, { deadline });
     }
   }
 
@@ -211,8 +252,16 @@ export class NodeRpc {
     return this.call(node, 'InstanceVerify', req, this.longMs);
   }
 
+  // ---- certificates (jobs/renew-crypto.ts) ----
+
+  /** Sends the node its new certificate, key and CA bundle (quick: three file writes). */
+  nodeRenewCertificate(node: NodeTarget, req: NodeRenewCertificateRequest): Promise<NodeRenewCertificateReply__Output> {
+    return this.call(node, 'NodeRenewCertificate', req, this.shortMs);
+  }
+
   close(): void {
     for (const c of this.clients.values()) c.close();
     this.clients.clear();
+    this.peers.clear();
   }
 }

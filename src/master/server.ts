@@ -1,9 +1,16 @@
 /**
  * gnt-masterd's gRPC service (proto/master.proto) with mutual TLS: only
- * clients whose certificate is signed by the cluster CA are served.
+ * clients whose certificate is signed by the cluster CA and carries the CLI
+ * or master role are served (a node's certificate is refused), revoked
+ * certificates are refused, and requests are bounded (common/rpc-guard.ts).
  */
 import * as grpc from '@grpc/grpc-js';
-import { readIdentity } from '../common/pki';
+import { LiveTls, readIdentity } from '../common/pki';
+import { boundedDetails } from '../common/excerpt';
+import { CHANNEL_LIMITS, guardService } from '../common/rpc-guard';
+import type { CertFacts, CertRole } from '../common/cert-roles';
+import { CertStore, revokedMessage } from './config/cert-store';
+import { RENEW_CRYPTO_OP, runRenewCrypto } from './jobs/renew-crypto';
 import { loadProto } from '../common/proto';
 import type { ProtoGrpcType as MasterProto } from '../generated/master';
 import type { MasterHandlers } from '../generated/gnt/master/v1/Master';
@@ -56,8 +63,12 @@ function toStatus(err: unknown): Partial<grpc.StatusObject> {
     const c = (grpc.status as unknown as Record<string, number>)[err.code];
     code = typeof c === 'number' ? c : grpc.status.FAILED_PRECONDITION;
   } else if (err instanceof NodeRpcError) code = err.grpcCode;
-  return { code, details: message };
+  return { code, details: boundedDetails(message) };
 }
+
+/** Every Master method is for the CLI and the master; nodes never call the master. */
+const masterPolicy = (_method: string, role: CertRole): string | undefined =>
+  role.kind === 'cli' || role.kind === 'master' ? undefined : 'the CLI or master certificate (urn:gnt-hotplug:cli or urn:gnt-hotplug:master)';
 
 export interface MasterOptions {
   clusterDir: ClusterDir;
@@ -70,6 +81,8 @@ export interface MasterOptions {
   convergeIntervalMs?: number;
   /** Age after which an operation still 'sent' is fenced by the convergence loop, ms (default 10 s). */
   fenceAfterMs?: number;
+  /** Calls one client certificate may have running at once (default common/rpc-guard DEFAULT_MAX_IN_FLIGHT). */
+  maxInFlight?: number;
 }
 
 export class MasterDaemon {
@@ -78,6 +91,9 @@ export class MasterDaemon {
   readonly jobs: JobStore;
   readonly queue: JobQueue;
   readonly rpc: NodeRpc;
+  /** Node certificate fingerprints and the deny-list (config/cert-store.ts). */
+  readonly certs: CertStore;
+  private liveTls?: LiveTls;
   /** gnt-cluster verify / gnt-instance verify (verify.ts): its jobs run in the same queue. */
   readonly verifier: Verifier;
   /** Operations jobs are sending or resolving now (the convergence loop leaves them to the job). */
@@ -100,10 +116,40 @@ export class MasterDaemon {
       if (ids.length) addPending(this.config, this.jobs, ids);
       return ids;
     })();
-    this.rpc = new NodeRpc(dir.masterIdentity, options.rpc);
+    this.certs = new CertStore(this.db);
+    this.rpc = new NodeRpc(dir.masterIdentity, { ...options.rpc, refuse: (facts) => this.refusal(facts) });
     const executor = new Executor(this.config, this.rpc, { outcomeWindowMs: options.outcomeWindowMs }, this.inflight);
     this.verifier = new Verifier(this.config, this.jobs, this.rpc);
-    this.queue = new JobQueue(this.jobs, (job, ctx) => (job.op_type === VERIFY_OP ? this.verifier.run(job, ctx) : executor.run(job, ctx)));
+    this.queue = new JobQueue(this.jobs, (job, ctx) => {
+      if (job.op_type === VERIFY_OP) return this.verifier.run(job, ctx);
+      if (job.op_type === RENEW_CRYPTO_OP) return this.renewCrypto(JSON.parse(job.op_json) as { newCa: boolean }, ctx);
+      return executor.run(job, ctx);
+    });
+  }
+
+  /** Why a certificate is refused although it is signed and has a fitting role: it is revoked. */
+  private refusal(facts: CertFacts): string | undefined {
+    const r = this.certs.revoked(facts.fingerprint);
+    return r ? revokedMessage(r) : undefined;
+  }
+
+  private renewCrypto(op: { newCa: boolean }, ctx: Parameters<typeof runRenewCrypto>[2]): Promise<void> {
+    return runRenewCrypto(
+      { config: this.config, certs: this.certs, rpc: this.rpc, dir: this.options.clusterDir, reload: () => this.reloadCredentials() },
+      op,
+      ctx,
+    );
+  }
+
+  /**
+   * Re-reads pki/ca.pem, master.pem and master.key: the server presents and
+   * trusts them for every new connection, and every channel to a node
+   * reconnects with them (calls already running finish on the old ones).
+   */
+  reloadCredentials(): void {
+    const tls = readIdentity(this.options.clusterDir.masterIdentity);
+    this.liveTls?.update(tls);
+    this.rpc.setTls(tls);
   }
 
   /**
@@ -140,10 +186,17 @@ export class MasterDaemon {
   async listen(): Promise<string> {
     const address = this.options.listen ?? this.options.clusterDir.readClusterFile().master_address;
     const { host } = checkAddress(address.replace(/:0$/, ':1'), 'master address');
-    const tls = readIdentity(this.options.clusterDir.masterIdentity);
-    const creds = grpc.ServerCredentials.createSsl(tls.ca, [{ cert_chain: tls.cert, private_key: tls.key }], true);
-    const server = new grpc.Server();
-    server.addService(loadMasterProto().gnt.master.v1.Master.service, this.handlers());
+    this.liveTls = new LiveTls(readIdentity(this.options.clusterDir.masterIdentity));
+    const guarded = guardService(loadMasterProto().gnt.master.v1.Master.service, this.handlers(), {
+      service: 'master',
+      allow: masterPolicy,
+      refuse: (facts) => this.refusal(facts),
+      ...(this.options.maxInFlight ? { maxInFlight: this.options.maxInFlight } : {}),
+      log: (line) => process.stderr.write(`gnt-masterd: ${line}\n`),
+    });
+    const server = new grpc.Server(CHANNEL_LIMITS);
+    server.addService(guarded.definition, guarded.handlers);
+    const creds = this.liveTls.serverCredentials();
     const port = await new Promise<number>((resolve, reject) =>
       server.bindAsync(address, creds, (err, p) => (err ? reject(new Error(`cannot listen on ${address}: ${err.message}`)) : resolve(p))),
     );

@@ -40,14 +40,15 @@ interface Args {
   cpuOvercommitRatio?: number;
   unplugTimeouts?: UnplugTimeouts;
   testMonitor: boolean;
+  maxInFlight?: number;
 }
 
 const USAGE =
-  'usage: gnt-noded --name NAME --listen HOST:PORT --data-dir DIR --storage-dir DIR --ca FILE --cert FILE --key FILE [--qemu BINARY] [--migration-address HOST] [--cpu-overcommit-ratio R] [--unplug-timeout KIND=SECONDS,...] [--test-monitor]';
+  'usage: gnt-noded --name NAME --listen HOST:PORT --data-dir DIR --storage-dir DIR --ca FILE --cert FILE --key FILE [--qemu BINARY] [--migration-address HOST] [--cpu-overcommit-ratio R] [--unplug-timeout KIND=SECONDS,...] [--max-in-flight N] [--test-monitor]';
 
 function parseArgs(argv: string[]): Args {
   const flags = new Map<string, string>();
-  const known = ['--name', '--listen', '--data-dir', '--storage-dir', '--ca', '--cert', '--key', '--qemu', '--migration-address', '--cpu-overcommit-ratio', '--unplug-timeout'];
+  const known = ['--name', '--listen', '--data-dir', '--storage-dir', '--ca', '--cert', '--key', '--qemu', '--migration-address', '--cpu-overcommit-ratio', '--unplug-timeout', '--max-in-flight'];
   let testMonitor = false;
   for (let i = 0; i < argv.length; i++) {
     const flag = argv[i];
@@ -79,7 +80,15 @@ function parseArgs(argv: string[]): Args {
     cpuOvercommitRatio: ratio === undefined ? undefined : parseCpuOvercommitRatio(ratio),
     ...(flags.has('--unplug-timeout') ? { unplugTimeouts: parseUnplugTimeouts(flags.get('--unplug-timeout') as string, '--unplug-timeout') } : {}),
     testMonitor,
+    ...(flags.has('--max-in-flight') ? { maxInFlight: parseMaxInFlight(flags.get('--max-in-flight') as string) } : {}),
   };
+}
+
+/** --max-in-flight N: calls the master may have running at once, 1 to 10000. */
+function parseMaxInFlight(text: string): number {
+  const n = Number(text);
+  if (!/^[0-9]+$/.test(text) || n < 1 || n > 10_000) throw new Error(`--max-in-flight "${text.slice(0, 20)}" is not a number from 1 to 10000`);
+  return n;
 }
 
 function log(line: string): void {
@@ -96,6 +105,8 @@ async function main(): Promise<void> {
     dataDir: args.dataDir,
     storageDir: args.storageDir,
     tls: readIdentity({ ca: args.ca, cert: args.cert, key: args.key }),
+    tlsFiles: { ca: args.ca, cert: args.cert, key: args.key },
+    ...(args.maxInFlight ? { maxInFlight: args.maxInFlight } : {}),
     qemuBinary: args.qemu,
     ...(args.migrationAddress ? { migrationHost: args.migrationAddress } : {}),
     ...(args.cpuOvercommitRatio ? { cpuOvercommitRatio: args.cpuOvercommitRatio } : {}),

@@ -83,6 +83,7 @@ export class NodeService {
   /** The handler table for grpc.Server.addService. */
   handlers(): NodeDaemonHandlers {
     return {
+      NodeRenewCertificate: (_call, callback) => callback({ code: 12, details: 'NodeRenewCertificate is served by cert-service.ts (wired in server.ts)' }, null),
       NodeInfo: this.unary('NodeInfo', () => '', async () => this.nodeInfo()),
       InstanceList: this.unary('InstanceList', () => '', async (): Promise<InstanceListReply> => ({
         instances: this.registry.all().map((i) => this.runtimeOf(i)),

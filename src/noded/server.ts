@@ -1,12 +1,17 @@
 /**
  * Wiring of gnt-noded: the instance registry, the storage directory, the
  * NodeDaemon service, and a gRPC server that accepts only mutual TLS with a
- * client certificate signed by the cluster CA.
+ * client certificate signed by the cluster CA, and serves only the master's
+ * certificate (role urn:gnt-hotplug:master; common/rpc-guard.ts). There are
+ * no node-to-node calls: another node's certificate is always refused.
  */
 import * as grpc from '@grpc/grpc-js';
 import * as fs from 'node:fs';
 import { loadNodeProto } from '../common/proto';
-import type { TlsMaterial } from '../common/pki';
+import { LiveTls, type Identity, type TlsMaterial } from '../common/pki';
+import { certFacts, describeRole, nodeRole, sameRole } from '../common/cert-roles';
+import { CHANNEL_LIMITS, guardService } from '../common/rpc-guard';
+import { renewCertificateHandler } from './cert-service';
 import { DEFAULT_CPU_OVERCOMMIT_RATIO } from '../hypervisor/resize';
 import type { UnplugTimeouts } from '../hypervisor/unplug-timeouts';
 import { InstanceRegistry, type Logger } from './instance-registry';
@@ -33,6 +38,10 @@ export interface NodeServerOptions {
   /** Unplug timeouts per device kind (an instance's hvparam unplug_timeout overrides them). */
   unplugTimeouts?: UnplugTimeouts;
   log: Logger;
+  /** The files `tls` was read from: NodeRenewCertificate replaces them (absent: renewals stay in memory). */
+  tlsFiles?: Identity;
+  /** Calls the master may have running at once (default common/rpc-guard DEFAULT_MAX_IN_FLIGHT). */
+  maxInFlight?: number;
 }
 
 export interface NodeServer {
@@ -46,9 +55,25 @@ export interface NodeServer {
   shutdown(): Promise<void>;
 }
 
-/** Server credentials: our certificate, and clients must present one signed by the CA. */
-export function serverCredentials(tls: TlsMaterial): grpc.ServerCredentials {
-  return grpc.ServerCredentials.createSsl(tls.ca, [{ cert_chain: tls.cert, private_key: tls.key }], true);
+/** The node's own certificate must name it: a daemon started with another node's files would answer for that node. */
+function checkOwnCertificate(name: string, tls: TlsMaterial): void {
+  const { role } = certFacts(tls.cert);
+  if (!sameRole(role, nodeRole(name)))
+    throw new Error(`the certificate given with --cert is for ${describeRole(role)}, not for node ${name}: issue one with "gnt-cluster issue-node-cert ${name}"`);
+}
+
+/**
+ * The guarded NodeDaemon service: only the master's certificate is served
+ * (there are no node-to-node calls), requests are bounded (rpc-guard.ts).
+ */
+function guardedNodeService(opts: NodeServerOptions, handlers: object) {
+  return guardService(loadNodeProto().gnt.node.v1.NodeDaemon.service, handlers, {
+    service: `node daemon ${opts.name}`,
+    allow: (_method, role) => (role.kind === 'master' ? undefined : 'the master certificate (urn:gnt-hotplug:master)'),
+    longFields: { InstanceReceive: ['runtimeJson'] },
+    ...(opts.maxInFlight ? { maxInFlight: opts.maxInFlight } : {}),
+    log: opts.log,
+  });
 }
 
 export async function startNodeServer(opts: NodeServerOptions): Promise<NodeServer> {
@@ -70,10 +95,14 @@ export async function startNodeServer(opts: NodeServerOptions): Promise<NodeServ
   const migrationHost = opts.migrationHost ?? opts.listen.slice(0, opts.listen.lastIndexOf(':'));
   const vcpus = new VcpuPolicy({ registry, ratio: opts.cpuOvercommitRatio ?? DEFAULT_CPU_OVERCOMMIT_RATIO });
   const service = new NodeService({ nodeName: opts.name, registry, storage, qemuBinary: opts.qemuBinary, migrationHost, vcpus, log: opts.log });
-  const server = new grpc.Server();
-  server.addService(loadNodeProto().gnt.node.v1.NodeDaemon.service, service.handlers());
+  checkOwnCertificate(opts.name, opts.tls);
+  const live = new LiveTls(opts.tls);
+  const renew = renewCertificateHandler({ nodeName: opts.name, live, ...(opts.tlsFiles ? { files: opts.tlsFiles } : {}), log: opts.log });
+  const guarded = guardedNodeService(opts, { ...service.handlers(), NodeRenewCertificate: renew });
+  const server = new grpc.Server(CHANNEL_LIMITS);
+  server.addService(guarded.definition, guarded.handlers);
   const port = await new Promise<number>((resolve, reject) =>
-    server.bindAsync(opts.listen, serverCredentials(opts.tls), (err, p) => (err ? reject(err) : resolve(p))),
+    server.bindAsync(opts.listen, live.serverCredentials(), (err, p) => (err ? reject(err) : resolve(p))),
   );
   return {
     server,

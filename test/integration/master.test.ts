@@ -10,6 +10,7 @@ import * as fs from 'node:fs';
 import * as net from 'node:net';
 import * as path from 'node:path';
 import * as grpc from '@grpc/grpc-js';
+import { CLI_ROLE } from '../../src/common/cert-roles';
 import { createCa, issueCertificate } from '../../src/common/pki';
 import { loadMasterProto } from '../../src/master/server';
 import { guestFiles, tempDir } from '../support/guest';
@@ -127,7 +128,7 @@ describe('gnt-masterd and the gnt-* CLI (processes, mTLS, SQLite)', function () 
     const ca = fs.readFileSync(path.join(clusterDir, 'pki/ca.pem'));
     const otherDir = path.join(work, 'other-ca');
     const otherCa = createCa(otherDir, 'intruder CA');
-    const intruder = issueCertificate(otherCa, otherDir, 'intruder');
+    const intruder = issueCertificate(otherCa, otherDir, 'intruder', CLI_ROLE);
     const attempt = (creds: grpc.ChannelCredentials) =>
       new Promise<grpc.ServiceError | null>((resolve) => {
         const c = new Master(`127.0.0.1:${masterPort}`, creds);

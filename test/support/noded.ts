@@ -2,6 +2,7 @@
 import { spawn, type ChildProcess } from 'node:child_process';
 import * as net from 'node:net';
 import * as path from 'node:path';
+import { MASTER_ROLE, nodeRole } from '../../src/common/cert-roles';
 import { createCa, issueCertificate, type Identity } from '../../src/common/pki';
 import { REPO } from './guest';
 
@@ -14,15 +15,20 @@ export interface TestPki {
   client: Identity;
   /** A client that trusts the cluster CA but whose certificate comes from another CA. */
   stranger: Identity;
+  /** Another node's certificate from the cluster CA (role node:other-node): refused by node daemons. */
+  otherNode: Identity;
 }
 
 export function makePki(dir: string, nodeName: string): TestPki {
   const ca = createCa(path.join(dir, 'ca'), 'gnt-test-cluster-ca');
   const other = createCa(path.join(dir, 'other-ca'), 'some-other-ca');
-  const node = issueCertificate(ca, path.join(dir, 'certs'), nodeName);
-  const client = issueCertificate(ca, path.join(dir, 'certs'), 'master');
-  const stranger = issueCertificate(other, path.join(dir, 'other-certs'), 'stranger');
-  return { node: { ...node, ca: ca.cert }, client: { ...client, ca: ca.cert }, stranger: { ...stranger, ca: ca.cert } };
+  const node = issueCertificate(ca, path.join(dir, 'certs'), nodeName, nodeRole(nodeName));
+  const client = issueCertificate(ca, path.join(dir, 'certs'), 'master', MASTER_ROLE);
+  const stranger = issueCertificate(other, path.join(dir, 'other-certs'), 'stranger', MASTER_ROLE);
+  const otherNode = issueCertificate(ca, path.join(dir, 'certs'), 'other-node', nodeRole('other-node'));
+  return {
+    node: { ...node, ca: ca.cert }, client: { ...client, ca: ca.cert }, stranger: { ...stranger, ca: ca.cert }, otherNode: { ...otherNode, ca: ca.cert },
+  };
 }
 
 /** A TCP port that was free a moment ago on 127.0.0.1. */

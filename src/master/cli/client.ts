@@ -2,6 +2,7 @@
 import * as grpc from '@grpc/grpc-js';
 import * as fs from 'node:fs';
 import { readIdentity } from '../../common/pki';
+import { CHANNEL_LIMITS } from '../../common/rpc-guard';
 import type { MasterClient } from '../../generated/gnt/master/v1/Master';
 import type { Job__Output } from '../../generated/gnt/master/v1/Job';
 import type { SubmitJobRequest } from '../../generated/gnt/master/v1/SubmitJobRequest';
@@ -27,7 +28,7 @@ export function connectMaster(dir: ClusterDir): { client: MasterClient; address:
     throw new CliError(`cannot read the CLI certificate: ${(err as Error).message}`);
   }
   const Ctor = loadMasterProto().gnt.master.v1.Master;
-  return { client: new Ctor(address, grpc.credentials.createSsl(tls.ca, tls.key, tls.cert)), address };
+  return { client: new Ctor(address, grpc.credentials.createSsl(tls.ca, tls.key, tls.cert), CHANNEL_LIMITS), address };
 }
 
 type Unary<Req, Rep> = (req: Req, options: grpc.CallOptions, cb: grpc.requestCallback<Rep>) => grpc.ClientUnaryCall;

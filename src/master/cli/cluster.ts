@@ -1,10 +1,14 @@
-/** gnt-cluster: init, issue-node-cert, info work on the cluster directory itself; verify goes through the master (verify.ts). */
+/**
+ * gnt-cluster: init, issue-node-cert, info work on the cluster directory
+ * itself; verify (verify.ts) and renew-crypto go through the master.
+ */
 import * as fs from 'node:fs';
 import type { CommandGroup } from './common';
 import { positionals } from './common';
 import { block, json } from './output';
 import { checkName, UsageError } from '../validate';
 import { clusterVerifyCommand } from './verify';
+import { runJob } from './client';
 
 export const clusterCommands: CommandGroup = {
   init: {
@@ -66,6 +70,14 @@ export const clusterCommands: CommandGroup = {
       };
       process.stdout.write(output === 'json' ? json(info) : block(Object.entries(info)));
       return 0;
+    },
+  },
+  'renew-crypto': {
+    usage: 'gnt-cluster renew-crypto [--new-ca] [--submit] [--cluster-dir DIR]',
+    spec: { flags: ['new-ca', 'submit'] },
+    async run(args, { dir }) {
+      positionals(args, []);
+      return runJob(dir, { clusterRenewCrypto: { newCa: args.flags.has('new-ca') } }, args.flags.has('submit'));
     },
   },
   verify: clusterVerifyCommand,

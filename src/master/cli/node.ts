@@ -1,4 +1,4 @@
-/** gnt-node: add, list, info. */
+/** gnt-node: add, remove, list, info. */
 import type { CommandGroup } from './common';
 import { positionals } from './common';
 import { call, connectMaster, runJob } from './client';
@@ -18,6 +18,15 @@ export const nodeCommands: CommandGroup = {
       if (!address) throw new UsageError('--address HOST:PORT (of the node\'s gnt-noded) is required');
       checkAddress(address, 'node address');
       return runJob(dir, { nodeAdd: { name, address } }, args.flags.has('submit'));
+    },
+  },
+  remove: {
+    usage: 'gnt-node remove NODE [--submit]',
+    spec: { flags: ['submit'] },
+    async run(args, { dir }) {
+      const [name] = positionals(args, ['NODE']);
+      checkName('node', name);
+      return runJob(dir, { nodeRemove: { name } }, args.flags.has('submit'));
     },
   },
   list: {

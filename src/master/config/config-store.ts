@@ -12,6 +12,8 @@ export interface NodeRow {
   name: string;
   address: string;
   created_at: string;
+  /** SHA-256 of the node's certificate (AB:CD:...), '' before schema 5 (config/cert-store.ts). */
+  cert_fingerprint?: string;
 }
 
 export interface NicRow {

@@ -129,6 +129,19 @@ const MIGRATIONS: string[] = [
   `
   ALTER TABLE oplog_cursors ADD COLUMN epoch TEXT NOT NULL DEFAULT '';
   `,
+  // 5: certificate roles (config/cert-store.ts): the SHA-256 fingerprint of
+  // each node's certificate, recorded at gnt-node add (and renew-crypto);
+  // and the certificates that are refused on every connection the master
+  // makes or accepts (a removed node's).
+  `
+  ALTER TABLE nodes ADD COLUMN cert_fingerprint TEXT NOT NULL DEFAULT '';
+  CREATE TABLE revoked_certs (
+    fingerprint TEXT PRIMARY KEY,
+    subject     TEXT NOT NULL,
+    reason      TEXT NOT NULL,
+    revoked_at  TEXT NOT NULL
+  );
+  `,
 ];
 
 export const SCHEMA_VERSION = MIGRATIONS.length;

@@ -12,6 +12,8 @@ import { JobError, type JobContext } from './queue';
 import type { Op } from './ops';
 import { instanceSpec, nodeTarget } from './spec';
 import { runMigrate } from './migrate';
+import { nodeAdd, nodeRemove, type MembershipDeps } from './node-membership';
+import { CertStore } from '../config/cert-store';
 import { openOperations, settleOperation, settleRemovalsAbsentFrom } from './operations';
 import { runModify, type ModifyDeps } from './modify';
 import type { MacSource } from './device-changes/change-kind';
@@ -51,7 +53,11 @@ export class Executor {
     try {
       switch (op.type) {
         case 'node-add':
-          return await this.nodeAdd(op.name, op.address, ctx);
+          return await nodeAdd(this.membership(), op.name, op.address, ctx);
+        case 'node-remove':
+          return await nodeRemove(this.membership(), op.name, ctx);
+        case 'cluster-renew-crypto':
+          throw new JobError('renew-crypto jobs are run by the master daemon itself (jobs/renew-crypto.ts)', 'INTERNAL');
         case 'instance-add':
           return await this.instanceAdd(op, ctx, macs);
         case 'instance-start':
@@ -74,6 +80,10 @@ export class Executor {
     }
   }
 
+  private membership(): MembershipDeps {
+    return { config: this.config, certs: new CertStore(this.config.db), rpc: this.rpc };
+  }
+
   private reserveMac(mac: string, macs: string[]): string {
     if (this.reservedMacs.has(mac) || this.config.macTaken(mac)) throw new ConfigError(`MAC address ${mac} is already used in the cluster`, 'ALREADY_EXISTS');
     this.reservedMacs.add(mac);
@@ -89,22 +99,6 @@ export class Executor {
   private modifyDeps(macs: string[]): ModifyDeps {
     const source: MacSource = { reserve: (mac) => this.reserveMac(mac, macs), generate: () => this.generateMac(macs) };
     return { config: this.config, rpc: this.rpc, inflight: this.inflight, windowMs: this.options.outcomeWindowMs, macs: source };
-  }
-
-  private async nodeAdd(name: string, address: string, ctx: JobContext): Promise<void> {
-    if (this.config.findNode(name)) throw new ConfigError(`node "${name}" already exists`, 'ALREADY_EXISTS');
-    ctx.log(`asking the node daemon at ${address} for NodeInfo`);
-    let info;
-    try {
-      info = await this.rpc.nodeInfo({ name, address });
-    } catch (err) {
-      throw new JobError(`node ${name} was not added: ${(err as Error).message}`, (err as NodeRpcError).code ?? '');
-    }
-    if (info.name && info.name !== name)
-      throw new JobError(`node ${name} was not added: the node daemon at ${address} calls itself "${info.name}"`, 'FAILED_PRECONDITION');
-    ctx.log(`node ${name}: ${info.cpus} CPUs, ${info.memoryTotalMib} MiB memory, QEMU ${info.qemuVersion}, storage ${info.storageDir}`);
-    this.config.addNode(name, address);
-    ctx.log(`node ${name} added`);
   }
 
   private async instanceAdd(op: AddOp, ctx: JobContext, macs: string[]): Promise<void> {

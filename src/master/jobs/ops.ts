@@ -11,7 +11,7 @@ import type { InstanceMigrateOp__Output } from '../../generated/gnt/master/v1/In
 import { checkAddress, checkCount, checkLink, checkMac, checkName, checkNodePath, UsageError } from '../validate';
 
 export type OpType =
-  | 'node-add' | 'instance-add' | 'instance-start' | 'instance-stop' | 'instance-remove' | 'instance-modify' | 'instance-migrate';
+  | 'node-add' | 'node-remove' | 'cluster-renew-crypto' | 'instance-add' | 'instance-start' | 'instance-stop' | 'instance-remove' | 'instance-modify' | 'instance-migrate';
 
 export interface NicChangeOp {
   action: 'ADD' | 'MODIFY' | 'REMOVE';
@@ -28,6 +28,8 @@ export interface DiskChangeOp {
 
 export type Op =
   | { type: 'node-add'; name: string; address: string }
+  | { type: 'node-remove'; name: string }
+  | { type: 'cluster-renew-crypto'; newCa: boolean }
   | {
       type: 'instance-add';
       name: string;
@@ -90,8 +92,11 @@ function int64(v: string | number | undefined, what: string): number {
 function nodeAdd(o: NodeAddOp__Output): PreparedJob {
   checkName('node', o.name);
   checkAddress(o.address, 'node address');
-  return { op: { type: 'node-add', name: o.name, address: o.address }, summary: `add node ${o.name} at ${o.address}`, locks: [`node:${o.name}`] };
+  return { op: { type: 'node-add', name: o.name, address: o.address }, summary: `add node ${o.name} at ${o.address}`, locks: [`node:${o.name}`, CRYPTO_LOCK] };
 }
+
+/** Held by node add/remove and renew-crypto: a node joining during a CA rollover would be left out of it. */
+export const CRYPTO_LOCK = 'cluster:crypto';
 
 function instanceAdd(o: InstanceAddOp__Output): PreparedJob {
   checkName('instance', o.name);
@@ -179,6 +184,13 @@ export function prepareJob(req: SubmitJobRequest__Output): PreparedJob {
   switch (req.op) {
     case 'nodeAdd':
       return nodeAdd(req.nodeAdd!);
+    case 'nodeRemove':
+      checkName('node', req.nodeRemove!.name);
+      return { op: { type: 'node-remove', name: req.nodeRemove!.name }, summary: `remove node ${req.nodeRemove!.name}`, locks: [`node:${req.nodeRemove!.name}`, CRYPTO_LOCK] };
+    case 'clusterRenewCrypto': {
+      const newCa = req.clusterRenewCrypto!.newCa;
+      return { op: { type: 'cluster-renew-crypto', newCa }, summary: `renew the cluster certificates${newCa ? ' with a new CA' : ''}`, locks: [CRYPTO_LOCK] };
+    }
     case 'instanceAdd':
       return instanceAdd(req.instanceAdd!);
     case 'instanceStart':

@@ -11,8 +11,9 @@
  *
  * The three timings can also come from GNT_MASTERD_OUTCOME_WINDOW_MS,
  * GNT_MASTERD_CONVERGE_INTERVAL_MS and GNT_MASTERD_FENCE_AFTER_MS (the
- * options win). --max-in-flight: calls one client certificate may have
- * running at once (default 64); the excess is answered RESOURCE_EXHAUSTED.
+ * options win). --max-in-flight (or GNT_MASTERD_MAX_IN_FLIGHT): calls one
+ * client certificate may have running at once (default 64); the excess is
+ * answered RESOURCE_EXHAUSTED.
  */
 import { ClusterDir } from './cluster-dir';
 import { MasterDaemon } from './server';
@@ -55,10 +56,10 @@ export async function masterdMain(argv: string[]): Promise<number> {
   let master: MasterDaemon;
   let bound: string;
   try {
-    const maxInFlight = args.value('max-in-flight');
+    const maxInFlight = args.value('max-in-flight') ?? process.env.GNT_MASTERD_MAX_IN_FLIGHT;
     master = new MasterDaemon({
       clusterDir: dir, listen: args.value('listen'), ...timings(args),
-      ...(maxInFlight !== undefined ? { maxInFlight: checkCount(maxInFlight, '--max-in-flight', 1, 10_000) } : {}),
+      ...(maxInFlight ? { maxInFlight: checkCount(maxInFlight, '--max-in-flight (or GNT_MASTERD_MAX_IN_FLIGHT)', 1, 10_000) } : {}),
     });
     for (const id of master.interrupted) process.stderr.write(`gnt-masterd: job ${id} was interrupted by a master restart; marked failed\n`);
     // Before serving: no new job may touch an instance whose config is being repaired.

@@ -17,7 +17,7 @@
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { CLI_ROLE, MASTER_ROLE, nodeRole } from '../common/cert-roles';
-import { createCa, issueCertificate, type Identity } from '../common/pki';
+import { createCa, issueCertificate, writeFileDurably, type Identity } from '../common/pki';
 import { openDb, nowIso } from './config/db';
 import { ConfigStore } from './config/config-store';
 import { checkAddress, checkName } from './validate';
@@ -28,6 +28,12 @@ export interface ClusterFile {
   name: string;
   master_address: string;
   created_at: string;
+}
+
+/** The names in the master's certificate: localhost, 127.0.0.1 and the host of its address. */
+function masterAltNames(host: string): { dns: string[]; ip: string[] } {
+  const isIp = /^[0-9.]+$|:/.test(host);
+  return { dns: ['localhost', ...(isIp ? [] : [host])], ip: ['127.0.0.1', ...(isIp && host !== '127.0.0.1' ? [host] : [])] };
 }
 
 export class ClusterDir {
@@ -79,12 +85,7 @@ export class ClusterDir {
     fs.chmodSync(this.dir, 0o700);
     fs.mkdirSync(this.pkiDir, { recursive: true, mode: 0o700 });
     createCa(this.pkiDir, `gnt-hotplug CA ${options.name}`);
-    const isIp = /^[0-9.]+$|:/.test(host);
-    const alt = {
-      dns: ['localhost', ...(isIp ? [] : [host])],
-      ip: ['127.0.0.1', ...(isIp && host !== '127.0.0.1' ? [host] : [])],
-    };
-    issueCertificate(this.ca, this.pkiDir, 'master', MASTER_ROLE, alt);
+    issueCertificate(this.ca, this.pkiDir, 'master', MASTER_ROLE, masterAltNames(host));
     issueCertificate(this.ca, this.pkiDir, 'cli', CLI_ROLE, { dns: ['localhost'], ip: ['127.0.0.1'] });
     const db = openDb(this.dbFile, { create: true });
     const store = new ConfigStore(db);
@@ -97,6 +98,30 @@ export class ClusterDir {
     fs.writeFileSync(tmp, JSON.stringify(file, null, 2) + '\n', { mode: 0o600 });
     fs.renameSync(tmp, this.clusterFile);
     return file;
+  }
+
+  /**
+   * Reissues the master's and the CLI's certificates from the CA in place,
+   * without the master (gnt-cluster renew-crypto --local): for a cluster
+   * whose certificates predate roles. The master must be restarted to use
+   * them; node certificates are reissued with issueNodeCert.
+   */
+  reissueLocal(): { master: string; cli: string } {
+    if (!fs.existsSync(this.ca.key)) throw new Error(`no cluster CA in ${this.pkiDir}: run "gnt-cluster init" first`);
+    const { host } = checkAddress(this.readClusterFile().master_address, 'master address');
+    const alt = masterAltNames(host);
+    const staging = fs.mkdtempSync(path.join(this.pkiDir, 'local-'));
+    try {
+      const m = issueCertificate(this.ca, staging, 'master', MASTER_ROLE, alt);
+      const c = issueCertificate(this.ca, staging, 'cli', CLI_ROLE, { dns: ['localhost'], ip: ['127.0.0.1'] });
+      writeFileDurably(this.masterIdentity.key, fs.readFileSync(m.key), 0o600);
+      writeFileDurably(this.masterIdentity.cert, fs.readFileSync(m.cert), 0o644);
+      writeFileDurably(this.cliIdentity.key, fs.readFileSync(c.key), 0o600);
+      writeFileDurably(this.cliIdentity.cert, fs.readFileSync(c.cert), 0o644);
+    } finally {
+      fs.rmSync(staging, { recursive: true, force: true });
+    }
+    return { master: this.masterIdentity.cert, cli: this.cliIdentity.cert };
   }
 
   /**

@@ -11,7 +11,7 @@ import * as net from 'node:net';
 import * as path from 'node:path';
 import { connectNode, type NodeDaemonClient } from '../../src/common/node-client';
 import { createCa, issueCertificate, type Identity } from '../../src/common/pki';
-import { MASTER_ROLE } from '../../src/common/cert-roles';
+import { certFacts, CLI_ROLE, MASTER_ROLE } from '../../src/common/cert-roles';
 import { freePort } from '../support/noded';
 import { startDaemon, stopDaemon, NODED_MAIN, TestCluster, type Daemon } from '../support/cli-cluster';
 import { callRaw, codeName, masterClient, rawCertificate } from '../support/peer-certs';
@@ -199,6 +199,24 @@ describe('certificate roles: who may call what (real daemons, real mTLS)', funct
       assert.equal(r.code, 1);
       assert.match(r.stderr, /node "node9" is unknown/);
     });
+  });
+
+  it('an old-style CLI certificate without a role is refused with the hint; renew-crypto --local reissues master and CLI with roles', async () => {
+    const old = rawCertificate({ cert: pki('ca.pem'), key: pki('ca.key') }, c.dir('old-cli'), 'cli', 'DNS:localhost,IP:127.0.0.1');
+    fs.copyFileSync(old.cert, pki('cli.pem'));
+    fs.copyFileSync(old.key, pki('cli.key'));
+    const refused = c.gnt('gnt-node', 'list');
+    assert.equal(refused.code, 1);
+    assert.match(refused.stderr, /no gnt-hotplug role .*gnt-cluster renew-crypto/);
+    assert.match(c.ok(c.gnt('gnt-cluster', 'renew-crypto', '--local')).stdout, /restart gnt-masterd/);
+    assert.deepEqual(certFacts(fs.readFileSync(pki('cli.pem'))).role, CLI_ROLE);
+    assert.deepEqual(certFacts(fs.readFileSync(pki('master.pem'))).role, MASTER_ROLE);
+    c.ok(c.gnt('gnt-node', 'list'));
+    await c.restartMaster({}, 'SIGTERM');
+    const nodes = c.json<{ name: string }[]>(c.gnt('gnt-node', 'list', '--output', 'json'));
+    assert.ok(nodes.length >= 2);
+    const info = c.json<{ live: { reachable: boolean } }>(c.gnt('gnt-node', 'info', 'node1', '--output', 'json'));
+    assert.equal(info.live.reachable, true, 'the restarted master reaches node1 with its reissued certificate');
   });
 
   it('a plain TCP server is not a node: gnt-node add against it fails and adds nothing', async () => {

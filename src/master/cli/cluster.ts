@@ -73,10 +73,19 @@ export const clusterCommands: CommandGroup = {
     },
   },
   'renew-crypto': {
-    usage: 'gnt-cluster renew-crypto [--new-ca] [--submit] [--cluster-dir DIR]',
-    spec: { flags: ['new-ca', 'submit'] },
+    usage: 'gnt-cluster renew-crypto [--new-ca] [--submit] | --local [--cluster-dir DIR]',
+    spec: { flags: ['new-ca', 'submit', 'local'] },
     async run(args, { dir }) {
       positionals(args, []);
+      if (args.flags.has('local')) {
+        if (args.flags.has('new-ca') || args.flags.has('submit')) throw new UsageError('--local takes neither --new-ca nor --submit');
+        const files = dir.reissueLocal();
+        process.stdout.write(
+          `reissued ${files.master} and ${files.cli} with their roles from the CA in ${dir.pkiDir}\n` +
+            'restart gnt-masterd, then reissue each node\'s certificate with gnt-cluster issue-node-cert NODE and restart its gnt-noded\n',
+        );
+        return 0;
+      }
       return runJob(dir, { clusterRenewCrypto: { newCa: args.flags.has('new-ca') } }, args.flags.has('submit'));
     },
   },

@@ -120,7 +120,7 @@ function boundError(err: grpc.ServerErrorResponse | Partial<grpc.StatusObject>):
   if (err instanceof Error) {
     return Object.assign(err, { details, message: details });
   }
-  return { ...err, details };
+  return { ...err, details, ...('message' in err ? { message: details } : {}) };
 }
 
 export interface GuardedService {

@@ -22,7 +22,8 @@ describe('disk hotplug against the real guest', function () {
 
   before(async () => {
     storage = tempDir('storage');
-    g = await bootGuest();
+    // Disks beneath the test's storage dir; loop devices allowed explicitly (the block-device case).
+    g = await bootGuest({ storageDir: storage, blockDevices: ['/dev/loop*'] });
   });
   after(async () => {
     await g?.destroy();

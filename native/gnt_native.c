@@ -255,6 +255,7 @@ static int is_beneath(const char *base, const char *path) {
 /* No openat2: one component at a time, never following a symlink, never "..". */
 static int walk_nofollow(int dirfd, const char *rel, int flags, mode_t mode) {
   char copy[PATH_MAX];
+  if (rel[0] == '/') { errno = EXDEV; return -1; }
   if (strlen(rel) >= sizeof copy) { errno = ENAMETOOLONG; return -1; }
   strcpy(copy, rel);
   int cur = dup(dirfd);
@@ -282,6 +283,8 @@ static int open_beneath_fd(int dirfd, const char *rel, int flags, mode_t mode) {
       .mode = (flags & (O_CREAT | O_TMPFILE)) ? mode : 0,
       .resolve = RESOLVE_BENEATH | RESOLVE_NO_MAGICLINKS,
   };
+  /* Test hook: the fallback a kernel without openat2 (before 5.6) gets. */
+  if (getenv("GNT_TEST_NO_OPENAT2")) return walk_nofollow(dirfd, rel, flags, mode);
   long fd = syscall(SYS_openat2, dirfd, rel, &how, sizeof how);
   if (fd < 0 && errno == ENOSYS) return walk_nofollow(dirfd, rel, flags, mode);
   return (int)fd;

@@ -192,6 +192,8 @@ export class HostPathPolicy {
           throw new HostPathError(`${what} does not exist`);
         case 'EEXIST':
           throw new HostPathError(`${what} exists already`);
+        case 'EISDIR':
+          throw new HostPathError(`${what} is a directory, neither a regular file nor a block device`);
         case 'ENOTDIR':
           throw new HostPathError(`${what}: a component of the path is not a directory`);
         default:

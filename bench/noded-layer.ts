@@ -9,7 +9,7 @@ import * as path from 'node:path';
 import { callNode, connectNode, deadlineIn, type NodeDaemonClient } from '../src/common/node-client';
 import { createCa, issueCertificate } from '../src/common/pki';
 import type { HotplugDeviceRequest } from '../src/generated/gnt/node/v1/HotplugDeviceRequest';
-import { GUEST, KERNEL_ARGS, SHAPE, profileArgs } from './config';
+import { GUEST, GUEST_DIR, KERNEL_ARGS, SHAPE, profileArgs } from './config';
 import { waitBooted } from './guest';
 import type { LayerOps } from './ops';
 import { NODED_MAIN, startDaemon, stopDaemon, type Daemon } from '../test/support/cli-cluster';
@@ -36,7 +36,7 @@ export class NodedBench {
     fs.mkdirSync(storageDir, { recursive: true });
     const daemon = await startDaemon(
       [...profileArgs(), NODED_MAIN, '--name', 'bench-node', '--listen', `127.0.0.1:${port}`, '--data-dir', dataDir,
-        '--storage-dir', storageDir, '--ca', ca.cert, '--cert', node.cert, '--key', node.key],
+        '--storage-dir', storageDir, '--image-dir', GUEST_DIR, '--ca', ca.cert, '--cert', node.cert, '--key', node.key],
       /listening on/,
       path.join(work, 'noded.log'),
     );

@@ -151,6 +151,36 @@ export class HostPathPolicy {
     return this.openIn(dir, rel, flags, 0o600, `disk ${quote(diskPath)}`, 'storage directory', '--storage-dir');
   }
 
+  /**
+   * Deletes a disk file the node created, beneath the storage directory by
+   * resolution: its directory is opened with openBeneath and the name is
+   * unlinked inside that directory, so a symlink planted on the way cannot
+   * make the node delete a file elsewhere. Returns whether a file went;
+   * a path outside, or a directory that escapes, deletes nothing.
+   */
+  removeDiskFile(diskPath: string): boolean {
+    const dir = this.storageDir;
+    const rel = dir === undefined ? undefined : relativeBeneath(dir, assertAbsolute(diskPath, 'disk'));
+    if (dir === undefined || rel === undefined) return false;
+    const base = path.posix.basename(rel);
+    if (base === '..' || base === '.') return false;
+    let dirFd: number;
+    try {
+      dirFd = openBeneath(dir, path.posix.dirname(rel), fs.constants.O_RDONLY | fs.constants.O_DIRECTORY);
+    } catch {
+      return false;
+    }
+    try {
+      fs.unlinkSync(`/proc/self/fd/${dirFd}/${base}`);
+      return true;
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code === 'ENOENT') return false;
+      throw err;
+    } finally {
+      fs.closeSync(dirFd);
+    }
+  }
+
   /** Opens a kernel or initrd O_RDONLY: a regular file beneath the image directory. */
   openBootFile(filePath: string, role: BootFileRole): OpenedHostFile {
     const p = assertAbsolute(filePath, role);

@@ -103,8 +103,9 @@ export class Storage {
     return created;
   }
 
+  /** Deletes files this node created, beneath the storage directory by resolution (host-paths.ts removeDiskFile). */
   removeFiles(files: string[]): void {
-    for (const f of files) fs.rmSync(f, { force: true });
+    for (const f of files) this.hostPaths.removeDiskFile(f);
   }
 
   /** Deletes `<storage dir>/<instance>` with every disk file in it. */

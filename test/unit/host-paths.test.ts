@@ -118,6 +118,21 @@ describe('host paths: the policy decides by resolution', () => {
     assert.throws(() => policy.createDiskFile(path.join(outside, 'n.img')), refused(/outside the storage directory/));
   });
 
+  it('deletes node-created disk files beneath storage only, never through a symlinked directory', () => {
+    const p = path.join(storage, 'web1', 'a.img');
+    assert.equal(policy.removeDiskFile(p), true);
+    assert.ok(!fs.existsSync(p));
+    assert.equal(policy.removeDiskFile(p), false, 'already gone');
+    fs.symlinkSync(outside, path.join(storage, 'web2'));
+    assert.equal(policy.removeDiskFile(path.join(storage, 'web2', 'victim.img')), false);
+    assert.equal(policy.removeDiskFile(path.join(outside, 'victim.img')), false);
+    assert.equal(policy.removeDiskFile(`${storage}/x/../../outside/victim.img`), false);
+    assert.ok(fs.existsSync(path.join(outside, 'victim.img')), 'nothing outside deleted');
+    fs.symlinkSync(path.join(outside, 'victim.img'), path.join(storage, 'web1', 'link.img'));
+    assert.equal(policy.removeDiskFile(path.join(storage, 'web1', 'link.img')), true, 'a symlink itself is removed');
+    assert.ok(fs.existsSync(path.join(outside, 'victim.img')), 'not what it points to');
+  });
+
   it('block devices: only allow-listed ones, matched on the resolved path; refused ones name the flag', () => {
     const strict = new HostPathPolicy({ storageDir: storage, imageDir: images, blockDevices: ['/dev/loop*'] });
     // /dev/null is a character device: refused even when allow-listed

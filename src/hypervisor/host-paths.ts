@@ -213,6 +213,8 @@ export class HostPathPolicy {
       return openBeneath(dir, rel, flags, mode);
     } catch (err) {
       if (!isNativeError(err)) throw err;
+      if (err.message.startsWith(`open(${dir}, O_PATH`))
+        throw new HostPathError(`${what} is refused: the node's ${dirLabel} ${dir} cannot be opened (${err.code}; gnt-noded ${flag})`);
       switch (err.code) {
         case 'EXDEV':
           throw new HostPathError(`${what} escapes the ${dirLabel} ${dir} (a symlink or ".." leads outside it; gnt-noded ${flag})`);

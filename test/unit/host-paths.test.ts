@@ -96,6 +96,11 @@ describe('host paths: the policy decides by resolution', () => {
     assert.throws(() => policy.openBootFile(path.join(images, 'sub'), 'kernel'), refused(/not a regular file/));
   });
 
+  it('a configured directory that is missing is named as such', () => {
+    const missing = new HostPathPolicy({ storageDir: storage, imageDir: path.join(root, 'no-images') });
+    assert.throws(() => missing.openBootFile(path.join(root, 'no-images', 'vmlinuz'), 'kernel'), refused(/kernel ".*" is refused: the node's image directory .*no-images cannot be opened \(ENOENT; gnt-noded --image-dir\)/));
+  });
+
   it('a policy without directories refuses everything', () => {
     const none = HostPathPolicy.denyAll();
     assert.throws(() => none.openDisk(path.join(storage, 'web1', 'a.img')), refused(/no storage directory configured/));

@@ -1,8 +1,9 @@
 /** A bench guest run by the hypervisor layer in this process (used by the raw QMP floor and the library layer). */
 import * as fs from 'node:fs';
+import { HostPathPolicy } from '../src/hypervisor/host-paths';
 import { KvmInstance } from '../src/hypervisor/kvm-instance';
 import type { InstanceSpec } from '../src/hypervisor/qemu-command';
-import { GUEST, KERNEL_ARGS, SHAPE } from './config';
+import { GUEST, GUEST_DIR, KERNEL_ARGS, SHAPE } from './config';
 import { sleep } from './stats';
 
 export const BOOT_TIMEOUT_MS = 120_000;
@@ -34,7 +35,7 @@ export class BenchGuest {
 
   static async boot(dataDir: string, name: string): Promise<BenchGuest> {
     const spec = benchSpec(name);
-    const g = new BenchGuest(KvmInstance.create(dataDir, spec, {}, { unplugTimeoutMs: 20_000 }), spec);
+    const g = new BenchGuest(KvmInstance.create(dataDir, spec, {}, { unplugTimeoutMs: 20_000, hostPaths: new HostPathPolicy({ storageDir: dataDir, imageDir: GUEST_DIR }) }), spec);
     await g.inst.start();
     await waitBooted(g.inst.paths.consoleLog, name);
     return g;

@@ -67,7 +67,8 @@ function layers(rig: Rig): { raw: RawLayer; lib: HypervisorLayer; noded: NodedLa
   return {
     raw: new RawLayer(rig.guest, rig.disk),
     lib: new HypervisorLayer(rig.guest, rig.disk),
-    noded: new NodedLayer(rig.nd, NODED_INSTANCE, rig.disk),
+    // gnt-noded takes disk files only beneath its --storage-dir (NodedBench.start makes <work>/noded-storage).
+    noded: new NodedLayer(rig.nd, NODED_INSTANCE, RawLayer.diskFile(path.join(rig.work, 'noded-storage'))),
     api: new MasterLayer(rig.mc, 'api'),
     cli: new MasterLayer(rig.mc, 'cli'),
   };

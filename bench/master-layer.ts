@@ -13,7 +13,7 @@ import { ClusterDir } from '../src/master/cluster-dir';
 import type { MasterClient } from '../src/generated/gnt/master/v1/Master';
 import type { InstanceModifyOp } from '../src/generated/gnt/master/v1/InstanceModifyOp';
 import type { SubmitJobRequest } from '../src/generated/gnt/master/v1/SubmitJobRequest';
-import { GUEST, KERNEL_ARGS, SHAPE, profileArgs } from './config';
+import { GUEST, GUEST_DIR, KERNEL_ARGS, SHAPE, profileArgs } from './config';
 import { waitBooted } from './guest';
 import type { LayerOps } from './ops';
 import { freePort } from '../test/support/noded';
@@ -68,7 +68,7 @@ export class MasterCluster {
     const storage = path.join(this.work, `${NODE}-storage`);
     for (const d of [data, storage]) fs.mkdirSync(d, { recursive: true });
     this.noded = await startDaemon(
-      [...profileArgs(), NODED_MAIN, '--name', NODE, '--listen', `127.0.0.1:${port}`, '--data-dir', data, '--storage-dir', storage,
+      [...profileArgs(), NODED_MAIN, '--name', NODE, '--listen', `127.0.0.1:${port}`, '--data-dir', data, '--storage-dir', storage, '--image-dir', GUEST_DIR,
         '--ca', path.join(certs, 'ca.pem'), '--cert', path.join(certs, 'node.pem'), '--key', path.join(certs, 'node.key')],
       LISTENING,
       path.join(this.work, `${NODE}.log`),

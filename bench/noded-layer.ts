@@ -10,7 +10,7 @@ import { callNode, connectNode, deadlineIn, type NodeDaemonClient } from '../src
 import { createCa, issueCertificate } from '../src/common/pki';
 import { MASTER_ROLE, nodeRole } from '../src/common/cert-roles';
 import type { HotplugDeviceRequest } from '../src/generated/gnt/node/v1/HotplugDeviceRequest';
-import { GUEST, KERNEL_ARGS, SHAPE, profileArgs } from './config';
+import { GUEST, GUEST_DIR, KERNEL_ARGS, SHAPE, profileArgs } from './config';
 import { waitBooted } from './guest';
 import type { LayerOps } from './ops';
 import { NODED_MAIN, startDaemon, stopDaemon, type Daemon } from '../test/support/cli-cluster';
@@ -37,7 +37,7 @@ export class NodedBench {
     fs.mkdirSync(storageDir, { recursive: true });
     const daemon = await startDaemon(
       [...profileArgs(), NODED_MAIN, '--name', 'bench-node', '--listen', `127.0.0.1:${port}`, '--data-dir', dataDir,
-        '--storage-dir', storageDir, '--ca', ca.cert, '--cert', node.cert, '--key', node.key],
+        '--storage-dir', storageDir, '--image-dir', GUEST_DIR, '--ca', ca.cert, '--cert', node.cert, '--key', node.key],
       /listening on/,
       path.join(work, 'noded.log'),
     );

@@ -8,9 +8,11 @@ import { randomUUID } from 'node:crypto';
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
+import { HostPathPolicy } from '../src/hypervisor/host-paths';
 import { KvmInstance } from '../src/hypervisor/kvm-instance';
 import type { Monitor } from '../src/hypervisor/qmp-client';
 import { saveRuntimeFile } from '../src/hypervisor/runtime-file';
+import { GUEST_DIR } from './config';
 import { benchSpec, waitBooted } from './guest';
 import { RawLayer } from './raw-layer';
 import { median, sleep, time } from './stats';
@@ -42,7 +44,7 @@ function timedMonitor(mon: Monitor): Monitor {
 
 async function main(): Promise<void> {
   const work = fs.mkdtempSync(path.join(os.tmpdir(), 'gnt-prof-'));
-  const inst = KvmInstance.create(work, benchSpec('prof1'), {}, { wrapMonitor: timedMonitor });
+  const inst = KvmInstance.create(work, benchSpec('prof1'), {}, { wrapMonitor: timedMonitor, hostPaths: new HostPathPolicy({ storageDir: work, imageDir: GUEST_DIR }) });
   try {
     await inst.start();
     await waitBooted(inst.paths.consoleLog, 'prof1');

@@ -8,6 +8,14 @@
  *   openTap(template, vnetHdr)    -> {fd, name}  TUNSETIFF on /dev/net/tun
  *   linkUp(name)                          sets IFF_UP (SIOCSIFFLAGS), as `ip link set up`
  *   bridgeAddIf(bridge, name)             enslaves name to bridge (SIOCBRADDIF)
+ *   openBeneath(dir, rel, flags, mode) -> fd  opens rel relative to dir and never
+ *                                        outside it: openat2(RESOLVE_BENEATH |
+ *                                        RESOLVE_NO_MAGICLINKS), symlinks that stay
+ *                                        inside are followed, escapes fail with EXDEV;
+ *                                        without openat2 (ENOSYS) a per-component
+ *                                        O_NOFOLLOW walk (no symlinks at all). Always
+ *                                        O_CLOEXEC|O_NOCTTY; the fd's real path is
+ *                                        checked to lie beneath dir's (else EXDEV).
  *
  * Every error is thrown as a JS Error whose `code` is the errno name
  * (e.g. "ENOENT") and whose message names the call and its argument.
@@ -18,6 +26,10 @@
 #include <linux/if.h>
 #include <linux/sockios.h>
 #include <linux/if_tun.h>
+#include <linux/openat2.h>
+#include <limits.h>
+#include <stdlib.h>
+#include <sys/syscall.h>
 #include <node_api.h>
 #include <poll.h>
 #include <stdio.h>
@@ -33,7 +45,7 @@ unsigned int if_nametoindex(const char *ifname);
 #define SEND_TIMEOUT_MS 5000
 
 static napi_value throw_errno(napi_env env, int err, const char *what) {
-  char msg[512];
+  char msg[2 * 4096 + 256];
   const char *name = strerrorname_np(err);
   snprintf(msg, sizeof msg, "%s: %s", what, strerror(err));
   napi_throw_error(env, name ? name : "EUNKNOWN", msg);
@@ -218,6 +230,99 @@ static napi_value bridge_add_if(napi_env env, napi_callback_info info) {
   return NULL;
 }
 
+#ifndef SYS_openat2
+#define SYS_openat2 437
+#endif
+
+/* The target of /proc/self/fd/<fd> into buf; 0 or an errno. */
+static int fd_path(int fd, char *buf, size_t len) {
+  char link[64];
+  snprintf(link, sizeof link, "/proc/self/fd/%d", fd);
+  ssize_t n = readlink(link, buf, len - 1);
+  if (n < 0) return errno;
+  if ((size_t)n >= len - 1) return ENAMETOOLONG;
+  buf[n] = '\0';
+  return 0;
+}
+
+/* Whether path is base or lies beneath it. */
+static int is_beneath(const char *base, const char *path) {
+  size_t n = strlen(base);
+  if (n == 1 && base[0] == '/') return 1;
+  return strncmp(base, path, n) == 0 && (path[n] == '\0' || path[n] == '/');
+}
+
+/* No openat2: one component at a time, never following a symlink, never "..". */
+static int walk_nofollow(int dirfd, const char *rel, int flags, mode_t mode) {
+  char copy[PATH_MAX];
+  if (rel[0] == '/') { errno = EXDEV; return -1; }
+  if (strlen(rel) >= sizeof copy) { errno = ENAMETOOLONG; return -1; }
+  strcpy(copy, rel);
+  int cur = dup(dirfd);
+  if (cur < 0) return -1;
+  char *save = NULL;
+  char *comp = strtok_r(copy, "/", &save);
+  while (comp) {
+    char *next = strtok_r(NULL, "/", &save);
+    if (strcmp(comp, "..") == 0) { close(cur); errno = EXDEV; return -1; }
+    if (strcmp(comp, ".") == 0 && next) { comp = next; continue; }
+    int fd = next ? openat(cur, comp, O_PATH | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC)
+                  : openat(cur, comp, flags | O_NOFOLLOW, mode);
+    int err = errno;
+    close(cur);
+    if (fd < 0) { errno = err; return -1; }
+    cur = fd;
+    comp = next;
+  }
+  return cur;
+}
+
+static int open_beneath_fd(int dirfd, const char *rel, int flags, mode_t mode) {
+  struct open_how how = {
+      .flags = (uint64_t)flags,
+      .mode = (flags & (O_CREAT | O_TMPFILE)) ? mode : 0,
+      .resolve = RESOLVE_BENEATH | RESOLVE_NO_MAGICLINKS,
+  };
+  /* Test hook: the fallback a kernel without openat2 (before 5.6) gets. */
+  if (getenv("GNT_TEST_NO_OPENAT2")) return walk_nofollow(dirfd, rel, flags, mode);
+  long fd = syscall(SYS_openat2, dirfd, rel, &how, sizeof how);
+  if (fd < 0 && errno == ENOSYS) return walk_nofollow(dirfd, rel, flags, mode);
+  return (int)fd;
+}
+
+static napi_value open_beneath(napi_env env, napi_callback_info info) {
+  size_t argc = 4;
+  napi_value argv[4];
+  char dir[PATH_MAX], rel[PATH_MAX], what[2 * PATH_MAX + 32];
+  char dir_real[PATH_MAX], fd_real[PATH_MAX];
+  int32_t flags = 0, mode = 0;
+  napi_get_cb_info(env, info, &argc, argv, NULL, NULL);
+  if (argc < 3 || get_string(env, argv[0], dir, sizeof dir) != 0 || get_string(env, argv[1], rel, sizeof rel) != 0 ||
+      napi_get_value_int32(env, argv[2], &flags) != napi_ok)
+    return throw_type(env, "openBeneath(dir, relativePath, flags[, mode]): bad arguments");
+  if (argc >= 4) napi_get_value_int32(env, argv[3], &mode);
+  flags |= O_CLOEXEC | O_NOCTTY;
+  snprintf(what, sizeof what, "openat2(%s, %s)", dir, rel);
+  int dirfd = open(dir, O_PATH | O_DIRECTORY | O_CLOEXEC);
+  if (dirfd < 0) {
+    snprintf(what, sizeof what, "open(%s, O_PATH|O_DIRECTORY)", dir);
+    return throw_errno(env, errno, what);
+  }
+  int err = fd_path(dirfd, dir_real, sizeof dir_real);
+  int fd = err ? -1 : open_beneath_fd(dirfd, rel, flags, (mode_t)mode);
+  if (!err && fd < 0) err = errno;
+  close(dirfd);
+  if (err) return throw_errno(env, err, what);
+  err = fd_path(fd, fd_real, sizeof fd_real);
+  if (!err && !is_beneath(dir_real, fd_real)) err = EXDEV;
+  if (err) {
+    close(fd);
+    snprintf(what, sizeof what, "openBeneath(%s, %s): real path check", dir, rel);
+    return throw_errno(env, err, what);
+  }
+  return make_int(env, fd);
+}
+
 static napi_value init(napi_env env, napi_value exports) {
   napi_property_descriptor props[] = {
       {"unixConnect", NULL, unix_connect, NULL, NULL, NULL, napi_enumerable, NULL},
@@ -225,6 +330,7 @@ static napi_value init(napi_env env, napi_value exports) {
       {"openTap", NULL, open_tap, NULL, NULL, NULL, napi_enumerable, NULL},
       {"linkUp", NULL, link_up, NULL, NULL, NULL, napi_enumerable, NULL},
       {"bridgeAddIf", NULL, bridge_add_if, NULL, NULL, NULL, napi_enumerable, NULL},
+      {"openBeneath", NULL, open_beneath, NULL, NULL, NULL, napi_enumerable, NULL},
   };
   napi_define_properties(env, exports, sizeof props / sizeof props[0], props);
   return exports;

@@ -62,7 +62,7 @@ gnt-cluster issue-node-cert node1 --out "$WORK/node1-certs" >/dev/null
 NODE_PORT=$(free_port)
 mkdir -p "$WORK/node1-data" "$WORK/node1-storage"
 start_daemon "$WORK/noded.log" "listening on" gnt-noded --name node1 --listen "127.0.0.1:$NODE_PORT" \
-  --data-dir "$WORK/node1-data" --storage-dir "$WORK/node1-storage" \
+  --data-dir "$WORK/node1-data" --storage-dir "$WORK/node1-storage" --image-dir "$ROOT/.cache/guest" \
   --ca "$WORK/node1-certs/ca.pem" --cert "$WORK/node1-certs/node.pem" --key "$WORK/node1-certs/node.key"
 run gnt-node add node1 --address "127.0.0.1:$NODE_PORT"
 run gnt-node list

@@ -10,6 +10,7 @@
  */
 import * as fs from 'node:fs';
 import { attachDisk, detachDisk, diskId, diskKind, releaseDisk } from './disk';
+import type { HostPathPolicy } from './host-paths';
 import { attachNic, detachNic, nicId, prepareNicTap, releaseNic, validateNic, type NicDeviceOptions } from './nic';
 import type { Monitor } from './qmp-client';
 import type { DiskRecord, NicRecord, RuntimeData } from './runtime-file';
@@ -21,6 +22,8 @@ export type DeviceRecord = NicRecord | DiskRecord;
 /** What an attach may need from the instance. */
 export interface AttachContext {
   nicOptions: NicDeviceOptions;
+  /** The only way to open a host file for the device (host-paths.ts). */
+  hostPaths: HostPathPolicy;
 }
 
 /** Host resources made for a device before its intent is recorded (a NIC's tap), held by this process until QEMU has its own copy. */
@@ -96,7 +99,7 @@ export const DISK_KIND: DeviceKind<DiskRecord> = {
   },
   id: (rec, slot) => diskId(rec, slot),
   validate: (rec) => void diskKind(rec.path),
-  attach: (mon, rec, slot) => attachDisk(mon, rec, slot),
+  attach: (mon, rec, slot, ctx) => attachDisk(mon, rec, slot, ctx.hostPaths),
   detach: (mon, rec, slot, timeoutMs) => detachDisk(mon, rec, slot, timeoutMs),
   release: (mon, rec, slot) => releaseDisk(mon, rec, slot),
   releaseHost: (rec) => {

@@ -2,7 +2,9 @@
  * Disk hotplug (virtio-blk-pci). QEMU never opens the host path itself: we
  * open it and hand QEMU the fd, so disks work with QEMU running as another
  * user or in a chroot.
- *   prepare  -> validate path, open it O_RDWR
+ *   prepare  -> open it O_RDWR through the node's HostPathPolicy (host-paths.ts:
+ *               beneath the storage directory by resolution, or an allow-listed
+ *               block device); its kind comes from fstat of that fd
  *   attach   -> add-fd (opaque = device id), blockdev-add on /dev/fdset/N,
  *               device_add (each undone if a later one fails)
  *   detach   -> device_del, wait until QEMU no longer lists the device
@@ -10,7 +12,9 @@
  */
 import * as fs from 'node:fs';
 import { deviceId } from './device-id';
+import { excerpt } from '../common/excerpt';
 import { InvalidArgumentError } from './errors';
+import type { HostPathPolicy, OpenedHostFile } from './host-paths';
 import { inTransaction } from './hotplug-transaction';
 import { deleteDevice, ignoreNotFound, pciAddr } from './qdev';
 import type { Monitor } from './qmp-client';
@@ -23,33 +27,28 @@ interface FdsetInfo {
   fds: Array<{ fd: number; opaque?: string }>;
 }
 
-/** Checks the path and tells whether it is a regular file or a block device. */
+/**
+ * A disk's kind by name only (stat, no open): used where the policy is not at
+ * hand to refuse early what cannot work; every open goes through
+ * HostPathPolicy.openDisk, which decides by resolution.
+ */
 export function diskKind(diskPath: string): DiskKind {
-  if (!diskPath.startsWith('/')) throw new InvalidArgumentError(`disk path "${diskPath}" is not absolute`);
+  if (!diskPath.startsWith('/')) throw new InvalidArgumentError(`disk path ${excerpt(diskPath)} is not absolute`);
   let st: fs.Stats;
   try {
     st = fs.statSync(diskPath);
   } catch (err) {
     const code = (err as NodeJS.ErrnoException).code;
     throw new InvalidArgumentError(
-      code === 'ENOENT' ? `disk path ${diskPath} does not exist` : `disk path ${diskPath}: ${code ?? String(err)}`,
+      code === 'ENOENT' ? `disk path ${excerpt(diskPath)} does not exist` : `disk path ${excerpt(diskPath)}: ${code ?? String(err)}`,
     );
   }
   if (st.isFile()) return 'file';
   if (st.isBlockDevice()) return 'block';
-  throw new InvalidArgumentError(`disk path ${diskPath} is neither a regular file nor a block device`);
+  throw new InvalidArgumentError(`disk path ${excerpt(diskPath)} is neither a regular file nor a block device`);
 }
 
 export const diskId = (disk: DiskRecord, slot: number): string => deviceId('disk', disk.uuid, slot);
-
-/** Opens the disk for QEMU; the caller closes the fd once QEMU holds its copy. */
-export function openDisk(diskPath: string): number {
-  try {
-    return fs.openSync(diskPath, fs.constants.O_RDWR);
-  } catch (err) {
-    throw new InvalidArgumentError(`cannot open disk ${diskPath}: ${(err as Error).message}`);
-  }
-}
 
 function blockdevOptions(id: string, kind: DiskKind, fdset: number): Record<string, unknown> {
   return {
@@ -61,34 +60,31 @@ function blockdevOptions(id: string, kind: DiskKind, fdset: number): Record<stri
 }
 
 /** QEMU arguments that create the disk at boot, its fd at child fd `childFd`. */
-export function diskBootArgs(disk: DiskRecord, slot: number, childFd: number, fdset: number): string[] {
+export function diskBootArgs(disk: DiskRecord, slot: number, childFd: number, fdset: number, kind: DiskKind): string[] {
   const id = diskId(disk, slot);
   return [
     '-add-fd', `fd=${childFd},set=${fdset},opaque=${id}`,
-    '-blockdev', JSON.stringify(blockdevOptions(id, diskKind(disk.path), fdset)),
+    '-blockdev', JSON.stringify(blockdevOptions(id, kind, fdset)),
     '-device', `virtio-blk-pci,drive=${id},id=${id},bus=pci.0,addr=${pciAddr(slot)}`,
   ];
 }
 
 /** Hot-adds the disk at `slot`. Undoes every step on failure. */
-export async function attachDisk(mon: Monitor, disk: DiskRecord, slot: number): Promise<void> {
+export async function attachDisk(mon: Monitor, disk: DiskRecord, slot: number, hostPaths: HostPathPolicy): Promise<void> {
   const id = diskId(disk, slot);
-  const kind = diskKind(disk.path);
   await inTransaction(`hot-add of disk ${id}`, async (tx) => {
-    let fd: number | undefined;
-    const closeFd = (): void => {
-      if (fd !== undefined) fs.closeSync(fd);
-      fd = undefined;
-    };
+    let file: OpenedHostFile | undefined;
+    const closeFd = (): void => file?.close();
     try {
-      fd = await tx.step('open disk', () => openDisk(disk.path), closeFd);
+      const opened = await tx.step('open disk', () => hostPaths.openDisk(disk.path), closeFd);
+      file = opened;
       const added = await tx.step(
         'add-fd',
-        () => mon.execute<{ 'fdset-id': number; fd: number }>('add-fd', { opaque: id }, { fds: [fd as number] }),
+        () => mon.execute<{ 'fdset-id': number; fd: number }>('add-fd', { opaque: id }, { fds: [opened.fd] }),
         (r) => mon.execute('remove-fd', { 'fdset-id': r['fdset-id'] }),
       );
       closeFd(); // QEMU holds its copy now
-      await tx.step('blockdev-add', () => mon.execute('blockdev-add', blockdevOptions(id, kind, added['fdset-id'])), () =>
+      await tx.step('blockdev-add', () => mon.execute('blockdev-add', blockdevOptions(id, opened.kind, added['fdset-id'])), () =>
         mon.execute('blockdev-del', { 'node-name': id }),
       );
       await tx.step('device_add', () =>

@@ -7,7 +7,8 @@
  * serialize), except `status`, which only reads.
  */
 import { allDevices } from './device-kinds';
-import { diskKind } from './disk';
+import { checkHostPaths } from './boot-files';
+import type { HostPathPolicy } from './host-paths';
 import { InstanceStateError } from './errors';
 import {
   cancelMigration,
@@ -61,8 +62,13 @@ export interface MigrationHost {
   removeDir(): void;
 }
 
-/** A carried runtime file, checked whole: a command we make, settled devices with slots, bridges and disks present here. */
-export function checkCarried(carried: RuntimeData): RuntimeData {
+/**
+ * A carried runtime file, checked whole: a command we make, settled devices
+ * with slots, bridges present here, and every disk, the kernel and the
+ * initrd accepted by this node's HostPathPolicy (by resolution: a symlink
+ * escaping the storage or image directory is refused).
+ */
+export function checkCarried(carried: RuntimeData, hostPaths: HostPathPolicy): RuntimeData {
   const data = JSON.parse(JSON.stringify(carried)) as RuntimeData;
   assertFixedCommand(data.kvm_cmd, data.instance);
   const all: Array<[string, NicRecord | DiskRecord]> = [
@@ -78,7 +84,7 @@ export function checkCarried(carried: RuntimeData): RuntimeData {
     if (nic.link) assertBridge(nic.link);
     delete nic.tap;
   }
-  for (const disk of data.block_devices) diskKind(disk.path);
+  checkHostPaths(hostPaths, data, { boot: true });
   return data;
 }
 

@@ -15,7 +15,8 @@ import * as fs from 'node:fs';
 import { attachDimm, type DimmRecord } from './memory';
 import { allDevices, deviceKind, idOf, type DeviceRecord } from './device-kinds';
 import { DeviceOperations, type DiskRequest, type NicRequest, type PrepareStep, type RemovalResult } from './device-operations';
-import { diskBootArgs, openDisk } from './disk';
+import { checkHostPaths, openBootFiles } from './boot-files';
+import { HostPathPolicy } from './host-paths';
 import { DeviceExistsError, InstanceStateError, InvalidArgumentError, OutcomeUnknownError, errorMessage, isOutcomeUnknown } from './errors';
 import { OperationRunner, operationError } from './operation-runner';
 import { emptyJournal, type OperationJournal, type OperationRecord } from './operations';
@@ -60,6 +61,12 @@ import { unplugTimeoutFor, unplugTimeoutsFromHvparams, type UnplugKind, type Unp
 
 export interface KvmInstanceOptions {
   qemuBinary?: string;
+  /**
+   * Which host files (disks, kernel, initrd) the instance may open
+   * (host-paths.ts); gnt-noded always gives one. Without it every such path
+   * is refused.
+   */
+  hostPaths?: HostPathPolicy;
   /** How long to wait for the guest to eject a device, for every kind (older option; unplugTimeouts wins). */
   unplugTimeoutMs?: number;
   /** How long to wait for the guest to eject a device, per kind (gnt-noded --unplug-timeout). */
@@ -133,7 +140,7 @@ export class KvmInstance extends EventEmitter {
       monitor: () => this.monitor(),
       requireRunning: () => this.requireRunning(),
       unplugTimeout: (kind) => this.unplugTimeout(kind),
-      attachContext: () => ({ nicOptions: this.nicOptions }),
+      attachContext: () => ({ nicOptions: this.nicOptions, hostPaths: this.hostPaths }),
       chooseSlot: (mon, requested) => this.chooseSlot(mon, requested),
       scheduleReconcile: () => this.scheduleReconcile(),
       slotsChanged: () => this.slots.invalidate(),
@@ -151,8 +158,8 @@ export class KvmInstance extends EventEmitter {
     const paths = instancePaths(dataDir, spec.name);
     if (fs.existsSync(paths.runtimeFile)) throw new DeviceExistsError(spec.name, `a runtime file at ${paths.runtimeFile}`);
     const data = layoutRuntime(spec, devices);
+    checkHostPaths(options.hostPaths ?? HostPathPolicy.denyAll(), data, { boot: false });
     fs.mkdirSync(paths.dir, { recursive: true, mode: 0o700 });
-    saveRuntimeFile(paths.runtimeFile, data);    fs.mkdirSync(paths.dir, { recursive: true, mode: 0o700 });
     saveRuntimeFile(paths.runtimeFile, data);
     return new KvmInstance(spec.name, paths, data, options);
   }
@@ -170,6 +177,11 @@ export class KvmInstance extends EventEmitter {
 
   get pid(): number | undefined {
     return runningPid(this.paths);
+  }
+
+  /** The node's rules for host files (deny-all when none was given). */
+  private get hostPaths(): HostPathPolicy {
+    return this.options.hostPaths ?? HostPathPolicy.denyAll();
   }
 
   private get qemuBinary(): string {
@@ -263,11 +275,11 @@ export class KvmInstance extends EventEmitter {
   ): void {
     if (spec.name !== this.name) throw new InvalidArgumentError(`spec names instance ${spec.name}, not ${this.name}`);
     const next = layoutRuntime(spec, devices, this.data);
+    checkHostPaths(this.hostPaths, next, { boot: false });
     const kept = new Set(next.block_devices.map((d) => d.path));
     const dropped = this.data.block_devices.filter((d) => !kept.has(d.path));
     this.data = next;
     this.save();
-    for (const d of dropped) this.deviceOps.releaseHost(deviceKind('disk'), d);    this.save();
     for (const d of dropped) this.deviceOps.releaseHost(deviceKind('disk'), d);
   }
 
@@ -285,23 +297,24 @@ export class KvmInstance extends EventEmitter {
    */
   private async startNow(incoming = false): Promise<number> {
     if (this.pid !== undefined) throw new InstanceStateError(`instance ${this.name} is already running (pid ${this.pid})`);
+    // Refuses a kernel, initrd or disk outside the node's rules before anything changes.
+    checkHostPaths(this.hostPaths, this.data, { boot: true });
     if (!incoming) {
       this.dropPendingDevices();
       this.completeLegacyDevices();
       this.foldPendingResources();
     }
     const qemu = qemuFeatures(this.qemuBinary);
-    const args = [...this.data.kvm_cmd, ...nodeLocalArgs(this.paths, { testMonitor: this.options.testMonitor }), ...securityArgs(this.data.hvparams, qemu)];
+    const local = [...nodeLocalArgs(this.paths, { testMonitor: this.options.testMonitor }), ...securityArgs(this.data.hvparams, qemu)];
     // DIMMs are plugged by QMP before the guest runs (see resourceBootArgs), so QEMU starts paused then.
     const dimms = this.data.resources?.dimms ?? [];
+    const boot = openBootFiles(this.hostPaths, this.data); // closed in the finally below, nothing throws before it
+    const args = [...boot.cmd, ...local];
     if (incoming || dimms.length) args.push('-S');
     if (incoming) args.push('-incoming', 'defer');
-    const fds: number[] = [];
+    const fds: number[] = [...boot.fds];
+    args.push(...boot.diskArgs);
     try {
-      this.data.block_devices.forEach((disk, i) => {
-        fds.push(openDisk(disk.path));
-        args.push(...diskBootArgs(disk, disk.pci as number, 2 + fds.length, i + 1));
-      });
       for (const nic of this.data.nics) {
         const tap = await prepareNicTap(nic);
         fds.push(tap.fd);
@@ -316,7 +329,8 @@ export class KvmInstance extends EventEmitter {
       if (dimms.length) await this.plugBootDimms(pid, dimms, !incoming);
       return pid;
     } finally {
-      for (const fd of fds) fs.closeSync(fd);
+      boot.close();
+      for (const fd of fds.slice(boot.fds.length)) fs.closeSync(fd);
     }
   }
 
@@ -507,7 +521,12 @@ export class KvmInstance extends EventEmitter {
    * crash right after leaves an intent whose rollback deletes it).
    */
   hotAddDisk(req: DiskRequest, prepare?: PrepareStep, opts: OperationOptions = {}): Promise<DiskRecord> {
-    return this.runner.run(opts.operationId ?? '', 'disk', 'add', req.uuid, () => this.deviceOps.addDisk(req, prepare));
+    return this.runner.run(opts.operationId ?? '', 'disk', 'add', req.uuid, () => {
+      // By resolution, before anything is recorded: a file the node is to create only by where it will be.
+      if (req.created) this.hostPaths.assertNewDiskPath(req.path);
+      else this.hostPaths.checkDisk(req.path);
+      return this.deviceOps.addDisk(req, prepare);
+    });
   }
 
   /** Resolves with the record the disk had, and whether the guest has still to release it. */
@@ -649,7 +668,7 @@ export class KvmInstance extends EventEmitter {
   ): Promise<{ instance: KvmInstance; uri?: string }> {
     const paths = instancePaths(dataDir, carried.instance);
     if (fs.existsSync(paths.runtimeFile)) throw new DeviceExistsError(carried.instance, `a runtime file on this node (${paths.runtimeFile})`);
-    const data = checkCarried(carried);
+    const data = checkCarried(carried, options.hostPaths ?? HostPathPolicy.denyAll());
     if (how.incoming) data.migration = { role: 'target', peer: how.peer, since: new Date().toISOString() };
     else delete data.migration;
     fs.mkdirSync(paths.dir, { recursive: true, mode: 0o700 });

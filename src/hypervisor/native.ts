@@ -1,7 +1,10 @@
 /**
  * Typed access to the project's N-API addon (native/gnt_native.c), which does
  * what Node's own modules cannot: send file descriptors over a unix socket
- * (SCM_RIGHTS) and create tap devices (TUNSETIFF ioctl).
+ * (SCM_RIGHTS), create tap devices (TUNSETIFF ioctl), and open a path
+ * confined beneath a directory (openat2 RESOLVE_BENEATH). Only
+ * host-paths.ts calls openBeneath: it is the one way to open a host file
+ * for a guest.
  */
 import * as path from 'node:path';
 
@@ -18,6 +21,7 @@ interface NativeAddon {
   openTap(nameTemplate: string, vnetHdr: boolean): TapHandle;
   linkUp(name: string): void;
   bridgeAddIf(bridge: string, name: string): void;
+  openBeneath(dir: string, relativePath: string, flags: number, mode: number): number;
 }
 
 /** An errno-carrying error thrown by the addon. */
@@ -59,3 +63,12 @@ export const openTap = (nameTemplate: string, vnetHdr = true): TapHandle =>
   addon.openTap(nameTemplate, vnetHdr);
 export const linkUp = (name: string): void => addon.linkUp(name);
 export const bridgeAddIf = (bridge: string, name: string): void => addon.bridgeAddIf(bridge, name);
+/**
+ * Opens `relativePath` relative to `dir`, never outside it: symlinks and ".."
+ * that stay beneath `dir` resolve, anything that leaves it (or a /proc magic
+ * link) fails with code EXDEV. O_CLOEXEC|O_NOCTTY are always added; the
+ * opened fd's real path is checked to lie beneath `dir`'s. Kernels without
+ * openat2 get a component-by-component O_NOFOLLOW walk (no symlinks at all).
+ */
+export const openBeneath = (dir: string, relativePath: string, flags: number, mode = 0): number =>
+  addon.openBeneath(dir, relativePath, flags, mode);

@@ -3,9 +3,10 @@
  * disk on a PCI slot, the vCPU/memory record. Used for a new instance and
  * for a stopped one whose spec changed (then devices already recorded keep
  * their slots, and the operation journal is kept). Pure: checks everything
- * (uuids, MACs, disk paths, requested slots) and touches nothing.
+ * (uuids, MACs, requested slots) and touches nothing; disk paths are the
+ * caller's to check, with the node's HostPathPolicy (boot-files.ts).
  */
-import { diskId, diskKind } from './disk';
+import { diskId } from './disk';
 import type { DeviceKindName } from './device-kinds';
 import type { DiskRequest, NicRequest } from './device-operations';
 import { InvalidArgumentError } from './errors';
@@ -54,7 +55,6 @@ function placeDevices(slots: PciSlotMap, wanted: Wanted, oldSlot: (uuid: string)
 }
 
 function diskRecord(d: DiskRequest, slot: number): DiskRecord {
-  diskKind(d.path);
   const disk: DiskRecord = { uuid: d.uuid, path: d.path, pci: slot };
   if (d.created) disk.created = true;
   diskId(disk, slot);

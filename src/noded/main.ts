@@ -5,6 +5,7 @@
  *     --storage-dir DIR --ca FILE --cert FILE --key FILE [--qemu BINARY]
  *     [--migration-address HOST] [--cpu-overcommit-ratio R]
  *     [--unplug-timeout KIND=SECONDS,...] [--test-monitor]
+ *     [--image-dir DIR] [--block-device PATH_OR_GLOB]...
  *
  * --migration-address: the address incoming live migrations listen on (one
  * concrete address of this node; default: the host of --listen).
@@ -14,6 +15,12 @@
  * --unplug-timeout: how long the guest has to release a device of each kind
  * before its removal is reported as pending (nic, disk, cpu, memory; e.g.
  * nic=10,disk=60); an instance's hvparam unplug_timeout overrides it.
+ * --image-dir: kernels and initrds are accepted only beneath it, by
+ * resolution (default <data dir>/images). --block-device: a block device a
+ * disk may be, an exact path or a glob such as /dev/loop* matched against
+ * the device's resolved path; repeatable; default none. Disk files are
+ * accepted only beneath --storage-dir (docs/operator-guide.md, "Host paths
+ * the node accepts").
  * --test-monitor: test hook; every QEMU gets a second QMP socket
  * (qmp-test.sock in its runtime directory) for tests to drive.
  *
@@ -41,15 +48,18 @@ interface Args {
   unplugTimeouts?: UnplugTimeouts;
   testMonitor: boolean;
   maxInFlight?: number;
+  imageDir?: string;
+  blockDevices: string[];
 }
 
 const USAGE =
-  'usage: gnt-noded --name NAME --listen HOST:PORT --data-dir DIR --storage-dir DIR --ca FILE --cert FILE --key FILE [--qemu BINARY] [--migration-address HOST] [--cpu-overcommit-ratio R] [--unplug-timeout KIND=SECONDS,...] [--max-in-flight N] [--test-monitor]';
+  'usage: gnt-noded --name NAME --listen HOST:PORT --data-dir DIR --storage-dir DIR --ca FILE --cert FILE --key FILE [--qemu BINARY] [--migration-address HOST] [--cpu-overcommit-ratio R] [--unplug-timeout KIND=SECONDS,...] [--max-in-flight N] [--test-monitor] [--image-dir DIR] [--block-device PATH_OR_GLOB]...';
 
 function parseArgs(argv: string[]): Args {
   const flags = new Map<string, string>();
-  const known = ['--name', '--listen', '--data-dir', '--storage-dir', '--ca', '--cert', '--key', '--qemu', '--migration-address', '--cpu-overcommit-ratio', '--unplug-timeout', '--max-in-flight'];
+  const known = ['--name', '--listen', '--data-dir', '--storage-dir', '--ca', '--cert', '--key', '--qemu', '--migration-address', '--cpu-overcommit-ratio', '--unplug-timeout', '--max-in-flight', '--image-dir', '--block-device'];
   let testMonitor = false;
+  const blockDevices: string[] = [];
   for (let i = 0; i < argv.length; i++) {
     const flag = argv[i];
     if (flag === '--test-monitor') {
@@ -59,7 +69,8 @@ function parseArgs(argv: string[]): Args {
     if (!known.includes(flag)) throw new Error(`unknown argument "${flag}"\n${USAGE}`);
     const value = argv[++i];
     if (value === undefined || value.startsWith('--')) throw new Error(`${flag} needs a value\n${USAGE}`);
-    flags.set(flag, value);
+    if (flag === '--block-device') blockDevices.push(value);
+    else flags.set(flag, value);
   }
   const need = (flag: string): string => {
     const v = flags.get(flag);
@@ -81,6 +92,8 @@ function parseArgs(argv: string[]): Args {
     ...(flags.has('--unplug-timeout') ? { unplugTimeouts: parseUnplugTimeouts(flags.get('--unplug-timeout') as string, '--unplug-timeout') } : {}),
     testMonitor,
     ...(flags.has('--max-in-flight') ? { maxInFlight: parseMaxInFlight(flags.get('--max-in-flight') as string) } : {}),
+    imageDir: flags.get('--image-dir'),
+    blockDevices,
   };
 }
 
@@ -112,6 +125,8 @@ async function main(): Promise<void> {
     ...(args.cpuOvercommitRatio ? { cpuOvercommitRatio: args.cpuOvercommitRatio } : {}),
     ...(args.unplugTimeouts ? { unplugTimeouts: args.unplugTimeouts } : {}),
     testMonitor: args.testMonitor,
+    ...(args.imageDir ? { imageDir: args.imageDir } : {}),
+    blockDevices: args.blockDevices,
     log,
   });
   const host = args.listen.slice(0, args.listen.lastIndexOf(':'));
@@ -119,6 +134,9 @@ async function main(): Promise<void> {
   const ratio = args.cpuOvercommitRatio ?? DEFAULT_CPU_OVERCOMMIT_RATIO;
   const cpus = os.availableParallelism();
   log(`vCPU overcommit ratio ${ratio}: the running instances may have ${vcpuLimit(cpus, ratio)} vCPUs together (${cpus} CPUs)`);
+  const hp = node.registry.options.hostPaths;
+  if (hp)
+    log(`host paths: disk files beneath ${hp.storageDir}, kernels and initrds beneath ${hp.imageDir}, block devices: ${hp.blockDevices.length ? hp.blockDevices.join(' ') : 'none'}`);
   let stopping = false;
   const stop = (signal: string): void => {
     if (stopping) return;

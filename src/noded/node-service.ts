@@ -36,7 +36,7 @@ import type { MigrationStartRequest__Output } from '../generated/gnt/node/v1/Mig
 import type { InstanceRegistry, Logger } from './instance-registry';
 import { MigrationService } from './migration-service';
 import { verifyHandler } from './verify-service';
-import { int64, planStart, runtimeToProto, type StartPlan } from './spec';
+import { assertPlanHostPaths, int64, planStart, runtimeToProto, type StartPlan } from './spec';
 import { failedPrecondition, invalidArgument, notFound, statusName, toStatus } from './status';
 import type { Storage } from './storage';
 import type { VcpuPolicy } from './vcpu-policy';
@@ -178,6 +178,7 @@ export class NodeService {
     if (!spec) throw invalidArgument('InstanceStart needs a spec');
     const name = spec.name;
     const plan = planStart(spec, this.storage);
+    assertPlanHostPaths(plan, this.storage.hostPaths);
     const devices = { nics: plan.nics, disks: plan.disks, hvparams: plan.hvparams };
     const known = this.registry.find(name);
     // A running instance's vCPUs count already; its start is refused in its queue ("already running").

@@ -7,10 +7,12 @@
  */
 import * as grpc from '@grpc/grpc-js';
 import * as fs from 'node:fs';
+import * as path from 'node:path';
 import { loadNodeProto } from '../common/proto';
 import { LiveTls, type Identity, type TlsMaterial } from '../common/pki';
 import { certFacts, describeRole, nodeRole, sameRole } from '../common/cert-roles';
 import { CHANNEL_LIMITS, guardService } from '../common/rpc-guard';
+import { HostPathPolicy } from '../hypervisor/host-paths';
 import { renewCertificateHandler } from './cert-service';
 import { DEFAULT_CPU_OVERCOMMIT_RATIO } from '../hypervisor/resize';
 import type { UnplugTimeouts } from '../hypervisor/unplug-timeouts';
@@ -25,6 +27,10 @@ export interface NodeServerOptions {
   listen: string;
   dataDir: string;
   storageDir: string;
+  /** Kernels and initrds only beneath it (--image-dir; default <dataDir>/images). */
+  imageDir?: string;
+  /** Block devices a disk may be: exact paths or globs (--block-device; default none). */
+  blockDevices?: string[];
   tls: TlsMaterial;
   qemuBinary?: string;
   /** Address incoming migrations listen on; default: the host of `listen`. */
@@ -76,15 +82,20 @@ function guardedNodeService(opts: NodeServerOptions, handlers: object) {
   });
 }
 
+/** Where kernels and initrds must be when --image-dir is not given. */
+export const defaultImageDir = (dataDir: string): string => path.join(dataDir, 'images');
+
 export async function startNodeServer(opts: NodeServerOptions): Promise<NodeServer> {
   for (const dir of [opts.dataDir, opts.storageDir]) fs.mkdirSync(dir, { recursive: true, mode: 0o700 });
-  const storage = new Storage(opts.name, opts.storageDir);
+  const hostPaths = new HostPathPolicy({ storageDir: opts.storageDir, imageDir: opts.imageDir ?? defaultImageDir(opts.dataDir), blockDevices: opts.blockDevices ?? [] });
+  const storage = new Storage(opts.name, opts.storageDir, hostPaths);
   storage.init();
   const registry = new InstanceRegistry(
     opts.name,
     opts.dataDir,
     {
       qemuBinary: opts.qemuBinary,
+      hostPaths,
       ...(opts.unplugTimeoutMs ? { unplugTimeoutMs: opts.unplugTimeoutMs } : {}),
       ...(opts.testMonitor ? { testMonitor: true } : {}),
       ...(opts.unplugTimeouts ? { unplugTimeouts: opts.unplugTimeouts } : {}),

@@ -11,6 +11,7 @@ import type { DiskRecord, HvParams, NicRecord, RuntimeData } from '../hypervisor
 import { deviceId } from '../hypervisor/device-id';
 import { currentMemoryMiB, currentVcpus, type ResourceState } from '../hypervisor/resize';
 import type { Resources } from '../generated/gnt/node/v1/Resources';
+import type { HostPathPolicy } from '../hypervisor/host-paths';
 import { assertInstanceName } from '../hypervisor/instance-paths';
 import type { Disk } from '../generated/gnt/node/v1/Disk';
 import type { GuestView } from '../generated/gnt/node/v1/GuestView';
@@ -76,6 +77,22 @@ export function planStart(spec: InstanceSpec__Output, storage: Storage): StartPl
     return n.link ? { uuid: n.uuid, mac: n.mac, link: n.link } : { uuid: n.uuid, mac: n.mac };
   });
   return { machine, nics, disks, hvparams, newDisks };
+}
+
+/**
+ * Checks every host path of a plan with the node's HostPathPolicy, by
+ * resolution (opens and closes each): the kernel and initrd beneath the
+ * image directory, every given disk beneath the storage directory or an
+ * allow-listed block device, every disk to create at a place beneath the
+ * storage directory. Run before anything is created.
+ */
+export function assertPlanHostPaths(plan: StartPlan, hostPaths: HostPathPolicy): void {
+  hostPaths.checkBootFile(plan.machine.kernel, 'kernel');
+  if (plan.machine.initrd) hostPaths.checkBootFile(plan.machine.initrd, 'initrd');
+  for (const d of plan.disks) {
+    if (d.created) hostPaths.assertNewDiskPath(d.path);
+    else hostPaths.checkDisk(d.path);
+  }
 }
 
 /** The device id, or "" when the record has none (no slot or uuid, e.g. from an old runtime file). */

@@ -2,9 +2,13 @@
  * The node's storage directory: disk files the node creates itself live in
  * `<storage dir>/<instance>/<disk uuid>.img` (directories 0700, files 0600,
  * sparse). Disks at other paths belong to someone else and are never deleted.
+ * Files are created through the node's HostPathPolicy (openat2 beneath the
+ * storage directory, O_EXCL), so a symlink planted in the directory cannot
+ * make the node create or truncate a file elsewhere.
  */
 import * as fs from 'node:fs';
 import * as path from 'node:path';
+import { HostPathPolicy } from '../hypervisor/host-paths';
 import { assertInstanceName } from '../hypervisor/instance-paths';
 import { invalidArgument, resourceExhausted } from './status';
 
@@ -24,10 +28,16 @@ export interface NewDisk {
 }
 
 export class Storage {
+  /** The node's rules for host files; by default: disk files beneath `dir`, nothing else. */
+  readonly hostPaths: HostPathPolicy;
+
   constructor(
     readonly nodeName: string,
     readonly dir: string,
-  ) {}
+    hostPaths?: HostPathPolicy,
+  ) {
+    this.hostPaths = hostPaths ?? new HostPathPolicy({ storageDir: dir });
+  }
 
   /** Creates the storage directory if it is missing. */
   init(): void {
@@ -78,7 +88,7 @@ export class Storage {
     const created: string[] = [];
     try {
       for (const d of missing) {
-        const fd = fs.openSync(d.path, fs.constants.O_RDWR | fs.constants.O_CREAT | fs.constants.O_EXCL, 0o600);
+        const fd = this.hostPaths.createDiskFile(d.path);
         created.push(d.path);
         try {
           fs.ftruncateSync(fd, d.sizeBytes);
@@ -93,8 +103,9 @@ export class Storage {
     return created;
   }
 
+  /** Deletes files this node created, beneath the storage directory by resolution (host-paths.ts removeDiskFile). */
   removeFiles(files: string[]): void {
-    for (const f of files) fs.rmSync(f, { force: true });
+    for (const f of files) this.hostPaths.removeDiskFile(f);
   }
 
   /** Deletes `<storage dir>/<instance>` with every disk file in it. */

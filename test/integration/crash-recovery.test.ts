@@ -22,7 +22,9 @@ function crashAfter(g: BootedGuest, command: string, operation: string): void {
         return r;
       },
     });
-    const inst = KvmInstance.open(${JSON.stringify(g.dataDir)}, ${JSON.stringify(g.instance.name)}, { wrapMonitor: wrap });
+    const { HostPathPolicy } = require(${JSON.stringify(path.join(REPO, 'dist/src/hypervisor/host-paths.js'))});
+    const hostPaths = new HostPathPolicy(${JSON.stringify({ storageDir: g.hostPaths.storageDir, imageDir: g.hostPaths.imageDir })});
+    const inst = KvmInstance.open(${JSON.stringify(g.dataDir)}, ${JSON.stringify(g.instance.name)}, { wrapMonitor: wrap, hostPaths });
     (async () => { ${operation} })().catch((e) => { console.error(e); process.exit(3); });`;
   g.instance.disconnect(); // the QMP socket serves one client at a time
   const r = spawnSync(process.execPath, ['-e', script], { encoding: 'utf8', timeout: 60_000 });
@@ -42,7 +44,7 @@ describe('kill -9 in the middle of a hotplug, then reconcile', function () {
   it('a NIC whose device_add went through but was never recorded as done is kept', async () => {
     const uuid = newUuid();
     crashAfter(g, 'device_add', `await inst.hotAddNic({ uuid: '${uuid}', mac: '52:54:00:99:00:01' });`);
-    const after = KvmInstance.open(g.dataDir, g.instance.name);
+    const after = KvmInstance.open(g.dataDir, g.instance.name, { hostPaths: g.hostPaths });
     assert.equal(after.runtime.nics[0].state, 'attaching', 'the intent is on disk');
     const tap = after.runtime.nics[0].tap;
     assert.ok(tap && fs.existsSync(`/sys/class/net/${tap}`), `the intent names the tap QEMU holds (${tap})`);
@@ -57,7 +59,7 @@ describe('kill -9 in the middle of a hotplug, then reconcile', function () {
   it('a removal cut off after device_del is carried to its end', async () => {
     const uuid = g.instance.runtime.nics[0].uuid;
     crashAfter(g, 'device_del', `await inst.hotRemoveNic('${uuid}');`);
-    const after = KvmInstance.open(g.dataDir, g.instance.name);
+    const after = KvmInstance.open(g.dataDir, g.instance.name, { hostPaths: g.hostPaths });
     assert.equal(after.runtime.nics[0].state, 'detaching');
     const report = await after.reconcile();
     assert.deepEqual(report.rolledBack, []);
@@ -73,7 +75,7 @@ describe('kill -9 in the middle of a hotplug, then reconcile', function () {
     const file = path.join(g.dataDir, 'crash.img');
     require('node:fs').writeFileSync(file, Buffer.alloc(1024 * 1024));
     crashAfter(g, 'blockdev-add', `await inst.hotAddDisk({ uuid: '${newUuid()}', path: '${file}' });`);
-    const after = KvmInstance.open(g.dataDir, g.instance.name);
+    const after = KvmInstance.open(g.dataDir, g.instance.name, { hostPaths: g.hostPaths });
     assert.equal(after.runtime.block_devices[0].state, 'attaching');
     const report = await after.reconcile();
     assert.equal(report.rolledBack.length, 1);

@@ -22,7 +22,8 @@ describe('disk hotplug against the real guest', function () {
 
   before(async () => {
     storage = tempDir('storage');
-    g = await bootGuest();
+    // Disks beneath the test's storage dir; loop devices allowed explicitly (the block-device case).
+    g = await bootGuest({ storageDir: storage, blockDevices: ['/dev/loop*'] });
   });
   after(async () => {
     await g?.destroy();
@@ -108,12 +109,13 @@ describe('disk hotplug against the real guest', function () {
 
     it('a disk path that does not exist', async () => {
       await assert.rejects(g.instance.hotAddDisk({ uuid: newUuid(), path: `${storage}/missing.img` }), (e: unknown) =>
-        e instanceof InvalidArgumentError && e.message === `disk path ${storage}/missing.img does not exist`,
+        e instanceof InvalidArgumentError && e.message === `disk "${storage}/missing.img" does not exist`,
       );
     });
 
     it('a path that is a directory', async () => {
-      await assert.rejects(g.instance.hotAddDisk({ uuid: newUuid(), path: storage }), /neither a regular file nor a block device/);
+      fs.mkdirSync(`${storage}/adir`, { recursive: true });
+      await assert.rejects(g.instance.hotAddDisk({ uuid: newUuid(), path: `${storage}/adir` }), /is a directory, neither a regular file nor a block device/);
     });
 
     it('a uuid that is already in use', async () => {

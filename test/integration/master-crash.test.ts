@@ -17,7 +17,7 @@ import { openDb } from '../../src/master/config/db';
 import { ConfigStore } from '../../src/master/config/config-store';
 import { JobStore } from '../../src/master/jobs/job-store';
 import { NodeRpc } from '../../src/master/node-rpc';
-import { guestFiles, tempDir } from '../support/guest';
+import { GUEST_DIR, guestFiles, tempDir } from '../support/guest';
 import { CLI_MAIN, expectOk, NODED_MAIN, runCli, startDaemon, stopDaemon, type CliRun, type Daemon } from '../support/cli-cluster';
 import { freePort } from '../support/noded';
 
@@ -133,7 +133,7 @@ describe('gnt-masterd killed between the node hotplug and the config commit', fu
     spawnSync('ip', ['link', 'add', bridge, 'type', 'bridge']);
     spawnSync('ip', ['link', 'set', bridge, 'up']);
     noded = await startDaemon(
-      [NODED, '--name', 'node1', '--listen', nodeAddress, '--data-dir', data, '--storage-dir', storage,
+      [NODED, '--name', 'node1', '--listen', nodeAddress, '--data-dir', data, '--storage-dir', storage, '--image-dir', GUEST_DIR,
         '--ca', path.join(certs, 'ca.pem'), '--cert', path.join(certs, 'node.pem'), '--key', path.join(certs, 'node.key')],
       /gnt-noded node1 listening on/,
       path.join(work, 'noded.log'),

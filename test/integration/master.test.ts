@@ -13,7 +13,7 @@ import * as grpc from '@grpc/grpc-js';
 import { CLI_ROLE } from '../../src/common/cert-roles';
 import { createCa, issueCertificate } from '../../src/common/pki';
 import { loadMasterProto } from '../../src/master/server';
-import { guestFiles, tempDir } from '../support/guest';
+import { GUEST_DIR, guestFiles, tempDir } from '../support/guest';
 import { CLI_MAIN, expectOk, NODED_MAIN, runCli, startDaemon, stopDaemon, type CliRun, type Daemon } from '../support/cli-cluster';
 import { freePort } from '../support/noded';
 
@@ -198,7 +198,7 @@ describe('gnt-masterd and the gnt-* CLI (processes, mTLS, SQLite)', function () 
       spawnSync('ip', ['link', 'add', bridge, 'type', 'bridge']);
       spawnSync('ip', ['link', 'set', bridge, 'up']);
       noded = await startDaemon(
-        [NODED, '--name', 'node1', '--listen', `127.0.0.1:${nodePort}`, '--data-dir', data, '--storage-dir', storage,
+        [NODED, '--name', 'node1', '--listen', `127.0.0.1:${nodePort}`, '--data-dir', data, '--storage-dir', storage, '--image-dir', GUEST_DIR,
           '--ca', path.join(certs, 'ca.pem'), '--cert', path.join(certs, 'node.pem'), '--key', path.join(certs, 'node.key')],
         /gnt-noded node1 listening on/,
         path.join(work, 'noded.log'),

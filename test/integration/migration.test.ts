@@ -62,6 +62,7 @@ describe('live migration between two nodes of this machine (hypervisor layer, re
     storage = tempDir('shared-storage');
     dataB = tempDir('nodeB');
     g = await bootGuest({
+      storageDir: storage,
       nics: [{ uuid: newUuid(), mac: '52:54:00:6d:00:01', link: BRIDGE }],
       disks: [{ uuid: newUuid(), path: makeDiskFile(storage, 'boot.img', 16 * MiB) }],
     });
@@ -92,7 +93,7 @@ describe('live migration between two nodes of this machine (hypervisor layer, re
     carried.nics[1].link = 'gntnobridge';
     const before = taps();
     await assert.rejects(
-      KvmInstance.receive(dataB, carried, { incoming: true, peer: 'A', listenHost: HOST }),
+      KvmInstance.receive(dataB, carried, { incoming: true, peer: 'A', listenHost: HOST }, { hostPaths: g.hostPaths }),
       /bridge "gntnobridge" does not exist/,
     );
     assert.deepEqual(fs.readdirSync(dataB), [], 'no instance directory on the target');
@@ -102,7 +103,7 @@ describe('live migration between two nodes of this machine (hypervisor layer, re
   it('a target whose start fails after QEMU is up (a wildcard listen address) removes QEMU, taps and files', async () => {
     const before = taps();
     await assert.rejects(
-      KvmInstance.receive(dataB, source.runtime, { incoming: true, peer: 'A', listenHost: '0.0.0.0' }),
+      KvmInstance.receive(dataB, source.runtime, { incoming: true, peer: 'A', listenHost: '0.0.0.0' }, { hostPaths: g.hostPaths }),
       /must be one concrete address of this node, not a wildcard/,
     );
     assert.deepEqual(fs.readdirSync(dataB), []);
@@ -112,7 +113,7 @@ describe('live migration between two nodes of this machine (hypervisor layer, re
 
   it('migrates to node B: the guest keeps running and sees the same devices at the same slots', async () => {
     lastTickOnA = g.console.lastTick;
-    const { instance: target, uri } = await KvmInstance.receive(dataB, source.runtime, { incoming: true, peer: 'A', listenHost: HOST });
+    const { instance: target, uri } = await KvmInstance.receive(dataB, source.runtime, { incoming: true, peer: 'A', listenHost: HOST }, { hostPaths: g.hostPaths });
     onB = target;
     assert.match(uri ?? '', /^tcp:127\.0\.0\.1:\d+$/);
     assert.equal((await target.migrationStatus()).runState, 'inmigrate');
@@ -136,7 +137,7 @@ describe('live migration between two nodes of this machine (hypervisor layer, re
   it('refuses hotplug while a migration runs, and an aborted migration leaves the guest running on the source', async () => {
     const target = onB!;
     const dataA = path.dirname(source.paths.dir);
-    const { instance: back, uri } = await KvmInstance.receive(dataA, target.runtime, { incoming: true, peer: 'B', listenHost: HOST });
+    const { instance: back, uri } = await KvmInstance.receive(dataA, target.runtime, { incoming: true, peer: 'B', listenHost: HOST }, { hostPaths: g.hostPaths });
     await target.migrateTo(uri!, 'A', { maxBandwidthMiB: 2 });
     await untilState(target, 'active');
     await assert.rejects(target.hotAddNic({ uuid: newUuid(), mac: '52:54:00:6d:00:09' }), /migration to node A in progress/);
@@ -167,7 +168,7 @@ describe('live migration between two nodes of this machine (hypervisor layer, re
     const tick = cons.lastTick;
 
     const dataA = path.dirname(source.paths.dir);
-    const { instance: back, uri } = await KvmInstance.receive(dataA, target.runtime, { incoming: true, peer: 'B', listenHost: HOST });
+    const { instance: back, uri } = await KvmInstance.receive(dataA, target.runtime, { incoming: true, peer: 'B', listenHost: HOST }, { hostPaths: g.hostPaths });
     await target.migrateTo(uri!, 'A');
     assert.equal(await untilFinished(target), 'completed');
     await back.finishIncoming();

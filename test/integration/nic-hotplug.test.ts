@@ -105,7 +105,7 @@ describe('NIC hotplug against the real guest', function () {
       },
     });
     const { KvmInstance } = await import('../../src/hypervisor/kvm-instance');
-    const faulty = KvmInstance.open(g.dataDir, g.instance.name, { wrapMonitor: wrap });
+    const faulty = KvmInstance.open(g.dataDir, g.instance.name, { wrapMonitor: wrap, hostPaths: g.hostPaths });
     const before = runtimeText();
     const tapsBefore = netInterfaces();
     const fdsBefore = openFds();

@@ -57,7 +57,7 @@ describe('live vCPU and memory resize through the instance (ACPI DIMMs)', functi
   it('a stop and start brings the guest back with the resized vCPUs and memory', async () => {
     await g.instance.stop();
     fs.writeFileSync(g.instance.paths.consoleLog, '');
-    const again = KvmInstance.open(g.dataDir, g.instance.name);
+    const again = KvmInstance.open(g.dataDir, g.instance.name, { hostPaths: g.hostPaths });
     await again.start();
     g.instance = again;
     const con = new GuestConsole(again.paths.consoleLog);

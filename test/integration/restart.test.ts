@@ -17,6 +17,7 @@ import {
   BOOT_TIMEOUT_MS,
   SEEN_TIMEOUT_MS,
   type BootedGuest,
+  testHostPaths,
 } from '../support/guest';
 
 const MiB = 1024 * 1024;
@@ -29,6 +30,7 @@ describe('stop and start from the runtime file', function () {
     storage = tempDir('storage');
     // One NIC and one disk from creation; more are hot-added below.
     g = await bootGuest({
+      storageDir: storage,
       nics: [{ uuid: newUuid(), mac: '52:54:00:55:00:01' }],
       disks: [{ uuid: newUuid(), path: makeDiskFile(storage, 'boot-data.img', 8 * MiB) }],
     });
@@ -56,7 +58,7 @@ describe('stop and start from the runtime file', function () {
     assert.deepEqual(netInterfaces(), ['lo'], 'taps went away with QEMU');
 
     // A fresh object, as a restarted node daemon would have.
-    const reopened = KvmInstance.open(g.dataDir, g.instance.name);
+    const reopened = KvmInstance.open(g.dataDir, g.instance.name, { hostPaths: g.hostPaths });
     fs.writeFileSync(reopened.paths.consoleLog, '');
     await reopened.start();
     const console = new GuestConsole(reopened.paths.consoleLog);
@@ -83,7 +85,7 @@ describe('stop and start from the runtime file', function () {
     fs.mkdirSync(paths.dir, { mode: 0o700 });
     // Ganeti's old format: [kvm_cmd, nics, hvparams]; NICs with neither pci nor uuid.
     fs.writeFileSync(paths.runtimeFile, JSON.stringify([kvmCmd, [{ mac: '52:54:00:66:00:01', nicparams: { mode: 'bridged', link: '' } }], {}]));
-    const inst = KvmInstance.open(dataDir, 'legacy1');
+    const inst = KvmInstance.open(dataDir, 'legacy1', { hostPaths: testHostPaths(dataDir) });
     assert.deepEqual(inst.runtime.block_devices, []);
     try {
       await inst.start();

@@ -28,7 +28,7 @@ describe('hotplug with QEMU running as an unprivileged user in a chroot', functi
   before(async () => {
     storage = tempDir('storage');
     chroot = tempDir('chroot');
-    g = await bootGuest({ hvparams: { security_model: 'user', security_domain: QEMU_USER, chroot } });
+    g = await bootGuest({ storageDir: storage, hvparams: { security_model: 'user', security_domain: QEMU_USER, chroot } });
   });
   after(async () => {
     await g?.destroy();

@@ -7,7 +7,7 @@ import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { freePort } from './noded';
-import { REPO, tempDir } from './guest';
+import { GUEST_DIR, REPO, tempDir } from './guest';
 
 const CLI = path.join(REPO, 'dist/src/master/cli/main.js');
 const NODED = path.join(REPO, 'dist/src/noded/main.js');
@@ -217,7 +217,7 @@ export class TestCluster {
     fs.mkdirSync(dataDir, { recursive: true });
     fs.mkdirSync(storageDir, { recursive: true });
     const address = `127.0.0.1:${port}`;
-    const args = [NODED, '--name', name, '--listen', address, '--data-dir', dataDir, '--storage-dir', storageDir,
+    const args = [NODED, '--name', name, '--listen', address, '--data-dir', dataDir, '--storage-dir', storageDir, '--image-dir', GUEST_DIR,
       '--ca', path.join(certsDir, 'ca.pem'), '--cert', path.join(certsDir, 'node.pem'), '--key', path.join(certsDir, 'node.key'),
       ...(opts.extraArgs ?? [])];
     const logFile = path.join(this.work, `${name}.log`);

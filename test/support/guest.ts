@@ -6,6 +6,7 @@ import * as os from 'node:os';
 import * as path from 'node:path';
 import { GuestConsole } from '../../src/hypervisor/guest-console';
 import { KvmInstance, type DiskRequest, type KvmInstanceOptions, type NicRequest } from '../../src/hypervisor/kvm-instance';
+import { HostPathPolicy } from '../../src/hypervisor/host-paths';
 import type { HvParams } from '../../src/hypervisor/runtime-file';
 
 export const REPO = path.resolve(__dirname, '../../..');
@@ -34,12 +35,18 @@ export interface BootOptions {
   /** Extra kernel arguments, e.g. gnt.memonline=online_movable. */
   kernelArgs?: string;
   instanceOptions?: KvmInstanceOptions;
+  /** The directory the test keeps its disk files in (the policy's storage directory; default: the data dir). */
+  storageDir?: string;
+  /** Block devices the test may hot-add (the policy's allow-list). */
+  blockDevices?: string[];
 }
 
 export interface BootedGuest {
   dataDir: string;
   instance: KvmInstance;
   console: GuestConsole;
+  /** The host path rules the instance was made with (give them to KvmInstance.open of the same instance). */
+  hostPaths: HostPathPolicy;
   /** Stops QEMU and removes the data directory. */
   destroy(): Promise<void>;
 }
@@ -50,6 +57,7 @@ export async function bootGuest(options: BootOptions = {}): Promise<BootedGuest>
   fs.chmodSync(dataDir, 0o755);
   const { kernel, initrd } = guestFiles();
   const name = options.name ?? `guest-${randomUUID().slice(0, 8)}`;
+  const hostPaths = testHostPaths(options.storageDir ?? dataDir, options.blockDevices);
   const instance = KvmInstance.create(
     dataDir,
     {
@@ -63,7 +71,7 @@ export async function bootGuest(options: BootOptions = {}): Promise<BootedGuest>
       kernelArgs: `console=ttyS0 quiet loglevel=1 panic=-1 ${options.kernelArgs ?? ''}`.trim(),
     },
     { nics: options.nics, disks: options.disks, hvparams: options.hvparams },
-    { unplugTimeoutMs: 20_000, ...options.instanceOptions },
+    { unplugTimeoutMs: 20_000, hostPaths, ...options.instanceOptions },
   );
   await instance.start();
   const console = new GuestConsole(instance.paths.consoleLog);
@@ -72,11 +80,17 @@ export async function bootGuest(options: BootOptions = {}): Promise<BootedGuest>
     dataDir,
     instance,
     console,
+    hostPaths,
     async destroy() {
       await instance.stop().catch(() => undefined);
       fs.rmSync(dataDir, { recursive: true, force: true });
     },
   };
+}
+
+/** The rules a hypervisor-level test runs under: disks beneath its own temp dir, the cached guest kernel's directory as image dir. */
+export function testHostPaths(storageDir: string, blockDevices: string[] = []): HostPathPolicy {
+  return new HostPathPolicy({ storageDir, imageDir: GUEST_DIR, blockDevices });
 }
 
 /** A regular file of `bytes` bytes, sparse. */

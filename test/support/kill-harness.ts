@@ -16,7 +16,7 @@
 import { spawn, spawnSync } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { REPO, tempDir } from './guest';
+import { GUEST_DIR, REPO, tempDir } from './guest';
 import { startDaemon, stopDaemon, type CliRun, type Daemon } from './cli-cluster';
 import { freePort } from './noded';
 
@@ -176,7 +176,7 @@ export class KillCluster {
     fs.mkdirSync(dataDir, { recursive: true });
     fs.mkdirSync(storageDir, { recursive: true });
     const address = `127.0.0.1:${port}`;
-    const args = [this.build.noded, '--name', name, '--listen', address, '--data-dir', dataDir, '--storage-dir', storageDir,
+    const args = [this.build.noded, '--name', name, '--listen', address, '--data-dir', dataDir, '--storage-dir', storageDir, '--image-dir', GUEST_DIR,
       '--ca', path.join(certs, 'ca.pem'), '--cert', path.join(certs, 'node.pem'), '--key', path.join(certs, 'node.key'), ...extraArgs];
     const logFile = path.join(this.work, `${name}.log`);
     const daemon = await startDaemon(args, new RegExp(`gnt-noded ${name} listening on`), logFile);

@@ -4,7 +4,7 @@ import * as net from 'node:net';
 import * as path from 'node:path';
 import { MASTER_ROLE, nodeRole } from '../../src/common/cert-roles';
 import { createCa, issueCertificate, type Identity } from '../../src/common/pki';
-import { REPO } from './guest';
+import { GUEST_DIR, REPO } from './guest';
 
 export const NODED_MAIN = path.join(REPO, 'dist/src/noded/main.js');
 
@@ -70,7 +70,7 @@ export function spawnNoded(o: NodedOptions): Promise<Noded> {
   const listen = `127.0.0.1:${o.port}`;
   const proc = spawn(
     process.execPath,
-    [NODED_MAIN, '--name', o.name, '--listen', listen, '--data-dir', o.dataDir, '--storage-dir', o.storageDir,
+    [NODED_MAIN, '--name', o.name, '--listen', listen, '--data-dir', o.dataDir, '--storage-dir', o.storageDir, '--image-dir', GUEST_DIR,
       '--ca', o.identity.ca, '--cert', o.identity.cert, '--key', o.identity.key, ...(o.args ?? [])],
     { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, ...(o.env ?? {}) } },
   );

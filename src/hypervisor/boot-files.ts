@@ -1,0 +1,76 @@
+/**
+ * The host files a QEMU gets at boot, every one opened through the node's
+ * HostPathPolicy (host-paths.ts): the kernel and initrd (beneath the image
+ * directory) and every disk (beneath the storage directory, or an
+ * allow-listed block device). QEMU opens none of them itself: each is an fd
+ * it inherits; disks go into fdsets (-add-fd), the kernel and initrd are
+ * named as /proc/self/fd/N, which QEMU reads at machine setup, before it
+ * drops privileges or enters its chroot. The runtime file keeps the real
+ * paths; only the command line of this one start names the fds.
+ */
+import { diskBootArgs } from './disk';
+import type { BootFileRole, HostPathPolicy, OpenedHostFile } from './host-paths';
+import { withOption } from './qemu-command';
+import type { RuntimeData } from './runtime-file';
+
+/** The first fd number a spawned QEMU sees for what spawnQemu passes after stdio. */
+const FIRST_CHILD_FD = 3;
+
+const BOOT_OPTIONS: ReadonlyArray<[string, BootFileRole]> = [
+  ['-kernel', 'kernel'],
+  ['-initrd', 'initrd'],
+];
+
+/** The kernel and initrd paths the fixed command names. */
+export function bootFilePaths(cmd: readonly string[]): Array<[BootFileRole, string]> {
+  const out: Array<[BootFileRole, string]> = [];
+  for (const [option, role] of BOOT_OPTIONS) {
+    const i = cmd.indexOf(option);
+    if (i >= 0 && i + 1 < cmd.length) out.push([role, cmd[i + 1]]);
+  }
+  return out;
+}
+
+/**
+ * Checks every host path of the runtime data with the policy (opens and
+ * closes each): every settled disk, and with `boot` the kernel and initrd. Touches
+ * nothing; throws HostPathError naming the first refused path.
+ */
+export function checkHostPaths(policy: HostPathPolicy, data: RuntimeData, opts: { boot: boolean }): void {
+  if (opts.boot) for (const [role, p] of bootFilePaths(data.kvm_cmd)) policy.checkBootFile(p, role);
+  // A disk with an open intent does not come back at boot (it is dropped first): only settled ones are opened.
+  for (const disk of data.block_devices) if (!disk.state) policy.checkDisk(disk.path);
+}
+
+export interface OpenedBootFiles {
+  /** The fixed command with -kernel/-initrd naming the inherited fds. */
+  cmd: string[];
+  /** -add-fd/-blockdev/-device of every disk. */
+  diskArgs: string[];
+  /** The fds to pass, in order (the child sees them from fd 3 on). */
+  fds: number[];
+  close(): void;
+}
+
+/** Opens the kernel, initrd and every disk of `data`; on any refusal closes what it opened and throws. */
+export function openBootFiles(policy: HostPathPolicy, data: RuntimeData): OpenedBootFiles {
+  const files: OpenedHostFile[] = [];
+  const close = (): void => files.forEach((f) => f.close());
+  try {
+    let cmd = [...data.kvm_cmd];
+    for (const [role, p] of bootFilePaths(cmd)) {
+      files.push(policy.openBootFile(p, role));
+      cmd = withOption(cmd, role === 'kernel' ? '-kernel' : '-initrd', `/proc/self/fd/${FIRST_CHILD_FD + files.length - 1}`);
+    }
+    const diskArgs: string[] = [];
+    data.block_devices.forEach((disk, i) => {
+      const f = policy.openDisk(disk.path);
+      files.push(f);
+      diskArgs.push(...diskBootArgs(disk, disk.pci as number, FIRST_CHILD_FD + files.length - 1, i + 1, f.kind));
+    });
+    return { cmd, diskArgs, fds: files.map((f) => f.fd), close };
+  } catch (err) {
+    close();
+    throw err;
+  }
+}

@@ -4,7 +4,7 @@
  *   node dist/src/noded/main.js --name NAME --listen HOST:PORT --data-dir DIR
  *     --storage-dir DIR --ca FILE --cert FILE --key FILE [--qemu BINARY]
  *     [--migration-address HOST] [--cpu-overcommit-ratio R]
- *     [--unplug-timeout KIND=SECONDS,...] [--test-monitor]
+ *     [--unplug-timeout KIND=SECONDS,...] [--qemu-user NAME] [--uid-pool START-END] [--test-monitor]
  *
  * --migration-address: the address incoming live migrations listen on (one
  * concrete address of this node; default: the host of --listen).
@@ -14,6 +14,10 @@
  * --unplug-timeout: how long the guest has to release a device of each kind
  * before its removal is reported as pending (nic, disk, cpu, memory; e.g.
  * nic=10,disk=60); an instance's hvparam unplug_timeout overrides it.
+ * --qemu-user: the unprivileged user QEMU runs as by default (default gnt-qemu,
+ * which scripts/setup-host.sh creates). --uid-pool: uids for
+ * security_model=pool, one per instance; with a pool, pool is the default
+ * model (src/noded/qemu-user.ts). hvparam security_model=none runs QEMU as root.
  * --test-monitor: test hook; every QEMU gets a second QMP socket
  * (qmp-test.sock in its runtime directory) for tests to drive.
  *
@@ -24,6 +28,7 @@ import * as os from 'node:os';
 import { readIdentity } from '../common/pki';
 import { DEFAULT_CPU_OVERCOMMIT_RATIO, vcpuLimit } from '../hypervisor/resize';
 import { parseUnplugTimeouts, type UnplugTimeouts } from '../hypervisor/unplug-timeouts';
+import { parseQemuUser, parseUidPool, type UidRange } from './qemu-user';
 import { startNodeServer } from './server';
 import { parseCpuOvercommitRatio } from './vcpu-policy';
 
@@ -39,15 +44,17 @@ interface Args {
   migrationAddress?: string;
   cpuOvercommitRatio?: number;
   unplugTimeouts?: UnplugTimeouts;
+  qemuUser?: string;
+  uidPool?: UidRange;
   testMonitor: boolean;
 }
 
 const USAGE =
-  'usage: gnt-noded --name NAME --listen HOST:PORT --data-dir DIR --storage-dir DIR --ca FILE --cert FILE --key FILE [--qemu BINARY] [--migration-address HOST] [--cpu-overcommit-ratio R] [--unplug-timeout KIND=SECONDS,...] [--test-monitor]';
+  'usage: gnt-noded --name NAME --listen HOST:PORT --data-dir DIR --storage-dir DIR --ca FILE --cert FILE --key FILE [--qemu BINARY] [--migration-address HOST] [--cpu-overcommit-ratio R] [--unplug-timeout KIND=SECONDS,...] [--qemu-user NAME] [--uid-pool START-END] [--test-monitor]';
 
 function parseArgs(argv: string[]): Args {
   const flags = new Map<string, string>();
-  const known = ['--name', '--listen', '--data-dir', '--storage-dir', '--ca', '--cert', '--key', '--qemu', '--migration-address', '--cpu-overcommit-ratio', '--unplug-timeout'];
+  const known = ['--name', '--listen', '--data-dir', '--storage-dir', '--ca', '--cert', '--key', '--qemu', '--migration-address', '--cpu-overcommit-ratio', '--unplug-timeout', '--qemu-user', '--uid-pool'];
   let testMonitor = false;
   for (let i = 0; i < argv.length; i++) {
     const flag = argv[i];
@@ -78,6 +85,8 @@ function parseArgs(argv: string[]): Args {
     migrationAddress: flags.get('--migration-address'),
     cpuOvercommitRatio: ratio === undefined ? undefined : parseCpuOvercommitRatio(ratio),
     ...(flags.has('--unplug-timeout') ? { unplugTimeouts: parseUnplugTimeouts(flags.get('--unplug-timeout') as string, '--unplug-timeout') } : {}),
+    ...(flags.has('--qemu-user') ? { qemuUser: parseQemuUser(flags.get('--qemu-user') as string) } : {}),
+    ...(flags.has('--uid-pool') ? { uidPool: parseUidPool(flags.get('--uid-pool') as string) } : {}),
     testMonitor,
   };
 }
@@ -100,6 +109,8 @@ async function main(): Promise<void> {
     ...(args.migrationAddress ? { migrationHost: args.migrationAddress } : {}),
     ...(args.cpuOvercommitRatio ? { cpuOvercommitRatio: args.cpuOvercommitRatio } : {}),
     ...(args.unplugTimeouts ? { unplugTimeouts: args.unplugTimeouts } : {}),
+    ...(args.qemuUser ? { qemuUser: args.qemuUser } : {}),
+    ...(args.uidPool ? { uidPool: args.uidPool } : {}),
     testMonitor: args.testMonitor,
     log,
   });

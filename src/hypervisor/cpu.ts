@@ -30,7 +30,8 @@ export interface CpuRecord {
 }
 
 const TOPOLOGY = ['socket-id', 'die-id', 'cluster-id', 'core-id', 'thread-id'] as const;
-export const CPU_TOPOLOGY_KEYS: readonly string[] = TOPOLOGY;
+/** The properties query-hotpluggable-cpus gives an x86 vCPU: its topology ids and its NUMA node. */
+export const CPU_TOPOLOGY_KEYS: readonly string[] = ['node-id', 'socket-id', 'die-id', 'cluster-id', 'module-id', 'core-id', 'thread-id'];
 /** The QEMU types query-hotpluggable-cpus names for x86 vCPUs (e.g. qemu64-x86_64-cpu, host-x86_64-cpu). */
 export const CPU_DRIVER_RULE = /^[a-z0-9][a-z0-9.-]{0,47}-x86_64-cpu$/;
 export const MAX_TOPOLOGY_ID = 1023;
@@ -43,8 +44,8 @@ export const MAX_TOPOLOGY_ID = 1023;
 export function assertCpuRecord(cpu: CpuRecord): void {
   if (!CPU_DRIVER_RULE.test(cpu.driver)) throw new InvalidArgumentError(`vCPU ${excerpt(cpu.id)}: driver ${excerpt(cpu.driver)} is not a vCPU type (NAME-x86_64-cpu)`);
   for (const [k, v] of Object.entries(cpu.props))
-    if (!TOPOLOGY.includes(k as (typeof TOPOLOGY)[number]) || !Number.isInteger(v) || v < 0 || v > MAX_TOPOLOGY_ID)
-      throw new InvalidArgumentError(`vCPU ${excerpt(cpu.id)}: property ${excerpt(k)}=${excerpt(v)} is not a topology id (${TOPOLOGY.join(', ')}: 0 to ${MAX_TOPOLOGY_ID})`);
+    if (!CPU_TOPOLOGY_KEYS.includes(k) || !Number.isInteger(v) || v < 0 || v > MAX_TOPOLOGY_ID)
+      throw new InvalidArgumentError(`vCPU ${excerpt(cpu.id)}: property ${excerpt(k)}=${excerpt(v)} is not a topology id (${CPU_TOPOLOGY_KEYS.join(', ')}: 0 to ${MAX_TOPOLOGY_ID})`);
   if (cpu.id !== cpuId(cpu.props)) throw new InvalidArgumentError(`vCPU id ${excerpt(cpu.id)} is not the id of its topology (${cpuId(cpu.props)})`);
 }
 

@@ -179,10 +179,29 @@ describe('hardened values and unprivileged QEMU through gnt-noded', function () 
       await call(pooled, 'InstanceStop', { name: 'pool-b', timeoutMs: 5_000 });
       await call(pooled, 'InstanceStart', { spec: baseSpec('pool-b') });
       assert.equal(processView((await call(pooled, 'InstanceInfo', { name: 'pool-b' })).pid).uid, before);
-      for (const n of ['pool-a', 'pool-b', 'pool-root']) {
+    });
+
+    it('a failover target keeps the pool model and picks a uid of its own pool', async () => {
+      const other = await startNode('localhost', ['--uid-pool', '40200-40209'], undefined, { dataDir: path.join(root, 'other-data'), storageDir: path.join(root, 'other-storage') });
+      try {
+        await call(pooled, 'InstanceStop', { name: 'pool-a', timeoutMs: 5_000 });
+        const exported = await call(pooled, 'InstanceExport', { name: 'pool-a' });
+        const reply = await call(other, 'InstanceReceive', { runtimeJson: exported.runtimeJson, incoming: false, sourceNode: 'localhost' });
+        const v = processView(reply.runtime!.pid);
+        assert.ok(v.uid >= 40200 && v.uid <= 40209, `uid ${v.uid} is from the target's pool`);
+        assert.equal(v.capEff, '0000000000000000');
+        assert.equal((JSON.parse(runtimeText(other, 'pool-a')) as RuntimeData).hvparams.security_uid, v.uid);
+        await call(other, 'InstanceStop', { name: 'pool-a', timeoutMs: 5_000 });
+        await call(other, 'InstanceRemove', { name: 'pool-a' });
+      } finally {
+        other.client.close();
+        await other.noded.kill('SIGTERM');
+      }
+      for (const n of ['pool-b', 'pool-root']) {
         await call(pooled, 'InstanceStop', { name: n, timeoutMs: 5_000 });
         await call(pooled, 'InstanceRemove', { name: n });
       }
+      await call(pooled, 'InstanceRemove', { name: 'pool-a' });
     });
   });
 

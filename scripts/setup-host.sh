@@ -64,7 +64,9 @@ have_packages() {
   qemu_is_current
 }
 
-# The dedicated unprivileged user QEMU runs as (hvparams security_model=user).
+# The dedicated unprivileged user QEMU runs as by default (gnt-noded --qemu-user,
+# hvparams security_model=user). Every harness gets it: test.sh and demo.sh run
+# prepare.sh, which runs this script.
 ensure_qemu_user() {
   id -u "$QEMU_USER" >/dev/null 2>&1 && return 0
   log "creating system user $QEMU_USER"

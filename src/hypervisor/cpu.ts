@@ -6,6 +6,7 @@
  * deleteDevice waits until the vCPU has left QEMU's device list). Ids follow
  * from the topology, so an id is never in use twice at once.
  */
+import { excerpt } from '../common/excerpt';
 import { InstanceStateError, InvalidArgumentError } from './errors';
 import { deleteDevice } from './qdev';
 import type { Monitor } from './qmp-client';
@@ -29,6 +30,24 @@ export interface CpuRecord {
 }
 
 const TOPOLOGY = ['socket-id', 'die-id', 'cluster-id', 'core-id', 'thread-id'] as const;
+/** The properties query-hotpluggable-cpus gives an x86 vCPU: its topology ids and its NUMA node. */
+export const CPU_TOPOLOGY_KEYS: readonly string[] = ['node-id', 'socket-id', 'die-id', 'cluster-id', 'module-id', 'core-id', 'thread-id'];
+/** The QEMU types query-hotpluggable-cpus names for x86 vCPUs (e.g. qemu64-x86_64-cpu, host-x86_64-cpu). */
+export const CPU_DRIVER_RULE = /^[a-z0-9][a-z0-9.-]{0,47}-x86_64-cpu$/;
+export const MAX_TOPOLOGY_ID = 1023;
+
+/**
+ * A vCPU record goes into `-device DRIVER,id=ID,PROPS` (a QemuOpts string)
+ * and into device_add: only a vCPU type and integer topology ids, so nothing
+ * else can be smuggled in.
+ */
+export function assertCpuRecord(cpu: CpuRecord): void {
+  if (!CPU_DRIVER_RULE.test(cpu.driver)) throw new InvalidArgumentError(`vCPU ${excerpt(cpu.id)}: driver ${excerpt(cpu.driver)} is not a vCPU type (NAME-x86_64-cpu)`);
+  for (const [k, v] of Object.entries(cpu.props))
+    if (!CPU_TOPOLOGY_KEYS.includes(k) || !Number.isInteger(v) || v < 0 || v > MAX_TOPOLOGY_ID)
+      throw new InvalidArgumentError(`vCPU ${excerpt(cpu.id)}: property ${excerpt(k)}=${excerpt(v)} is not a topology id (${CPU_TOPOLOGY_KEYS.join(', ')}: 0 to ${MAX_TOPOLOGY_ID})`);
+  if (cpu.id !== cpuId(cpu.props)) throw new InvalidArgumentError(`vCPU id ${excerpt(cpu.id)} is not the id of its topology (${cpuId(cpu.props)})`);
+}
 
 export function cpuId(props: CpuProps): string {
   const part = (k: string, p: string): string => (props[k] === undefined ? '' : `-${p}${props[k]}`);
@@ -59,6 +78,7 @@ export function freeCpuSlots(instance: string, cpus: HotpluggableCpu[], count: n
 }
 
 export async function attachCpu(mon: Monitor, cpu: CpuRecord): Promise<void> {
+  assertCpuRecord(cpu);
   await mon.execute('device_add', { driver: cpu.driver, id: cpu.id, ...cpu.props });
 }
 
@@ -67,6 +87,7 @@ export async function detachCpu(mon: Monitor, cpu: CpuRecord, timeoutMs: number)
 }
 
 export function cpuBootArgs(cpu: CpuRecord): string[] {
+  assertCpuRecord(cpu);
   const props = Object.entries(cpu.props).map(([k, v]) => `${k}=${v}`);
   return ['-device', [cpu.driver, `id=${cpu.id}`, ...props].join(',')];
 }

@@ -24,9 +24,9 @@ import {
 } from './migration';
 import { normalizeMac } from './nic';
 import { hasResourceIntents } from './resource-intents';
-import { assertFixedCommand } from './qemu-command';
 import type { Monitor } from './qmp-client';
 import type { DiskRecord, NicRecord, RuntimeData } from './runtime-file';
+import { validateRuntime } from './runtime-validate';
 import { assertBridge } from './tap';
 
 /** This node's view of a migration of the instance (MigrationStatus). */
@@ -70,7 +70,7 @@ export interface MigrationHost {
  */
 export function checkCarried(carried: RuntimeData, hostPaths: HostPathPolicy): RuntimeData {
   const data = JSON.parse(JSON.stringify(carried)) as RuntimeData;
-  assertFixedCommand(data.kvm_cmd, data.instance);
+  validateRuntime(data);
   const all: Array<[string, NicRecord | DiskRecord]> = [
     ...data.nics.map((n): [string, NicRecord | DiskRecord] => ['NIC', n]),
     ...data.block_devices.map((d): [string, NicRecord | DiskRecord] => ['disk', d]),

@@ -8,6 +8,7 @@
  * reconciliation after a restart.
  */
 import * as fs from 'node:fs';
+import { normalizeMacWith } from '../common/mac';
 import { deviceId } from './device-id';
 import { InvalidArgumentError } from './errors';
 import { inTransaction } from './hotplug-transaction';
@@ -16,13 +17,9 @@ import type { Monitor } from './qmp-client';
 import type { NicRecord } from './runtime-file';
 import { assertBridge, connectTap, createTap } from './tap';
 
-const MAC_RULE = /^([0-9a-f]{2}:){5}[0-9a-f]{2}$/;
-
+/** The MAC rule of master and node (src/common/mac.ts): unicast, not all zeros; lower case. */
 export function normalizeMac(mac: string): string {
-  const m = mac.trim().toLowerCase();
-  if (!MAC_RULE.test(m)) throw new InvalidArgumentError(`MAC address "${mac}" is not of the form aa:bb:cc:dd:ee:ff`);
-  if (parseInt(m.slice(0, 2), 16) & 1) throw new InvalidArgumentError(`MAC address "${mac}" is a multicast address`);
-  return m;
+  return normalizeMacWith(mac, (m) => new InvalidArgumentError(m));
 }
 
 /** Checks what can be checked before anything is changed. */

@@ -6,6 +6,8 @@
  * privilege-drop options from hvparams, and every disk and NIC at its
  * recorded PCI slot, so a restart gives the guest the same PCI layout.
  */
+import { excerpt } from '../common/excerpt';
+import { hvparamProblem, MACHINE_RULE } from '../common/hvparams';
 import { InvalidArgumentError } from './errors';
 import type { QemuFeatures } from './qemu-binary';
 import type { HvParams } from './runtime-file';
@@ -53,6 +55,8 @@ export function buildFixedCommand(spec: InstanceSpec): string[] {
   if (spec.uuid) cmd.push('-uuid', spec.uuid);
   if (spec.initrd) cmd.push('-initrd', spec.initrd);
   if (spec.kernelArgs) cmd.push('-append', spec.kernelArgs);
+  // What this node makes passes the same check as a command carried from elsewhere.
+  assertFixedCommand(cmd, spec.name);
   return cmd;
 }
 
@@ -77,40 +81,68 @@ export interface NodePaths {
   testQmpSocket?: string;
 }
 
-/** Monitor, console and pid file: paths of the node that runs the instance. */
+/**
+ * A value inside a QemuOpts option string ("a=1,b=2"): QEMU reads ",," as a
+ * literal comma, so doubling every comma keeps a value from adding options.
+ * NUL and newline cannot be passed at all.
+ */
+export function qemuOptValue(value: string, what: string): string {
+  if (/[\0\n]/.test(value)) throw new InvalidArgumentError(`${what} contains a NUL or newline character and cannot be given to QEMU`);
+  return value.replace(/,/g, ',,');
+}
+
+/** Monitor, console and pid file: paths of the node that runs the instance (-pidfile is a plain string, not QemuOpts). */
 export function nodeLocalArgs(paths: NodePaths, options: { testMonitor?: boolean } = {}): string[] {
   return [
-    '-qmp', `unix:${paths.qmpSocket},server=on,wait=off`,
+    '-qmp', `unix:${qemuOptValue(paths.qmpSocket, 'the QMP socket path')},server=on,wait=off`,
     // A second monitor for tests and debugging (gnt-noded --test-monitor): QEMU's
     // QMP socket serves one client at a time, and the node daemon holds the first.
-    ...(options.testMonitor && paths.testQmpSocket ? ['-qmp', `unix:${paths.testQmpSocket},server=on,wait=off`] : []),
-    '-chardev', `file,id=console,path=${paths.consoleLog}`,
+    ...(options.testMonitor && paths.testQmpSocket ? ['-qmp', `unix:${qemuOptValue(paths.testQmpSocket, 'the test QMP socket path')},server=on,wait=off`] : []),
+    '-chardev', `file,id=console,path=${qemuOptValue(paths.consoleLog, 'the console log path')}`,
     '-serial', 'chardev:console',
     '-pidfile', paths.pidFile,
   ];
 }
 
+/** The seccomp sandbox every unprivileged QEMU runs under: no spawning, no privilege or resource games. */
+export const SANDBOX_ARG = 'on,obsolete=deny,spawn=deny,resourcecontrol=deny';
+
+function securityValue(hv: HvParams, key: string): string | undefined {
+  const v = hv[key];
+  if (v === undefined || v === '') return undefined;
+  const problem = hvparamProblem(key, v, false);
+  if (problem) throw new InvalidArgumentError(problem);
+  return String(v);
+}
+
 /**
- * hvparams security_model=user runs QEMU as `security_domain` (optionally in
- * `chroot`) with a seccomp sandbox that forbids spawning and privilege games.
+ * Privilege drop from the hvparams the node recorded (src/noded/qemu-user.ts
+ * chooses them): security_model=user runs QEMU as `security_domain`,
+ * security_model=pool as uid:gid `security_uid`, both optionally in
+ * `chroot`, under the seccomp sandbox (so with no capabilities left).
+ * security_model=none, or none recorded (runtime files from before the
+ * unprivileged default), runs QEMU as the node daemon's user, root.
  */
 export function securityArgs(hv: HvParams, qemu: QemuFeatures): string[] {
-  if ((hv.security_model ?? 'none') === 'none') return [];
-  if (hv.security_model !== 'user') throw new InvalidArgumentError(`unknown security_model "${String(hv.security_model)}"`);
-  const user = hv.security_domain;
-  if (typeof user !== 'string' || !user) throw new InvalidArgumentError('security_model=user needs security_domain (a user name)');
-  const chroot = typeof hv.chroot === 'string' && hv.chroot ? hv.chroot : undefined;
+  const model = securityValue(hv, 'security_model') ?? 'none';
+  if (model === 'none') return [];
+  const user = model === 'user' ? securityValue(hv, 'security_domain') : model === 'pool' ? securityValue(hv, 'security_uid') : undefined;
+  if (!user) throw new InvalidArgumentError(`security_model=${model} needs ${model === 'user' ? 'security_domain (a user name)' : 'security_uid (a uid of the node\'s pool)'}`);
+  // QEMU takes "uid:gid" where it takes a user name (-run-with user=, and -runas since QEMU 5.0).
+  const who = model === 'pool' ? `${user}:${user}` : user;
+  const chroot = securityValue(hv, 'chroot');
   const args: string[] = [];
-  if (qemu.runWith) args.push('-run-with', chroot ? `user=${user},chroot=${chroot}` : `user=${user}`);
-  else args.push('-runas', user, ...(chroot ? ['-chroot', chroot] : []));
-  if (qemu.sandbox) args.push('-sandbox', 'on,obsolete=deny,spawn=deny,resourcecontrol=deny');
+  if (qemu.runWith) args.push('-run-with', chroot ? `user=${who},chroot=${qemuOptValue(chroot, 'hvparam chroot')}` : `user=${who}`);
+  else args.push('-runas', who, ...(chroot ? ['-chroot', chroot] : []));
+  if (qemu.sandbox) args.push('-sandbox', SANDBOX_ARG);
   return args;
 }
 
 /** Options the fixed command may hold (what buildFixedCommand makes), with a check of each value. */
 const FIXED_OPTIONS: Record<string, ((v: string, instance: string) => boolean) | null> = {
-  '-name': (v, instance) => v === instance,
-  '-machine': (v) => /^[a-z][a-z0-9._-]{0,63}$/.test(v),
+  // -name and -machine are QemuOpts strings: their rules leave no ",".
+  '-name': (v, instance) => v === instance && /^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$/.test(v),
+  '-machine': (v) => MACHINE_RULE.test(v),
   '-accel': (v) => v === 'tcg' || v === 'kvm',
   '-m': (v) => /^\d+M(,slots=\d+,maxmem=\d+M)?$/.test(v),
   '-smp': (v) => /^\d+,maxcpus=\d+$/.test(v),
@@ -133,14 +165,15 @@ export function assertFixedCommand(cmd: readonly string[], instance: string): vo
   const seen = new Set<string>();
   for (let i = 0; i < cmd.length; i++) {
     const opt = cmd[i];
-    if (!(opt in FIXED_OPTIONS)) throw new InvalidArgumentError(`the QEMU command of ${instance} has an option this node does not accept: "${opt}"`);
+    if (!Object.prototype.hasOwnProperty.call(FIXED_OPTIONS, opt))
+      throw new InvalidArgumentError(`the QEMU command of ${instance} has an option this node does not accept: ${excerpt(opt)}`);
     if (seen.has(opt)) throw new InvalidArgumentError(`the QEMU command of ${instance} has ${opt} twice`);
     seen.add(opt);
     const check = FIXED_OPTIONS[opt];
     if (!check) continue;
     const value = cmd[++i];
     if (value === undefined || !check(value, instance))
-      throw new InvalidArgumentError(`the QEMU command of ${instance} has a bad value for ${opt}: ${JSON.stringify(value ?? null)}`);
+      throw new InvalidArgumentError(`the QEMU command of ${instance} has a bad value for ${opt}: ${excerpt(value ?? null)}`);
   }
   for (const need of ['-name', '-m', '-smp', '-kernel'])
     if (!seen.has(need)) throw new InvalidArgumentError(`the QEMU command of ${instance} lacks ${need}`);

@@ -3,6 +3,8 @@
  * every request again, since any client with a cluster certificate may call
  * it). Each failure is a UsageError with a message naming the bad value.
  */
+import { checkHvparams } from '../common/hvparams';
+import { normalizeMacWith } from '../common/mac';
 
 export class UsageError extends Error {
   override name = 'UsageError';
@@ -54,15 +56,15 @@ export function formatSize(bytes: number): string {
   return `${bytes}B`;
 }
 
-const MAC_RULE = /^[0-9a-f]{2}(:[0-9a-f]{2}){5}$/;
-
-/** A unicast MAC, written aa:bb:cc:dd:ee:ff; returned in lower case. */
+/** A unicast, non-zero MAC, written aa:bb:cc:dd:ee:ff; returned in lower case (the rule of src/common/mac.ts, as on the node). */
 export function checkMac(mac: string): string {
-  const m = mac.trim().toLowerCase();
-  if (!MAC_RULE.test(m)) throw new UsageError(`MAC address "${mac}" is malformed: write six hex pairs separated by ":", e.g. 52:54:00:12:34:56`);
-  if (parseInt(m.slice(0, 2), 16) & 1) throw new UsageError(`MAC address "${mac}" is a multicast address`);
-  if (m === '00:00:00:00:00:00') throw new UsageError(`MAC address "${mac}" is all zeros`);
-  return m;
+  return normalizeMacWith(mac, (m) => new UsageError(m));
+}
+
+/** An instance's hvparams by the schema of src/common/hvparams.ts: known keys, each value by its rule. */
+export function checkHvparamValues(hv: Readonly<Record<string, string>>): Record<string, string> {
+  checkHvparams(hv, (m) => new UsageError(m));
+  return { ...hv };
 }
 
 /** host:port with a port from 1 to 65535. IPv6 hosts in brackets. */

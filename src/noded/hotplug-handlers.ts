@@ -12,7 +12,7 @@ import type { Nic__Output } from '../generated/gnt/node/v1/Nic';
 import { crashPoint } from './fault-injection';
 import type { Logger } from './instance-registry';
 import { diskReply, nicReply } from './operations-service';
-import { int64 } from './spec';
+import { checkNicMac, int64 } from './spec';
 import { invalidArgument } from './status';
 import { assertDeviceUuid, type Storage } from './storage';
 
@@ -42,11 +42,13 @@ async function hotplugNic(inst: KvmInstance, req: HotplugDeviceRequest__Output, 
   const nic = req.nic as Nic__Output;
   const uuid = assertDeviceUuid(nic.uuid, 'the NIC');
   switch (req.action) {
-    case 'ADD':
-      return nicReply(await inst.hotAddNic(nic.link ? { uuid, mac: nic.mac, link: nic.link } : { uuid, mac: nic.mac }, opts));
+    case 'ADD': {
+      const mac = checkNicMac(nic.mac);
+      return nicReply(await inst.hotAddNic(nic.link ? { uuid, mac, link: nic.link } : { uuid, mac }, opts));
+    }
     case 'MODIFY':
       if (!nic.mac && !nic.link) throw invalidArgument(`modify of NIC ${uuid}: give a new mac or link`);
-      return nicReply(await inst.hotModifyNic(uuid, { mac: nic.mac || undefined, link: nic.link || undefined }, opts));
+      return nicReply(await inst.hotModifyNic(uuid, { mac: nic.mac ? checkNicMac(nic.mac) : undefined, link: nic.link || undefined }, opts));
     case 'REMOVE': {
       const r = await inst.hotRemoveNic(uuid, opts);
       return { ...nicReply(r.record), removalPending: r.pending };

@@ -4,8 +4,8 @@
  *   node dist/src/noded/main.js --name NAME --listen HOST:PORT --data-dir DIR
  *     --storage-dir DIR --ca FILE --cert FILE --key FILE [--qemu BINARY]
  *     [--migration-address HOST] [--cpu-overcommit-ratio R]
- *     [--unplug-timeout KIND=SECONDS,...] [--test-monitor]
- *     [--image-dir DIR] [--block-device PATH_OR_GLOB]...
+ *     [--unplug-timeout KIND=SECONDS,...] [--qemu-user NAME] [--uid-pool START-END]
+ *     [--max-in-flight N] [--test-monitor] [--image-dir DIR] [--block-device PATH_OR_GLOB]...
  *
  * --migration-address: the address incoming live migrations listen on (one
  * concrete address of this node; default: the host of --listen).
@@ -21,6 +21,10 @@
  * the device's resolved path; repeatable; default none. Disk files are
  * accepted only beneath --storage-dir (docs/operator-guide.md, "Host paths
  * the node accepts").
+ * --qemu-user: the unprivileged user QEMU runs as by default (default gnt-qemu,
+ * which scripts/setup-host.sh creates). --uid-pool: uids for
+ * security_model=pool, one per instance; with a pool, pool is the default
+ * model (src/noded/qemu-user.ts). hvparam security_model=none runs QEMU as root.
  * --test-monitor: test hook; every QEMU gets a second QMP socket
  * (qmp-test.sock in its runtime directory) for tests to drive.
  *
@@ -31,6 +35,7 @@ import * as os from 'node:os';
 import { readIdentity } from '../common/pki';
 import { DEFAULT_CPU_OVERCOMMIT_RATIO, vcpuLimit } from '../hypervisor/resize';
 import { parseUnplugTimeouts, type UnplugTimeouts } from '../hypervisor/unplug-timeouts';
+import { parseQemuUser, parseUidPool, type UidRange } from './qemu-user';
 import { startNodeServer } from './server';
 import { parseCpuOvercommitRatio } from './vcpu-policy';
 
@@ -46,6 +51,8 @@ interface Args {
   migrationAddress?: string;
   cpuOvercommitRatio?: number;
   unplugTimeouts?: UnplugTimeouts;
+  qemuUser?: string;
+  uidPool?: UidRange;
   testMonitor: boolean;
   maxInFlight?: number;
   imageDir?: string;
@@ -53,11 +60,11 @@ interface Args {
 }
 
 const USAGE =
-  'usage: gnt-noded --name NAME --listen HOST:PORT --data-dir DIR --storage-dir DIR --ca FILE --cert FILE --key FILE [--qemu BINARY] [--migration-address HOST] [--cpu-overcommit-ratio R] [--unplug-timeout KIND=SECONDS,...] [--max-in-flight N] [--test-monitor] [--image-dir DIR] [--block-device PATH_OR_GLOB]...';
+  'usage: gnt-noded --name NAME --listen HOST:PORT --data-dir DIR --storage-dir DIR --ca FILE --cert FILE --key FILE [--qemu BINARY] [--migration-address HOST] [--cpu-overcommit-ratio R] [--unplug-timeout KIND=SECONDS,...] [--qemu-user NAME] [--uid-pool START-END] [--max-in-flight N] [--test-monitor] [--image-dir DIR] [--block-device PATH_OR_GLOB]...';
 
 function parseArgs(argv: string[]): Args {
   const flags = new Map<string, string>();
-  const known = ['--name', '--listen', '--data-dir', '--storage-dir', '--ca', '--cert', '--key', '--qemu', '--migration-address', '--cpu-overcommit-ratio', '--unplug-timeout', '--max-in-flight', '--image-dir', '--block-device'];
+  const known = ['--name', '--listen', '--data-dir', '--storage-dir', '--ca', '--cert', '--key', '--qemu', '--migration-address', '--cpu-overcommit-ratio', '--unplug-timeout', '--qemu-user', '--uid-pool', '--max-in-flight', '--image-dir', '--block-device'];
   let testMonitor = false;
   const blockDevices: string[] = [];
   for (let i = 0; i < argv.length; i++) {
@@ -90,6 +97,8 @@ function parseArgs(argv: string[]): Args {
     migrationAddress: flags.get('--migration-address'),
     cpuOvercommitRatio: ratio === undefined ? undefined : parseCpuOvercommitRatio(ratio),
     ...(flags.has('--unplug-timeout') ? { unplugTimeouts: parseUnplugTimeouts(flags.get('--unplug-timeout') as string, '--unplug-timeout') } : {}),
+    ...(flags.has('--qemu-user') ? { qemuUser: parseQemuUser(flags.get('--qemu-user') as string) } : {}),
+    ...(flags.has('--uid-pool') ? { uidPool: parseUidPool(flags.get('--uid-pool') as string) } : {}),
     testMonitor,
     ...(flags.has('--max-in-flight') ? { maxInFlight: parseMaxInFlight(flags.get('--max-in-flight') as string) } : {}),
     imageDir: flags.get('--image-dir'),
@@ -124,6 +133,8 @@ async function main(): Promise<void> {
     ...(args.migrationAddress ? { migrationHost: args.migrationAddress } : {}),
     ...(args.cpuOvercommitRatio ? { cpuOvercommitRatio: args.cpuOvercommitRatio } : {}),
     ...(args.unplugTimeouts ? { unplugTimeouts: args.unplugTimeouts } : {}),
+    ...(args.qemuUser ? { qemuUser: args.qemuUser } : {}),
+    ...(args.uidPool ? { uidPool: args.uidPool } : {}),
     testMonitor: args.testMonitor,
     ...(args.imageDir ? { imageDir: args.imageDir } : {}),
     blockDevices: args.blockDevices,

@@ -21,6 +21,7 @@ import type { InstanceRegistry, Logger } from './instance-registry';
 import { int64 } from './spec';
 import { failedPrecondition, invalidArgument, resourceExhausted } from './status';
 import type { Storage } from './storage';
+import type { QemuSecurity } from './qemu-user';
 
 export interface MigrationServiceOptions {
   nodeName: string;
@@ -30,6 +31,8 @@ export interface MigrationServiceOptions {
   migrationHost: string;
   /** MemAvailable of the host in MiB. */
   freeMemoryMiB: () => number;
+  /** Who QEMU runs as here: a pool uid is this node's own choice (qemu-user.ts). */
+  security: QemuSecurity;
   log: Logger;
 }
 
@@ -55,7 +58,7 @@ export class MigrationService {
       this.checkDisks(carried);
       this.checkMemory(carried);
       const how = { incoming: req.incoming, peer: req.sourceNode || 'unknown', listenHost: this.opts.migrationHost };
-      const { instance, uri } = await KvmInstance.receive(registry.dataDir, carried, how, registry.options);
+      const { instance, uri } = await KvmInstance.receive(registry.dataDir, this.opts.security.forCarried(carried), how, registry.options);
       registry.add(instance);
       registry.resetConsole(instance.name);
       this.opts.log(`received instance ${instance.name} from node ${how.peer}${uri ? `, waiting for the migration stream on ${uri}` : ', booted (failover)'}`);

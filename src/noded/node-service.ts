@@ -40,6 +40,7 @@ import { assertPlanHostPaths, int64, planStart, runtimeToProto, type StartPlan }
 import { failedPrecondition, invalidArgument, notFound, statusName, toStatus } from './status';
 import type { Storage } from './storage';
 import type { VcpuPolicy } from './vcpu-policy';
+import type { QemuSecurity } from './qemu-user';
 
 export interface NodeServiceOptions {
   nodeName: string;
@@ -50,6 +51,8 @@ export interface NodeServiceOptions {
   migrationHost: string;
   /** The vCPU overcommit rule, for InstanceStart and InstanceResize alike (--cpu-overcommit-ratio). */
   vcpus: VcpuPolicy;
+  /** Who QEMU runs as (qemu-user.ts): settles the security hvparams of every start and receive. */
+  security: QemuSecurity;
   log: Logger;
 }
 
@@ -75,6 +78,7 @@ export class NodeService {
       registry: opts.registry,
       storage: opts.storage,
       migrationHost: opts.migrationHost,
+      security: opts.security,
       freeMemoryMiB: () => hostMemoryMiB().free,
       log: opts.log,
     });
@@ -179,11 +183,15 @@ export class NodeService {
     const name = spec.name;
     const plan = planStart(spec, this.storage);
     assertPlanHostPaths(plan, this.storage.hostPaths);
-    const devices = { nics: plan.nics, disks: plan.disks, hvparams: plan.hvparams };
     const known = this.registry.find(name);
     // A running instance's vCPUs count already; its start is refused in its queue ("already running").
-    if (known && known.pid !== undefined) return this.startKnown(known, plan.machine, devices, plan.newDisks);
-    return this.opts.vcpus.whileStarting(name, plan.machine.vcpus, () => this.startChecked(plan, devices));
+    if (known && known.pid !== undefined) return this.startKnown(known, plan.machine, { nics: plan.nics, disks: plan.disks, hvparams: plan.hvparams }, plan.newDisks);
+    const devices = { nics: plan.nics, disks: plan.disks, hvparams: this.opts.security.forStart(name, plan.hvparams) };
+    try {
+      return await this.opts.vcpus.whileStarting(name, plan.machine.vcpus, () => this.startChecked(plan, devices));
+    } finally {
+      this.opts.security.release(name);
+    }
   }
 
   /** instanceStart once the vCPU rule has admitted it. */

@@ -18,6 +18,7 @@ import { DEFAULT_CPU_OVERCOMMIT_RATIO } from '../hypervisor/resize';
 import type { UnplugTimeouts } from '../hypervisor/unplug-timeouts';
 import { InstanceRegistry, type Logger } from './instance-registry';
 import { NodeService } from './node-service';
+import { DEFAULT_QEMU_USER, QemuSecurity, type UidRange } from './qemu-user';
 import { Storage } from './storage';
 import { VcpuPolicy } from './vcpu-policy';
 
@@ -43,6 +44,10 @@ export interface NodeServerOptions {
   testMonitor?: boolean;
   /** Unplug timeouts per device kind (an instance's hvparam unplug_timeout overrides them). */
   unplugTimeouts?: UnplugTimeouts;
+  /** The unprivileged user QEMU runs as by default (--qemu-user; default gnt-qemu). */
+  qemuUser?: string;
+  /** uids for security_model=pool (--uid-pool); with a pool, pool is the default model. */
+  uidPool?: UidRange;
   log: Logger;
   /** The files `tls` was read from: NodeRenewCertificate replaces them (absent: renewals stay in memory). */
   tlsFiles?: Identity;
@@ -105,7 +110,8 @@ export async function startNodeServer(opts: NodeServerOptions): Promise<NodeServ
   const reconciled = registry.load();
   const migrationHost = opts.migrationHost ?? opts.listen.slice(0, opts.listen.lastIndexOf(':'));
   const vcpus = new VcpuPolicy({ registry, ratio: opts.cpuOvercommitRatio ?? DEFAULT_CPU_OVERCOMMIT_RATIO });
-  const service = new NodeService({ nodeName: opts.name, registry, storage, qemuBinary: opts.qemuBinary, migrationHost, vcpus, log: opts.log });
+  const security = new QemuSecurity({ user: opts.qemuUser ?? DEFAULT_QEMU_USER, ...(opts.uidPool ? { uidPool: opts.uidPool } : {}) }, registry);
+  const service = new NodeService({ nodeName: opts.name, registry, storage, qemuBinary: opts.qemuBinary, migrationHost, vcpus, security, log: opts.log });
   checkOwnCertificate(opts.name, opts.tls);
   const live = new LiveTls(opts.tls);
   const renew = renewCertificateHandler({ nodeName: opts.name, live, ...(opts.tlsFiles ? { files: opts.tlsFiles } : {}), log: opts.log });

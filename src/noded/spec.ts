@@ -4,6 +4,8 @@
  * InstanceRuntime.
  */
 import * as fs from 'node:fs';
+import { checkHvparams } from '../common/hvparams';
+import { normalizeMacWith } from '../common/mac';
 import type { DiskRequest, NicRequest } from '../hypervisor/kvm-instance';
 import type { GuestState } from '../hypervisor/guest-console';
 import type { InstanceSpec as MachineSpec } from '../hypervisor/qemu-command';
@@ -20,6 +22,11 @@ import type { InstanceSpec__Output } from '../generated/gnt/node/v1/InstanceSpec
 import type { Nic } from '../generated/gnt/node/v1/Nic';
 import { invalidArgument } from './status';
 import { assertDeviceUuid, type NewDisk, type Storage } from './storage';
+
+/** A NIC's MAC by the rule the master applies too (src/common/mac.ts), same words; lower case. */
+export function checkNicMac(mac: string): string {
+  return normalizeMacWith(mac, invalidArgument);
+}
 
 /** hvparams that select the machine rather than being kept as hvparams. */
 const MACHINE_KEYS = ['machine', 'accel'] as const;
@@ -44,6 +51,7 @@ export interface StartPlan {
 export function planStart(spec: InstanceSpec__Output, storage: Storage): StartPlan {
   assertInstanceName(spec.name);
   const hv = spec.hvparams ?? {};
+  checkHvparams(hv, (m) => invalidArgument(`instance ${spec.name}: ${m}`));
   const machine: MachineSpec = {
     name: spec.name,
     uuid: spec.uuid || undefined,
@@ -74,7 +82,8 @@ export function planStart(spec: InstanceSpec__Output, storage: Storage): StartPl
   });
   const nics = spec.nics.map((n, i): NicRequest => {
     assertDeviceUuid(n.uuid, `NIC ${i} of ${spec.name}`);
-    return n.link ? { uuid: n.uuid, mac: n.mac, link: n.link } : { uuid: n.uuid, mac: n.mac };
+    const mac = checkNicMac(n.mac);
+    return n.link ? { uuid: n.uuid, mac, link: n.link } : { uuid: n.uuid, mac };
   });
   return { machine, nics, disks, hvparams, newDisks };
 }

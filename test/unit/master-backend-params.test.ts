@@ -40,7 +40,7 @@ describe('gnt-instance modify -B (backend parameters)', () => {
 
   it('accepts hvparam memory_hotplug=acpi|virtio-mem|none only', () => {
     assert.deepEqual(parseHvparams(['memory_hotplug=virtio-mem']), { memory_hotplug: 'virtio-mem' });
-    usage(() => parseHvparams(['memory_hotplug=dimm']), /memory_hotplug must be/);
+    usage(() => parseHvparams(['memory_hotplug=dimm']), /memory_hotplug="dimm" is not valid: it must be one of acpi, virtio-mem, none/);
   });
 
   describe('in the master', () => {

@@ -38,8 +38,8 @@ describe('gnt-instance migrate / failover parsing', () => {
 
   it('accepts the migration hvparams (whole numbers only)', () => {
     assert.deepEqual(parseHvparams(['migration_bandwidth=100,migration_downtime=50']), { migration_bandwidth: '100', migration_downtime: '50' });
-    usage(() => parseHvparams(['migration_bandwidth=fast']), /migration_bandwidth must be a whole number \(MiB\/s/);
-    usage(() => parseHvparams(['migration_downtime=-1']), /migration_downtime must be a whole number \(ms/);
+    usage(() => parseHvparams(['migration_bandwidth=fast']), /migration_bandwidth="fast" is not valid: it must be a whole number from 0 to 999999999 \(MiB\/s/);
+    usage(() => parseHvparams(['migration_downtime=-1']), /migration_downtime="-1" is not valid: it must be a whole number from 0 to 999999999 \(ms/);
   });
 
   it('the master turns InstanceMigrateOp into a locked instance-migrate op with a summary', () => {

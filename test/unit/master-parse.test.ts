@@ -92,8 +92,8 @@ describe('master CLI parsing', () => {
     });
     it('hvparams', () => {
       assert.deepEqual(parseHvparams(['kvm:security_model=user,security_domain=gnt-qemu']), { security_model: 'user', security_domain: 'gnt-qemu' });
-      usage(() => parseHvparams(['security_model=user']), /security_domain/);
-      usage(() => parseHvparams(['security_model=root']), /none" or "user/);
+      assert.deepEqual(parseHvparams(['security_model=user']), { security_model: 'user' }); // the node's --qemu-user
+      usage(() => parseHvparams(['security_model=root']), /security_model="root" is not valid: it must be one of none, user, pool/);
     });
   });
 

@@ -23,7 +23,7 @@ describe('nic', () => {
           () => normalizeMac(mac),
           (err: unknown) => {
             assert.ok(err instanceof InvalidArgumentError);
-            assert.equal(err.message, `MAC address "${mac}" is a multicast address`);
+            assert.equal(err.message, `MAC address "${mac}" is a multicast address: a NIC needs a unicast one (first octet even)`);
             return true;
           },
         );
@@ -43,7 +43,7 @@ describe('nic', () => {
       it(`rejects the malformed address ${JSON.stringify(mac)}`, () => {
         assert.throws(() => normalizeMac(mac), {
           name: 'InvalidArgumentError',
-          message: `MAC address "${mac}" is not of the form aa:bb:cc:dd:ee:ff`,
+          message: `MAC address ${JSON.stringify(mac)} is malformed: write six hex pairs separated by ":", e.g. 52:54:00:12:34:56`,
         });
       });
     }

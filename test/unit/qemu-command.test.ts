@@ -153,11 +153,20 @@ describe('qemu-command', () => {
       const msg = 'security_model=user needs security_domain (a user name)';
       invalid(() => securityArgs({ security_model: 'user' }, qemu(true, true)), msg);
       invalid(() => securityArgs({ security_model: 'user', security_domain: '' }, qemu(true, true)), msg);
-      invalid(() => securityArgs({ security_model: 'user', security_domain: 1000 }, qemu(true, true)), msg);
+      invalid(
+        () => securityArgs({ security_model: 'user', security_domain: 'nobody,chroot=/nonexistent' }, qemu(true, true)),
+        'hvparam security_domain="nobody,chroot=/nonexistent" is not valid: it must be a user name (lower-case letter or "_", then up to 31 lower-case letters, digits, "_" or "-")',
+      );
+    });
+
+    it('runs a pool instance as uid:gid of its recorded security_uid', () => {
+      assert.deepEqual(securityArgs({ security_model: 'pool', security_uid: 40001 }, qemu(true, true)), ['-run-with', 'user=40001:40001', '-sandbox', 'on,obsolete=deny,spawn=deny,resourcecontrol=deny']);
+      assert.deepEqual(securityArgs({ security_model: 'pool', security_uid: '40002' }, qemu(false, false)), ['-runas', '40002:40002']);
+      invalid(() => securityArgs({ security_model: 'pool' }, qemu(true, true)), "security_model=pool needs security_uid (a uid of the node's pool)");
     });
 
     it('rejects an unknown security_model', () => {
-      invalid(() => securityArgs({ security_model: 'pool' }, qemu(true, true)), 'unknown security_model "pool"');
+      invalid(() => securityArgs({ security_model: 'root' }, qemu(true, true)), 'hvparam security_model="root" is not valid: it must be one of none, user, pool');
     });
   });
 });

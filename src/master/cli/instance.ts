@@ -224,7 +224,7 @@ export function formatInstanceInfo(d: InstanceDetails__Output): string {
     ['Kernel', i.kernel],
     ['Initrd', i.initrd],
     ['Kernel args', i.kernelArgs],
-    ['Hypervisor parameters', Object.keys(i.hvparams).length ? Object.entries(i.hvparams).map(([k, v]) => `${k}=${v}`).join(', ') : 'defaults (QEMU runs as root)'],
+    ['Hypervisor parameters', Object.keys(i.hvparams).length ? Object.entries(i.hvparams).map(([k, v]) => `${k}=${v}`).join(', ') : "defaults (QEMU runs unprivileged: the node's QEMU user or uid pool)"],
   ]);
   out += 'NICs (config | node runtime):\n';
   out += i.nics.length

@@ -7,14 +7,15 @@
  *   gnt-instance modify: --net add[:mac=MAC,link=BR] | N:mac=MAC[,link=BR] | N:link=BR | N:remove
  *                        --disk add:size=SIZE | N:remove
  *                        -B / --backend-parameters vcpus=N,memory=SIZE
- *   -H / --hvparams:     security_model, security_domain, chroot, machine, accel, memory_hotplug, unplug_timeout_{nic,disk,cpu,memory},
- *                        migration_bandwidth (MiB/s), migration_downtime (ms)
+ *   -H / --hvparams:     the keys of src/common/hvparams.ts (security_model, security_domain, chroot, machine, accel,
+ *                        memory_hotplug, unplug_timeout_{nic,disk,cpu,memory}, migration_bandwidth, migration_downtime)
  */
 import type { NicChange } from '../../generated/gnt/master/v1/NicChange';
 import type { DiskChange } from '../../generated/gnt/master/v1/DiskChange';
 import type { NicSpec } from '../../generated/gnt/master/v1/NicSpec';
 import type { DiskSpec } from '../../generated/gnt/master/v1/DiskSpec';
-import { checkCount, checkLink, checkMac, parseSize, parseSizeMiB, UsageError } from '../validate';
+import { CLIENT_HVPARAM_KEYS } from '../../common/hvparams';
+import { checkCount, checkHvparamValues, checkLink, checkMac, parseSize, parseSizeMiB, UsageError } from '../validate';
 
 /** "a=1,b=2" with only the allowed keys, each at most once. */
 export function parseKeyValues(text: string, allowed: string[], what: string): Record<string, string> {
@@ -109,35 +110,16 @@ export function parseDiskChange(text: string): DiskChange {
   throw new UsageError(`${what}: a disk change is add:size=SIZE or N:remove`);
 }
 
-/** How long the guest has to release a device, per kind, in seconds (the node's --unplug-timeout otherwise). */
-const UNPLUG_TIMEOUT_HVPARAMS = ['unplug_timeout_nic', 'unplug_timeout_disk', 'unplug_timeout_cpu', 'unplug_timeout_memory'];
-
-/** -H / --hvparams [kvm:]key=value,... */
+/** -H / --hvparams [kvm:]key=value,...: known keys only, each value by its rule (src/common/hvparams.ts). */
 export function parseHvparams(texts: string[]): Record<string, string> {
   const out: Record<string, string> = {};
   for (const t of texts) {
     const body = t.startsWith('kvm:') ? t.slice(4) : t;
-    const kv = parseKeyValues(
-      body,
-      ['security_model', 'security_domain', 'chroot', 'machine', 'accel', 'memory_hotplug', 'migration_bandwidth', 'migration_downtime', ...UNPLUG_TIMEOUT_HVPARAMS],
-      `--hvparams ${t}`,
-    );
+    const kv = parseKeyValues(body, [...CLIENT_HVPARAM_KEYS], `--hvparams ${t}`);
+    for (const k of Object.keys(kv)) if (k in out) throw new UsageError(`--hvparams: parameter "${k}" given twice`);
     Object.assign(out, kv);
   }
-  if (out.security_model && !['none', 'user'].includes(out.security_model))
-    throw new UsageError(`hvparam security_model must be "none" or "user", not "${out.security_model}"`);
-  if (out.security_model === 'user' && !out.security_domain)
-    throw new UsageError('hvparam security_model=user needs security_domain=USER');
-  if (out.memory_hotplug && !['acpi', 'virtio-mem', 'none'].includes(out.memory_hotplug))
-    throw new UsageError(`hvparam memory_hotplug must be "acpi", "virtio-mem" or "none", not "${out.memory_hotplug}"`);
-  for (const k of ['migration_bandwidth', 'migration_downtime'])
-    if (out[k] !== undefined && !/^\d{1,9}$/.test(out[k]))
-      throw new UsageError(`hvparam ${k} must be a whole number (${k === 'migration_bandwidth' ? 'MiB/s' : 'ms'}; 0: QEMU's default), not "${out[k]}"`);
-  if (out.chroot && !out.chroot.startsWith('/')) throw new UsageError(`hvparam chroot "${out.chroot}" must be an absolute path`);
-  for (const k of UNPLUG_TIMEOUT_HVPARAMS)
-    if (out[k] !== undefined && !(Number(out[k]) > 0 && Number(out[k]) <= 3600))
-      throw new UsageError(`hvparam ${k} must be a number of seconds above 0 and at most 3600, not "${out[k]}"`);
-  return out;
+  return checkHvparamValues(out);
 }
 
 /** -B / --backend-parameters vcpus=N,memory=SIZE (each may be repeated; a key at most once overall). 0 = unchanged. */

@@ -8,7 +8,7 @@ import type { InstanceAddOp__Output } from '../../generated/gnt/master/v1/Instan
 import type { InstanceModifyOp__Output } from '../../generated/gnt/master/v1/InstanceModifyOp';
 import type { NodeAddOp__Output } from '../../generated/gnt/master/v1/NodeAddOp';
 import type { InstanceMigrateOp__Output } from '../../generated/gnt/master/v1/InstanceMigrateOp';
-import { checkAddress, checkCount, checkLink, checkMac, checkName, checkNodePath, UsageError } from '../validate';
+import { checkAddress, checkCount, checkHvparamValues, checkLink, checkMac, checkName, checkNodePath, UsageError } from '../validate';
 
 export type OpType =
   | 'node-add' | 'node-remove' | 'cluster-renew-crypto' | 'instance-add' | 'instance-start' | 'instance-stop' | 'instance-remove' | 'instance-modify' | 'instance-migrate';
@@ -81,8 +81,6 @@ export interface PreparedJob {
   locks: string[];
 }
 
-const HVPARAM_KEY = /^[a-z][a-z0-9_]{0,31}$/;
-
 function int64(v: string | number | undefined, what: string): number {
   const n = Number(v ?? 0);
   if (!Number.isSafeInteger(n) || n < 0) throw new UsageError(`${what} "${v}" is not valid`);
@@ -121,11 +119,11 @@ function instanceAdd(o: InstanceAddOp__Output): PreparedJob {
   const macs = nics.map((n) => n.mac).filter(Boolean);
   const dup = macs.find((m, i) => macs.indexOf(m) !== i);
   if (dup) throw new UsageError(`MAC address ${dup} is given twice`);
-  for (const k of Object.keys(o.hvparams)) if (!HVPARAM_KEY.test(k)) throw new UsageError(`hvparam "${k}" is not a valid name`);
+  const hvparams = checkHvparamValues(o.hvparams);
   return {
     op: {
       type: 'instance-add', name: o.name, node: o.node, vcpus, maxvcpus, memoryMib, maxmemMib, kernel: o.kernel,
-      initrd: o.initrd, kernelArgs: o.kernelArgs, disks, nics, hvparams: { ...o.hvparams }, noStart: o.noStart,
+      initrd: o.initrd, kernelArgs: o.kernelArgs, disks, nics, hvparams, noStart: o.noStart,
     },
     summary: `add instance ${o.name} on node ${o.node}`,
     locks: [`instance:${o.name}`],

@@ -58,7 +58,7 @@ export interface DeviceKind<R extends DeviceRecord = DeviceRecord> {
   /** Frees the QEMU backends (netdev, named fd; block node, fdset); harmless when gone. */
   release(mon: Monitor, rec: R, slot: number): Promise<void>;
   /** Frees what the node made on the host for the device (a disk file it created); after the save that dropped it. */
-  releaseHost(rec: R): void;
+  releaseHost(rec: R, ctx: AttachContext): void;
 }
 
 export const NIC_KIND: DeviceKind<NicRecord> = {
@@ -102,8 +102,9 @@ export const DISK_KIND: DeviceKind<DiskRecord> = {
   attach: (mon, rec, slot, ctx) => attachDisk(mon, rec, slot, ctx.hostPaths),
   detach: (mon, rec, slot, timeoutMs) => detachDisk(mon, rec, slot, timeoutMs),
   release: (mon, rec, slot) => releaseDisk(mon, rec, slot),
-  releaseHost: (rec) => {
-    if (rec.created) fs.rmSync(rec.path, { force: true });
+  // A file the node created goes by resolution beneath the storage directory (host-paths.ts), never by following its path.
+  releaseHost: (rec, ctx) => {
+    if (rec.created) ctx.hostPaths.removeDiskFile(rec.path);
   },
 };
 

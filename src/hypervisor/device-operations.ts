@@ -260,7 +260,7 @@ export class DeviceOperations {
 
   releaseHost(kind: DeviceKind, rec: DeviceRecord): void {
     try {
-      kind.releaseHost(rec);
+      kind.releaseHost(rec, this.host.attachContext());
     } catch (err) {
       this.host.warn(`${kind.label} ${rec.uuid} is gone, but freeing its host side failed: ${errorMessage(err)}`);
     }

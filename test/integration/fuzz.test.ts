@@ -43,6 +43,7 @@ const NODE_LONG_POLL = new Set(['InstanceStart', 'InstanceStop', 'InstanceRemove
 /** Master methods that wait: the stream of a running job, and a verification job that answers when it has finished. */
 /** New /tmp entries that would come from our requests (decoy and target names) or from a daemon's own files. */
 const SUSPICIOUS_TMP = /fz|fuzz|pwned|decoy|\.img$|mig|sock|runtime|qemu|qmp|console|\.pid$|\.key$|\.pem$|tap|x,|=/i;
+const MKDTEMP = /^gnt-[a-z-]+-[A-Za-z0-9]{6}$/;
 const MASTER_LONG_POLL = new Set(['WatchJob', 'Verify']);
 
 describe('fuzzing hostile input: every RPC of gnt-noded and gnt-masterd, and the CLI', function () {
@@ -69,22 +70,25 @@ describe('fuzzing hostile input: every RPC of gnt-noded and gnt-masterd, and the
       healthPath: '/gnt.node.v1.NodeDaemon/NodeInfo',
       longPoll: NODE_LONG_POLL,
       alive: () => nw.alive(),
+      logTail: () => nw.noded.log(),
       revive: () => nw.spawn(),
     };
     masterTarget = {
       label: 'gnt-masterd',
-      channel: new RawChannel(mw.masterAddress, mw.cliIdentity),
+      channel: new RawChannel(mw.masterAddress, mw.cliIdentity, 'localhost'),
       healthPath: '/gnt.master.v1.Master/ListNodes',
       longPoll: MASTER_LONG_POLL,
       alive: () => mw.masterAlive() && mw.nodeAlive(),
+      logTail: () => `${mw.c.masterDaemon?.stderr() ?? ''}\n${mw.c.node('node1').daemon.stderr()}`,
       revive: () => mw.revive(),
     };
     const tmp = os.tmpdir();
     roots = [
       { dir: nw.root },
       { dir: REPO, ignore: (_p, name) => name === 'node_modules' || name === '.git' },
-      // /tmp is shared with every other process on the machine: only names a daemon could have taken from our requests count.
-      { dir: tmp, topLevelOnly: true, ignore: (p, name) => p !== nw.decoys.tmp && !SUSPICIOUS_TMP.test(name) },
+      // /tmp is shared with every other process on the machine: only names a daemon could have taken from our requests
+      // count, not the mkdtemp directories of tests (gnt-PREFIX-XXXXXX; the daemons never make any).
+      { dir: tmp, topLevelOnly: true, ignore: (p, name) => p !== nw.decoys.tmp && (MKDTEMP.test(name) || !SUSPICIOUS_TMP.test(name)) },
       { dir: '/', topLevelOnly: true },
     ];
     pathsBefore = snapshotPaths(roots);

@@ -84,6 +84,14 @@ async function checkOne(t: FuzzTarget, method: FuzzMethod, req: FuzzRequest, sta
   }
   const health = await t.channel.unary(t.healthPath, Buffer.alloc(0), 3_000);
   if (health.code !== grpc.status.OK) {
+    // A daemon that crashed while answering may not have been reaped yet: give its exit a moment to show.
+    await new Promise((r) => setTimeout(r, 300));
+    if (!t.alive()) {
+      problems.push(`${t.label} died; its stderr ends: ${JSON.stringify(t.logTail().slice(-700))}`);
+      await t.revive();
+      t.channel.reopen();
+      return problems.join('; ');
+    }
     problems.push(`the same channel no longer answers ${t.healthPath.split('/').pop()}: ${codeName(health.code)} ${health.details.slice(0, 120)}`);
     t.channel.reopen();
   }

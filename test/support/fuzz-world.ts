@@ -69,6 +69,8 @@ export function hostileStrings(d: Decoys, withNul: boolean): string[] {
     '9223372036854775808', 'NaN', 'null', 'undefined', '{}', '[]', '{"__proto__":{"polluted":1}}', '__proto__',
     'constructor', 'toString', 'a\nb', 'a\r\nX-Injected: 1', '\u202eevil', '\ud83d\ude00'.repeat(20), '%s%s%n', '\\x00',
     'UPPER-case', 'name with space', 'a'.repeat(64), 'a'.repeat(300),
+    // A surrogate pair across the places where messages get cut (excerpt() at 48, V8's JSON.parse snippet).
+    `${'a'.repeat(47)}\u{1F600}b`, `x${'\u{1F600}'.repeat(30)}`, `{"a":${'\u{1F600}'.repeat(30)}`,
   ];
   if (withNul) list.push('\0', 'a\0b', `${d.near}/decoy.img\0.img`);
   return list;

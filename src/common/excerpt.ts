@@ -13,9 +13,20 @@ export const EXCERPT_CHARS = 48;
  * content, with "…(N chars)" when it was cut; control characters escaped.
  */
 export function excerpt(value: unknown, max = EXCERPT_CHARS): string {
-  const text = typeof value === 'string' ? value : value === undefined ? 'undefined' : safeJson(value);
+  const text = wellFormed(typeof value === 'string' ? value : value === undefined ? 'undefined' : safeJson(value));
   if (text.length <= max) return JSON.stringify(text);
-  return `${JSON.stringify(text.slice(0, max))}…(${text.length} chars)`;
+  return `${JSON.stringify(cutChars(text, max))}…(${text.length} chars)`;
+}
+
+/** Lone UTF-16 surrogates (half of an emoji, cut by anyone) as U+FFFD: grpc-js cannot send them in a status and throws. */
+export function wellFormed(text: string): string {
+  return text.replace(/[\uD800-\uDBFF](?![\uDC00-\uDFFF])|(?<![\uD800-\uDBFF])[\uDC00-\uDFFF]/g, '\uFFFD');
+}
+
+/** The first `max` UTF-16 units of `text`, one less if that would split a surrogate pair. */
+function cutChars(text: string, max: number): string {
+  const code = text.charCodeAt(max - 1);
+  return text.slice(0, code >= 0xd800 && code <= 0xdbff ? max - 1 : max);
 }
 
 function safeJson(value: unknown): string {
@@ -29,10 +40,15 @@ function safeJson(value: unknown): string {
 /** Bytes of a gRPC status message at most (the rest is cut with a note). */
 export const MAX_STATUS_DETAILS = 1024;
 
-/** Cuts a status message to MAX_STATUS_DETAILS bytes of UTF-8, on a character boundary. */
+/**
+ * Cuts a status message to MAX_STATUS_DETAILS bytes of UTF-8, on a character
+ * boundary, with every lone surrogate replaced (see wellFormed): this is what
+ * every status message goes through before it is sent.
+ */
 export function boundedDetails(message: string, max = MAX_STATUS_DETAILS): string {
-  if (Buffer.byteLength(message) <= max) return message;
-  let cut = message.slice(0, max);
-  while (Buffer.byteLength(cut) > max - 24) cut = cut.slice(0, -1);
-  return `${cut}…(${Buffer.byteLength(message)} bytes)`;
+  const text = wellFormed(message);
+  if (Buffer.byteLength(text) <= max) return text;
+  let cut = cutChars(text, Math.min(text.length, max));
+  while (Buffer.byteLength(cut) > max - 24) cut = cutChars(cut, cut.length - 1);
+  return `${cut}…(${Buffer.byteLength(text)} bytes)`;
 }

@@ -19,6 +19,8 @@ export interface FuzzContext {
   protectedNames: readonly string[];
   /** Whether a string at this field path (e.g. "InstanceRemove.name") may destroy what the run needs. */
   destructive(fieldPath: string): boolean;
+  /** Fields (e.g. "SubmitJob.clusterRenewCrypto") never generated: they would replace the run's own certificates. */
+  excluded?(fieldPath: string): boolean;
   /** Valid requests per method name, the starting points of the mutated requests. */
   templates: Record<string, readonly object[]>;
 }
@@ -134,11 +136,12 @@ class Builder {
   message(type: protobuf.Type, path: string, depth = 0): fc.Arbitrary<Record<string, unknown>> {
     if (depth > 5) return fc.constant({});
     const plain: Record<string, fc.Arbitrary<unknown>> = {};
-    for (const f of type.fieldsArray) if (!f.partOf) plain[f.name] = this.field(f, `${path}.${f.name}`, depth);
+    const allowed = (f: protobuf.Field): boolean => !this.ctx.excluded?.(`${path}.${f.name}`);
+    for (const f of type.fieldsArray) if (!f.partOf && allowed(f)) plain[f.name] = this.field(f, `${path}.${f.name}`, depth);
     const oneofs = type.oneofsArray.map((o) =>
       fc.oneof(
         fc.constant({}),
-        ...o.fieldsArray.map((f) => this.field(f, `${path}.${f.name}`, depth).map((v) => ({ [f.name]: v }))),
+        ...o.fieldsArray.filter(allowed).map((f) => this.field(f, `${path}.${f.name}`, depth).map((v) => ({ [f.name]: v }))),
       ),
     );
     return fc.tuple(fc.record(plain, { requiredKeys: [] }), ...oneofs).map((parts) => Object.assign({}, ...parts));
@@ -146,7 +149,7 @@ class Builder {
 
   /** A valid request with one or two fields (anywhere in it) replaced by generated values. */
   mutated(method: FuzzMethod, templates: readonly object[]): fc.Arbitrary<Record<string, unknown>> {
-    const leaves = leafFields(method.request, []);
+    const leaves = leafFields(method.request, []).filter((l) => !this.ctx.excluded?.(`${method.name}.${l.path.join('.')}`));
     if (leaves.length === 0) return fc.constantFrom(...templates).map((t) => structuredClone(t) as Record<string, unknown>);
     const mutation = fc
       .constantFrom(...leaves)

@@ -84,6 +84,7 @@ export class OperationRunner {
     if (flying) return flying as Promise<T>;
     const run = this.host.serialize(async () => {
       const known = findOperation(this.journal, opId);
+      if (known) this.assertSameRequest(known, kind, action, uuid);
       if (known && known.state !== 'removal_pending') return this.replay<T>(known);
       const op = known ?? (opId ? beginOperation(this.journal, opId, kind, action, uuid) : undefined);
       this.current = op;
@@ -104,6 +105,20 @@ export class OperationRunner {
       void run.catch(() => undefined).then(() => this.inFlight.delete(opId));
     }
     return run;
+  }
+
+  /**
+   * An operation id names one change: a request that reuses it for another
+   * kind, action or device is refused instead of being answered with the
+   * other change's outcome. A fenced id answers its fence to anything.
+   */
+  private assertSameRequest(rec: OperationRecord, kind: OperationKind, action: OperationAction, uuid: string): void {
+    if (rec.settledBy === 'fence' || (rec.kind === kind && rec.action === action && rec.uuid === uuid)) return;
+    const what = (k: string, a: string, u: string): string => `${k} ${a}${u ? ` of ${u}` : ''}`;
+    throw new HypervisorError(
+      'INVALID_ARGUMENT',
+      `operation id ${rec.id} on ${this.host.name} was used for ${what(rec.kind, rec.action, rec.uuid)}, not for ${what(kind, action, uuid)}: give a new change a new operation id`,
+    );
   }
 
   private replay<T>(rec: OperationRecord): T {

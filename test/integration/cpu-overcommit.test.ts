@@ -17,21 +17,13 @@ import { KvmInstance } from '../../src/hypervisor/kvm-instance';
 import type { InstanceSpec } from '../../src/generated/gnt/node/v1/InstanceSpec';
 import { BOOT_TIMEOUT_MS, guestFiles, newUuid, SEEN_TIMEOUT_MS, tempDir } from '../support/guest';
 import { freePort, makePki, spawnNoded, type Noded, type TestPki } from '../support/noded';
+import { rejectsWith } from '../support/grpc-assert';
 
 const NODE = 'node1';
 /** What gnt-noded counts as the node's CPUs (as NodeInfo reports them). */
 const HOST_CPUS = os.availableParallelism();
 /** One vCPU more than the node has CPUs (3 on a 2-CPU machine). */
 const ABOVE = HOST_CPUS + 1;
-
-async function rejectsWith(p: Promise<unknown>, code: grpc.status, details: RegExp): Promise<void> {
-  await assert.rejects(p, (err: unknown) => {
-    const e = err as grpc.ServiceError;
-    assert.equal(grpc.status[e.code], grpc.status[code], `status of: ${e.details}`);
-    assert.match(e.details, details);
-    return true;
-  });
-}
 
 describe(`vCPU overcommit through gnt-noded (${HOST_CPUS} host CPUs), against the real guest`, function () {
   let root: string;

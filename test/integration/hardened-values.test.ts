@@ -18,6 +18,7 @@ import { checkMac, UsageError } from '../../src/master/validate';
 import type { InstanceSpec } from '../../src/generated/gnt/node/v1/InstanceSpec';
 import { BOOT_TIMEOUT_MS, guestFiles, newUuid, SEEN_TIMEOUT_MS, slotAddr, tempDir } from '../support/guest';
 import { freePort, makePki, spawnNoded, type Noded, type TestPki } from '../support/noded';
+import { rejectsWith } from '../support/grpc-assert';
 
 const MiB = 1024 * 1024;
 const POOL = { start: 40100, end: 40109 };
@@ -39,16 +40,6 @@ export function uidOf(user: string): number {
   const line = fs.readFileSync('/etc/passwd', 'utf8').split('\n').find((l) => l.startsWith(`${user}:`));
   if (!line) throw new Error(`user ${user} missing: run scripts/setup-host.sh`);
   return Number(line.split(':')[2]);
-}
-
-async function rejectsWith(p: Promise<unknown>, code: grpc.status, details: RegExp | string): Promise<void> {
-  await assert.rejects(p, (err: unknown) => {
-    const e = err as grpc.ServiceError;
-    assert.equal(grpc.status[e.code], grpc.status[code], `status of: ${e.details}`);
-    if (typeof details === 'string') assert.ok(e.details.includes(details), `${e.details} contains ${details}`);
-    else assert.match(e.details, details);
-    return true;
-  });
 }
 
 /** The master's words for a MAC it refuses. */

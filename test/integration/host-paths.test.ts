@@ -19,18 +19,10 @@ import type { RuntimeData } from '../../src/hypervisor/runtime-file';
 import type { InstanceSpec } from '../../src/generated/gnt/node/v1/InstanceSpec';
 import { BOOT_TIMEOUT_MS, guestFiles, newUuid, SEEN_TIMEOUT_MS, slotAddr, tempDir, testHostPaths } from '../support/guest';
 import { freePort, makePki, spawnNoded, type Noded, type TestPki } from '../support/noded';
+import { rejectsWith } from '../support/grpc-assert';
 
 const NODE = 'node1';
 const MiB = 1024 * 1024;
-
-async function rejectsWith(p: Promise<unknown>, code: grpc.status, details: RegExp): Promise<void> {
-  await assert.rejects(p, (err: unknown) => {
-    const e = err as grpc.ServiceError;
-    assert.equal(grpc.status[e.code], grpc.status[code], `status of: ${e.details}`);
-    assert.match(e.details, details);
-    return true;
-  });
-}
 
 /** The fds of a process other than sockets, pipes and anonymous inodes (which come and go with gRPC traffic). */
 function fileFds(pid: number): string[] {

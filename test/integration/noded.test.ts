@@ -17,19 +17,10 @@ import { loadRuntimeFile, saveRuntimeFile } from '../../src/hypervisor/runtime-f
 import type { InstanceSpec } from '../../src/generated/gnt/node/v1/InstanceSpec';
 import { BOOT_TIMEOUT_MS, guestFiles, newUuid, SEEN_TIMEOUT_MS, slotAddr, tempDir } from '../support/guest';
 import { freePort, makePki, spawnNoded, type Noded, type TestPki } from '../support/noded';
+import { rejectsWith } from '../support/grpc-assert';
 
 const NODE = 'node1';
 const MiB = 1024 * 1024;
-
-/** Asserts that `p` fails with gRPC status `code` and a details text matching `details`. */
-async function rejectsWith(p: Promise<unknown>, code: grpc.status, details?: RegExp): Promise<void> {
-  await assert.rejects(p, (err: unknown) => {
-    const e = err as grpc.ServiceError;
-    assert.equal(grpc.status[e.code], grpc.status[code], `status of: ${e.details}`);
-    if (details) assert.match(e.details, details);
-    return true;
-  });
-}
 
 describe('gnt-noded over gRPC with mutual TLS, against the real guest', function () {
   let root: string;

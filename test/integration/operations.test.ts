@@ -22,6 +22,7 @@ import { loadRuntimeFile } from '../../src/hypervisor/runtime-file';
 import type { OperationRecord__Output } from '../../src/generated/gnt/node/v1/OperationRecord';
 import { BOOT_TIMEOUT_MS, guestFiles, newUuid, SEEN_TIMEOUT_MS, tempDir } from '../support/guest';
 import { freePort, makePki, spawnNoded, type Noded, type TestPki } from '../support/noded';
+import { rejectsWith } from '../support/grpc-assert';
 
 const NODE = 'node1';
 const MiB = 1024 * 1024;
@@ -129,6 +130,22 @@ describe('operation ids and the operation log, against the real guest', function
     assert.deepEqual(a, b);
     assert.equal(runtime().nics.filter((n) => n.uuid === uuid2).length, 1);
     await removeNic(randomUUID(), uuid2);
+  });
+
+  it('refuses an operation id reused for another change, naming both, and changes nothing', async () => {
+    const op = randomUUID();
+    const uuid = newUuid();
+    await addNic(op, uuid, '52:54:00:0b:00:03');
+    const before = fs.readFileSync(instancePaths(dataDir, name).runtimeFile, 'utf8');
+    await rejectsWith(
+      call('HotplugDevice', { instance: name, deviceType: 'DISK', action: 'REMOVE', disk: { uuid: newUuid() }, operationId: op }),
+      grpc.status.INVALID_ARGUMENT,
+      /was used for nic add of .*, not for disk remove of .*: give a new change a new operation id/,
+    );
+    await rejectsWith(removeNic(op, uuid), grpc.status.INVALID_ARGUMENT, /not for nic remove/);
+    assert.equal(fs.readFileSync(instancePaths(dataDir, name).runtimeFile, 'utf8'), before);
+    assert.equal((await status(op)).state, 'OPERATION_SUCCEEDED');
+    await removeNic(randomUUID(), uuid);
   });
 
   it('applies once when the node is killed between applying and replying, and the replay gets the outcome', async function () {

@@ -75,6 +75,10 @@ run gnt-instance add -n node1 --vcpus 1 --maxvcpus 4 --memory 256M --maxmem 1G \
   --disk size=64M --net "link=$BRIDGE" demo1
 guest_view 'g.nics.length === 1 && g.disks.length === 1'
 
+say "QEMU runs unprivileged by default: the node's gnt-qemu user, seccomp sandbox, no capabilities"
+QEMU_PID="$(gnt-instance info demo1 --output json | node -e 'console.log(JSON.parse(require("fs").readFileSync(0, "utf8")).runtime.pid)')"
+grep -E '^(Uid|Seccomp|CapEff):' "/proc/$QEMU_PID/status" | sed "s/^/   QEMU pid $QEMU_PID /"
+
 say "hot-add a NIC"
 run gnt-instance modify --hotplug --net "add:mac=52:54:00:de:00:02,link=$BRIDGE" demo1
 guest_view 'g.nics.some((l) => l.includes("52:54:00:de:00:02"))'

@@ -16,7 +16,7 @@ import { recordNodeChange, type OperationJournal, type OperationRecord, type Set
 import { DeviceExistsError, DeviceNotFoundError, InstanceStateError, InvalidArgumentError, OutcomeUnknownError, errorMessage, isOutcomeUnknown } from './errors';
 import { allDevices, idOf, type AttachContext, type DeviceKind, type DeviceRecord, type HostPrep } from './device-kinds';
 import { DISK_KIND, NIC_KIND } from './device-kinds';
-import { diskId, diskKind } from './disk';
+import { diskId } from './disk';
 import { nicId, normalizeMac } from './nic';
 import { operationError, type OperationRunner } from './operation-runner';
 import { devicePresent } from './qdev';
@@ -112,7 +112,6 @@ export class DeviceOperations {
   }
 
   async addDisk(req: DiskRequest, prepare?: PrepareStep): Promise<DiskRecord> {
-    if (!prepare) diskKind(req.path);
     this.assertNewUuid(req.uuid);
     this.host.requireRunning();
     const mon = await this.host.monitor();

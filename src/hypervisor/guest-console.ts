@@ -15,11 +15,13 @@ export interface GuestState {
   memTotalKiB: number;
 }
 
-function emptyState(seq: number): GuestState {
+/** A state block just begun ("gnt-guest begin N"). */
+export function emptyState(seq: number): GuestState {
   return { seq, pci: [], nets: [], blks: [], cpusPresent: '', cpusOnline: '', memTotalKiB: 0 };
 }
 
-function parseLine(state: GuestState, line: string): void {
+/** Adds one line of a state block (pci, net, blk, cpu, mem) to `state`. */
+export function parseLine(state: GuestState, line: string): void {
   const f = line.trim().split(/\s+/);
   switch (f[0]) {
     case 'pci':

@@ -15,6 +15,7 @@ import { diskReply, nicReply } from './operations-service';
 import { checkNicMac, int64 } from './spec';
 import { invalidArgument } from './status';
 import { assertDeviceUuid, type Storage } from './storage';
+import { excerpt } from '../common/excerpt';
 
 export type HotplugKind = 'nic' | 'disk';
 
@@ -63,7 +64,7 @@ async function hotplugDisk(inst: KvmInstance, req: HotplugDeviceRequest__Output,
   const uuid = assertDeviceUuid(disk.uuid, 'the disk');
   switch (req.action) {
     case 'ADD': {
-      if (disk.path && !disk.path.startsWith('/')) throw invalidArgument(`disk ${uuid}: path "${disk.path}" is not absolute`);
+      if (disk.path && !disk.path.startsWith('/')) throw invalidArgument(`disk ${uuid}: path ${excerpt(disk.path)} is not absolute`);
       const path = disk.path || ctx.storage.defaultDiskPath(inst.name, uuid);
       const sizeBytes = disk.path ? 0 : int64(disk.sizeBytes, `disk ${uuid} size_bytes`);
       // Created in the instance's queue once the intent is recorded: a

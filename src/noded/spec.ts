@@ -22,6 +22,7 @@ import type { InstanceSpec__Output } from '../generated/gnt/node/v1/InstanceSpec
 import type { Nic } from '../generated/gnt/node/v1/Nic';
 import { invalidArgument } from './status';
 import { assertDeviceUuid, type NewDisk, type Storage } from './storage';
+import { excerpt } from '../common/excerpt';
 
 /** A NIC's MAC by the rule the master applies too (src/common/mac.ts), same words; lower case. */
 export function checkNicMac(mac: string): string {
@@ -66,14 +67,14 @@ export function planStart(spec: InstanceSpec__Output, storage: Storage): StartPl
     accel: hv.accel || undefined,
   };
   if (!machine.kernel) throw invalidArgument(`instance ${spec.name}: kernel is required (boot is by direct kernel only)`);
-  if (!machine.kernel.startsWith('/')) throw invalidArgument(`instance ${spec.name}: kernel path "${machine.kernel}" is not absolute`);
+  if (!machine.kernel.startsWith('/')) throw invalidArgument(`instance ${spec.name}: kernel path ${excerpt(machine.kernel)} is not absolute`);
   const hvparams: HvParams = {};
   for (const [k, v] of Object.entries(hv)) if (!(MACHINE_KEYS as readonly string[]).includes(k)) hvparams[k] = v;
   const newDisks: NewDisk[] = [];
   const disks = spec.disks.map((d, i): DiskRequest => {
     assertDeviceUuid(d.uuid, `disk ${i} of ${spec.name}`);
     if (d.path) {
-      if (!d.path.startsWith('/')) throw invalidArgument(`disk ${d.uuid}: path "${d.path}" is not absolute`);
+      if (!d.path.startsWith('/')) throw invalidArgument(`disk ${d.uuid}: path ${excerpt(d.path)} is not absolute`);
       return { uuid: d.uuid, path: d.path };
     }
     const path = storage.defaultDiskPath(spec.name, d.uuid);

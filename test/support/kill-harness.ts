@@ -19,6 +19,7 @@ import * as path from 'node:path';
 import { GUEST_DIR, REPO, tempDir } from './guest';
 import { startDaemon, stopDaemon, type CliRun, type Daemon } from './cli-cluster';
 import { freePort } from './noded';
+import { countCpuList, emptyState, parseLine, type GuestState } from '../../src/hypervisor/guest-console';
 
 // ---------------------------------------------------------------- randomness
 
@@ -225,26 +226,28 @@ export interface GuestView {
   memTotalKiB: number;
 }
 
-/** Number of CPUs in a sysfs list such as "0-2,4". */
-export function countCpuList(list: string): number {
-  let n = 0;
-  for (const part of list.split(',').filter(Boolean)) {
-    const [a, b] = part.split('-').map(Number);
-    n += b === undefined ? 1 : b - a + 1;
-  }
-  return n;
-}
-
 /**
  * Follows the guest's console log (docs/testing.md format): the latest state
  * block, the heartbeat counter ("gnt-guest tick N", whole seconds since the
  * report loop started), and every sign of a reboot: a second
  * "gnt-guest init:" line or a heartbeat that goes back.
  */
+/** The counts the kill test compares, from a parsed state block (guest-console.ts). */
+function viewOf(s: GuestState): GuestView {
+  return {
+    seq: s.seq,
+    nets: s.nets.map((n) => ({ ...n, mac: (n.mac || '').toLowerCase() })),
+    blks: s.blks,
+    cpusPresent: countCpuList(s.cpusPresent),
+    cpusOnline: countCpuList(s.cpusOnline),
+    memTotalKiB: s.memTotalKiB,
+  };
+}
+
 export class ConsoleFollower {
   private offset = 0;
   private partial = '';
-  private block: GuestView | undefined;
+  private block: GuestState | undefined;
   latest: GuestView | undefined;
   lastTick = -1;
   inits = 0;
@@ -294,26 +297,17 @@ export class ConsoleFollower {
     }
     const begin = /gnt-guest begin (\d+)/.exec(line);
     if (begin) {
-      this.block = { seq: Number(begin[1]), nets: [], blks: [], cpusPresent: 0, cpusOnline: 0, memTotalKiB: 0 };
+      this.block = emptyState(Number(begin[1]));
       return;
     }
     const b = this.block;
     if (!b) return;
     if (/gnt-guest end \d+/.test(line)) {
-      this.latest = b;
+      this.latest = viewOf(b);
       this.block = undefined;
       return;
     }
-    const f = line.trim().split(/\s+/);
-    if (f[0] === 'net') b.nets.push({ name: f[1], mac: (f[2] ?? '').toLowerCase(), pci: f[3] ?? '-' });
-    else if (f[0] === 'blk') b.blks.push({ name: f[1], sectors: Number(f[2]), pci: f[3] ?? '-' });
-    else if (f[0] === 'cpu')
-      for (const kv of f.slice(1)) {
-        const [k, v] = kv.split('=');
-        if (k === 'present') b.cpusPresent = countCpuList(v ?? '');
-        if (k === 'online') b.cpusOnline = countCpuList(v ?? '');
-      }
-    else if (f[0] === 'mem') b.memTotalKiB = Number(f[1]);
+    parseLine(b, line);
   }
 }
 

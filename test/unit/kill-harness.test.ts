@@ -2,7 +2,8 @@
 import * as assert from 'node:assert/strict';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { ConsoleFollower, countCpuList, fdKind, readRuntime, Rng } from '../support/kill-harness';
+import { countCpuList } from '../../src/hypervisor/guest-console';
+import { ConsoleFollower, fdKind, readRuntime, Rng } from '../support/kill-harness';
 import { tempDir } from '../support/guest';
 
 describe('kill harness', () => {

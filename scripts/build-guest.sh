@@ -21,7 +21,8 @@ KERNEL_META=linux-image-cloud-amd64
 # their dependencies are added automatically, and the load order is resolved
 # at build time from each module's "depends" field, never hard-coded.
 WANTED_MODULES=(virtio_ring virtio virtio_pci_modern_dev virtio_pci_legacy_dev
-  virtio_pci failover net_failover virtio_net virtio_blk virtio_mem)
+  virtio_pci failover net_failover virtio_net virtio_blk virtio_mem
+  virtio_scsi sd_mod virtio_pmem nd_pmem)
 
 WORK=""          # temp build dir, removed on exit
 MODDIR=""        # unpacked lib/modules/<version>

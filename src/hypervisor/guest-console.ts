@@ -8,8 +8,10 @@ import * as fs from 'node:fs';
 export interface GuestState {
   seq: number;
   pci: Array<{ addr: string; vendorDevice: string; cls: string }>;
-  nets: Array<{ name: string; mac: string; pci: string }>;
-  blks: Array<{ name: string; sectors: number; pci: string }>;
+  /** `queues`: receive queues (0 when the report predates it); `carrier`: '1', '0' or '-' (unknown). */
+  nets: Array<{ name: string; mac: string; pci: string; queues: number; carrier: string }>;
+  /** `scsi`: H:C:T:L of a SCSI disk, '-' for others. */
+  blks: Array<{ name: string; sectors: number; pci: string; scsi: string }>;
   cpusPresent: string;
   cpusOnline: string;
   memTotalKiB: number;
@@ -28,10 +30,10 @@ export function parseLine(state: GuestState, line: string): void {
       state.pci.push({ addr: f[1], vendorDevice: f[2], cls: f[3] });
       break;
     case 'net':
-      state.nets.push({ name: f[1], mac: f[2], pci: f[3] ?? '-' });
+      state.nets.push({ name: f[1], mac: f[2], pci: f[3] ?? '-', queues: Number(f[4] ?? 0), carrier: f[5] ?? '-' });
       break;
     case 'blk':
-      state.blks.push({ name: f[1], sectors: Number(f[2]), pci: f[3] ?? '-' });
+      state.blks.push({ name: f[1], sectors: Number(f[2]), pci: f[3] ?? '-', scsi: f[4] ?? '-' });
       break;
     case 'cpu':
       for (const kv of f.slice(1)) {

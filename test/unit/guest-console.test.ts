@@ -9,8 +9,9 @@ const block = (n: number, body: string[]): string =>
 
 const BODY_3 = [
   'pci 0000:00:05.0 1af4:1000 0x020000',
-  'net eth0 52:54:00:aa:bb:cc 0000:00:05.0',
-  'blk vda 131072 0000:00:06.0',
+  'net eth0 52:54:00:aa:bb:cc 0000:00:05.0 4 0',
+  'blk vda 131072 0000:00:06.0 -',
+  'blk sda 2048 - 0:0:0:5',
   'cpu present=0-1 online=0-1',
   'mem 156548',
 ];
@@ -18,8 +19,11 @@ const BODY_3 = [
 const STATE_3: GuestState = {
   seq: 3,
   pci: [{ addr: '0000:00:05.0', vendorDevice: '1af4:1000', cls: '0x020000' }],
-  nets: [{ name: 'eth0', mac: '52:54:00:aa:bb:cc', pci: '0000:00:05.0' }],
-  blks: [{ name: 'vda', sectors: 131072, pci: '0000:00:06.0' }],
+  nets: [{ name: 'eth0', mac: '52:54:00:aa:bb:cc', pci: '0000:00:05.0', queues: 4, carrier: '0' }],
+  blks: [
+    { name: 'vda', sectors: 131072, pci: '0000:00:06.0', scsi: '-' },
+    { name: 'sda', sectors: 2048, pci: '-', scsi: '0:0:0:5' },
+  ],
   cpusPresent: '0-1',
   cpusOnline: '0-1',
   memTotalKiB: 156548,
@@ -44,9 +48,9 @@ const STATE_7: GuestState = {
     { addr: '0000:00:07.0', vendorDevice: '1af4:1000', cls: '0x020000' },
   ],
   nets: [
-    { name: 'eth0', mac: '52:54:00:aa:bb:cc', pci: '0000:00:05.0' },
-    { name: 'eth1', mac: '52:54:00:aa:bb:dd', pci: '0000:00:07.0' },
-    { name: 'lo', mac: '00:00:00:00:00:00', pci: '-' },
+    { name: 'eth0', mac: '52:54:00:aa:bb:cc', pci: '0000:00:05.0', queues: 0, carrier: '-' },
+    { name: 'eth1', mac: '52:54:00:aa:bb:dd', pci: '0000:00:07.0', queues: 0, carrier: '-' },
+    { name: 'lo', mac: '00:00:00:00:00:00', pci: '-', queues: 0, carrier: '-' },
   ],
   blks: [],
   cpusPresent: '0-3',

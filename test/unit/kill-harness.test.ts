@@ -24,8 +24,8 @@ describe('kill harness', () => {
     assert.equal(latest(), undefined);
     fs.appendFileSync(file, text.slice(60));
     c.poll();
-    assert.deepEqual(c.latest?.nets, [{ name: 'eth0', mac: '52:54:00:aa:00:01', pci: '0000:00:05.0' }]);
-    assert.deepEqual(c.latest?.blks, [{ name: 'vda', sectors: 65536, pci: '0000:00:04.0' }]);
+    assert.deepEqual(c.latest?.nets, [{ name: 'eth0', mac: '52:54:00:aa:00:01', pci: '0000:00:05.0', queues: 0, carrier: '-' }]);
+    assert.deepEqual(c.latest?.blks, [{ name: 'vda', sectors: 65536, pci: '0000:00:04.0', scsi: '-' }]);
     assert.equal(c.latest?.cpusPresent, 2);
     assert.equal(c.latest?.cpusOnline, 1);
     assert.equal(c.latest?.memTotalKiB, 155572);

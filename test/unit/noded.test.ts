@@ -67,6 +67,8 @@ describe('noded: storage', () => {
 
 describe('noded: spec conversion', () => {
   const storage = new Storage('node1', '/srv/gnt');
+  const NIC_NEW = { pciBus: '', linkState: '', rateMbit: 0, queues: 0, model: '' };
+  const DISK_NEW = { pciBus: '', diskBus: '', diskType: '', scsiAddress: '' };
   const base: InstanceSpec__Output = {
     name: 'web1', uuid: '', vcpus: 1, maxvcpus: 4, memoryMib: '256', maxmemMib: '1024', kernel: '/boot/vmlinuz',
     initrd: '', kernelArgs: 'console=ttyS0', nics: [], disks: [], hvparams: { machine: 'q35', security_model: 'none' },
@@ -75,10 +77,10 @@ describe('noded: spec conversion', () => {
   it('turns a spec into a machine, device requests and disks to create', () => {
     const plan = planStart({
       ...base,
-      nics: [{ uuid: 'n1', mac: '52:54:00:00:00:01', link: '', pci: 0, deviceId: '', tap: '', state: '' }],
+      nics: [{ uuid: 'n1', mac: '52:54:00:00:00:01', link: '', pci: 0, deviceId: '', tap: '', state: '', ...NIC_NEW }],
       disks: [
-        { uuid: 'd1', sizeBytes: '1048576', path: '', pci: 0, deviceId: '', state: '' },
-        { uuid: 'd2', sizeBytes: '0', path: '/dev/vg/d2', pci: 0, deviceId: '', state: '' },
+        { uuid: 'd1', sizeBytes: '1048576', path: '', pci: 0, deviceId: '', state: '', ...DISK_NEW },
+        { uuid: 'd2', sizeBytes: '0', path: '/dev/vg/d2', pci: 0, deviceId: '', state: '', ...DISK_NEW },
       ],
     }, storage);
     assert.equal(plan.machine.memoryMiB, 256);
@@ -95,7 +97,7 @@ describe('noded: spec conversion', () => {
     assert.throws(() => planStart({ ...base, name: '../x' }, storage), invalid);
     assert.throws(() => planStart({ ...base, kernel: 'vmlinuz' }, storage), invalid);
     assert.throws(() => planStart({ ...base, memoryMib: '-1' }, storage), invalid);
-    assert.throws(() => planStart({ ...base, disks: [{ uuid: 'a/b', sizeBytes: '1', path: '', pci: 0, deviceId: '', state: '' }] }, storage), invalid);
+    assert.throws(() => planStart({ ...base, disks: [{ uuid: 'a/b', sizeBytes: '1', path: '', pci: 0, deviceId: '', state: '', ...DISK_NEW }] }, storage), invalid);
   });
 
   it('shows a runtime file with slots and device ids, and no guest view when stopped', () => {

@@ -37,6 +37,15 @@ export const MACHINE_RULE = /^[a-z][a-z0-9._-]{0,63}$/;
 
 const seconds: HvRule = { kind: 'seconds', min: 0, max: 3600 };
 
+/** A q35 machine type (q35, pc-q35-10.0): PCI Express, root ports instead of bridges. */
+export const isQ35Machine = (machine: string): boolean => /(^|-)q35(-|$)/.test(machine);
+
+/** The PCI tree's sizes (src/hypervisor/pci-topology.ts). */
+export const HVPARAM_LIMITS = {
+  pci_bridges: { min: 0, max: 8 },
+  pcie_root_ports: { min: 0, max: 64 },
+} as const;
+
 export const HVPARAMS: Readonly<Record<string, HvKey>> = {
   machine: { rule: { kind: 'machine' }, doc: 'QEMU machine type (-machine)' },
   accel: { rule: { kind: 'enum', values: ['tcg', 'kvm'] }, doc: 'accelerator (-accel)' },
@@ -50,6 +59,8 @@ export const HVPARAMS: Readonly<Record<string, HvKey>> = {
   unplug_timeout_disk: { rule: seconds, doc: 'seconds the guest has to release a disk' },
   unplug_timeout_cpu: { rule: seconds, doc: 'seconds the guest has to release a vCPU' },
   unplug_timeout_memory: { rule: seconds, doc: 'seconds the guest has to release memory' },
+  pci_bridges: { rule: { kind: 'int', ...HVPARAM_LIMITS.pci_bridges, unit: 'pci-bridge devices of 32 slots each, pc machines; default 2' }, doc: 'spare PCI buses for hotplug beyond bus 0' },
+  pcie_root_ports: { rule: { kind: 'int', ...HVPARAM_LIMITS.pcie_root_ports, unit: 'pcie-root-port devices, q35 machines; default: one per device at start plus 3 free (up to 32 in all above 2 GiB maxmem)' }, doc: 'PCIe root ports, one hot-added device each' },
   security_uid: { rule: { kind: 'int', min: 1, max: 4_294_967_294, unit: 'uid' }, doc: 'the pool uid the node chose', node: true },
 };
 
@@ -108,6 +119,11 @@ function combinationProblem(hv: Readonly<Record<string, unknown>>): string | und
     return `hvparam security_domain is only used with security_model=user, not with security_model=${String(model)}`;
   if (hv.security_uid !== undefined && model !== 'pool') return 'hvparam security_uid is only used with security_model=pool';
   if (hv.chroot !== undefined && model === 'none') return 'hvparam chroot needs an unprivileged security_model (user or pool), not none';
+  // Only where the machine is given (a client's map); a runtime file's fixed command names it, and pci-topology.ts checks that.
+  if (typeof hv.machine !== 'string') return undefined;
+  const q35 = isQ35Machine(hv.machine);
+  if (hv.pci_bridges !== undefined && q35) return 'hvparam pci_bridges is for pc machines; a q35 machine gets pcie_root_ports';
+  if (hv.pcie_root_ports !== undefined && !q35) return 'hvparam pcie_root_ports is for q35 machines (-H machine=q35); a pc machine gets pci_bridges';
   return undefined;
 }
 

@@ -20,6 +20,7 @@ import { diskId } from './disk';
 import { nicId, normalizeMac } from './nic';
 import { operationError, type OperationRunner } from './operation-runner';
 import { devicePresent } from './qdev';
+import type { PciPlacement } from './pci-slots';
 import type { Monitor } from './qmp-client';
 import type { DiskRecord, NicRecord, RuntimeData } from './runtime-file';
 import { assertBridge } from './tap';
@@ -31,12 +32,15 @@ export interface NicRequest {
   link?: string;
   /** A specific PCI slot; by default the first free one. */
   slot?: number;
+  /** The bus of that slot (absent: the root bus). */
+  bus?: string;
 }
 
 export interface DiskRequest {
   uuid: string;
   path: string;
   slot?: number;
+  bus?: string;
   /** The node made (or makes) this file for the disk: it is deleted when the disk goes. */
   created?: boolean;
 }
@@ -68,12 +72,20 @@ export interface DeviceHost {
   requireRunning(): void;
   unplugTimeout(kind: UnplugKind): number;
   attachContext(): AttachContext;
-  chooseSlot(mon: Monitor, requested: number | undefined): Promise<number>;
+  chooseSlot(mon: Monitor, requested: PciPlacement | undefined): Promise<PciPlacement>;
   scheduleReconcile(): void;
   /** QEMU refused an attach: the slot owner reads QEMU's lists again before the next choice. */
   slotsChanged(): void;
   warn(message: string): void;
 }
+
+/** The place a request asks for: its slot on its bus (the root bus without one); undefined: the first free one. */
+function requestedPlace(req: { slot?: number; bus?: string }): PciPlacement | undefined {
+  if (req.slot === undefined) return undefined;
+  return req.bus === undefined ? { slot: req.slot } : { bus: req.bus, slot: req.slot };
+}
+
+const busOf = (p: PciPlacement): { bus?: string } => (p.bus === undefined ? {} : { bus: p.bus });
 
 /** A device record as callers see it: a copy without its pending state. */
 export function publicRecord<T extends DeviceRecord>(rec: T): T {
@@ -104,10 +116,10 @@ export class DeviceOperations {
     this.assertNewUuid(req.uuid);
     this.host.requireRunning();
     const mon = await this.host.monitor();
-    const slot = await this.host.chooseSlot(mon, req.slot);
-    const nic: NicRecord = { uuid: req.uuid, mac, pci: slot, state: 'attaching' };
+    const place = await this.host.chooseSlot(mon, requestedPlace(req));
+    const nic: NicRecord = { uuid: req.uuid, mac, pci: place.slot, ...busOf(place), state: 'attaching' };
     if (req.link) nic.link = req.link;
-    nicId(nic, slot);
+    nicId(nic, place.slot);
     return this.attachRecorded(NIC_KIND, nic, mon);
   }
 
@@ -115,10 +127,10 @@ export class DeviceOperations {
     this.assertNewUuid(req.uuid);
     this.host.requireRunning();
     const mon = await this.host.monitor();
-    const slot = await this.host.chooseSlot(mon, req.slot);
-    const disk: DiskRecord = { uuid: req.uuid, path: req.path, pci: slot, state: 'attaching' };
+    const place = await this.host.chooseSlot(mon, requestedPlace(req));
+    const disk: DiskRecord = { uuid: req.uuid, path: req.path, pci: place.slot, ...busOf(place), state: 'attaching' };
     if (req.created) disk.created = true;
-    diskId(disk, slot);
+    diskId(disk, place.slot);
     return this.attachRecorded(DISK_KIND, disk, mon, prepare);
   }
 
@@ -128,7 +140,7 @@ export class DeviceOperations {
     const name = this.host.name;
     if (!old) throw new DeviceNotFoundError(name, `NIC with uuid ${uuid}`);
     if (old.state) throw new InstanceStateError(`NIC ${uuid} of ${name} is ${old.state === 'detaching' ? 'being removed (removal pending)' : 'being added'}; it cannot be modified now`);
-    const next: NicRequest = { uuid, mac: change.mac ?? old.mac, link: change.link ?? old.link, slot: old.pci ?? undefined };
+    const next: NicRequest = { uuid, mac: change.mac ?? old.mac, link: change.link ?? old.link, slot: old.pci ?? undefined, bus: old.bus };
     normalizeMac(next.mac);
     if (next.link) assertBridge(next.link);
     // Saved with the removal's intent: a crash between the removal and the
@@ -141,7 +153,7 @@ export class DeviceOperations {
       rec = await this.addNic(next);
     } catch (err) {
       if (isOutcomeUnknown(err)) throw err;
-      const restore = await this.addNic({ uuid, mac: old.mac, link: old.link, slot: next.slot }).then(
+      const restore = await this.addNic({ uuid, mac: old.mac, link: old.link, slot: next.slot, bus: next.bus }).then(
         () => 'the old NIC was put back',
         (e) => `putting the old NIC back failed too: ${errorMessage(e)}`,
       );
@@ -359,7 +371,7 @@ export class DeviceOperations {
     let how: string;
     try {
       if (!before) throw new InstanceStateError('the old NIC was not recorded');
-      await this.addNic({ uuid: before.uuid, mac: before.mac, link: before.link, slot: before.pci ?? undefined });
+      await this.addNic({ uuid: before.uuid, mac: before.mac, link: before.link, slot: before.pci ?? undefined, bus: before.bus });
       how = 'the old NIC was put back at its slot';
     } catch (err) {
       how = `putting the old NIC back failed (${errorMessage(err)}): the NIC is gone from the instance`;

@@ -16,7 +16,7 @@ import { excerpt } from '../common/excerpt';
 import { InvalidArgumentError } from './errors';
 import type { HostPathPolicy, OpenedHostFile } from './host-paths';
 import { inTransaction } from './hotplug-transaction';
-import { deleteDevice, ignoreNotFound, pciAddr } from './qdev';
+import { deleteDevice, ignoreNotFound, pciPlacement, pciPlacementArg } from './qdev';
 import type { Monitor } from './qmp-client';
 import type { DiskRecord } from './runtime-file';
 
@@ -48,7 +48,7 @@ export function diskKind(diskPath: string): DiskKind {
   throw new InvalidArgumentError(`disk path ${excerpt(diskPath)} is neither a regular file nor a block device`);
 }
 
-export const diskId = (disk: DiskRecord, slot: number): string => deviceId('disk', disk.uuid, slot);
+export const diskId = (disk: DiskRecord, slot: number): string => deviceId('disk', disk.uuid, slot, disk.bus);
 
 function blockdevOptions(id: string, kind: DiskKind, fdset: number): Record<string, unknown> {
   return {
@@ -65,7 +65,7 @@ export function diskBootArgs(disk: DiskRecord, slot: number, childFd: number, fd
   return [
     '-add-fd', `fd=${childFd},set=${fdset},opaque=${id}`,
     '-blockdev', JSON.stringify(blockdevOptions(id, kind, fdset)),
-    '-device', `virtio-blk-pci,drive=${id},id=${id},bus=pci.0,addr=${pciAddr(slot)}`,
+    '-device', `virtio-blk-pci,drive=${id},id=${id},${pciPlacementArg(disk, slot)}`,
   ];
 }
 
@@ -88,7 +88,7 @@ export async function attachDisk(mon: Monitor, disk: DiskRecord, slot: number, h
         mon.execute('blockdev-del', { 'node-name': id }),
       );
       await tx.step('device_add', () =>
-        mon.execute('device_add', { driver: 'virtio-blk-pci', id, drive: id, bus: 'pci.0', addr: pciAddr(slot) }),
+        mon.execute('device_add', { driver: 'virtio-blk-pci', id, drive: id, ...pciPlacement(disk, slot) }),
       );
     } finally {
       closeFd();

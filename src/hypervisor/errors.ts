@@ -43,10 +43,10 @@ export class DeviceExistsError extends HypervisorError {
 }
 
 export class NoFreePciSlotError extends HypervisorError {
-  constructor(instance: string, used: number, total: number) {
+  constructor(instance: string, used: number, total: number, detail = '') {
     super(
       'RESOURCE_EXHAUSTED',
-      `no free PCI slot on instance ${instance} (${used} of ${total} used); remove a device first`,
+      `no free PCI slot on instance ${instance} (${used} of ${total} used${detail ? `: ${detail}` : ''}); remove a device first`,
     );
   }
 }

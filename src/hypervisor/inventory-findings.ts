@@ -79,7 +79,7 @@ const WHAT: Record<RecordKind, string> = { nic: 'NIC', disk: 'disk' };
 
 /** A record's device id; undefined when it has no slot or uuid yet (an old runtime file). */
 export const idOfRecord = (kind: RecordKind, rec: AnyRecord): string | undefined =>
-  rec.pci !== null && rec.uuid ? deviceId(kind, rec.uuid, rec.pci) : undefined;
+  rec.pci !== null && rec.uuid ? deviceId(kind, rec.uuid, rec.pci, rec.bus) : undefined;
 
 /** How a finding names a NIC or disk record: "NIC <uuid> (<device id>)". */
 export function describeRecord(kind: RecordKind, rec: AnyRecord): string {

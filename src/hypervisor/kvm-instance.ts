@@ -22,7 +22,8 @@ import { OperationRunner, operationError } from './operation-runner';
 import { emptyJournal, type OperationJournal, type OperationRecord } from './operations';
 import { instancePaths, type InstancePaths } from './instance-paths';
 import { nicBootArgs, prepareNicTap } from './nic';
-import { PciSlotMap } from './pci-slots';
+import type { PciPlacement, PciTreeMap } from './pci-slots';
+import { pciTopology } from './pci-topology';
 import { devicePresent, isDeletionOf } from './qdev';
 import { DEFAULT_QEMU, qemuFeatures } from './qemu-binary';
 import { memoryOption, nodeLocalArgs, securityArgs, withOption, type InstanceSpec } from './qemu-command';
@@ -53,7 +54,7 @@ import {
 import { reconcileInstance, settleResizeOperations, type ReconcileReport } from './instance-reconcile';
 import { MonitorLink } from './monitor-link';
 import { InstanceMigration, checkCarried, type MigrationView, type ReceiveOptions } from './instance-migration';
-import { SlotOwner } from './slot-owner';
+import { recordedTree, SlotOwner } from './slot-owner';
 import { hasResourceIntents } from './resource-intents';
 import { layoutRuntime } from './runtime-layout';
 import { waitTapsGone } from './tap';
@@ -309,7 +310,7 @@ export class KvmInstance extends EventEmitter {
     // DIMMs are plugged by QMP before the guest runs (see resourceBootArgs), so QEMU starts paused then.
     const dimms = this.data.resources?.dimms ?? [];
     const boot = openBootFiles(this.hostPaths, this.data); // closed in the finally below, nothing throws before it
-    const args = [...boot.cmd, ...local];
+    const args = [...boot.cmd, ...local, ...pciTopology(this.data).args];
     if (incoming || dimms.length) args.push('-S');
     if (incoming) args.push('-incoming', 'defer');
     const fds: number[] = [...boot.fds];
@@ -397,13 +398,14 @@ export class KvmInstance extends EventEmitter {
   private completeLegacyDevices(): void {
     const all: DeviceRecord[] = [...this.data.block_devices, ...this.data.nics];
     if (all.every((d) => d.pci !== null && d.uuid)) return;
-    const map = new PciSlotMap(this.name);
-    for (const d of all) if (d.pci !== null) map.addRecorded(d.pci, d.uuid || 'a device');
+    const map = recordedTree(this.name, this.data);
     for (const d of all) {
       if (!d.uuid) d.uuid = randomUUID();
       if (d.pci !== null) continue;
-      d.pci = map.firstFree();
-      map.addRecorded(d.pci, d.uuid);
+      const place = map.firstFree();
+      d.pci = place.slot;
+      if (place.bus !== undefined) d.bus = place.bus;
+      map.addRecorded(place, d.uuid);
     }
     this.save();
   }
@@ -441,12 +443,12 @@ export class KvmInstance extends EventEmitter {
   // ---- PCI slots --------------------------------------------------------
 
   /** The PCI slot map as QEMU shows it now (info pci, cross-checked with query-pci) plus the runtime file. */
-  async slotMap(mon: Monitor): Promise<PciSlotMap> {
+  async slotMap(mon: Monitor): Promise<PciTreeMap> {
     await this.slots.refresh(mon, this.data);
     return this.slots.map(mon, this.data);
   }
 
-  private chooseSlot(mon: Monitor, requested: number | undefined): Promise<number> {
+  private chooseSlot(mon: Monitor, requested: PciPlacement | undefined): Promise<PciPlacement> {
     return this.slots.choose(mon, this.data, requested);
   }
 

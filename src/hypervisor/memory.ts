@@ -9,7 +9,7 @@
  */
 import { InvalidArgumentError } from './errors';
 import { inTransaction } from './hotplug-transaction';
-import { deleteDevice, ignoreNotFound, pciAddr } from './qdev';
+import { deleteDevice, ignoreNotFound, pciPlacementArg } from './qdev';
 import type { Monitor, QmpEvent } from './qmp-client';
 
 export const ACPI_STEP_MIB = 128;
@@ -70,7 +70,7 @@ export function virtioMemBootArgs(vm: VirtioMemRecord): string[] {
   return [
     '-object', `memory-backend-ram,id=${backend},size=${vm.maxMiB}M`,
     '-device',
-    `virtio-mem-pci,id=${vm.id},memdev=${backend},requested-size=${vm.requestedMiB}M,block-size=${VIRTIO_MEM_BLOCK_MIB}M,bus=pci.0,addr=${pciAddr(vm.pci)}`,
+    `virtio-mem-pci,id=${vm.id},memdev=${backend},requested-size=${vm.requestedMiB}M,block-size=${VIRTIO_MEM_BLOCK_MIB}M,${pciPlacementArg({ pci: vm.pci })}`, // on the root bus: fixed, never ejected (an integrated endpoint of pcie.0 on q35)
   ];
 }
 

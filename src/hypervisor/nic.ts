@@ -12,7 +12,7 @@ import { normalizeMacWith } from '../common/mac';
 import { deviceId } from './device-id';
 import { InvalidArgumentError } from './errors';
 import { inTransaction } from './hotplug-transaction';
-import { deleteDevice, ignoreNotFound, pciAddr } from './qdev';
+import { deleteDevice, ignoreNotFound, pciPlacement } from './qdev';
 import type { Monitor } from './qmp-client';
 import type { NicRecord } from './runtime-file';
 import { assertBridge, connectTap, createTap } from './tap';
@@ -28,7 +28,7 @@ export function validateNic(nic: Pick<NicRecord, 'mac' | 'link'>): void {
   if (nic.link) assertBridge(nic.link);
 }
 
-export const nicId = (nic: NicRecord, slot: number): string => deviceId('nic', nic.uuid, slot);
+export const nicId = (nic: NicRecord, slot: number): string => deviceId('nic', nic.uuid, slot, nic.bus);
 
 /** Host side for a boot: an open tap on its bridge. The caller closes the fd after QEMU starts. */
 export async function prepareNicTap(nic: NicRecord): Promise<{ fd: number; name: string }> {
@@ -54,7 +54,7 @@ export interface NicDeviceOptions {
 /** The device_add properties of the NIC; the same at boot and at hotplug. */
 export function nicDeviceProps(nic: NicRecord, slot: number, options: NicDeviceOptions): Record<string, string> {
   const id = nicId(nic, slot);
-  const props: Record<string, string> = { driver: 'virtio-net-pci', id, netdev: id, mac: nic.mac, bus: 'pci.0', addr: pciAddr(slot) };
+  const props: Record<string, string> = { driver: 'virtio-net-pci', id, netdev: id, mac: nic.mac, ...pciPlacement(nic, slot) };
   if (options.noRom) props.romfile = '';
   return props;
 }

@@ -63,7 +63,7 @@ export interface QueryPciBus {
   devices: Array<QueryPciAddress & {
     class_info: { class: number; desc?: string };
     id: { vendor: number; device: number };
-    pci_bridge?: { devices?: QueryPciBus['devices'] };
+    pci_bridge?: { bus?: { number: number; secondary: number; subordinate: number }; devices?: QueryPciBus['devices'] };
   }>;
 }
 
@@ -120,4 +120,27 @@ export function crossCheckPci(infoPci: PciFunction[], queryPci: PciFunction[]): 
   }
   for (const q of byKey.values()) problems.push(`${key(q)} (${q.vendorDevice}) is in query-pci but not in info pci`);
   return problems;
+}
+
+/**
+ * Which bus number is which bridge's (or root port's) bus: query-pci gives
+ * each bridge's secondary bus number (`pci_bridge.bus.secondary`, assigned by
+ * the guest's firmware, so not known before it ran) and its qdev id. Bus 0
+ * is the root bus (no id). A bridge with no number yet (0) is left out: the
+ * devices behind it are not listed by QEMU until the guest numbers it.
+ */
+export function bridgeBusIds(buses: QueryPciBus[]): Map<number, string> {
+  const out = new Map<number, string>();
+  for (const d of queryPciDevices(buses)) {
+    const sec = d.pci_bridge?.bus?.secondary;
+    if (sec && d.qdev_id) out.set(sec, d.qdev_id);
+  }
+  return out;
+}
+
+/** The qdev id of the bus a function is on: undefined for the root bus (0), or for a bus no bridge of the map owns (then `known` is false). */
+export function busIdOf(f: Pick<PciFunction, 'bus'>, ids: ReadonlyMap<number, string>): { id?: string; known: boolean } {
+  if (f.bus === 0) return { known: true };
+  const id = ids.get(f.bus);
+  return id === undefined ? { known: false } : { id, known: true };
 }

@@ -7,6 +7,29 @@ import type { Monitor, QmpEvent } from './qmp-client';
 
 export const pciAddr = (slot: number): string => `0x${slot.toString(16)}`;
 
+/** Where a device sits in the PCI tree: a slot of a bus (absent: the machine's root bus). */
+export interface PciPlace {
+  bus?: string;
+  pci: number | null;
+}
+
+/**
+ * The device_add placement properties of a record: `addr`, and `bus` for a
+ * device behind a bridge or root port. A device on the root bus gets no
+ * `bus`: QEMU puts it on the first PCI bus it finds, which is the machine's
+ * only root bus (pci.0 on pc, pcie.0 on q35), so records of old runtime
+ * files (no bus) keep working on both machines. Every device_add and boot
+ * -device of a PCI device we place uses this (or pciPlacementArg).
+ */
+export function pciPlacement(rec: PciPlace, slot = rec.pci as number): { bus?: string; addr: string } {
+  return rec.bus === undefined ? { addr: pciAddr(slot) } : { bus: rec.bus, addr: pciAddr(slot) };
+}
+
+/** The same as a -device option string part: "bus=pcib1,addr=0x5" or "addr=0x5". */
+export function pciPlacementArg(rec: PciPlace, slot = rec.pci as number): string {
+  return Object.entries(pciPlacement(rec, slot)).map(([k, v]) => `${k}=${v}`).join(',');
+}
+
 const peripheralPath = (id: string): string => `/machine/peripheral/${id}`;
 
 /** True for DEVICE_DELETED of the device itself (not of its virtio backend child). */

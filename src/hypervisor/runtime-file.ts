@@ -33,8 +33,10 @@ export interface NicRecord {
   mac: string;
   /** Bridge the tap is attached to; none for an unattached tap. */
   link?: string;
-  /** Slot on PCI bus 0; null for devices from old runtime files. */
+  /** Slot on its PCI bus; null for devices from old runtime files. */
   pci: number | null;
+  /** The PCI bus's qdev id (a bridge or root port, pci-topology.ts); absent: the machine's root bus. */
+  bus?: string;
   /** Name of the tap currently backing the NIC (host side). */
   tap?: string;
   state?: PendingState;
@@ -45,6 +47,8 @@ export interface DiskRecord {
   /** Host path: a regular file or a block device. */
   path: string;
   pci: number | null;
+  /** As NicRecord.bus. */
+  bus?: string;
   state?: PendingState;
   /** The node created this file for the disk: it is deleted when the disk goes. */
   created?: boolean;
@@ -86,6 +90,7 @@ function nicFrom(file: string, raw: unknown): NicRecord {
   const link = typeof raw.link === 'string' ? raw.link : typeof nicparams.link === 'string' ? nicparams.link : undefined;
   const nic: NicRecord = { uuid: typeof raw.uuid === 'string' ? raw.uuid : '', mac: raw.mac, pci: pciOf(raw.pci) };
   if (link) nic.link = link;
+  if (typeof raw.bus === 'string') nic.bus = raw.bus;
   if (typeof raw.tap === 'string') nic.tap = raw.tap;
   if (raw.state === 'attaching' || raw.state === 'detaching') nic.state = raw.state;
   return nic;
@@ -97,6 +102,7 @@ function diskFrom(file: string, raw: unknown): DiskRecord {
   const hostPath = Array.isArray(raw) && typeof raw[1] === 'string' ? raw[1] : isObject(d) ? d.path : undefined;
   if (!isObject(d) || typeof hostPath !== 'string') throw new RuntimeFileError(file, 'a block device entry has no path');
   const disk: DiskRecord = { uuid: typeof d.uuid === 'string' ? d.uuid : '', path: hostPath, pci: pciOf(d.pci) };
+  if (typeof d.bus === 'string') disk.bus = d.bus;
   if (d.state === 'attaching' || d.state === 'detaching') disk.state = d.state;
   if (d.created === true) disk.created = true;
   return disk;

@@ -11,7 +11,8 @@ import type { DeviceKindName } from './device-kinds';
 import type { DiskRequest, NicRequest } from './device-operations';
 import { InvalidArgumentError } from './errors';
 import { nicId, normalizeMac } from './nic';
-import { DEFAULT_RESERVED_SLOTS, PciSlotMap } from './pci-slots';
+import { PciTreeMap, type PciPlacement } from './pci-slots';
+import { machineOf, pciTopology, placementProblem, withTopologyDefaults, type PciTopology } from './pci-topology';
 import { buildFixedCommand, type InstanceSpec } from './qemu-command';
 import { initialResources } from './resize';
 import type { DiskRecord, HvParams, NicRecord, RuntimeData } from './runtime-file';
@@ -36,35 +37,46 @@ function checkUuids(instance: string, wanted: Wanted): void {
   }
 }
 
-/** Kept (or requested) slots first, so that a new device can never take a kept one's slot; then the first free ones. */
-function placeDevices(slots: PciSlotMap, wanted: Wanted, oldSlot: (uuid: string) => number | null): Map<string, number> {
-  const chosen = new Map<string, number>();
+/**
+ * Kept (or requested) places first, so that a new device can never take a
+ * kept one's place; then the first free ones (bus 0, then the bridges; or
+ * the root ports). A kept place the new tree no longer has (fewer bridges
+ * or ports) is given up: the device is placed anew. A requested one must
+ * exist.
+ */
+function placeDevices(tree: PciTreeMap, topology: PciTopology, wanted: Wanted, oldPlace: (uuid: string) => PciPlacement | null): Map<string, PciPlacement> {
+  const chosen = new Map<string, PciPlacement>();
   for (const [kind, d] of wanted) {
-    const keep = d.slot ?? oldSlot(d.uuid);
+    const requested = d.slot !== undefined ? (d.bus === undefined ? { slot: d.slot } : { bus: d.bus, slot: d.slot }) : null;
+    const old = requested ? null : oldPlace(d.uuid);
+    if (old && (placementProblem(topology, old.bus, old.slot) || tree.holderOf(old))) continue;
+    const keep = requested ?? old;
     if (keep === null) continue;
-    chosen.set(d.uuid, slots.claim(keep));
-    slots.addRecorded(keep, `${kind} ${d.uuid}`);
+    chosen.set(d.uuid, tree.claim(keep));
+    tree.addRecorded(keep, `${kind} ${d.uuid}`);
   }
   for (const [kind, d] of wanted) {
     if (chosen.has(d.uuid)) continue;
-    const s = slots.firstFree();
-    chosen.set(d.uuid, s);
-    slots.addRecorded(s, `${kind} ${d.uuid}`);
+    const p = tree.firstFree();
+    chosen.set(d.uuid, p);
+    tree.addRecorded(p, `${kind} ${d.uuid}`);
   }
   return chosen;
 }
 
-function diskRecord(d: DiskRequest, slot: number): DiskRecord {
-  const disk: DiskRecord = { uuid: d.uuid, path: d.path, pci: slot };
+const placeFields = (p: PciPlacement): { pci: number; bus?: string } => (p.bus === undefined ? { pci: p.slot } : { pci: p.slot, bus: p.bus });
+
+function diskRecord(d: DiskRequest, p: PciPlacement): DiskRecord {
+  const disk: DiskRecord = { uuid: d.uuid, path: d.path, ...placeFields(p) };
   if (d.created) disk.created = true;
-  diskId(disk, slot);
+  diskId(disk, p.slot);
   return disk;
 }
 
-function nicRecord(n: NicRequest, slot: number): NicRecord {
-  const nic: NicRecord = { uuid: n.uuid, mac: normalizeMac(n.mac), pci: slot };
+function nicRecord(n: NicRequest, p: PciPlacement): NicRecord {
+  const nic: NicRecord = { uuid: n.uuid, mac: normalizeMac(n.mac), ...placeFields(p) };
   if (n.link) nic.link = n.link;
-  nicId(nic, slot);
+  nicId(nic, p.slot);
   return nic;
 }
 
@@ -73,29 +85,34 @@ export function layoutRuntime(spec: InstanceSpec, devices: SpecDevices, old?: Ru
   const name = spec.name;
   if (old && old.instance !== name) throw new InvalidArgumentError(`spec names instance ${name}, not ${old.instance}`);
   const kvmCmd = buildFixedCommand(spec);
-  const hvparams = { ...(devices.hvparams ?? {}) };
-  unplugTimeoutsFromHvparams(hvparams, name);
   const wanted: Wanted = [
     ...(devices.disks ?? []).map((d): [DeviceKindName, DiskRequest] => ['disk', d]),
     ...(devices.nics ?? []).map((n): [DeviceKindName, NicRequest] => ['nic', n]),
   ];
+  // The tree's sizes are fixed here, in the runtime file, so that restarts and migration targets build the same tree.
+  const hvparams = withTopologyDefaults(devices.hvparams ?? {}, machineOf(kvmCmd), wanted.length, spec.maxMemoryMiB || spec.memoryMiB);
+  unplugTimeoutsFromHvparams(hvparams, name);
   checkUuids(name, wanted);
-  const recorded = new Map<string, number | null>([...(old?.nics ?? []), ...(old?.block_devices ?? [])].filter((r) => r.uuid).map((r) => [r.uuid, r.pci]));
-  const slots = new PciSlotMap(name, DEFAULT_RESERVED_SLOTS);
-  const chosen = placeDevices(slots, wanted, (uuid) => recorded.get(uuid) ?? null);
+  const recorded = new Map<string, PciPlacement | null>(
+    [...(old?.nics ?? []), ...(old?.block_devices ?? [])].filter((r) => r.uuid).map((r) => [r.uuid, r.pci === null ? null : r.bus === undefined ? { slot: r.pci } : { bus: r.bus, slot: r.pci }]),
+  );
+  const topology = pciTopology({ kvm_cmd: kvmCmd, hvparams });
+  const tree = new PciTreeMap(name, topology);
+  const chosen = placeDevices(tree, topology, wanted, (uuid) => recorded.get(uuid) ?? null);
+  // virtio-mem always sits on the root bus (on q35 an integrated endpoint of pcie.0: fixed, the guest cannot eject it).
   const oldVmemSlot = old?.resources?.virtioMem?.pci;
   const resources = initialResources(spec, hvString(hvparams, 'memory_hotplug'), () => {
-    const slot = oldVmemSlot !== undefined && !slots.holderOf(oldVmemSlot) ? oldVmemSlot : slots.firstFree();
-    slots.addRecorded(slot, 'virtio-mem');
+    const slot = oldVmemSlot !== undefined && !tree.holderOf({ slot: oldVmemSlot }) && !placementProblem(topology, undefined, oldVmemSlot) ? oldVmemSlot : tree.firstFreeOnRoot();
+    tree.addRecorded({ slot }, 'virtio-mem');
     return slot;
   });
   return {
     version: 2,
     instance: name,
     kvm_cmd: kvmCmd,
-    nics: (devices.nics ?? []).map((n) => nicRecord(n, chosen.get(n.uuid) as number)),
+    nics: (devices.nics ?? []).map((n) => nicRecord(n, chosen.get(n.uuid) as PciPlacement)),
     hvparams,
-    block_devices: (devices.disks ?? []).map((d) => diskRecord(d, chosen.get(d.uuid) as number)),
+    block_devices: (devices.disks ?? []).map((d) => diskRecord(d, chosen.get(d.uuid) as PciPlacement)),
     resources,
     ...(old?.operations ? { operations: old.operations } : {}),
   };

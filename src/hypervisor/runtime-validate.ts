@@ -10,10 +10,15 @@ import { excerpt } from '../common/excerpt';
 import { checkHvparams } from '../common/hvparams';
 import { macProblem } from '../common/mac';
 import { CPU_DRIVER_RULE, CPU_TOPOLOGY_KEYS, MAX_TOPOLOGY_ID, cpuId } from './cpu';
-import { InvalidArgumentError } from './errors';
+import { InvalidArgumentError, errorMessage } from './errors';
 import { assertInstanceName } from './instance-paths';
 import { VIRTIO_MEM_ID } from './resize';
+import { CONTROLLER_BUS_RULE } from './device-id';
 import { PCI_SLOTS } from './pci-slots';
+import { pciTopology, placementProblem, type PciTopology } from './pci-topology';
+
+/** At most this many NICs (or disks) in a runtime file: every slot of the root bus and of 8 bridges. */
+const MAX_PLACED = PCI_SLOTS * 9;
 import { assertFixedCommand } from './qemu-command';
 import type { RuntimeData } from './runtime-file';
 
@@ -78,26 +83,28 @@ class Checker {
 }
 
 function checkNics(c: Checker, nics: unknown): void {
-  c.list('nics', nics, PCI_SLOTS).forEach((raw, i) => {
+  c.list('nics', nics, MAX_PLACED).forEach((raw, i) => {
     const f = `nics[${i}]`;
-    const n = c.obj(f, raw, ['uuid', 'mac', 'link', 'pci', 'tap', 'state']);
+    const n = c.obj(f, raw, ['uuid', 'mac', 'link', 'pci', 'bus', 'tap', 'state']);
     c.match(`${f}.uuid`, n.uuid, UUID_RULE, 'a device uuid: letters, digits, ".", "_", "-", without ".."');
     const mac = typeof n.mac === 'string' ? macProblem(n.mac) : 'not a string';
     if (mac) c.fail(`${f}.mac`, n.mac, mac);
     c.optional(n, 'link', (v) => c.match(`${f}.link`, v, LINK_RULE, 'a bridge name: 1 to 15 letters, digits, ".", "_" or "-"'));
     c.optional(n, 'tap', (v) => c.match(`${f}.tap`, v, TAP_RULE, 'a tap this software names: gnttapN'));
     c.pci(`${f}.pci`, n.pci);
+    c.optional(n, 'bus', (v) => c.match(`${f}.bus`, v, CONTROLLER_BUS_RULE, 'a bridge or root port of this software: pcibN or rpN'));
     c.state(`${f}.state`, n.state);
   });
 }
 
 function checkDisks(c: Checker, disks: unknown): void {
-  c.list('block_devices', disks, PCI_SLOTS).forEach((raw, i) => {
+  c.list('block_devices', disks, MAX_PLACED).forEach((raw, i) => {
     const f = `block_devices[${i}]`;
-    const d = c.obj(f, raw, ['uuid', 'path', 'pci', 'state', 'created']);
+    const d = c.obj(f, raw, ['uuid', 'path', 'pci', 'bus', 'state', 'created']);
     c.match(`${f}.uuid`, d.uuid, UUID_RULE, 'a device uuid: letters, digits, ".", "_", "-", without ".."');
     c.hostPath(`${f}.path`, d.path);
     c.pci(`${f}.pci`, d.pci);
+    c.optional(d, 'bus', (v) => c.match(`${f}.bus`, v, CONTROLLER_BUS_RULE, 'a bridge or root port of this software: pcibN or rpN'));
     c.state(`${f}.state`, d.state);
     c.optional(d, 'created', (v) => v === true || c.fail(`${f}.created`, v, 'must be true when present'));
   });
@@ -186,6 +193,36 @@ function checkOperations(c: Checker, raw: unknown): void {
   });
 }
 
+/**
+ * Every recorded place exists in the instance's PCI tree (pci-topology.ts,
+ * from its machine and hvparams): a carried bus is one of its bridges or
+ * root ports and the slot one that bus has; a root-bus slot is none a
+ * controller of the tree sits on. No two records share a place.
+ */
+function checkPlacements(c: Checker, data: RuntimeData): void {
+  let topology: PciTopology;
+  try {
+    topology = pciTopology(data);
+  } catch (err) {
+    return c.fail('hvparams', data.hvparams, errorMessage(err));
+  }
+  const seen = new Map<string, string>();
+  const records: Array<[string, { pci: number | null; bus?: string }]> = [
+    ...data.nics.map((n, i): [string, typeof n] => [`nics[${i}]`, n]),
+    ...data.block_devices.map((d, i): [string, typeof d] => [`block_devices[${i}]`, d]),
+  ];
+  for (const [f, rec] of records) {
+    if (rec.pci === null) continue;
+    const holder = topology.reserved.get(rec.pci);
+    const problem = rec.bus !== undefined ? placementProblem(topology, rec.bus, rec.pci) : holder && /bridge|root port/i.test(holder) ? `slot ${rec.pci} of the root bus holds ${holder}` : undefined;
+    if (problem) c.fail(`${f}.bus`, rec.bus ?? null, problem);
+    const key = `${rec.bus ?? ''}:${rec.pci}`;
+    const other = seen.get(key);
+    if (other) c.fail(`${f}.pci`, rec.pci, `${other} is at the same place (${rec.bus ?? 'root bus'} slot ${rec.pci})`);
+    seen.set(key, f);
+  }
+}
+
 /** Every field of a (parsed) runtime file by its rule; throws InvalidArgumentError naming the first bad field. */
 export function validateRuntime(data: RuntimeData): void {
   const c = new Checker(typeof data.instance === 'string' ? data.instance.slice(0, 64) : '?');
@@ -198,6 +235,7 @@ export function validateRuntime(data: RuntimeData): void {
   checkNics(c, data.nics);
   checkDisks(c, data.block_devices);
   checkHvparams(data.hvparams, (m) => new InvalidArgumentError(`runtime file of ${data.instance}: ${m}`), false);
+  checkPlacements(c, data);
   if (data.resources !== undefined) checkResources(c, data.resources);
   if (data.migration !== undefined) checkMigration(c, data.migration);
   if (data.operations !== undefined) checkOperations(c, data.operations);

@@ -1,37 +1,54 @@
 /**
- * The one owner of an instance's PCI slots. The slots its devices hold come
- * from the runtime file (every record, also one whose removal is pending, so
- * its slot stays reserved; the virtio-mem device); the slots QEMU uses for
- * devices no record names (the machine's own, or one added behind our back)
- * come from QEMU's lists (`info pci` cross-checked with `query-pci`), read
- * when the instance's monitor is first opened, at every reconcile, and again
- * after any attach QEMU refused. A hot-add then needs no QMP round trip to
- * find its slot. Used only inside the instance's queue.
+ * The one owner of an instance's PCI tree: which buses exist (pci-topology.ts,
+ * from the machine and hvparams), which slots of each are free, and who holds
+ * the others. The places its devices hold come from the runtime file (every
+ * record, also one whose removal is pending, so its place stays reserved; the
+ * virtio-mem device); the slots QEMU uses for devices no record names (the
+ * machine's own, or one added behind our back) come from QEMU's lists
+ * (`info pci` cross-checked with `query-pci`; a bridge's bus number is mapped
+ * to its qdev id by query-pci's `pci_bridge.bus`), read when the instance's
+ * monitor is first opened, at every reconcile, and again after any attach
+ * QEMU refused. A hot-add then needs no QMP round trip to find its place.
+ * Placement goes bus 0 first, then the bridges in order (pc), or the root
+ * ports in order (q35). Used only inside the instance's queue.
  */
 import { allDevices, idOf } from './device-kinds';
-import { crossCheckPci, fromQueryPci, parseInfoPci, type PciFunction, type QueryPciBus } from './pci-info';
-import { PciSlotMap } from './pci-slots';
+import { bridgeBusIds, busIdOf, crossCheckPci, fromQueryPci, parseInfoPci, type PciFunction, type QueryPciBus } from './pci-info';
+import { PciTreeMap, type PciPlacement } from './pci-slots';
+import { pciTopology, type PciTopology } from './pci-topology';
 import type { Monitor } from './qmp-client';
 import type { RuntimeData } from './runtime-file';
 
+const placeKey = (bus: string | undefined, slot: number): string => `${bus ?? ''}:${slot}`;
+
+/** The places the runtime file gives away, with their holders (device ids, or a description). */
+export function recordedPlaces(data: RuntimeData): Map<string, { place: PciPlacement; holder: string }> {
+  const held = new Map<string, { place: PciPlacement; holder: string }>();
+  for (const [kind, rec] of allDevices(data)) {
+    if (rec.pci === null) continue;
+    const place: PciPlacement = rec.bus === undefined ? { slot: rec.pci } : { bus: rec.bus, slot: rec.pci };
+    held.set(placeKey(rec.bus, rec.pci), { place, holder: rec.uuid ? idOf(kind, rec) : `a ${kind.label} from an old runtime file` });
+  }
+  const vmem = data.resources?.virtioMem;
+  if (vmem) held.set(placeKey(undefined, vmem.pci), { place: { slot: vmem.pci }, holder: `the virtio-mem device ${vmem.id}` });
+  return held;
+}
+
+/** A tree map of `data`'s topology with its recorded places. */
+export function recordedTree(instance: string, data: RuntimeData, topology: PciTopology = pciTopology(data)): PciTreeMap {
+  const map = new PciTreeMap(instance, topology);
+  for (const { place, holder } of recordedPlaces(data).values()) map.addRecorded(place, holder);
+  return map;
+}
+
 export class SlotOwner {
-  /** Bus-0 functions QEMU had that no record named, as last read; undefined: read again. */
-  private foreign: PciFunction[] | undefined;
+  /** Functions QEMU had that no record names, by bus id ('' root), as last read; undefined: read again. */
+  private foreign: Map<string, PciFunction[]> | undefined;
 
   constructor(
     private readonly instance: string,
     private readonly warn: (message: string) => void,
   ) {}
-
-  /** The slots the runtime file gives away (device ids, or a description). */
-  private recorded(data: RuntimeData): Map<number, string> {
-    const held = new Map<number, string>();
-    for (const [kind, rec] of allDevices(data))
-      if (rec.pci !== null) held.set(rec.pci, rec.uuid ? idOf(kind, rec) : `a ${kind.label} from an old runtime file`);
-    const vmem = data.resources?.virtioMem;
-    if (vmem) held.set(vmem.pci, `the virtio-mem device ${vmem.id}`);
-    return held;
-  }
 
   /** Reads QEMU's lists and keeps the functions no record names. */
   async refresh(mon: Monitor, data: RuntimeData): Promise<PciFunction[]> {
@@ -40,14 +57,23 @@ export class SlotOwner {
     const structured = fromQueryPci(query);
     const problems = crossCheckPci(live, structured);
     if (problems.length) this.warn(`info pci and query-pci disagree: ${problems.join('; ')}`);
-    const held = this.recorded(data);
-    for (const f of structured) {
-      const want = held.get(f.slot);
-      if (f.bus === 0 && f.function === 0 && want && !want.startsWith('a ') && f.qdevId && f.qdevId !== want)
-        this.warn(`PCI slot ${f.slot}: the runtime file gives it to ${want}, QEMU has ${f.qdevId} there (gnt-instance verify shows and repairs it)`);
+    const ids = bridgeBusIds(query);
+    const held = recordedPlaces(data);
+    const foreign = new Map<string, PciFunction[]>();
+    const all = [...live, ...structured];
+    for (const [i, f] of all.entries()) {
+      const bus = busIdOf(f, ids);
+      if (!bus.known) continue; // a bus of no bridge we know (not numbered yet, or not ours)
+      const want = held.get(placeKey(bus.id, f.slot));
+      if (i >= live.length && f.function === 0 && want && !want.holder.startsWith('a ') && f.qdevId && f.qdevId !== want.holder)
+        this.warn(`PCI ${bus.id ?? 'root bus'} slot ${f.slot}: the runtime file gives it to ${want.holder}, QEMU has ${f.qdevId} there (gnt-instance verify shows and repairs it)`);
+      if (want) continue;
+      const list = foreign.get(bus.id ?? '') ?? [];
+      list.push(f);
+      foreign.set(bus.id ?? '', list);
     }
-    this.foreign = [...live, ...structured].filter((f) => f.bus === 0 && !held.has(f.slot));
-    return [...live, ...structured];
+    this.foreign = foreign;
+    return all;
   }
 
   /** Forget QEMU's view (QEMU restarted, or refused a slot we thought free). */
@@ -55,16 +81,16 @@ export class SlotOwner {
     this.foreign = undefined;
   }
 
-  /** The slot map: records plus what QEMU uses otherwise. */
-  async map(mon: Monitor, data: RuntimeData): Promise<PciSlotMap> {
+  /** The tree map: records plus what QEMU uses otherwise. */
+  async map(mon: Monitor, data: RuntimeData): Promise<PciTreeMap> {
     if (!this.foreign) await this.refresh(mon, data);
-    const map = new PciSlotMap(this.instance).addLive(this.foreign ?? []);
-    for (const [slot, holder] of this.recorded(data)) map.addRecorded(slot, holder);
+    const map = recordedTree(this.instance, data);
+    for (const [bus, fns] of this.foreign ?? []) map.addLive(bus || undefined, fns);
     return map;
   }
 
-  /** A free slot: the requested one if it is free, else the first free one. */
-  async choose(mon: Monitor, data: RuntimeData, requested: number | undefined): Promise<number> {
+  /** A free place: the requested one if it is free, else the first free one (bus 0 first, then the bridges or root ports). */
+  async choose(mon: Monitor, data: RuntimeData, requested: PciPlacement | undefined): Promise<PciPlacement> {
     const map = await this.map(mon, data);
     return requested === undefined ? map.firstFree() : map.claim(requested);
   }

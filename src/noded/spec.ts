@@ -11,6 +11,7 @@ import type { GuestState } from '../hypervisor/guest-console';
 import type { InstanceSpec as MachineSpec } from '../hypervisor/qemu-command';
 import type { DiskRecord, HvParams, NicRecord, RuntimeData } from '../hypervisor/runtime-file';
 import { deviceId } from '../hypervisor/device-id';
+import { pciTopology } from '../hypervisor/pci-topology';
 import { currentMemoryMiB, currentVcpus, type ResourceState } from '../hypervisor/resize';
 import type { Resources } from '../generated/gnt/node/v1/Resources';
 import type { HostPathPolicy } from '../hypervisor/host-paths';
@@ -109,19 +110,32 @@ export function assertPlanHostPaths(plan: StartPlan, hostPaths: HostPathPolicy):
 function idOf(kind: 'nic' | 'disk', rec: NicRecord | DiskRecord): string {
   if (rec.pci === null || !rec.uuid) return '';
   try {
-    return deviceId(kind, rec.uuid, rec.pci);
+    return deviceId(kind, rec.uuid, rec.pci, rec.bus);
   } catch {
     return '';
   }
 }
 
-export function nicToProto(n: NicRecord): Nic {
+/** The QEMU id of the record's PCI bus: its bridge or root port, else the machine's root bus (`rootBus`: pci.0 or pcie.0; "" when not known). */
+const pciBusOf = (rec: NicRecord | DiskRecord, rootBus: string): string => (rec.pci === null ? '' : rec.bus ?? rootBus);
+
+/** The root bus's QEMU id of an instance (pci.0, pcie.0); "" when its tree cannot be built. */
+export function rootBusOf(data: RuntimeData): string {
+  try {
+    return pciTopology(data).buses[0].name;
+  } catch {
+    return '';
+  }
+}
+
+export function nicToProto(n: NicRecord, rootBus = ''): Nic {
   return {
     uuid: n.uuid,
     mac: n.mac,
     link: n.link ?? '',
     pci: n.pci ?? -1,
     deviceId: idOf('nic', n),
+    pciBus: pciBusOf(n, rootBus),
     tap: n.tap ?? '',
     state: n.state ?? '',
   };
@@ -136,13 +150,14 @@ function fileSize(file: string): number {
   }
 }
 
-export function diskToProto(d: DiskRecord): Disk {
+export function diskToProto(d: DiskRecord, rootBus = ''): Disk {
   return {
     uuid: d.uuid,
     sizeBytes: String(fileSize(d.path)),
     path: d.path,
     pci: d.pci ?? -1,
     deviceId: idOf('disk', d),
+    pciBus: pciBusOf(d, rootBus),
     state: d.state ?? '',
   };
 }
@@ -180,8 +195,8 @@ export function runtimeToProto(
     name: data.instance,
     running: pid !== undefined,
     pid: pid ?? 0,
-    nics: data.nics.map(nicToProto),
-    disks: data.block_devices.map(diskToProto),
+    nics: data.nics.map((n) => nicToProto(n, rootBusOf(data))),
+    disks: data.block_devices.map((d) => diskToProto(d, rootBusOf(data))),
     guest: guestToProto(pid !== undefined ? guest : undefined),
     ...(data.resources ? { resources: resourcesToProto(data.resources) } : {}),
   };

@@ -32,6 +32,8 @@ export interface BootOptions {
   disks?: DiskRequest[];
   hvparams?: HvParams;
   memoryMiB?: number;
+  /** QEMU machine type (default pc). */
+  machine?: string;
   /** Extra kernel arguments, e.g. gnt.memonline=online_movable. */
   kernelArgs?: string;
   instanceOptions?: KvmInstanceOptions;
@@ -69,6 +71,7 @@ export async function bootGuest(options: BootOptions = {}): Promise<BootedGuest>
       kernel,
       initrd,
       kernelArgs: `console=ttyS0 quiet loglevel=1 panic=-1 ${options.kernelArgs ?? ''}`.trim(),
+      ...(options.machine ? { machine: options.machine } : {}),
     },
     { nics: options.nics, disks: options.disks, hvparams: options.hvparams },
     { unplugTimeoutMs: 20_000, hostPaths, ...options.instanceOptions },

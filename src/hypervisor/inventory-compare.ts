@@ -4,6 +4,7 @@
  * device uses, hot-added vCPUs and memory, and a stopped instance's pending
  * states. compareInstance adds the host's side (host-compare.ts).
  */
+import { pciTopology } from './pci-topology';
 import type { DeviceKind as RecordKind } from './device-id';
 import { compareTaps, type BridgeExists } from './host-compare';
 import type { HostTap } from './host-inventory';
@@ -34,6 +35,15 @@ const records = (rt: RuntimeData): Array<[RecordKind, AnyRecord]> => [
 ];
 
 /** The device ids the runtime file accounts for (NICs, disks, vCPUs, DIMMs, virtio-mem). */
+/** The bridges and root ports of the instance's tree (pci-topology.ts): QEMU's own part of the layout, not devices to remove. */
+function controllerIds(rt: RuntimeData): string[] {
+  try {
+    return pciTopology(rt).buses.flatMap((b) => (b.id ? [b.id] : []));
+  } catch {
+    return [];
+  }
+}
+
 export function recordedIds(rt: RuntimeData): Set<string> {
   const ids = new Set<string>();
   for (const [kind, rec] of records(rt)) {
@@ -44,6 +54,7 @@ export function recordedIds(rt: RuntimeData): Set<string> {
   for (const c of r?.cpus ?? []) ids.add(c.id);
   for (const d of r?.dimms ?? []) ids.add(d.id);
   if (r?.virtioMem) ids.add(r.virtioMem.id);
+  for (const id of controllerIds(rt)) ids.add(id);
   return ids;
 }
 
@@ -90,8 +101,9 @@ function presentFindings(kind: RecordKind, rec: AnyRecord, id: string, device: s
   const type = q.peripheral.get(id);
   if (type !== undefined && type !== QOM_TYPE[kind]) out.push(finding(device, 'wrong-type', `QEMU has it as a ${type}, not a ${QOM_TYPE[kind]}`));
   const fn = q.pci.find((p) => p.qdevId === id);
-  if (fn && (fn.bus !== 0 || fn.slot !== rec.pci))
-    out.push(finding(device, 'wrong-slot', `QEMU has it on bus ${fn.bus} slot ${fn.slot}, the runtime file says bus 0 slot ${rec.pci}`));
+  const onBus = (busId: string | undefined, bus: number): string => (busId ? `${busId} (bus ${bus})` : bus === 0 ? 'the root bus' : `bus ${bus}`);
+  if (fn && ((fn.bus === 0 ? undefined : fn.busId ?? `#${fn.bus}`) !== rec.bus || fn.slot !== rec.pci))
+    out.push(finding(device, 'wrong-slot', `QEMU has it on ${onBus(fn.busId, fn.bus)} slot ${fn.slot}, the runtime file says ${rec.bus ?? 'the root bus'} slot ${rec.pci}`));
   const backend = kind === 'nic' ? nicBackendFindings(rec as NicRecord, id, device, q) : diskBackendFindings(id, device, q);
   return [...out, ...backend];
 }

@@ -17,6 +17,8 @@ export interface PciEntry {
   function: number;
   qdevId: string;
   desc: string;
+  /** The qdev id of its bus's bridge or root port; undefined on the root bus (bus 0) or on a bus no bridge is known for. */
+  busId?: string;
 }
 
 /** A network client of `info network`: a NIC (type nic) or a backend (tap, user, ...). */
@@ -68,7 +70,7 @@ export interface QemuInventory {
 
 export interface RawPciDevice extends QueryPciAddress {
   class_info?: { desc?: string; class?: number };
-  pci_bridge?: { bus?: { number?: number }; devices?: RawPciDevice[] };
+  pci_bridge?: { bus?: { number?: number; secondary?: number }; devices?: RawPciDevice[] };
 }
 
 export interface RawBlockNode {
@@ -110,7 +112,13 @@ const pciEntryOf = (d: RawPciDevice): PciEntry => ({
 
 /** Every PCI function of query-pci, bridges' buses included. */
 export function flattenPci(buses: RawInventory['queryPci']): PciEntry[] {
-  return queryPciDevices(buses).map(pciEntryOf);
+  const ids = new Map<number, string>();
+  for (const d of queryPciDevices(buses)) if (d.pci_bridge?.bus?.secondary && d.qdev_id) ids.set(d.pci_bridge.bus.secondary, d.qdev_id);
+  return queryPciDevices(buses).map((d) => {
+    const e = pciEntryOf(d);
+    const busId = d.bus === 0 ? undefined : ids.get(d.bus);
+    return busId === undefined ? e : { ...e, busId };
+  });
 }
 
 /** /machine/peripheral children: id -> type without the child<> wrapper. */

@@ -10,6 +10,7 @@ import { defaultRootPorts, pciTopology, placementProblem, withTopologyDefaults }
 import { pciPlacement, pciPlacementArg } from '../../src/hypervisor/qdev';
 import { layoutRuntime } from '../../src/hypervisor/runtime-layout';
 import { validateRuntime } from '../../src/hypervisor/runtime-validate';
+import { formatDeviceTree } from '../../src/master/cli/device-tree';
 import type { RuntimeData } from '../../src/hypervisor/runtime-file';
 
 const fixture = (name: string): string => fs.readFileSync(path.resolve(__dirname, '../../../test/fixtures', name), 'utf8');
@@ -191,5 +192,33 @@ describe('runtime files with buses', () => {
     delete rt.hvparams.pci_bridges;
     assert.equal(rt.nics[0].bus, undefined);
     validateRuntime(rt);
+  });
+});
+
+describe('gnt-instance info: the device tree', () => {
+  it('lists every bus (root bus, bridges, root ports, SCSI controllers) with its devices by slot or LUN', () => {
+    const nic = (pci: number, pciBus: string, deviceId: string) => ({ uuid: `u-${deviceId}`, mac: '', link: '', pci, deviceId, tap: '', state: '', pciBus, linkState: '', rateMbit: 0, queues: 0, model: '' });
+    const disk = (pci: number, pciBus: string, deviceId: string, extra: { scsiAddress?: string; diskType?: string } = {}) => ({
+      uuid: `u-${deviceId}`, sizeBytes: '0', path: '', pci, deviceId, state: '', pciBus, diskBus: '', diskType: extra.diskType ?? '', scsiAddress: extra.scsiAddress ?? '',
+    });
+    const out = formatDeviceTree(
+      [nic(5, 'pci.0', 'nic-aaaa-pci-5'), nic(0, 'pcib1', 'nic-bbbb-pcib1-0'), nic(4, 'pci.0', 'nic-cccc-pci-4')],
+      [disk(0, 'rp2', 'disk-dddd-rp2-0', { diskType: 'pmem' }), disk(-1, '', 'scsi-eeee', { scsiAddress: 'scsi0:0:5' }), disk(31, 'pcib1', 'disk-ffff-pcib1-31')],
+    );
+    assert.equal(
+      out,
+      [
+        'Device tree (node runtime):',
+        '  Bus    Bus kind         Place           Device id           Kind',
+        '  pci.0  root bus         slot 4          nic-cccc-pci-4      NIC',
+        '                          slot 5          nic-aaaa-pci-5      NIC',
+        '  pcib1  PCI bridge       slot 0          nic-bbbb-pcib1-0    NIC',
+        '                          slot 31         disk-ffff-pcib1-31  disk',
+        '  rp2    PCIe root port   slot 0          disk-dddd-rp2-0     disk (pmem)',
+        '  scsi0  SCSI controller  target 0 LUN 5  scsi-eeee           disk (SCSI)',
+        '',
+      ].join('\n'),
+    );
+    assert.equal(formatDeviceTree([], []), '');
   });
 });

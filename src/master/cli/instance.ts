@@ -4,6 +4,7 @@ import type { CommandGroup } from './common';
 import { positionals } from './common';
 import { call, connectMaster, runJob } from './client';
 import { block, json, table } from './output';
+import { formatDeviceTree } from './device-tree';
 import { instanceVerifyCommand } from './verify';
 import { parseBackendParams, parseDiskChange, parseDiskSpec, parseHvparams, parseNicChange, parseNicSpec } from './parse';
 import { checkCount, checkName, checkNodePath, formatSize, parseSizeMiB, UsageError } from '../validate';
@@ -246,6 +247,7 @@ export function formatInstanceInfo(d: InstanceDetails__Output): string {
         }),
       )
     : '  none\n';
+  out += formatDeviceTree(rt.nics, rt.disks);
   const extra = [...rt.nics, ...rt.disks].filter((x) => !cfgUuids.has(x.uuid));
   if (extra.length)
     out += `Devices on the node but not in the configuration (pending removal at the next start):\n${extra.map((x) => `  ${x.uuid} PCI ${x.pci} ${x.deviceId}\n`).join('')}`;

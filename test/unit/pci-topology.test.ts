@@ -11,6 +11,7 @@ import { pciPlacement, pciPlacementArg } from '../../src/hypervisor/qdev';
 import { layoutRuntime } from '../../src/hypervisor/runtime-layout';
 import { validateRuntime } from '../../src/hypervisor/runtime-validate';
 import { formatDeviceTree } from '../../src/master/cli/device-tree';
+import { compareDevices, inventoryFrom, type RawInventory } from '../../src/hypervisor/inventory';
 import type { RuntimeData } from '../../src/hypervisor/runtime-file';
 
 const fixture = (name: string): string => fs.readFileSync(path.resolve(__dirname, '../../../test/fixtures', name), 'utf8');
@@ -220,5 +221,42 @@ describe('gnt-instance info: the device tree', () => {
       ].join('\n'),
     );
     assert.equal(formatDeviceTree([], []), '');
+  });
+});
+
+describe('verify: a device QEMU has at another bus or slot than recorded', () => {
+  interface Snapshot extends RawInventory {
+    runtime: RuntimeData;
+  }
+  const load = (): { rt: RuntimeData; q: ReturnType<typeof inventoryFrom> } => {
+    const s = (JSON.parse(fixture('verify-qemu10-pc.json')) as { settled: Snapshot }).settled;
+    return { rt: s.runtime, q: inventoryFrom(s, new Map()) };
+  };
+
+  it('is a wrong-slot finding naming both places; the bridges themselves are no finding', () => {
+    const { rt, q } = load();
+    const disk = rt.block_devices.find((d) => d.pci === 4);
+    assert.ok(disk);
+    const fn = q.pci.find((p) => p.qdevId === 'disk-ccc358cd-pci-4');
+    assert.ok(fn);
+    fn.bus = 2;
+    fn.busId = 'pcib1';
+    const found = compareDevices(rt, q).filter((f) => f.code === 'wrong-slot');
+    assert.equal(found.length, 1);
+    assert.match(found[0].problem, /QEMU has it on pcib1 \(bus 2\) slot 4, the runtime file says the root bus slot 4/);
+    // A record on a bridge that QEMU has on the root bus.
+    fn.bus = 0;
+    delete fn.busId;
+    disk.bus = 'pcib1';
+    const id = 'disk-ccc358cd-pcib1-4';
+    fn.qdevId = id;
+    q.peripheral.set(id, q.peripheral.get('disk-ccc358cd-pci-4') as string);
+    q.peripheral.delete('disk-ccc358cd-pci-4');
+    for (const n of q.blockNodes) if (n.nodeName === 'disk-ccc358cd-pci-4') n.nodeName = id;
+    assert.match(compareDevices(rt, q).find((f) => f.code === 'wrong-slot')?.problem ?? '', /QEMU has it on the root bus slot 4, the runtime file says pcib1 slot 4/);
+    // The tree's controllers are QEMU's part of the layout, not devices without a record.
+    rt.hvparams.pci_bridges = 1;
+    q.peripheral.set('pcib1', 'pci-bridge');
+    assert.equal(compareDevices(rt, q).filter((f) => f.code === 'device-without-record').length, 0);
   });
 });

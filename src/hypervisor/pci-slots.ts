@@ -134,6 +134,8 @@ export class PciTreeMap {
       if (slot !== undefined) return bus.id === undefined ? { slot } : { bus: bus.id, slot };
     }
     const u = this.usage();
+    if (!u.buses.length)
+      throw new NoFreePciSlotError(this.instance, 0, 0, `its root bus ${this.topology.buses[0].name} takes no hotplug and it has no PCIe root port (hvparam pcie_root_ports, at the next start)`);
     const list = u.buses.map((b) => `${b.name} ${b.used} of ${b.total}`).join(', ');
     throw new NoFreePciSlotError(this.instance, u.used, u.total, `on ${u.buses.length} bus${u.buses.length === 1 ? '' : 'es'}: ${list}`);
   }

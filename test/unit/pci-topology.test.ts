@@ -260,3 +260,12 @@ describe('verify: a device QEMU has at another bus or slot than recorded', () =>
     assert.equal(compareDevices(rt, q).filter((f) => f.code === 'device-without-record').length, 0);
   });
 });
+
+describe('a q35 instance without root ports (a runtime file from before them)', () => {
+  it('refuses a hot-add, saying why and what to set', () => {
+    assert.throws(() => new PciTreeMap('old35', pciTopology(q35(0))).firstFree(), {
+      name: 'NoFreePciSlotError',
+      message: 'no free PCI slot on instance old35 (0 of 0 used: its root bus pcie.0 takes no hotplug and it has no PCIe root port (hvparam pcie_root_ports, at the next start)); remove a device first',
+    });
+  });
+});

@@ -191,12 +191,13 @@ export function runtimeToProto(
   pid: number | undefined,
   guest: GuestState | undefined,
 ): InstanceRuntime {
+  const root = rootBusOf(data);
   return {
     name: data.instance,
     running: pid !== undefined,
     pid: pid ?? 0,
-    nics: data.nics.map((n) => nicToProto(n, rootBusOf(data))),
-    disks: data.block_devices.map((d) => diskToProto(d, rootBusOf(data))),
+    nics: data.nics.map((n) => nicToProto(n, root)),
+    disks: data.block_devices.map((d) => diskToProto(d, root)),
     guest: guestToProto(pid !== undefined ? guest : undefined),
     ...(data.resources ? { resources: resourcesToProto(data.resources) } : {}),
   };

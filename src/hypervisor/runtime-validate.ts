@@ -12,7 +12,9 @@ import { macProblem } from '../common/mac';
 import { CPU_DRIVER_RULE, CPU_TOPOLOGY_KEYS, MAX_TOPOLOGY_ID, cpuId } from './cpu';
 import { InvalidArgumentError } from './errors';
 import { assertInstanceName } from './instance-paths';
+import { MAX_NIC_QUEUES, NIC_MODELS, isNicModel } from './nic';
 import { VIRTIO_MEM_ID } from './resize';
+import { MAX_RATE_MBIT } from './tap-rate';
 import { PCI_SLOTS } from './pci-slots';
 import { assertFixedCommand } from './qemu-command';
 import type { RuntimeData } from './runtime-file';
@@ -77,10 +79,18 @@ class Checker {
   }
 }
 
+/** link_state, rate, queues and model of a NIC by the node's own rules (nic.ts, tap-rate.ts). */
+function checkNicExtras(c: Checker, f: string, n: Obj): void {
+  c.optional(n, 'link_state', (v) => v === 'up' || v === 'down' || c.fail(`${f}.link_state`, v, 'must be up or down'));
+  c.optional(n, 'rate_mbit', (v) => c.int(`${f}.rate_mbit`, v, 0, MAX_RATE_MBIT));
+  c.optional(n, 'queues', (v) => c.int(`${f}.queues`, v, 1, MAX_NIC_QUEUES));
+  c.optional(n, 'model', (v) => isNicModel(v) || c.fail(`${f}.model`, v, `must be one of ${Object.keys(NIC_MODELS).join(', ')}`));
+}
+
 function checkNics(c: Checker, nics: unknown): void {
   c.list('nics', nics, PCI_SLOTS).forEach((raw, i) => {
     const f = `nics[${i}]`;
-    const n = c.obj(f, raw, ['uuid', 'mac', 'link', 'pci', 'tap', 'state']);
+    const n = c.obj(f, raw, ['uuid', 'mac', 'link', 'pci', 'tap', 'state', 'link_state', 'rate_mbit', 'queues', 'model']);
     c.match(`${f}.uuid`, n.uuid, UUID_RULE, 'a device uuid: letters, digits, ".", "_", "-", without ".."');
     const mac = typeof n.mac === 'string' ? macProblem(n.mac) : 'not a string';
     if (mac) c.fail(`${f}.mac`, n.mac, mac);
@@ -88,6 +98,7 @@ function checkNics(c: Checker, nics: unknown): void {
     c.optional(n, 'tap', (v) => c.match(`${f}.tap`, v, TAP_RULE, 'a tap this software names: gnttapN'));
     c.pci(`${f}.pci`, n.pci);
     c.state(`${f}.state`, n.state);
+    checkNicExtras(c, f, n);
   });
 }
 

@@ -9,6 +9,7 @@
  */
 import * as fs from 'node:fs';
 import { normalizeMacWith } from '../common/mac';
+import { queuesProblem } from '../common/nic-params';
 import { deviceId } from './device-id';
 import { InvalidArgumentError } from './errors';
 import { inTransaction } from './hotplug-transaction';
@@ -23,21 +24,14 @@ export const NIC_MODELS = { virtio: 'virtio-net-pci', e1000: 'e1000', rtl8139: '
 export type NicModel = keyof typeof NIC_MODELS;
 export type LinkState = 'up' | 'down';
 
-/**
- * Queues of a multi-queue NIC: 1 to 8, and no more than the instance's
- * maximum vCPUs (the guest driver uses min(queues, online CPUs) queue
- * pairs, so more would only cost fds and interrupt vectors). virtio only.
- */
-export const MAX_NIC_QUEUES = 8;
+/** Queues of a multi-queue NIC: 1 to 8, at most the maximum vCPUs, virtio only (src/common/nic-params.ts says why). */
+export { MAX_NIC_QUEUES } from '../common/nic-params';
 
 export const isNicModel = (v: unknown): v is NicModel => typeof v === 'string' && Object.hasOwn(NIC_MODELS, v);
 
 export function checkNicQueues(queues: number, model: NicModel, maxVcpus: number | undefined): void {
-  if (!Number.isInteger(queues) || queues < 1 || queues > MAX_NIC_QUEUES)
-    throw new InvalidArgumentError(`queues must be a whole number from 1 to ${MAX_NIC_QUEUES}, not ${queues}`);
-  if (queues > 1 && model !== 'virtio') throw new InvalidArgumentError(`queues=${queues}: only virtio NICs have more than one queue (model is ${model})`);
-  if (maxVcpus !== undefined && queues > maxVcpus)
-    throw new InvalidArgumentError(`queues=${queues} is more than the instance's ${maxVcpus} maximum vCPUs (the guest uses one queue pair per vCPU at most)`);
+  const problem = queuesProblem(queues, model, maxVcpus);
+  if (problem) throw new InvalidArgumentError(`${problem}, not ${queues}`);
 }
 
 export const nicQueues = (nic: Pick<NicRecord, 'queues'>): number => nic.queues ?? 1;

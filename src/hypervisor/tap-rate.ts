@@ -8,10 +8,10 @@
  */
 import { execFileSync } from 'node:child_process';
 import * as fs from 'node:fs';
+import { rateProblem } from '../common/nic-params';
 import { InvalidArgumentError, errorMessage } from './errors';
 
-/** Highest accepted limit (100 Gbit/s); also the rule of the master. */
-export const MAX_RATE_MBIT = 100_000;
+export { MAX_RATE_MBIT } from '../common/nic-params';
 
 const TC_CANDIDATES = ['/usr/sbin/tc', '/sbin/tc'];
 
@@ -31,8 +31,8 @@ function tc(args: string[]): string {
 }
 
 export function checkRate(mbit: number): void {
-  if (!Number.isInteger(mbit) || mbit < 0 || mbit > MAX_RATE_MBIT)
-    throw new InvalidArgumentError(`rate must be a whole number of Mbit/s from 0 (no limit) to ${MAX_RATE_MBIT}, not ${mbit}`);
+  const problem = rateProblem(mbit);
+  if (problem) throw new InvalidArgumentError(`${problem}, not ${mbit}`);
 }
 
 /** Burst: 10 ms of traffic at the rate, at least 32 KiB (tbf needs one MTU-sized packet and more at high rates). */

@@ -23,14 +23,12 @@ import type { Nic } from '../generated/gnt/node/v1/Nic';
 import { invalidArgument } from './status';
 import { assertDeviceUuid, type NewDisk, type Storage } from './storage';
 import { excerpt } from '../common/excerpt';
+import { NIC_MODEL_NAMES, type NicModelName } from '../common/nic-params';
 
 /** A NIC's MAC by the rule the master applies too (src/common/mac.ts), same words; lower case. */
 export function checkNicMac(mac: string): string {
   return normalizeMacWith(mac, invalidArgument);
 }
-
-const NIC_MODEL_NAMES = ['virtio', 'e1000', 'rtl8139'] as const;
-type NicModelName = (typeof NIC_MODEL_NAMES)[number];
 
 /** A Nic message's link_state ("" = up) and model ("" = virtio), checked. */
 export function nicEnums(nic: Pick<Nic, 'linkState' | 'model'>, what: string): { link_state: 'up' | 'down'; model: NicModelName } {

@@ -3,6 +3,7 @@
  * node, and commits the configuration only once the node has confirmed.
  * A failure leaves the configuration as it was before the failed step.
  */
+import { describeNicParams } from '../nic-params';
 import { ConfigError, ConfigStore, type InstanceConfig } from '../config/config-store';
 import { NodeRpc, NodeRpcError } from '../node-rpc';
 import { formatSize } from '../validate';
@@ -104,14 +105,14 @@ export class Executor {
   private async instanceAdd(op: AddOp, ctx: JobContext, macs: string[]): Promise<void> {
     if (this.config.findInstance(op.name)) throw new ConfigError(`instance "${op.name}" already exists`, 'ALREADY_EXISTS');
     const node = this.config.getNode(op.node);
-    const nics = op.nics.map((n) => ({ mac: n.mac ? this.reserveMac(n.mac, macs) : this.generateMac(macs), link: n.link }));
+    const nics = op.nics.map((n) => ({ ...n, mac: n.mac ? this.reserveMac(n.mac, macs) : this.generateMac(macs) }));
     const inst = this.config.addInstance({
       name: op.name, nodeUuid: node.uuid, vcpus: op.vcpus, maxvcpus: op.maxvcpus, memoryMib: op.memoryMib,
       maxmemMib: op.maxmemMib, kernel: op.kernel, initrd: op.initrd, kernelArgs: op.kernelArgs, hvparams: op.hvparams,
       nics, disks: op.disks,
     });
     ctx.log(`instance ${inst.name} (${inst.uuid}) added to the configuration on node ${node.name}`);
-    inst.nics.forEach((n) => ctx.log(`nic/${n.idx} ${n.uuid}: ${n.mac}${n.link ? ` on ${n.link}` : ''}`));
+    inst.nics.forEach((n) => ctx.log(`nic/${n.idx} ${n.uuid}: ${n.mac}${n.link ? ` on ${n.link}` : ''}${describeNicParams(n) ? ` (${describeNicParams(n)})` : ''}`));
     inst.disks.forEach((d) => ctx.log(`disk/${d.idx} ${d.uuid}: ${formatSize(d.size_bytes)}`));
     if (op.noStart) {
       ctx.log('not started (--no-start)');

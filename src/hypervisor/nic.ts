@@ -46,11 +46,16 @@ export function normalizeMac(mac: string): string {
 /** Checks what can be checked before anything is changed. */
 export function validateNic(nic: Pick<NicRecord, 'mac' | 'link' | 'model' | 'queues' | 'rate_mbit' | 'link_state'>, maxVcpus?: number): void {
   normalizeMac(nic.mac);
+  validateNicParams(nic, maxVcpus);
+  if (nic.link) assertBridge(nic.link);
+}
+
+/** link_state, rate, queues and model by the node's rules (no host look-up). */
+export function validateNicParams(nic: Pick<NicRecord, 'model' | 'queues' | 'rate_mbit' | 'link_state'>, maxVcpus?: number): void {
   if (nic.model !== undefined && !isNicModel(nic.model)) throw new InvalidArgumentError(`NIC model must be one of ${Object.keys(NIC_MODELS).join(', ')}`);
   if (nic.link_state !== undefined && nic.link_state !== 'up' && nic.link_state !== 'down') throw new InvalidArgumentError('link_state must be up or down');
   if (nic.rate_mbit !== undefined) checkRate(nic.rate_mbit);
   checkNicQueues(nicQueues(nic), nicModel(nic), maxVcpus);
-  if (nic.link) assertBridge(nic.link);
 }
 
 export const nicId = (nic: NicRecord, slot: number): string => deviceId('nic', nic.uuid, slot);

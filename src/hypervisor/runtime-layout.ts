@@ -8,9 +8,9 @@
  */
 import { diskId } from './disk';
 import type { DeviceKindName } from './device-kinds';
-import type { DiskRequest, NicRequest } from './device-operations';
+import { nicExtras, type DiskRequest, type NicRequest } from './device-operations';
 import { InvalidArgumentError } from './errors';
-import { nicId, normalizeMac } from './nic';
+import { nicId, normalizeMac, validateNicParams } from './nic';
 import { DEFAULT_RESERVED_SLOTS, PciSlotMap } from './pci-slots';
 import { buildFixedCommand, type InstanceSpec } from './qemu-command';
 import { initialResources } from './resize';
@@ -61,9 +61,10 @@ function diskRecord(d: DiskRequest, slot: number): DiskRecord {
   return disk;
 }
 
-function nicRecord(n: NicRequest, slot: number): NicRecord {
-  const nic: NicRecord = { uuid: n.uuid, mac: normalizeMac(n.mac), pci: slot };
+function nicRecord(n: NicRequest, slot: number, maxVcpus: number): NicRecord {
+  const nic: NicRecord = { uuid: n.uuid, mac: normalizeMac(n.mac), pci: slot, ...nicExtras(n) };
   if (n.link) nic.link = n.link;
+  validateNicParams(nic, maxVcpus);
   nicId(nic, slot);
   return nic;
 }
@@ -93,7 +94,7 @@ export function layoutRuntime(spec: InstanceSpec, devices: SpecDevices, old?: Ru
     version: 2,
     instance: name,
     kvm_cmd: kvmCmd,
-    nics: (devices.nics ?? []).map((n) => nicRecord(n, chosen.get(n.uuid) as number)),
+    nics: (devices.nics ?? []).map((n) => nicRecord(n, chosen.get(n.uuid) as number, spec.maxVcpus ?? spec.vcpus)),
     hvparams,
     block_devices: (devices.disks ?? []).map((d) => diskRecord(d, chosen.get(d.uuid) as number)),
     resources,

@@ -177,7 +177,7 @@ export function guestToProto(g: GuestState | undefined): GuestView {
   if (!g) return { known: false, nics: [], disks: [], cpusOnline: '', memTotalKib: '0' };
   return {
     known: true,
-    nics: g.nets.map((n) => `${n.name} ${n.mac} ${n.pci}`),
+    nics: g.nets.map((n) => `${n.name} ${n.mac} ${n.pci} ${n.queues} ${n.carrier}`),
     disks: g.blks.map((b) => `${b.name} ${b.sectors} ${b.pci}`),
     cpusOnline: g.cpusOnline,
     memTotalKib: String(g.memTotalKiB),

@@ -20,6 +20,7 @@ import {
   type Repair,
 } from './inventory-findings';
 import { backendId } from './memory';
+import { NIC_MODELS, nicModel } from './nic';
 import type { MemoryDevice, QemuInventory } from './qemu-inventory';
 import type { NicRecord, RuntimeData } from './runtime-file';
 
@@ -27,6 +28,9 @@ type Resources = NonNullable<RuntimeData['resources']>;
 
 /** The QOM type of a NIC's and a disk's device. */
 const QOM_TYPE: Record<RecordKind, string> = { nic: 'virtio-net-pci', disk: 'virtio-blk-pci' };
+/** The QOM type a record's device must have (a NIC's by its model). */
+const qomTypeOf = (kind: RecordKind, rec: AnyRecord): string => (kind === 'nic' ? NIC_MODELS[nicModel(rec as NicRecord)] : QOM_TYPE[kind]);
+const NIC_TYPES = new Set<string>(Object.values(NIC_MODELS));
 
 const records = (rt: RuntimeData): Array<[RecordKind, AnyRecord]> => [
   ...rt.nics.map((n): [RecordKind, AnyRecord] => ['nic', n]),
@@ -49,7 +53,7 @@ export function recordedIds(rt: RuntimeData): Set<string> {
 
 /** The kind of a QEMU device by its QOM type. */
 export function kindOfType(type: string): DeviceKind {
-  if (type === QOM_TYPE.nic) return 'nic';
+  if (NIC_TYPES.has(type)) return 'nic';
   if (type === QOM_TYPE.disk) return 'disk';
   if (type.endsWith('-cpu')) return 'cpu';
   if (type === 'pc-dimm') return 'dimm';
@@ -88,7 +92,8 @@ function diskBackendFindings(id: string, device: string, q: QemuInventory): Find
 function presentFindings(kind: RecordKind, rec: AnyRecord, id: string, device: string, q: QemuInventory): Finding[] {
   const out: Finding[] = [];
   const type = q.peripheral.get(id);
-  if (type !== undefined && type !== QOM_TYPE[kind]) out.push(finding(device, 'wrong-type', `QEMU has it as a ${type}, not a ${QOM_TYPE[kind]}`));
+  const want = qomTypeOf(kind, rec);
+  if (type !== undefined && type !== want) out.push(finding(device, 'wrong-type', `QEMU has it as a ${type}, not a ${want}`));
   const fn = q.pci.find((p) => p.qdevId === id);
   if (fn && (fn.bus !== 0 || fn.slot !== rec.pci))
     out.push(finding(device, 'wrong-slot', `QEMU has it on bus ${fn.bus} slot ${fn.slot}, the runtime file says bus 0 slot ${rec.pci}`));

@@ -103,4 +103,27 @@ describe('live NIC changes through the cluster (gnt-instance modify --net N:link
     assert.match(r.stdout, /applied: link_state=up: live/);
     await waitGuest((x) => guestNic(x)?.carrier === '1', 'carrier up');
   });
+
+  it('gnt-cluster verify reports a tap moved to another bridge and a changed tc limit behind its back; --fix puts back the recorded ones', async () => {
+    // An e1000 NIC and a rate-limited one: their records match QEMU and the host, so no finding.
+    c.ok(c.gnt('gnt-instance', 'modify', '--hotplug', '--net', 'add:mac=52:54:00:c1:00:02,model=e1000', NAME));
+    c.ok(c.gnt('gnt-instance', 'modify', '--hotplug', '--net', '0:rate=40', NAME));
+    const clean = c.gnt('gnt-cluster', 'verify');
+    assert.equal(clean.code, 0, `a clean cluster: ${clean.stdout}${clean.stderr}`);
+    const tap = info().runtime.nics[0].tap;
+    sh('ip', ['link', 'set', tap, 'nomaster']);
+    sh('ip', ['link', 'set', tap, 'master', BR_A]);
+    sh('tc', ['qdisc', 'replace', 'dev', tap, 'root', 'tbf', 'rate', '7mbit', 'burst', '32768', 'latency', '50ms']);
+    const r = c.gnt('gnt-cluster', 'verify');
+    assert.notEqual(r.code, 0);
+    const errors = r.stdout.split('\n').filter((l) => l.startsWith('ERROR: '));
+    assert.equal(errors.filter((l) => l.includes(`tap ${tap} is on bridge ${BR_A}, the runtime file says bridge ${BR_B}`)).length, 1, r.stdout);
+    assert.equal(errors.filter((l) => l.includes(`tap ${tap} has a limit of 7 Mbit/s, the runtime file says 40 Mbit/s`)).length, 1, r.stdout);
+    assert.equal(errors.length, 2, `only these two: ${r.stdout}`);
+    const fixed = c.gnt('gnt-cluster', 'verify', '--fix');
+    assert.equal(fixed.stdout.split('\n').filter((l) => l.startsWith('FIXED: ')).length, 2, fixed.stdout);
+    assert.equal(fs.readlinkSync(`/sys/class/net/${tap}/master`).split('/').pop(), BR_B);
+    assert.match(sh('tc', ['qdisc', 'show', 'dev', tap]), /tbf .* rate 40Mbit/);
+    assert.equal(c.gnt('gnt-cluster', 'verify').code, 0, 'clean again');
+  });
 });

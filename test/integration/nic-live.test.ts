@@ -8,6 +8,8 @@ import { strict as assert } from 'node:assert';
 import * as fs from 'node:fs';
 import { GuestConsole, type GuestState } from '../../src/hypervisor/guest-console';
 import { KvmInstance } from '../../src/hypervisor/kvm-instance';
+import { HotplugStepError } from '../../src/hypervisor/errors';
+import type { ExecuteOptions, Monitor, QmpArgs } from '../../src/hypervisor/qmp-client';
 import type { NicRecord } from '../../src/hypervisor/runtime-file';
 import { readTapRate } from '../../src/hypervisor/tap-rate';
 import { bootGuest, newUuid, sh, slotAddr, BOOT_TIMEOUT_MS, SEEN_TIMEOUT_MS, type BootedGuest } from '../support/guest';
@@ -117,6 +119,42 @@ describe('live NIC changes against the real guest', function () {
     assert.equal(readTapRate(tap), 20, 'the new tap has the limit');
     const s = await g.console.waitFor((st) => netOf(st, mac2)?.carrier === '1' && !netOf(st, mac), SEEN_TIMEOUT_MS, 'the new MAC, link up');
     assert.equal(netOf(s, mac2)?.pci, slotAddr(nic.pci as number));
+    await g.instance.hotRemoveNic(uuid);
+  });
+
+  it('a live change QEMU refuses undoes the ones before it: bridge, limit, record and guest as they were', async () => {
+    const uuid = newUuid();
+    const mac = '52:54:00:1e:00:0a';
+    const nic = await g.instance.hotAddNic({ uuid, mac, link: BR_A });
+    const tap = nic.tap as string;
+    await g.console.waitFor((s) => netOf(s, mac)?.carrier === '1', SEEN_TIMEOUT_MS, 'carrier up');
+    // QEMU's socket takes one client: the faulty instance gets it. Its set_link names no device, so QEMU really refuses it.
+    g.instance.disconnect();
+    const wrap = (mon: Monitor): Monitor => ({
+      hmp: (c) => mon.hmp(c),
+      waitForEvent: (m, t, w) => mon.waitForEvent(m, t, w),
+      execute: <T>(command: string, args?: QmpArgs, options?: ExecuteOptions): Promise<T> =>
+        mon.execute<T>(command, command === 'set_link' && args?.up === false ? { ...args, name: 'no-such-nic' } : args, options),
+    });
+    const faulty = KvmInstance.open(g.dataDir, g.instance.name, { wrapMonitor: wrap, hostPaths: g.hostPaths });
+    const before = fs.readFileSync(g.instance.paths.runtimeFile, 'utf8');
+    try {
+      await assert.rejects(faulty.hotModifyNic(uuid, { link: BR_B, rate_mbit: 25, link_state: 'down' }), (err: unknown) => {
+        assert.ok(err instanceof HotplugStepError, String(err));
+        assert.equal(err.step, 'set_link');
+        assert.deepEqual(err.undone, ['rate', 'bridge']);
+        return true;
+      });
+    } finally {
+      faulty.disconnect();
+    }
+    const recorded = (JSON.parse(fs.readFileSync(g.instance.paths.runtimeFile, 'utf8')) as { nics: NicRecord[] }).nics.find((n) => n.uuid === uuid);
+    const was = (JSON.parse(before) as { nics: NicRecord[] }).nics.find((n) => n.uuid === uuid);
+    assert.deepEqual(recorded, was, 'the NIC record is unchanged');
+    assert.equal(masterOf(tap), BR_A, 'the tap is back on its bridge');
+    assert.equal(readTapRate(tap), 0, 'no limit left');
+    const s = await g.console.waitFor((st) => st.seq > 0, SEEN_TIMEOUT_MS, 'a state block');
+    assert.equal(netOf(s, mac)?.carrier, '1', 'the guest still has its link');
     await g.instance.hotRemoveNic(uuid);
   });
 

@@ -13,6 +13,8 @@ import { InvalidArgumentError } from '../../src/hypervisor/errors';
 import type { NicRecord } from '../../src/hypervisor/runtime-file';
 import { validateRuntime } from '../../src/hypervisor/runtime-validate';
 import { buildFixedCommand } from '../../src/hypervisor/qemu-command';
+import type { NicParams } from '../../src/master/config/config-store';
+import { compareConfig, truthFrom, type ConfigView, type JobHistory, type NodeView } from '../../src/master/verify-compare';
 
 const usage = (fn: () => unknown, re: RegExp): void => assert.throws(fn, (e: unknown) => e instanceof UsageError && re.test(e.message));
 
@@ -92,5 +94,24 @@ describe('NIC parameters: a carried runtime file', () => {
     assert.throws(() => check(data({ rate_mbit: -1 })), /nics\[0\]\.rate_mbit="-1" is not valid/);
     assert.throws(() => check(data({ queues: 64 })), /nics\[0\]\.queues="64" is not valid: must be a whole number from 1 to 8/);
     assert.throws(() => check(data({ model: 'ne2k_pci' })), /nics\[0\]\.model="ne2k_pci" is not valid/);
+  });
+});
+
+describe('NIC parameters: verify compares the configuration with the node', () => {
+  const N1 = '11111111-0000-4000-8000-000000000001';
+  const params = (over: Partial<NicParams> = {}): NicParams => ({ link_state: 'up', rate_mbit: 0, queues: 1, model: 'virtio', ...over });
+  const cfg = (p: NicParams): ConfigView => ({
+    name: 'web1', vcpus: 1, maxvcpus: 4, memoryMib: 256, maxmemMib: 1024, disks: [],
+    nics: [{ uuid: N1, mac: '52:54:00:00:00:01', link: 'br0', removalPending: false, params: p }],
+  });
+  const node = (p: NicParams): NodeView => ({ running: true, disks: [], nics: [{ uuid: N1, mac: '52:54:00:00:00:01', link: 'br0', state: '', params: p }] });
+  const history: JobHistory = { lastSync: 10, lastLive: new Map(), lastLiveResize: 0, configOnly: [] };
+
+  it('the same parameters give nothing; a node with link down and a limit is a difference the node decides', () => {
+    assert.deepEqual(compareConfig(cfg(params()), node(params()), truthFrom(history, [])), []);
+    const diffs = compareConfig(cfg(params()), node(params({ link_state: 'down', rate_mbit: 10 })), truthFrom(history, []));
+    assert.equal(diffs.length, 1);
+    assert.match(diffs[0].problem, /52:54:00:00:00:01 on br0 \(link down, rate 10 Mbit\/s\) on the node, 52:54:00:00:00:01 on br0 in the configuration/);
+    assert.deepEqual(diffs[0].fix, { kind: 'update-nic', uuid: N1, mac: '52:54:00:00:00:01', link: 'br0', params: params({ link_state: 'down', rate_mbit: 10 }) });
   });
 });

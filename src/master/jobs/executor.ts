@@ -4,7 +4,7 @@
  * A failure leaves the configuration as it was before the failed step.
  */
 import { describeNicParams } from '../nic-params';
-import { ConfigError, ConfigStore, type InstanceConfig } from '../config/config-store';
+import { ConfigError, ConfigStore, nicParams, type InstanceConfig } from '../config/config-store';
 import { NodeRpc, NodeRpcError } from '../node-rpc';
 import { formatSize } from '../validate';
 import type { InstanceRuntime__Output } from '../../generated/gnt/node/v1/InstanceRuntime';
@@ -24,10 +24,16 @@ type AddOp = Extract<Op, { type: 'instance-add' }>;
 export { instanceSpec, nodeTarget } from './spec';
 export { checkResizeLimits } from './device-changes/resources';
 
+/** ", link down, rate 10 Mbit/s, 2 queues, e1000" for a node's NIC; "" for the defaults. */
+function runtimeNicParams(n: InstanceRuntime__Output['nics'][number]): string {
+  const d = describeNicParams(nicParams({ link_state: n.linkState, rate_mbit: n.rateMbit, queues: n.queues, model: n.model }));
+  return d ? `, ${d}` : '';
+}
+
 function describeRuntime(rt: InstanceRuntime__Output): string[] {
   const lines = [`running: ${rt.running ? `yes, pid ${rt.pid}` : 'no'}`];
   rt.disks.forEach((d, i) => lines.push(`disk/${i} ${d.uuid}: PCI slot ${d.pci}, ${d.deviceId || '-'}${d.path ? `, ${d.path}` : ''}`));
-  rt.nics.forEach((n, i) => lines.push(`nic/${i} ${n.uuid}: PCI slot ${n.pci}, ${n.deviceId || '-'}, ${n.mac}${n.tap ? `, tap ${n.tap}` : ''}${n.link ? `, bridge ${n.link}` : ''}`));
+  rt.nics.forEach((n, i) => lines.push(`nic/${i} ${n.uuid}: PCI slot ${n.pci}, ${n.deviceId || '-'}, ${n.mac}${n.tap ? `, tap ${n.tap}` : ''}${n.link ? `, bridge ${n.link}` : ''}${runtimeNicParams(n)}`));
   return lines;
 }
 

@@ -63,6 +63,17 @@ describe('live NIC changes against the real guest', function () {
     await g.instance.hotRemoveNic(uuid);
   });
 
+  it('a NIC hot-added with link_state=down and a rate comes up without carrier and with its limit', async () => {
+    const uuid = newUuid();
+    const mac = '52:54:00:1e:00:0b';
+    const nic = await g.instance.hotAddNic({ uuid, mac, link: BR_A, link_state: 'down', rate_mbit: 5 });
+    assert.deepEqual([nicOf(uuid).link_state, nicOf(uuid).rate_mbit], ['down', 5]);
+    assert.equal(readTapRate(nic.tap as string), 5);
+    const s = await g.console.waitFor((st) => !!netOf(st, mac), SEEN_TIMEOUT_MS, 'the NIC');
+    assert.equal(netOf(s, mac)?.carrier, '0', 'no carrier from the start');
+    await g.instance.hotRemoveNic(uuid);
+  });
+
   it('link=BR2 moves the tap to the other bridge; the guest keeps the same device', async () => {
     const uuid = newUuid();
     const mac = '52:54:00:1e:00:02';

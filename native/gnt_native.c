@@ -6,8 +6,11 @@
  *                                        instead of stalling the event loop)
  *   sendWithFds(fd, buf, fds[])   -> n    sendmsg() of buf, fds attached by SCM_RIGHTS
  *   openTap(template, vnetHdr)    -> {fd, name}  TUNSETIFF on /dev/net/tun
+ *   openTapQueues(template, vnetHdr, n) -> {fds[], name}  n queues of one tap
+ *                                        (IFF_MULTI_QUEUE, TUNSETIFF once per queue)
  *   linkUp(name)                          sets IFF_UP (SIOCSIFFLAGS), as `ip link set up`
  *   bridgeAddIf(bridge, name)             enslaves name to bridge (SIOCBRADDIF)
+ *   bridgeDelIf(bridge, name)             releases name from bridge (SIOCBRDELIF)
  *   openBeneath(dir, rel, flags, mode) -> fd  opens rel relative to dir and never
  *                                        outside it: openat2(RESOLVE_BENEATH |
  *                                        RESOLVE_NO_MAGICLINKS), symlinks that stay
@@ -180,6 +183,51 @@ static napi_value open_tap(napi_env env, napi_callback_info info) {
   return out;
 }
 
+#define MAX_TAP_QUEUES 16
+
+/* Opens queue fds of one multi-queue tap; the first TUNSETIFF names it. */
+static napi_value open_tap_queues(napi_env env, napi_callback_info info) {
+  size_t argc = 3;
+  napi_value argv[3], out, arr, name_v;
+  char template[IFNAMSIZ], name[IFNAMSIZ], what[IFNAMSIZ + 64];
+  bool vnet_hdr = true;
+  uint32_t n = 0;
+  int fds[MAX_TAP_QUEUES];
+  napi_get_cb_info(env, info, &argc, argv, NULL, NULL);
+  memset(template, 0, sizeof template);
+  if (argc < 3 || get_string(env, argv[0], template, IFNAMSIZ) != 0 || napi_get_value_bool(env, argv[1], &vnet_hdr) != napi_ok ||
+      napi_get_value_uint32(env, argv[2], &n) != napi_ok)
+    return throw_type(env, "openTapQueues(template, vnetHdr, queues): bad arguments");
+  if (n < 1 || n > MAX_TAP_QUEUES) return throw_type(env, "openTapQueues: queues must be 1 to 16");
+  memset(name, 0, sizeof name);
+  for (uint32_t i = 0; i < n; i++) {
+    struct ifreq ifr;
+    memset(&ifr, 0, sizeof ifr);
+    memcpy(ifr.ifr_name, i == 0 ? template : name, IFNAMSIZ);
+    ifr.ifr_flags = IFF_TAP | IFF_NO_PI | IFF_MULTI_QUEUE | (vnet_hdr ? IFF_VNET_HDR : 0);
+    int fd = open("/dev/net/tun", O_RDWR | O_CLOEXEC);
+    int err = fd < 0 ? errno : 0;
+    if (!err && ioctl(fd, TUNSETIFF, &ifr) != 0) {
+      err = errno;
+      close(fd);
+    }
+    if (err) {
+      for (uint32_t j = 0; j < i; j++) close(fds[j]);
+      snprintf(what, sizeof what, "ioctl(TUNSETIFF, %s, multi-queue %u of %u)", ifr.ifr_name, i + 1, n);
+      return throw_errno(env, err, what);
+    }
+    fds[i] = fd;
+    if (i == 0) memcpy(name, ifr.ifr_name, IFNAMSIZ);
+  }
+  napi_create_object(env, &out);
+  napi_create_array_with_length(env, n, &arr);
+  for (uint32_t i = 0; i < n; i++) napi_set_element(env, arr, i, make_int(env, fds[i]));
+  napi_set_named_property(env, out, "fds", arr);
+  napi_create_string_utf8(env, name, NAPI_AUTO_LENGTH, &name_v);
+  napi_set_named_property(env, out, "name", name_v);
+  return out;
+}
+
 /* Runs one interface ioctl on a throwaway AF_UNIX datagram socket. */
 static int if_ioctl(unsigned long req, struct ifreq *ifr) {
   int s = socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0);
@@ -213,7 +261,7 @@ static napi_value link_up(napi_env env, napi_callback_info info) {
   return NULL;
 }
 
-static napi_value bridge_add_if(napi_env env, napi_callback_info info) {
+static napi_value bridge_port_ioctl(napi_env env, napi_callback_info info, unsigned long req, const char *label) {
   size_t argc = 2;
   napi_value argv[2];
   struct ifreq ifr;
@@ -221,13 +269,21 @@ static napi_value bridge_add_if(napi_env env, napi_callback_info info) {
   napi_get_cb_info(env, info, &argc, argv, NULL, NULL);
   memset(&ifr, 0, sizeof ifr);
   if (argc < 2 || get_ifname(env, argv[0], ifr.ifr_name) != 0 || get_ifname(env, argv[1], port) != 0)
-    return throw_type(env, "bridgeAddIf(bridge, name): names must be strings of at most 15 bytes");
-  snprintf(what, sizeof what, "SIOCBRADDIF(%s, %s)", ifr.ifr_name, port);
+    return throw_type(env, "bridge port ioctl (bridge, name): names must be strings of at most 15 bytes");
+  snprintf(what, sizeof what, "%s(%s, %s)", label, ifr.ifr_name, port);
   ifr.ifr_ifindex = (int)if_nametoindex(port);
   if (ifr.ifr_ifindex == 0) return throw_errno(env, errno, what);
-  int err = if_ioctl(SIOCBRADDIF, &ifr);
+  int err = if_ioctl(req, &ifr);
   if (err) return throw_errno(env, err, what);
   return NULL;
+}
+
+static napi_value bridge_add_if(napi_env env, napi_callback_info info) {
+  return bridge_port_ioctl(env, info, SIOCBRADDIF, "SIOCBRADDIF");
+}
+
+static napi_value bridge_del_if(napi_env env, napi_callback_info info) {
+  return bridge_port_ioctl(env, info, SIOCBRDELIF, "SIOCBRDELIF");
 }
 
 #ifndef SYS_openat2
@@ -329,7 +385,9 @@ static napi_value init(napi_env env, napi_value exports) {
       {"sendWithFds", NULL, send_with_fds, NULL, NULL, NULL, napi_enumerable, NULL},
       {"openTap", NULL, open_tap, NULL, NULL, NULL, napi_enumerable, NULL},
       {"linkUp", NULL, link_up, NULL, NULL, NULL, napi_enumerable, NULL},
+      {"openTapQueues", NULL, open_tap_queues, NULL, NULL, NULL, napi_enumerable, NULL},
       {"bridgeAddIf", NULL, bridge_add_if, NULL, NULL, NULL, napi_enumerable, NULL},
+      {"bridgeDelIf", NULL, bridge_del_if, NULL, NULL, NULL, napi_enumerable, NULL},
       {"openBeneath", NULL, open_beneath, NULL, NULL, NULL, napi_enumerable, NULL},
   };
   napi_define_properties(env, exports, sizeof props / sizeof props[0], props);

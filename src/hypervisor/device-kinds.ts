@@ -28,7 +28,8 @@ export interface AttachContext {
 
 /** Host resources made for a device before its intent is recorded (a NIC's tap), held by this process until QEMU has its own copy. */
 export interface HostPrep {
-  fd: number;
+  /** The host fds QEMU gets (a multi-queue NIC's tap has one per queue). */
+  fds: number[];
   close(): void;
 }
 
@@ -76,14 +77,14 @@ export const NIC_KIND: DeviceKind<NicRecord> = {
     rec.tap = tap.name;
     let open = true;
     return {
-      fd: tap.fd,
+      fds: tap.fds,
       close: () => {
-        if (open) fs.closeSync(tap.fd);
+        if (open) for (const fd of tap.fds) fs.closeSync(fd);
         open = false;
       },
     };
   },
-  attach: (mon, rec, slot, ctx, prep) => attachNic(mon, rec, slot, ctx.nicOptions, (prep as HostPrep).fd),
+  attach: (mon, rec, slot, ctx, prep) => attachNic(mon, rec, slot, ctx.nicOptions, (prep as HostPrep).fds),
   detach: (mon, rec, slot, timeoutMs) => detachNic(mon, rec, slot, timeoutMs),
   release: (mon, rec, slot) => releaseNic(mon, rec, slot),
   releaseHost: () => undefined, // the tap goes with QEMU's last fd of it

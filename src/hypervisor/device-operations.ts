@@ -17,7 +17,8 @@ import { DeviceExistsError, DeviceNotFoundError, InstanceStateError, InvalidArgu
 import { allDevices, idOf, type AttachContext, type DeviceKind, type DeviceRecord, type HostPrep } from './device-kinds';
 import { DISK_KIND, NIC_KIND } from './device-kinds';
 import { diskId } from './disk';
-import { nicId, normalizeMac } from './nic';
+import { nicId, normalizeMac, validateNic } from './nic';
+import { applyLiveNicChanges, planNicModify, type NicChangeRequest } from './nic-modify';
 import { operationError, type OperationRunner } from './operation-runner';
 import { devicePresent } from './qdev';
 import type { PciPlacement } from './pci-slots';
@@ -34,7 +35,29 @@ export interface NicRequest {
   slot?: number;
   /** The bus of that slot (absent: the root bus). */
   bus?: string;
+  link_state?: NicRecord['link_state'];
+  rate_mbit?: number;
+  queues?: number;
+  model?: NicRecord['model'];
 }
+
+/** A modify's result: the record and how each change was applied ("link=br2: live"). */
+export interface NicModifyResult {
+  record: NicRecord;
+  applied: string[];
+}
+
+/** The record fields of a NIC request beyond uuid, mac and link, without defaults. */
+export function nicExtras(req: Pick<NicRequest, 'link_state' | 'rate_mbit' | 'queues' | 'model'>): Partial<NicRecord> {
+  const out: Partial<NicRecord> = {};
+  if (req.link_state === 'down') out.link_state = 'down';
+  if (req.rate_mbit) out.rate_mbit = req.rate_mbit;
+  if (req.queues && req.queues > 1) out.queues = req.queues;
+  if (req.model && req.model !== 'virtio') out.model = req.model;
+  return out;
+}
+
+const requestOf = (rec: NicRecord, slot?: number): NicRequest => ({ ...publicRecord(rec), slot: slot ?? rec.pci ?? undefined });
 
 export interface DiskRequest {
   uuid: string;
@@ -113,11 +136,12 @@ export class DeviceOperations {
   async addNic(req: NicRequest): Promise<NicRecord> {
     const mac = normalizeMac(req.mac);
     if (req.link) assertBridge(req.link);
+    validateNic({ ...req, ...nicExtras(req), mac }, this.host.data().resources?.maxVcpus);
     this.assertNewUuid(req.uuid);
     this.host.requireRunning();
     const mon = await this.host.monitor();
     const place = await this.host.chooseSlot(mon, requestedPlace(req));
-    const nic: NicRecord = { uuid: req.uuid, mac, pci: place.slot, ...busOf(place), state: 'attaching' };
+    const nic: NicRecord = { uuid: req.uuid, mac, pci: place.slot, ...busOf(place), state: 'attaching', ...nicExtras(req) };
     if (req.link) nic.link = req.link;
     nicId(nic, place.slot);
     return this.attachRecorded(NIC_KIND, nic, mon);
@@ -134,15 +158,41 @@ export class DeviceOperations {
     return this.attachRecorded(DISK_KIND, disk, mon, prepare);
   }
 
-  /** A new MAC or link: remove the NIC and add it again at the same slot. */
-  async modifyNic(uuid: string, change: { mac?: string; link?: string }): Promise<NicRecord> {
+  /**
+   * A NIC modify (nic-modify.ts): a new bridge, link state or rate is applied
+   * live; a new MAC or model removes the NIC and adds it again at the same
+   * slot, carrying the other changes.
+   */
+  async modifyNic(uuid: string, change: NicChangeRequest): Promise<NicModifyResult> {
     const old = this.find(NIC_KIND as unknown as DeviceKind, uuid) as NicRecord | undefined;
     const name = this.host.name;
     if (!old) throw new DeviceNotFoundError(name, `NIC with uuid ${uuid}`);
     if (old.state) throw new InstanceStateError(`NIC ${uuid} of ${name} is ${old.state === 'detaching' ? 'being removed (removal pending)' : 'being added'}; it cannot be modified now`);
-    const next: NicRequest = { uuid, mac: change.mac ?? old.mac, link: change.link ?? old.link, slot: old.pci ?? undefined, bus: old.bus };
-    normalizeMac(next.mac);
-    if (next.link) assertBridge(next.link);
+    const plan = planNicModify(old, change, this.host.data().resources?.maxVcpus);
+    if (!plan.applied.length) throw new InvalidArgumentError(`modify of NIC ${uuid} on ${name}: nothing changes (every given value is the current one)`);
+    if (!plan.replug) return this.modifyNicLive(old, plan);
+    const record = await this.replugNic(old, requestOf(plan.next, old.pci ?? undefined), plan.applied);
+    return { record, applied: plan.applied };
+  }
+
+  private async modifyNicLive(rec: NicRecord, plan: ReturnType<typeof planNicModify>): Promise<NicModifyResult> {
+    if (rec.pci === null) throw new InstanceStateError(`NIC ${rec.uuid} of ${this.host.name} has no PCI slot recorded (old runtime file); restart the instance once to give it one`);
+    this.host.requireRunning();
+    const mon = await this.host.monitor();
+    await applyLiveNicChanges(mon, rec, rec.pci, plan);
+    const tap = rec.tap;
+    for (const k of ['link', 'link_state', 'rate_mbit'] as const) delete rec[k];
+    Object.assign(rec, plan.next, tap ? { tap } : {});
+    const record = publicRecord(rec);
+    this.runner.settleCurrent('modify', 'succeeded', { result: { ...record, applied: plan.applied } });
+    this.host.save();
+    return { record, applied: plan.applied };
+  }
+
+  /** A new MAC or model: remove the NIC and add it again at the same slot. */
+  private async replugNic(old: NicRecord, next: NicRequest, applied: string[]): Promise<NicRecord> {
+    const name = this.host.name;
+    const uuid = old.uuid;
     // Saved with the removal's intent: a crash between the removal and the
     // new add is repaired by putting the old NIC back (restoreModified).
     if (this.runner.current) this.runner.current.request = { before: publicRecord(old) };
@@ -153,13 +203,13 @@ export class DeviceOperations {
       rec = await this.addNic(next);
     } catch (err) {
       if (isOutcomeUnknown(err)) throw err;
-      const restore = await this.addNic({ uuid, mac: old.mac, link: old.link, slot: next.slot, bus: next.bus }).then(
+      const restore = await this.addNic(requestOf(old, next.slot)).then(
         () => 'the old NIC was put back',
         (e) => `putting the old NIC back failed too: ${errorMessage(e)}`,
       );
       throw new InstanceStateError(`modify of NIC ${uuid} on ${name}: ${errorMessage(err)}; ${restore}`);
     }
-    this.runner.settleCurrent('modify', 'succeeded', { result: rec });
+    this.runner.settleCurrent('modify', 'succeeded', { result: { ...rec, applied } });
     this.host.save();
     return rec;
   }
@@ -371,7 +421,7 @@ export class DeviceOperations {
     let how: string;
     try {
       if (!before) throw new InstanceStateError('the old NIC was not recorded');
-      await this.addNic({ uuid: before.uuid, mac: before.mac, link: before.link, slot: before.pci ?? undefined, bus: before.bus });
+      await this.addNic(requestOf(before));
       how = 'the old NIC was put back at its slot';
     } catch (err) {
       how = `putting the old NIC back failed (${errorMessage(err)}): the NIC is gone from the instance`;

@@ -21,11 +21,20 @@ function unrecordedTap(nic: NicRecord, used: string | undefined, device: string)
 function tapOnHost(nic: NicRecord, tap: string, device: string, host: HostTap[], bridgeExists: BridgeExists): Finding[] {
   const h = host.find((t) => t.name === tap);
   if (!h) return [finding(device, 'tap-missing', `tap ${tap} does not exist on the host`)];
-  if ((h.master ?? '') === (nic.link ?? '')) return [];
+  const rate = tapRate(nic, h, device);
+  if ((h.master ?? '') === (nic.link ?? '')) return rate;
   const where = h.master ? `on bridge ${h.master}` : 'on no bridge';
   if (nic.link && !bridgeExists(nic.link)) return [finding(device, 'bridge-missing', `bridge ${nic.link} does not exist on the host (tap ${tap} is ${where})`)];
   const problem = `tap ${tap} is ${where}, the runtime file says ${nic.link ? `bridge ${nic.link}` : 'none'}`;
-  return [finding(device, 'tap-wrong-bridge', problem, nic.link ? { kind: 'connect-tap', tap, link: nic.link } : undefined)];
+  return [finding(device, 'tap-wrong-bridge', problem, nic.link ? { kind: 'connect-tap', tap, link: nic.link } : undefined), ...rate];
+}
+
+/** The tap's tc limit against the recorded rate (unknown when tc could not tell). */
+function tapRate(nic: NicRecord, h: HostTap, device: string): Finding[] {
+  const want = nic.rate_mbit ?? 0;
+  if (h.rateMbit === undefined || h.rateMbit === want) return [];
+  const has = h.rateMbit ? `a limit of ${h.rateMbit} Mbit/s` : 'no limit';
+  return [finding(device, 'rate-differs', `tap ${h.name} has ${has}, the runtime file says ${want ? `${want} Mbit/s` : 'none'}`, { kind: 'set-rate', tap: h.name, mbit: want })];
 }
 
 /** One settled NIC whose device QEMU has (the others are compareDevices' findings). */

@@ -7,6 +7,7 @@
  */
 import * as fs from 'node:fs';
 import * as path from 'node:path';
+import { readTapRate } from './tap-rate';
 
 /** Host taps this software names (tap.ts: gnttap%d). */
 export const TAP_NAME = /^gnttap\d+$/;
@@ -15,6 +16,8 @@ export interface HostTap {
   name: string;
   /** The bridge it is enslaved to, if any. */
   master?: string;
+  /** Its tbf limit in Mbit/s (0: none); absent when tc could not tell. */
+  rateMbit?: number;
 }
 
 /** read(), or fallback when it throws (a file or process gone meanwhile, a link that is not there). */
@@ -38,7 +41,10 @@ export function readHostTaps(sysClassNet = '/sys/class/net'): HostTap[] {
     .filter((name) => TAP_NAME.test(name))
     .map((name) => {
       const master = masterOf(sysClassNet, name);
-      return master === undefined ? { name } : { name, master };
+      const tap: HostTap = master === undefined ? { name } : { name, master };
+      const rate = orElse((): number | undefined => readTapRate(name), undefined);
+      if (rate !== undefined) tap.rateMbit = rate;
+      return tap;
     })
     .sort((a, b) => a.name.localeCompare(b.name, 'en', { numeric: true }));
 }

@@ -22,7 +22,7 @@ import {
   type MigrationParams,
   type MigrationProgress,
 } from './migration';
-import { normalizeMac } from './nic';
+import { applyRecordedLinks, normalizeMac } from './nic';
 import { hasResourceIntents } from './resource-intents';
 import type { Monitor } from './qmp-client';
 import type { DiskRecord, NicRecord, RuntimeData } from './runtime-file';
@@ -136,6 +136,7 @@ export class InstanceMigration {
     const mon = await host.monitor();
     if (m?.role === 'source') throw new InstanceStateError(`instance ${host.name} is the source of its migration here, not the target`);
     if (m?.role === 'target') await waitIncomingLoaded(mon, host.name);
+    await applyRecordedLinks(mon, host.data().nics); // the recorded link state, whatever the stream carried
     await resumeGuest(mon);
     delete host.data().migration;
     host.save();

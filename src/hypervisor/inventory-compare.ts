@@ -21,6 +21,7 @@ import {
   type Repair,
 } from './inventory-findings';
 import { backendId } from './memory';
+import { NIC_MODELS, nicModel } from './nic';
 import type { MemoryDevice, QemuInventory } from './qemu-inventory';
 import type { NicRecord, RuntimeData } from './runtime-file';
 
@@ -28,6 +29,9 @@ type Resources = NonNullable<RuntimeData['resources']>;
 
 /** The QOM type of a NIC's and a disk's device. */
 const QOM_TYPE: Record<RecordKind, string> = { nic: 'virtio-net-pci', disk: 'virtio-blk-pci' };
+/** The QOM type a record's device must have (a NIC's by its model). */
+const qomTypeOf = (kind: RecordKind, rec: AnyRecord): string => (kind === 'nic' ? NIC_MODELS[nicModel(rec as NicRecord)] : QOM_TYPE[kind]);
+const NIC_TYPES = new Set<string>(Object.values(NIC_MODELS));
 
 const records = (rt: RuntimeData): Array<[RecordKind, AnyRecord]> => [
   ...rt.nics.map((n): [RecordKind, AnyRecord] => ['nic', n]),
@@ -60,7 +64,7 @@ export function recordedIds(rt: RuntimeData): Set<string> {
 
 /** The kind of a QEMU device by its QOM type. */
 export function kindOfType(type: string): DeviceKind {
-  if (type === QOM_TYPE.nic) return 'nic';
+  if (NIC_TYPES.has(type)) return 'nic';
   if (type === QOM_TYPE.disk) return 'disk';
   if (type.endsWith('-cpu')) return 'cpu';
   if (type === 'pc-dimm') return 'dimm';
@@ -99,7 +103,8 @@ function diskBackendFindings(id: string, device: string, q: QemuInventory): Find
 function presentFindings(kind: RecordKind, rec: AnyRecord, id: string, device: string, q: QemuInventory): Finding[] {
   const out: Finding[] = [];
   const type = q.peripheral.get(id);
-  if (type !== undefined && type !== QOM_TYPE[kind]) out.push(finding(device, 'wrong-type', `QEMU has it as a ${type}, not a ${QOM_TYPE[kind]}`));
+  const want = qomTypeOf(kind, rec);
+  if (type !== undefined && type !== want) out.push(finding(device, 'wrong-type', `QEMU has it as a ${type}, not a ${want}`));
   const fn = q.pci.find((p) => p.qdevId === id);
   const onBus = (busId: string | undefined, bus: number): string => (busId ? `${busId} (bus ${bus})` : bus === 0 ? 'the root bus' : `bus ${bus}`);
   if (fn && ((fn.bus === 0 ? undefined : fn.busId ?? `#${fn.bus}`) !== rec.bus || fn.slot !== rec.pci))

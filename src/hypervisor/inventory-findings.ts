@@ -27,6 +27,7 @@ export type FindingCode =
   | 'tap-not-recorded'
   | 'tap-wrong-bridge'
   | 'bridge-missing'
+  | 'rate-differs'
   | 'stray-tap'
   | 'orphan-file'
   | 'not-verified';
@@ -44,6 +45,7 @@ export type Repair =
   | { kind: 'release-memory-backend'; id: string }
   | { kind: 'record-tap'; uuid: string; tap: string }
   | { kind: 'connect-tap'; tap: string; link: string }
+  | { kind: 'set-rate'; tap: string; mbit: number }
   | { kind: 'delete-tap'; name: string }
   | { kind: 'delete-file'; path: string };
 
@@ -114,6 +116,8 @@ export function describeRepair(r: Repair): string {
       return `tap ${r.tap} recorded in the runtime file`;
     case 'connect-tap':
       return `tap ${r.tap} enslaved to bridge ${r.link}`;
+    case 'set-rate':
+      return r.mbit ? `tbf limit of ${r.mbit} Mbit/s set on tap ${r.tap}` : `limit removed from tap ${r.tap}`;
     case 'delete-tap':
       return `tap ${r.name} deleted`;
     case 'delete-file':

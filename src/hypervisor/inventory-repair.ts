@@ -12,7 +12,9 @@ import type { Repair } from './inventory-findings';
 import { backendId } from './memory';
 import { deleteDevice, ignoreNotFound } from './qdev';
 import type { Monitor } from './qmp-client';
-import { connectTap } from './tap';
+import { linkUp } from './native';
+import { moveTap, tapBridge } from './tap';
+import { setTapRate } from './tap-rate';
 
 const run = promisify(execFile);
 
@@ -68,10 +70,13 @@ export async function deleteTap(name: string): Promise<void> {
 }
 
 /** Host repairs that need no monitor: a tap back on its bridge, a stray tap, an orphan file. */
-export async function applyHostRepair(r: Extract<Repair, { kind: 'connect-tap' | 'delete-tap' | 'delete-file' }>): Promise<void> {
+export async function applyHostRepair(r: Extract<Repair, { kind: 'connect-tap' | 'set-rate' | 'delete-tap' | 'delete-file' }>): Promise<void> {
   switch (r.kind) {
     case 'connect-tap':
-      return connectTap(r.tap, r.link);
+      moveTap(r.tap, tapBridge(r.tap), r.link); // off the wrong bridge, onto the recorded one
+      return linkUp(r.tap);
+    case 'set-rate':
+      return setTapRate(r.tap, r.mbit);
     case 'delete-tap':
       return deleteTap(r.name);
     case 'delete-file':

@@ -14,14 +14,15 @@ import { EventEmitter } from 'node:events';
 import * as fs from 'node:fs';
 import { attachDimm, type DimmRecord } from './memory';
 import { allDevices, deviceKind, idOf, type DeviceRecord } from './device-kinds';
-import { DeviceOperations, type DiskRequest, type NicRequest, type PrepareStep, type RemovalResult } from './device-operations';
+import { DeviceOperations, type DiskRequest, type NicModifyResult, type NicRequest, type PrepareStep, type RemovalResult } from './device-operations';
+import type { NicChangeRequest } from './nic-modify';
 import { checkHostPaths, openBootFiles } from './boot-files';
 import { HostPathPolicy } from './host-paths';
 import { DeviceExistsError, InstanceStateError, InvalidArgumentError, OutcomeUnknownError, errorMessage, isOutcomeUnknown } from './errors';
 import { OperationRunner, operationError } from './operation-runner';
 import { emptyJournal, type OperationJournal, type OperationRecord } from './operations';
 import { instancePaths, type InstancePaths } from './instance-paths';
-import { nicBootArgs, prepareNicTap } from './nic';
+import { applyRecordedLinks, nicBootArgs, prepareNicTap } from './nic';
 import type { PciPlacement, PciTreeMap } from './pci-slots';
 import { pciTopology } from './pci-topology';
 import { devicePresent, isDeletionOf } from './qdev';
@@ -78,7 +79,8 @@ export interface KvmInstanceOptions {
   testMonitor?: boolean;
 }
 
-export type { DiskRequest, NicRequest, PrepareStep, RemovalResult } from './device-operations';
+export type { DiskRequest, NicModifyResult, NicRequest, PrepareStep, RemovalResult } from './device-operations';
+export type { NicChangeRequest } from './nic-modify';
 
 /** What a hotplug request asks, with the master's operation id ('' for none). */
 export interface OperationOptions {
@@ -311,23 +313,26 @@ export class KvmInstance extends EventEmitter {
     const dimms = this.data.resources?.dimms ?? [];
     const boot = openBootFiles(this.hostPaths, this.data); // closed in the finally below, nothing throws before it
     const args = [...boot.cmd, ...local, ...pciTopology(this.data).args];
-    if (incoming || dimms.length) args.push('-S');
+    // A link-down NIC is set down by QMP before the guest runs, as DIMMs are plugged.
+    const linkDown = this.data.nics.some((n) => n.link_state === 'down');
+    if (incoming || dimms.length || linkDown) args.push('-S');
     if (incoming) args.push('-incoming', 'defer');
     const fds: number[] = [...boot.fds];
     args.push(...boot.diskArgs);
     try {
       for (const nic of this.data.nics) {
         const tap = await prepareNicTap(nic);
-        fds.push(tap.fd);
+        const childFds = tap.fds.map((_, i) => 3 + fds.length + i);
+        fds.push(...tap.fds);
         nic.tap = tap.name;
-        args.push(...nicBootArgs(nic, nic.pci as number, 2 + fds.length, this.nicOptions));
+        args.push(...nicBootArgs(nic, nic.pci as number, childFds, this.nicOptions));
       }
       if (this.data.resources) args.push(...resourceBootArgs(this.data.resources));
       const pid = await spawnQemu(this.qemuBinary, args, fds, this.paths);
       const r = this.data.resources;
       if (r) r.cpuThreads = { pid, created: r.bootVcpus + r.cpus.length };
       this.save();
-      if (dimms.length) await this.plugBootDimms(pid, dimms, !incoming);
+      if (dimms.length || linkDown) await this.plugBootDimms(pid, dimms, !incoming);
       return pid;
     } finally {
       boot.close();
@@ -340,10 +345,11 @@ export class KvmInstance extends EventEmitter {
     try {
       const mon = await this.monitor();
       for (const dimm of dimms) await attachDimm(mon, dimm);
+      await applyRecordedLinks(mon, this.data.nics);
       if (run) await mon.execute('cont');
     } catch (err) {
       await this.killNow(pid);
-      throw new InstanceStateError(`instance ${this.name}: plugging its DIMMs at start failed, QEMU was stopped again: ${errorMessage(err)}`);
+      throw new InstanceStateError(`instance ${this.name}: plugging its DIMMs or setting its NICs link down at start failed, QEMU was stopped again: ${errorMessage(err)}`);
     }
   }
 
@@ -513,7 +519,7 @@ export class KvmInstance extends EventEmitter {
   }
 
   /** A new MAC or link: remove the NIC and add it again at the same slot. */
-  hotModifyNic(uuid: string, change: { mac?: string; link?: string }, opts: OperationOptions = {}): Promise<NicRecord> {
+  hotModifyNic(uuid: string, change: NicChangeRequest, opts: OperationOptions = {}): Promise<NicModifyResult> {
     return this.runner.run(opts.operationId ?? '', 'nic', 'modify', uuid, () => this.deviceOps.modifyNic(uuid, change));
   }
 

@@ -15,12 +15,20 @@ export interface TapHandle {
   name: string;
 }
 
+/** The queue fds of one multi-queue tap (IFF_MULTI_QUEUE). */
+export interface TapQueues {
+  fds: number[];
+  name: string;
+}
+
 interface NativeAddon {
   unixConnect(socketPath: string): number;
   sendWithFds(fd: number, data: Buffer, fds: number[]): number;
   openTap(nameTemplate: string, vnetHdr: boolean): TapHandle;
   linkUp(name: string): void;
+  openTapQueues(nameTemplate: string, vnetHdr: boolean, queues: number): TapQueues;
   bridgeAddIf(bridge: string, name: string): void;
+  bridgeDelIf(bridge: string, name: string): void;
   openBeneath(dir: string, relativePath: string, flags: number, mode: number): number;
 }
 
@@ -62,7 +70,10 @@ export const sendWithFds = (fd: number, data: Buffer, fds: number[]): number =>
 export const openTap = (nameTemplate: string, vnetHdr = true): TapHandle =>
   addon.openTap(nameTemplate, vnetHdr);
 export const linkUp = (name: string): void => addon.linkUp(name);
+export const openTapQueues = (nameTemplate: string, vnetHdr: boolean, queues: number): TapQueues =>
+  addon.openTapQueues(nameTemplate, vnetHdr, queues);
 export const bridgeAddIf = (bridge: string, name: string): void => addon.bridgeAddIf(bridge, name);
+export const bridgeDelIf = (bridge: string, name: string): void => addon.bridgeDelIf(bridge, name);
 /**
  * Opens `relativePath` relative to `dir`, never outside it: symlinks and ".."
  * that stay beneath `dir` resolve, anything that leaves it (or a /proc magic

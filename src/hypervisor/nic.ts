@@ -9,6 +9,7 @@
  */
 import * as fs from 'node:fs';
 import { normalizeMacWith } from '../common/mac';
+import { queuesProblem } from '../common/nic-params';
 import { deviceId } from './device-id';
 import { InvalidArgumentError } from './errors';
 import { inTransaction } from './hotplug-transaction';
@@ -16,6 +17,26 @@ import { deleteDevice, ignoreNotFound, pciPlacement } from './qdev';
 import type { Monitor } from './qmp-client';
 import type { NicRecord } from './runtime-file';
 import { assertBridge, connectTap, createTap } from './tap';
+import { checkRate, setTapRate } from './tap-rate';
+
+/** The NIC models and their QEMU 10 device names (all hot-pluggable PCI devices). */
+export const NIC_MODELS = { virtio: 'virtio-net-pci', e1000: 'e1000', rtl8139: 'rtl8139' } as const;
+export type NicModel = keyof typeof NIC_MODELS;
+export type LinkState = 'up' | 'down';
+
+/** Queues of a multi-queue NIC: 1 to 8, at most the maximum vCPUs, virtio only (src/common/nic-params.ts says why). */
+export { MAX_NIC_QUEUES } from '../common/nic-params';
+
+export const isNicModel = (v: unknown): v is NicModel => typeof v === 'string' && Object.hasOwn(NIC_MODELS, v);
+
+export function checkNicQueues(queues: number, model: NicModel, maxVcpus: number | undefined): void {
+  const problem = queuesProblem(queues, model, maxVcpus);
+  if (problem) throw new InvalidArgumentError(`${problem}, not ${queues}`);
+}
+
+export const nicQueues = (nic: Pick<NicRecord, 'queues'>): number => nic.queues ?? 1;
+export const nicModel = (nic: Pick<NicRecord, 'model'>): NicModel => nic.model ?? 'virtio';
+export const nicLinkState = (nic: Pick<NicRecord, 'link_state'>): LinkState => nic.link_state ?? 'up';
 
 /** The MAC rule of master and node (src/common/mac.ts): unicast, not all zeros; lower case. */
 export function normalizeMac(mac: string): string {
@@ -23,20 +44,34 @@ export function normalizeMac(mac: string): string {
 }
 
 /** Checks what can be checked before anything is changed. */
-export function validateNic(nic: Pick<NicRecord, 'mac' | 'link'>): void {
+export function validateNic(nic: Pick<NicRecord, 'mac' | 'link' | 'model' | 'queues' | 'rate_mbit' | 'link_state'>, maxVcpus?: number): void {
   normalizeMac(nic.mac);
+  validateNicParams(nic, maxVcpus);
   if (nic.link) assertBridge(nic.link);
+}
+
+/** link_state, rate, queues and model by the node's rules (no host look-up). */
+export function validateNicParams(nic: Pick<NicRecord, 'model' | 'queues' | 'rate_mbit' | 'link_state'>, maxVcpus?: number): void {
+  if (nic.model !== undefined && !isNicModel(nic.model)) throw new InvalidArgumentError(`NIC model must be one of ${Object.keys(NIC_MODELS).join(', ')}`);
+  if (nic.link_state !== undefined && nic.link_state !== 'up' && nic.link_state !== 'down') throw new InvalidArgumentError('link_state must be up or down');
+  if (nic.rate_mbit !== undefined) checkRate(nic.rate_mbit);
+  checkNicQueues(nicQueues(nic), nicModel(nic), maxVcpus);
 }
 
 export const nicId = (nic: NicRecord, slot: number): string => deviceId('nic', nic.uuid, slot, nic.bus);
 
-/** Host side for a boot: an open tap on its bridge. The caller closes the fd after QEMU starts. */
-export async function prepareNicTap(nic: NicRecord): Promise<{ fd: number; name: string }> {
-  const tap = createTap();
+/**
+ * Host side for a boot, a hot-add or a migration target: an open tap (one fd
+ * per queue) on its bridge, with its rate limit. The caller closes the fds
+ * after QEMU has its own copies.
+ */
+export async function prepareNicTap(nic: NicRecord): Promise<{ fds: number[]; name: string }> {
+  const tap = createTap(nicQueues(nic));
   try {
     connectTap(tap.name, nic.link);
+    if (nic.rate_mbit) setTapRate(tap.name, nic.rate_mbit);
   } catch (err) {
-    fs.closeSync(tap.fd);
+    for (const fd of tap.fds) fs.closeSync(fd);
     throw err;
   }
   return tap;
@@ -52,20 +87,35 @@ export interface NicDeviceOptions {
 }
 
 /** The device_add properties of the NIC; the same at boot and at hotplug. */
-export function nicDeviceProps(nic: NicRecord, slot: number, options: NicDeviceOptions): Record<string, string> {
+export function nicDeviceProps(nic: NicRecord, slot: number, options: NicDeviceOptions): Record<string, string | number | boolean> {
   const id = nicId(nic, slot);
-  const props: Record<string, string> = { driver: 'virtio-net-pci', id, netdev: id, mac: nic.mac, ...pciPlacement(nic, slot) };
+  const props: Record<string, string | number | boolean> = { driver: NIC_MODELS[nicModel(nic)], id, netdev: id, mac: nic.mac, ...pciPlacement(nic, slot) };
+  const queues = nicQueues(nic);
+  if (queues > 1) Object.assign(props, { mq: true, vectors: 2 * queues + 2 });
   if (options.noRom) props.romfile = '';
   return props;
 }
 
-const toDeviceArg = (props: Record<string, string>): string =>
-  [props.driver, ...Object.entries(props).filter(([k]) => k !== 'driver').map(([k, v]) => `${k}=${v}`)].join(',');
+const argValue = (v: string | number | boolean): string => (typeof v === 'boolean' ? (v ? 'on' : 'off') : String(v));
+const toDeviceArg = (props: Record<string, string | number | boolean>): string =>
+  [String(props.driver), ...Object.entries(props).filter(([k]) => k !== 'driver').map(([k, v]) => `${k}=${argValue(v)}`)].join(',');
 
-/** QEMU arguments that create the NIC at boot, its tap at child fd `childFd`. */
-export function nicBootArgs(nic: NicRecord, slot: number, childFd: number, options: NicDeviceOptions): string[] {
+/** QEMU arguments that create the NIC at boot, its tap queues at child fds `childFds`. */
+export function nicBootArgs(nic: NicRecord, slot: number, childFds: number[], options: NicDeviceOptions): string[] {
   const id = nicId(nic, slot);
-  return ['-netdev', `tap,id=${id},fd=${childFd}`, '-device', toDeviceArg(nicDeviceProps(nic, slot, options))];
+  const tap = childFds.length > 1 ? `tap,id=${id},fds=${childFds.join(':')},vhost=off` : `tap,id=${id},fd=${childFds[0]}`;
+  return ['-netdev', tap, '-device', toDeviceArg(nicDeviceProps(nic, slot, options))];
+}
+
+/** The names the NIC's tap fds get in QEMU (getfd): the device id, or id-qN per queue. */
+export function nicFdNames(nic: NicRecord, slot: number, queues = nicQueues(nic)): string[] {
+  const id = nicId(nic, slot);
+  return queues > 1 ? Array.from({ length: queues }, (_, i) => `${id}-q${i}`) : [id];
+}
+
+/** QMP set_link on the NIC: the name matches both its device and its netdev (same id), so the guest sees the carrier change. */
+export async function setNicLink(mon: Monitor, nic: NicRecord, slot: number, state: LinkState): Promise<void> {
+  await mon.execute('set_link', { name: nicId(nic, slot), up: state === 'up' });
 }
 
 /**
@@ -75,13 +125,17 @@ export function nicBootArgs(nic: NicRecord, slot: number, childFd: number, optio
  * and closes it afterwards: QEMU holds its own copy from getfd on. Undoes
  * every step on failure.
  */
-export async function attachNic(mon: Monitor, nic: NicRecord, slot: number, options: NicDeviceOptions, tapFd: number): Promise<void> {
+export async function attachNic(mon: Monitor, nic: NicRecord, slot: number, options: NicDeviceOptions, tapFds: number[]): Promise<void> {
   const id = nicId(nic, slot);
+  const names = nicFdNames(nic, slot, tapFds.length);
+  const backend = names.length > 1 ? { type: 'tap', id, fds: names.join(':'), vhost: false } : { type: 'tap', id, fd: id };
   await inTransaction(`hot-add of NIC ${id}`, async (tx) => {
-    await tx.step('getfd', () => mon.execute('getfd', { fdname: id }, { fds: [tapFd] }), () => mon.execute('closefd', { fdname: id }));
-    await tx.step('netdev_add', () => mon.execute('netdev_add', { type: 'tap', id, fd: id }), () => mon.execute('netdev_del', { id }));
-    tx.forget('getfd'); // netdev_add consumed the named fd
+    for (const [i, fdname] of names.entries())
+      await tx.step(`getfd ${fdname}`, () => mon.execute('getfd', { fdname }, { fds: [tapFds[i]] }), () => mon.execute('closefd', { fdname }));
+    await tx.step('netdev_add', () => mon.execute('netdev_add', backend), () => mon.execute('netdev_del', { id }));
+    for (const fdname of names) tx.forget(`getfd ${fdname}`); // netdev_add consumed the named fds
     await tx.step('device_add', () => mon.execute('device_add', nicDeviceProps(nic, slot, options)));
+    if (nicLinkState(nic) === 'down') await tx.step('set_link', () => setNicLink(mon, nic, slot, 'down'));
   });
 }
 
@@ -94,5 +148,10 @@ export async function detachNic(mon: Monitor, nic: NicRecord, slot: number, time
 export async function releaseNic(mon: Monitor, nic: NicRecord, slot: number): Promise<void> {
   const id = nicId(nic, slot);
   await ignoreNotFound(mon.execute('netdev_del', { id }));
-  await ignoreNotFound(mon.execute('closefd', { fdname: id }));
+  for (const fdname of nicFdNames(nic, slot)) await ignoreNotFound(mon.execute('closefd', { fdname }));
+}
+
+/** Sets every recorded link-down NIC down (a start before the guest runs, a migration target before it resumes). */
+export async function applyRecordedLinks(mon: Monitor, nics: NicRecord[]): Promise<void> {
+  for (const nic of nics) if (nic.pci !== null && nicLinkState(nic) === 'down') await setNicLink(mon, nic, nic.pci, 'down');
 }

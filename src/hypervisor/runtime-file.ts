@@ -5,7 +5,7 @@
  * Format (version 2, JSON):
  *   { "version": 2, "instance": NAME,
  *     "kvm_cmd": [fixed, machine-defining QEMU arguments],
- *     "nics": [{uuid, mac, link?, pci, tap?, state?}],
+ *     "nics": [{uuid, mac, link?, pci, tap?, state?, link_state?, rate_mbit?, queues?, model?}],
  *     "hvparams": {...},
  *     "block_devices": [{uuid, path, pci, state?}] }
  *
@@ -40,6 +40,14 @@ export interface NicRecord {
   /** Name of the tap currently backing the NIC (host side). */
   tap?: string;
   state?: PendingState;
+  /** "down": QMP set_link down, re-applied at every start and on a migration target; absent: up. */
+  link_state?: 'up' | 'down';
+  /** Bandwidth limit on the tap (tc tbf), Mbit/s; absent: none. */
+  rate_mbit?: number;
+  /** Tap queues (IFF_MULTI_QUEUE); absent: one. */
+  queues?: number;
+  /** Device model (nic.ts NIC_MODELS); absent: virtio. */
+  model?: 'virtio' | 'e1000' | 'rtl8139';
 }
 
 export interface DiskRecord {
@@ -93,6 +101,10 @@ function nicFrom(file: string, raw: unknown): NicRecord {
   if (typeof raw.bus === 'string') nic.bus = raw.bus;
   if (typeof raw.tap === 'string') nic.tap = raw.tap;
   if (raw.state === 'attaching' || raw.state === 'detaching') nic.state = raw.state;
+  if (raw.link_state === 'up' || raw.link_state === 'down') nic.link_state = raw.link_state;
+  if (typeof raw.rate_mbit === 'number') nic.rate_mbit = raw.rate_mbit;
+  if (typeof raw.queues === 'number') nic.queues = raw.queues;
+  if (raw.model === 'virtio' || raw.model === 'e1000' || raw.model === 'rtl8139') nic.model = raw.model;
   return nic;
 }
 

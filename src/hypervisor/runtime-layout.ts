@@ -8,9 +8,9 @@
  */
 import { diskId } from './disk';
 import type { DeviceKindName } from './device-kinds';
-import type { DiskRequest, NicRequest } from './device-operations';
+import { nicExtras, type DiskRequest, type NicRequest } from './device-operations';
 import { InvalidArgumentError } from './errors';
-import { nicId, normalizeMac } from './nic';
+import { nicId, normalizeMac, validateNicParams } from './nic';
 import { PciTreeMap, type PciPlacement } from './pci-slots';
 import { machineOf, pciTopology, placementProblem, withTopologyDefaults, type PciTopology } from './pci-topology';
 import { buildFixedCommand, type InstanceSpec } from './qemu-command';
@@ -73,9 +73,10 @@ function diskRecord(d: DiskRequest, p: PciPlacement): DiskRecord {
   return disk;
 }
 
-function nicRecord(n: NicRequest, p: PciPlacement): NicRecord {
-  const nic: NicRecord = { uuid: n.uuid, mac: normalizeMac(n.mac), ...placeFields(p) };
+function nicRecord(n: NicRequest, p: PciPlacement, maxVcpus: number): NicRecord {
+  const nic: NicRecord = { uuid: n.uuid, mac: normalizeMac(n.mac), ...placeFields(p), ...nicExtras(n) };
   if (n.link) nic.link = n.link;
+  validateNicParams(nic, maxVcpus);
   nicId(nic, p.slot);
   return nic;
 }
@@ -110,7 +111,7 @@ export function layoutRuntime(spec: InstanceSpec, devices: SpecDevices, old?: Ru
     version: 2,
     instance: name,
     kvm_cmd: kvmCmd,
-    nics: (devices.nics ?? []).map((n) => nicRecord(n, chosen.get(n.uuid) as PciPlacement)),
+    nics: (devices.nics ?? []).map((n) => nicRecord(n, chosen.get(n.uuid) as PciPlacement, spec.maxVcpus ?? spec.vcpus)),
     hvparams,
     block_devices: (devices.disks ?? []).map((d) => diskRecord(d, chosen.get(d.uuid) as PciPlacement)),
     resources,

@@ -12,8 +12,10 @@ import { macProblem } from '../common/mac';
 import { CPU_DRIVER_RULE, CPU_TOPOLOGY_KEYS, MAX_TOPOLOGY_ID, cpuId } from './cpu';
 import { InvalidArgumentError, errorMessage } from './errors';
 import { assertInstanceName } from './instance-paths';
+import { MAX_NIC_QUEUES, NIC_MODELS, isNicModel } from './nic';
 import { VIRTIO_MEM_ID } from './resize';
 import { CONTROLLER_BUS_RULE } from './device-id';
+import { MAX_RATE_MBIT } from './tap-rate';
 import { PCI_SLOTS } from './pci-slots';
 import { pciTopology, placementProblem, type PciTopology } from './pci-topology';
 
@@ -82,10 +84,18 @@ class Checker {
   }
 }
 
+/** link_state, rate, queues and model of a NIC by the node's own rules (nic.ts, tap-rate.ts). */
+function checkNicExtras(c: Checker, f: string, n: Obj): void {
+  c.optional(n, 'link_state', (v) => v === 'up' || v === 'down' || c.fail(`${f}.link_state`, v, 'must be up or down'));
+  c.optional(n, 'rate_mbit', (v) => c.int(`${f}.rate_mbit`, v, 0, MAX_RATE_MBIT));
+  c.optional(n, 'queues', (v) => c.int(`${f}.queues`, v, 1, MAX_NIC_QUEUES));
+  c.optional(n, 'model', (v) => isNicModel(v) || c.fail(`${f}.model`, v, `must be one of ${Object.keys(NIC_MODELS).join(', ')}`));
+}
+
 function checkNics(c: Checker, nics: unknown): void {
   c.list('nics', nics, MAX_PLACED).forEach((raw, i) => {
     const f = `nics[${i}]`;
-    const n = c.obj(f, raw, ['uuid', 'mac', 'link', 'pci', 'bus', 'tap', 'state']);
+    const n = c.obj(f, raw, ['uuid', 'mac', 'link', 'pci', 'bus', 'tap', 'state', 'link_state', 'rate_mbit', 'queues', 'model']);
     c.match(`${f}.uuid`, n.uuid, UUID_RULE, 'a device uuid: letters, digits, ".", "_", "-", without ".."');
     const mac = typeof n.mac === 'string' ? macProblem(n.mac) : 'not a string';
     if (mac) c.fail(`${f}.mac`, n.mac, mac);
@@ -94,6 +104,7 @@ function checkNics(c: Checker, nics: unknown): void {
     c.pci(`${f}.pci`, n.pci);
     c.optional(n, 'bus', (v) => c.match(`${f}.bus`, v, CONTROLLER_BUS_RULE, 'a bridge or root port of this software: pcibN or rpN'));
     c.state(`${f}.state`, n.state);
+    checkNicExtras(c, f, n);
   });
 }
 

@@ -6,7 +6,7 @@
  */
 import * as fs from 'node:fs';
 import { InvalidArgumentError, errorMessage } from './errors';
-import { bridgeAddIf, linkUp, openTap, type TapHandle } from './native';
+import { bridgeAddIf, bridgeDelIf, linkUp, openTap, openTapQueues, type TapHandle } from './native';
 
 /** Kernel name template: the kernel picks the first free number. */
 export const TAP_NAME_TEMPLATE = 'gnttap%d';
@@ -25,12 +25,53 @@ export function tapExists(name: string): boolean {
   return fs.existsSync(`/sys/class/net/${name}`);
 }
 
-/** Opens a new tap; the caller owns the fd and must close it. */
-export function createTap(): TapHandle {
+/** A tap with its queue fds (one unless the NIC is multi-queue). */
+export interface TapQueuesHandle {
+  fds: number[];
+  name: string;
+}
+
+/** Opens a new tap with `queues` queues (IFF_MULTI_QUEUE when more than one); the caller owns the fds and must close them. */
+export function createTap(queues = 1): TapQueuesHandle {
   try {
-    return openTap(TAP_NAME_TEMPLATE, true);
+    if (queues <= 1) {
+      const tap: TapHandle = openTap(TAP_NAME_TEMPLATE, true);
+      return { fds: [tap.fd], name: tap.name };
+    }
+    return openTapQueues(TAP_NAME_TEMPLATE, true, queues);
   } catch (err) {
-    throw new Error(`cannot create a tap device: ${errorMessage(err)}`, { cause: err });
+    throw new Error(`cannot create a tap device${queues > 1 ? ` with ${queues} queues` : ''}: ${errorMessage(err)}`, { cause: err });
+  }
+}
+
+/** The bridge the tap is enslaved to now, or undefined. */
+export function tapBridge(tap: string): string | undefined {
+  try {
+    return fs.readlinkSync(`/sys/class/net/${tap}/master`).split('/').pop();
+  } catch {
+    return undefined;
+  }
+}
+
+/**
+ * Moves a running tap from bridge `from` to bridge `to` (either may be
+ * none); the tap and QEMU's fds stay. On failure the tap is put back on
+ * `from` and the error names what failed.
+ */
+export function moveTap(tap: string, from: string | undefined, to: string | undefined): void {
+  if (from === to) return;
+  if (to) assertBridge(to);
+  if (from && tapBridge(tap) === from) bridgeDelIf(from, tap);
+  try {
+    if (to) bridgeAddIf(to, tap);
+  } catch (err) {
+    let back = '';
+    try {
+      if (from) bridgeAddIf(from, tap);
+    } catch (e) {
+      back = `; putting it back on ${from} failed too: ${errorMessage(e)}`;
+    }
+    throw new Error(`cannot move tap ${tap} to bridge ${to}: ${errorMessage(err)}${back}`, { cause: err });
   }
 }
 

@@ -49,7 +49,7 @@ function toInstance(i: InstanceConfig): Instance {
     uuid: i.uuid, name: i.name, node: i.node.name, vcpus: i.vcpus, maxvcpus: i.maxvcpus, memoryMib: i.memory_mib,
     maxmemMib: i.maxmem_mib, kernel: i.kernel, initrd: i.initrd, kernelArgs: i.kernel_args, hvparams: i.hvparams,
     adminState: i.admin_state, createdAt: i.created_at,
-    nics: i.nics.map((n) => ({ index: n.idx, uuid: n.uuid, mac: n.mac, link: n.link, removalPending: n.removal_pending !== '' })),
+    nics: i.nics.map((n) => ({ index: n.idx, uuid: n.uuid, mac: n.mac, link: n.link, removalPending: n.removal_pending !== '', linkState: n.link_state, rateMbit: n.rate_mbit, queues: n.queues, model: n.model })),
     disks: i.disks.map((d) => ({ index: d.idx, uuid: d.uuid, sizeBytes: d.size_bytes, removalPending: d.removal_pending !== '' })),
   };
 }

@@ -15,6 +15,8 @@
  * node's own repairs took away (VerifyGone) is always the node's truth.
  * For a stopped instance every difference applies at the next start.
  */
+import type { NicParams } from './config/config-store';
+import { describeNicParams } from './nic-params';
 import { formatSize } from './validate';
 
 export type DeviceClass = 'nic' | 'disk' | 'resources';
@@ -24,6 +26,8 @@ export interface ConfigNic {
   mac: string;
   link: string;
   removalPending: boolean;
+  /** link_state, rate, queues, model; absent: not compared (older callers). */
+  params?: NicParams;
 }
 
 export interface ConfigDisk {
@@ -47,6 +51,7 @@ export interface NodeNic {
   mac: string;
   link: string;
   state: string;
+  params?: NicParams;
 }
 
 export interface NodeDisk {
@@ -67,7 +72,7 @@ export type ConfigFix =
   | { kind: 'drop-nic' | 'drop-disk'; uuid: string }
   | { kind: 'add-nic'; uuid: string; mac: string; link: string }
   | { kind: 'add-disk'; uuid: string; sizeBytes: number }
-  | { kind: 'update-nic'; uuid: string; mac: string; link: string }
+  | { kind: 'update-nic'; uuid: string; mac: string; link: string; params?: NicParams }
   | { kind: 'set-resources'; vcpus: number; memoryMib: number };
 
 export interface ConfigDiff {
@@ -112,7 +117,12 @@ export function truthFrom(h: JobHistory, gone: readonly GoneDevice[]): Truth {
   };
 }
 
-const nicText = (mac: string, link: string): string => `${mac}${link ? ` on ${link}` : ''}`;
+const nicText = (mac: string, link: string, params?: NicParams): string => {
+  const p = params ? describeNicParams(params) : '';
+  return `${mac}${link ? ` on ${link}` : ''}${p ? ` (${p})` : ''}`;
+};
+/** Whether the node's and the configuration's live parameters agree (not compared when either side lacks them). */
+const sameParams = (a?: NicParams, b?: NicParams): boolean => !a || !b || describeNicParams(a) === describeNicParams(b);
 const PENDING = 'a change made without --hotplug; it applies at the next start';
 
 function compareNics(cfg: ConfigView, rt: NodeView, truth: Truth): ConfigDiff[] {
@@ -131,9 +141,9 @@ function compareNics(cfg: ConfigView, rt: NodeView, truth: Truth): ConfigDiff[] 
       out.push({ device, uuid: c.uuid, problem: 'removal pending: the guest has not released it yet', note: true });
       continue;
     }
-    if (n.mac === c.mac && n.link === c.link) continue;
-    const problem = `${nicText(n.mac, n.link)} on the node, ${nicText(c.mac, c.link)} in the configuration`;
-    if (truth('nic', c.uuid)) out.push({ device, uuid: c.uuid, problem, note: false, fix: { kind: 'update-nic', uuid: c.uuid, mac: n.mac, link: n.link } });
+    if (n.mac === c.mac && n.link === c.link && sameParams(n.params, c.params)) continue;
+    const problem = `${nicText(n.mac, n.link, n.params)} on the node, ${nicText(c.mac, c.link, c.params)} in the configuration`;
+    if (truth('nic', c.uuid)) out.push({ device, uuid: c.uuid, problem, note: false, fix: { kind: 'update-nic', uuid: c.uuid, mac: n.mac, link: n.link, ...(n.params ? { params: n.params } : {}) } });
     else out.push({ device, uuid: c.uuid, problem: `${problem}: ${PENDING}`, note: true });
   }
   const inConfig = new Set(cfg.nics.map((c) => c.uuid));
@@ -205,7 +215,7 @@ export function describeFix(f: ConfigFix): string {
     case 'add-disk':
       return `disk ${f.uuid} (${formatSize(f.sizeBytes)}) added to the configuration`;
     case 'update-nic':
-      return `NIC ${f.uuid} set to ${nicText(f.mac, f.link)} in the configuration`;
+      return `NIC ${f.uuid} set to ${nicText(f.mac, f.link, f.params)} in the configuration`;
     case 'set-resources':
       return `configuration set to ${f.vcpus} vCPUs and ${f.memoryMib} MiB`;
   }

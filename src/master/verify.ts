@@ -12,7 +12,7 @@
  * instances in line where the node is the truth.
  */
 import type { ConfigStore, InstanceConfig, NodeRow } from './config/config-store';
-import { ConfigError } from './config/config-store';
+import { ConfigError, nicParams } from './config/config-store';
 import { addHistory } from './config/history';
 import type { JobRow, JobStore } from './jobs/job-store';
 import { JobError, type JobContext, type JobQueue } from './jobs/queue';
@@ -75,7 +75,7 @@ function findingLine(node: string, f: VerifyFinding__Output): Line {
 function configView(i: InstanceConfig): ConfigView {
   return {
     name: i.name, vcpus: i.vcpus, maxvcpus: i.maxvcpus, memoryMib: i.memory_mib, maxmemMib: i.maxmem_mib,
-    nics: i.nics.map((n) => ({ uuid: n.uuid, mac: n.mac, link: n.link, removalPending: !!n.removal_pending })),
+    nics: i.nics.map((n) => ({ uuid: n.uuid, mac: n.mac, link: n.link, removalPending: !!n.removal_pending, params: nicParams(n) })),
     disks: i.disks.map((d) => ({ uuid: d.uuid, sizeBytes: d.size_bytes, removalPending: !!d.removal_pending })),
   };
 }
@@ -86,7 +86,7 @@ function nodeView(rt: InstanceRuntime__Output, pendingVcpus: number): NodeView {
   const pending = r ? Number(r.pendingMemoryMib) : -1;
   return {
     running: rt.running,
-    nics: rt.nics.map((n) => ({ uuid: n.uuid, mac: n.mac, link: n.link, state: n.state ?? '' })),
+    nics: rt.nics.map((n) => ({ uuid: n.uuid, mac: n.mac, link: n.link, state: n.state ?? '', params: nicParams({ link_state: n.linkState, rate_mbit: n.rateMbit, queues: n.queues, model: n.model }) })),
     disks: rt.disks.map((d) => ({ uuid: d.uuid, sizeBytes: Number(d.sizeBytes) || 0, state: d.state ?? '' })),
     ...(r ? { resources: { vcpus: pendingVcpus > 0 ? pendingVcpus : r.vcpus, memoryMib: pending >= 0 ? pending : Number(r.memoryMib) } } : {}),
   };
@@ -260,7 +260,7 @@ export class Verifier {
         if (f.sizeBytes <= 0) throw new ConfigError(`the node reports no size for disk ${f.uuid}`, 'FAILED_PRECONDITION');
         return this.config.appendDisk(inst.uuid, f.uuid, f.sizeBytes);
       case 'update-nic':
-        return this.config.modifyNic(f.uuid, f.mac, f.link);
+        return this.config.modifyNic(f.uuid, f.mac, f.link, f.params);
       case 'set-resources':
         return this.config.setResources(inst.name, f.vcpus, f.memoryMib);
     }

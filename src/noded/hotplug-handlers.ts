@@ -12,7 +12,8 @@ import type { Nic__Output } from '../generated/gnt/node/v1/Nic';
 import { crashPoint } from './fault-injection';
 import type { Logger } from './instance-registry';
 import { diskReply, nicReply } from './operations-service';
-import { checkNicMac, int64 } from './spec';
+import { checkNicMac, int64, nicEnums, nicRequestOf } from './spec';
+import type { NicChangeRequest } from '../hypervisor/kvm-instance';
 import { invalidArgument } from './status';
 import { assertDeviceUuid, type Storage } from './storage';
 import { excerpt } from '../common/excerpt';
@@ -39,17 +40,34 @@ export function hotplugKindOf(req: HotplugDeviceRequest__Output): HotplugKind {
   return kind;
 }
 
+function nicChangeOf(nic: Nic__Output, uuid: string): NicChangeRequest {
+  const what = `modify of NIC ${uuid}`;
+  const { link_state, model } = nicEnums(nic, what);
+  if (nic.queues > 1) throw invalidArgument(`${what}: the number of queues cannot change on a NIC (remove it and add one with queues=${nic.queues})`);
+  if (nic.rateMbit < 0) throw invalidArgument(`${what}: rate_mbit must not be negative`);
+  const change: NicChangeRequest = { rate_mbit: nic.rateMbit };
+  if (nic.mac) change.mac = checkNicMac(nic.mac);
+  if (nic.link) change.link = nic.link;
+  if (nic.linkState) change.link_state = link_state;
+  if (nic.model) change.model = model;
+  return change;
+}
+
 async function hotplugNic(inst: KvmInstance, req: HotplugDeviceRequest__Output, opts: OperationOptions): Promise<HotplugDeviceReply> {
   const nic = req.nic as Nic__Output;
   const uuid = assertDeviceUuid(nic.uuid, 'the NIC');
   switch (req.action) {
     case 'ADD': {
       const mac = checkNicMac(nic.mac);
-      return nicReply(await inst.hotAddNic(nic.link ? { uuid, mac, link: nic.link } : { uuid, mac }, opts));
+      return nicReply(await inst.hotAddNic(nicRequestOf(nic, mac, `new NIC ${uuid}`), opts));
     }
-    case 'MODIFY':
-      if (!nic.mac && !nic.link) throw invalidArgument(`modify of NIC ${uuid}: give a new mac or link`);
-      return nicReply(await inst.hotModifyNic(uuid, { mac: nic.mac ? checkNicMac(nic.mac) : undefined, link: nic.link || undefined }, opts));
+    case 'MODIFY': {
+      // The Nic message gives the NIC's state after the change: mac, link,
+      // link_state and model "" keep the current value; rate_mbit is the
+      // limit after it (0: none), queues cannot change on a running NIC.
+      const r = await inst.hotModifyNic(uuid, nicChangeOf(nic, uuid), opts);
+      return { ...nicReply(r.record), applied: r.applied };
+    }
     case 'REMOVE': {
       const r = await inst.hotRemoveNic(uuid, opts);
       return { ...nicReply(r.record), removalPending: r.pending };

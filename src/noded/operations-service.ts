@@ -46,7 +46,8 @@ function hotplugOf(rec: OperationRecord): HotplugDeviceReply | undefined {
     rec.kind === 'nic'
       ? typeof device.mac === 'string' ? nicReply(device as unknown as NicRecord) : { nic: { uuid: device.uuid } }
       : typeof device.path === 'string' ? diskReply(device as unknown as DiskRecord) : { disk: { uuid: device.uuid } };
-  return { ...base, removalPending: removal?.pending === true };
+  const applied = Array.isArray(r.applied) ? r.applied.filter((a): a is string => typeof a === 'string') : [];
+  return { ...base, removalPending: removal?.pending === true, applied };
 }
 
 function resizeOf(rec: OperationRecord): InstanceResizeReply | undefined {

@@ -24,10 +24,32 @@ import type { Nic } from '../generated/gnt/node/v1/Nic';
 import { invalidArgument } from './status';
 import { assertDeviceUuid, type NewDisk, type Storage } from './storage';
 import { excerpt } from '../common/excerpt';
+import { NIC_MODEL_NAMES, type NicModelName } from '../common/nic-params';
 
 /** A NIC's MAC by the rule the master applies too (src/common/mac.ts), same words; lower case. */
 export function checkNicMac(mac: string): string {
   return normalizeMacWith(mac, invalidArgument);
+}
+
+/** A Nic message's link_state ("" = up) and model ("" = virtio), checked. */
+export function nicEnums(nic: Pick<Nic, 'linkState' | 'model'>, what: string): { link_state: 'up' | 'down'; model: NicModelName } {
+  const linkState = nic.linkState || 'up';
+  if (linkState !== 'up' && linkState !== 'down') throw invalidArgument(`${what}: link_state must be up or down, not ${excerpt(linkState)}`);
+  const model = (nic.model || 'virtio') as NicModelName;
+  if (!NIC_MODEL_NAMES.includes(model)) throw invalidArgument(`${what}: model must be one of ${NIC_MODEL_NAMES.join(', ')}, not ${excerpt(nic.model)}`);
+  return { link_state: linkState, model };
+}
+
+/** The NIC request of a Nic message (ADD, a spec's NIC): defaults left out; the hypervisor checks ranges. */
+export function nicRequestOf(n: Pick<Nic, 'uuid' | 'link' | 'linkState' | 'rateMbit' | 'queues' | 'model'>, mac: string, what: string): NicRequest {
+  const { link_state, model } = nicEnums(n, what);
+  const req: NicRequest = { uuid: n.uuid as string, mac };
+  if (n.link) req.link = n.link;
+  if (link_state === 'down') req.link_state = 'down';
+  if (n.rateMbit) req.rate_mbit = n.rateMbit;
+  if (n.queues && n.queues > 1) req.queues = n.queues;
+  if (model !== 'virtio') req.model = model;
+  return req;
 }
 
 /** hvparams that select the machine rather than being kept as hvparams. */
@@ -85,7 +107,7 @@ export function planStart(spec: InstanceSpec__Output, storage: Storage): StartPl
   const nics = spec.nics.map((n, i): NicRequest => {
     assertDeviceUuid(n.uuid, `NIC ${i} of ${spec.name}`);
     const mac = checkNicMac(n.mac);
-    return n.link ? { uuid: n.uuid, mac, link: n.link } : { uuid: n.uuid, mac };
+    return nicRequestOf(n, mac, `NIC ${i} of ${spec.name}`);
   });
   return { machine, nics, disks, hvparams, newDisks };
 }
@@ -138,6 +160,10 @@ export function nicToProto(n: NicRecord, rootBus = ''): Nic {
     pciBus: pciBusOf(n, rootBus),
     tap: n.tap ?? '',
     state: n.state ?? '',
+    linkState: n.link_state ?? 'up',
+    rateMbit: n.rate_mbit ?? 0,
+    queues: n.queues ?? 1,
+    model: n.model ?? 'virtio',
   };
 }
 
@@ -166,7 +192,7 @@ export function guestToProto(g: GuestState | undefined): GuestView {
   if (!g) return { known: false, nics: [], disks: [], cpusOnline: '', memTotalKib: '0' };
   return {
     known: true,
-    nics: g.nets.map((n) => `${n.name} ${n.mac} ${n.pci}`),
+    nics: g.nets.map((n) => `${n.name} ${n.mac} ${n.pci} ${n.queues} ${n.carrier}`),
     disks: g.blks.map((b) => `${b.name} ${b.sectors} ${b.pci}`),
     cpusOnline: g.cpusOnline,
     memTotalKib: String(g.memTotalKiB),

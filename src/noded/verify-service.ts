@@ -212,6 +212,7 @@ export class VerifyService {
         await attempt(f, () => inst.verifyRecordTap(r.uuid, r.tap));
         return;
       case 'connect-tap':
+      case 'set-rate':
         await attempt(f, () => applyHostRepair(r));
         return;
       default:

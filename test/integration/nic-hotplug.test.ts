@@ -58,7 +58,8 @@ describe('NIC hotplug against the real guest', function () {
     const nic = await g.instance.hotAddNic({ uuid, mac: '52:54:00:12:34:03' });
     await g.console.waitFor((s) => s.nets.some((n) => n.mac === '52:54:00:12:34:03'), SEEN_TIMEOUT_MS, 'first MAC');
     const changed = await g.instance.hotModifyNic(uuid, { mac: '52:54:00:12:34:04' });
-    assert.equal(changed.pci, nic.pci);
+    assert.equal(changed.record.pci, nic.pci);
+    assert.deepEqual(changed.applied, ['mac=52:54:00:12:34:04: replug']);
     const seen = await g.console.waitFor(
       (s) => s.nets.some((n) => n.mac === '52:54:00:12:34:04') && !s.nets.some((n) => n.mac === '52:54:00:12:34:03'),
       SEEN_TIMEOUT_MS,

@@ -230,10 +230,13 @@ export function formatInstanceInfo(d: InstanceDetails__Output): string {
   out += 'NICs (config | node runtime):\n';
   out += i.nics.length
     ? table(
-        ['  #', 'MAC', 'Link', 'UUID', 'PCI', 'Device id', 'Tap', 'State'],
+        ['  #', 'MAC', 'Link', 'Carrier', 'Rate', 'Queues', 'Model', 'UUID', 'PCI', 'Device id', 'Tap', 'State'],
         i.nics.map((n) => {
           const r = rtNic.get(n.uuid);
-          return [`  ${n.index}`, n.mac, n.link || '-', n.uuid, r && r.pci >= 0 ? r.pci : '-', r?.deviceId || '-', r?.tap || '-', deviceState(n.removalPending, r?.state)];
+          return [
+            `  ${n.index}`, n.mac, n.link || '-', n.linkState || 'up', n.rateMbit ? `${n.rateMbit} Mbit/s` : '-', n.queues || 1, n.model || 'virtio',
+            n.uuid, r && r.pci >= 0 ? r.pci : '-', r?.deviceId || '-', r?.tap || '-', deviceState(n.removalPending, r?.state),
+          ];
         }),
       )
     : '  none\n';

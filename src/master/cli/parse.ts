@@ -3,8 +3,9 @@
  * parse and check the form of values; the master decides everything else
  * (uuids, generated MACs, whether an index exists).
  *
- *   gnt-instance add:    --net [N:]mac=MAC,link=BR   --disk [N:]size=SIZE
- *   gnt-instance modify: --net add[:mac=MAC,link=BR] | N:mac=MAC[,link=BR] | N:link=BR | N:remove
+ *   gnt-instance add:    --net [N:]mac=MAC,link=BR,link_state=up|down,rate=MBIT,queues=N,model=M   --disk [N:]size=SIZE
+ *   gnt-instance modify: --net add[:mac=MAC,link=BR,link_state=..,rate=..,queues=N,model=M] | N:remove
+ *                        --net N:mac=MAC,link=BR,link_state=up|down,rate=MBIT(0: none),model=virtio|e1000|rtl8139 (any of them)
  *                        --disk add:size=SIZE | N:remove
  *                        -B / --backend-parameters vcpus=N,memory=SIZE
  *   -H / --hvparams:     the keys of src/common/hvparams.ts (security_model, security_domain, chroot, machine, accel,
@@ -16,6 +17,51 @@ import type { NicSpec } from '../../generated/gnt/master/v1/NicSpec';
 import type { DiskSpec } from '../../generated/gnt/master/v1/DiskSpec';
 import { CLIENT_HVPARAM_KEYS } from '../../common/hvparams';
 import { checkCount, checkHvparamValues, checkLink, checkMac, parseSize, parseSizeMiB, UsageError } from '../validate';
+import { LINK_STATES, NIC_MODEL_NAMES, queuesProblem, rateProblem } from '../../common/nic-params';
+import { excerpt } from '../../common/excerpt';
+
+const NIC_ADD_KEYS = ['mac', 'link', 'link_state', 'rate', 'queues', 'model'];
+const NIC_MODIFY_KEYS = ['mac', 'link', 'link_state', 'rate', 'model'];
+
+function linkStateValue(v: string | undefined, what: string): string {
+  if (v === undefined) return '';
+  if (!(LINK_STATES as readonly string[]).includes(v)) throw new UsageError(`${what}: link_state must be up or down, not ${excerpt(v)}`);
+  return v;
+}
+
+function modelValue(v: string | undefined, what: string): string {
+  if (v === undefined) return '';
+  if (!(NIC_MODEL_NAMES as readonly string[]).includes(v)) throw new UsageError(`${what}: model must be one of ${NIC_MODEL_NAMES.join(', ')}, not ${excerpt(v)}`);
+  return v;
+}
+
+/** rate=MBIT: a whole number of Mbit/s, 0 for no limit. */
+function rateValue(v: string, what: string): number {
+  const n = /^\d{1,9}$/.test(v) ? Number(v) : NaN;
+  const problem = rateProblem(n);
+  if (problem) throw new UsageError(`${what}: ${problem}, not ${excerpt(v)}`);
+  return n;
+}
+
+/** queues=N (the maximum vCPUs are checked by the master against the instance). */
+function queuesValue(v: string | undefined, model: string, what: string): number {
+  if (v === undefined) return 0;
+  const n = /^\d{1,3}$/.test(v) ? Number(v) : NaN;
+  const problem = queuesProblem(n, model || 'virtio', undefined);
+  if (problem) throw new UsageError(`${what}: ${problem}, not ${excerpt(v)}`);
+  return n;
+}
+
+/** The NIC keys beyond mac and link of an add (instance add or --net add:...), only those given. */
+function nicAddExtras(kv: Record<string, string>, what: string): { linkState?: string; rateMbit?: number; queues?: number; model?: string } {
+  const model = modelValue(kv.model, what);
+  const out: { linkState?: string; rateMbit?: number; queues?: number; model?: string } = {};
+  if (kv.link_state !== undefined) out.linkState = linkStateValue(kv.link_state, what);
+  if (kv.rate !== undefined) out.rateMbit = rateValue(kv.rate, what);
+  if (kv.queues !== undefined) out.queues = queuesValue(kv.queues, model, what);
+  if (kv.model !== undefined) out.model = model;
+  return out;
+}
 
 /** "a=1,b=2" with only the allowed keys, each at most once. */
 export function parseKeyValues(text: string, allowed: string[], what: string): Record<string, string> {
@@ -59,8 +105,8 @@ export function parseNicSpec(text: string, pos: number): NicSpec {
     if (Number(m[1]) !== pos) throw new UsageError(`--net ${text}: NIC index ${m[1]} given in position ${pos}`);
     body = m[2];
   }
-  const kv = parseKeyValues(body, ['mac', 'link'], `--net ${text}`);
-  return { mac: macValue(kv.mac), link: checkLink(kv.link ?? '') };
+  const kv = parseKeyValues(body, NIC_ADD_KEYS, `--net ${text}`);
+  return { mac: macValue(kv.mac), link: checkLink(kv.link ?? ''), ...nicAddExtras(kv, `--net ${text}`) };
 }
 
 /** One --disk of gnt-instance add, in position `pos`. */
@@ -81,18 +127,25 @@ export function parseNicChange(text: string): NicChange {
   const what = `--net ${text}`;
   const { head, rest } = splitHead(text);
   if (head === 'add') {
-    const kv = parseKeyValues(rest, ['mac', 'link'], what);
-    return { action: 'ADD', index: -1, mac: macValue(kv.mac), link: checkLink(kv.link ?? '') };
+    const kv = parseKeyValues(rest, NIC_ADD_KEYS, what);
+    const x = nicAddExtras(kv, what);
+    const { rateMbit, ...rest2 } = x;
+    return { action: 'ADD', index: -1, mac: macValue(kv.mac), link: checkLink(kv.link ?? ''), ...rest2, ...(rateMbit !== undefined ? { rate: String(rateMbit) } : {}) };
   }
   if (head === 'remove') throw new UsageError(`${what}: say which NIC, e.g. --net 1:remove`);
   const index = parseIndex(head, what);
   if (rest === 'remove') return { action: 'REMOVE', index };
   if (rest === 'add' || rest.startsWith('add,')) throw new UsageError(`${what}: adding at an index is not supported; use --net add[:mac=MAC,link=BR]`);
-  const kv = parseKeyValues(rest, ['mac', 'link'], what);
-  if (kv.mac === undefined && kv.link === undefined) throw new UsageError(`${what}: give mac=MAC and/or link=BRIDGE, or remove`);
+  if (/(^|,)queues=/.test(rest)) throw new UsageError(`${what}: the queues of an existing NIC cannot change; remove it and add a new one with --net add:queues=N`);
+  const kv = parseKeyValues(rest, NIC_MODIFY_KEYS, what);
+  if (!Object.keys(kv).length) throw new UsageError(`${what}: give mac=MAC and/or link=BRIDGE, link_state=up|down, rate=MBIT, model=MODEL, or remove`);
   if (kv.mac !== undefined && kv.mac === '') throw new UsageError(`${what}: mac= is empty`);
   if (kv.link !== undefined && kv.link === '') throw new UsageError(`${what}: link= is empty (a link cannot be cleared)`);
-  return { action: 'MODIFY', index, mac: kv.mac === undefined ? '' : checkMac(kv.mac), link: checkLink(kv.link ?? '') };
+  const out: NicChange = { action: 'MODIFY', index, mac: kv.mac === undefined ? '' : checkMac(kv.mac), link: checkLink(kv.link ?? '') };
+  if (kv.link_state !== undefined) out.linkState = linkStateValue(kv.link_state, what);
+  if (kv.rate !== undefined) out.rate = String(rateValue(kv.rate, what));
+  if (kv.model !== undefined) out.model = modelValue(kv.model, what);
+  return out;
 }
 
 /** One --disk of gnt-instance modify. */

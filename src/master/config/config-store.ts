@@ -16,7 +16,17 @@ export interface NodeRow {
   cert_fingerprint?: string;
 }
 
-export interface NicRow {
+/** A NIC's live parameters (src/common/nic-params.ts). */
+export interface NicParams {
+  link_state: string;
+  rate_mbit: number;
+  queues: number;
+  model: string;
+}
+
+export const DEFAULT_NIC_PARAMS: NicParams = { link_state: 'up', rate_mbit: 0, queues: 1, model: 'virtio' };
+
+export interface NicRow extends NicParams {
   uuid: string;
   idx: number;
   mac: string;
@@ -69,8 +79,18 @@ export interface NewInstance {
   initrd: string;
   kernelArgs: string;
   hvparams: Record<string, string>;
-  nics: { mac: string; link: string }[];
+  nics: ({ mac: string; link: string } & Partial<NicParams>)[];
   disks: { sizeBytes: number }[];
+}
+
+/** The parameters with defaults for what is not given ('' or 0 = default). */
+export function nicParams(p: Partial<NicParams>): NicParams {
+  return {
+    link_state: p.link_state || DEFAULT_NIC_PARAMS.link_state,
+    rate_mbit: p.rate_mbit ?? 0,
+    queues: p.queues || 1,
+    model: p.model || DEFAULT_NIC_PARAMS.model,
+  };
 }
 
 interface Owned {
@@ -148,7 +168,7 @@ export class ConfigStore {
   listInstances(): InstanceConfig[] {
     const rows = this.db.prepare('SELECT * FROM instances ORDER BY name').all() as InstanceRow[];
     const nodes = new Map((this.db.prepare('SELECT * FROM nodes').all() as NodeRow[]).map((n) => [n.uuid, n]));
-    const nics = groupBy(this.db.prepare('SELECT instance_uuid, uuid, idx, mac, link, removal_pending FROM nics ORDER BY instance_uuid, idx').all() as (NicRow & Owned)[]);
+    const nics = groupBy(this.db.prepare('SELECT instance_uuid, uuid, idx, mac, link, removal_pending, link_state, rate_mbit, queues, model FROM nics ORDER BY instance_uuid, idx').all() as (NicRow & Owned)[]);
     const disks = groupBy(this.db.prepare('SELECT instance_uuid, uuid, idx, size_bytes, removal_pending FROM disks ORDER BY instance_uuid, idx').all() as (DiskRow & Owned)[]);
     // completed in place: copying 10,000 rows into new objects costs more than the queries
     return rows.map((row) => Object.assign(row, {
@@ -176,7 +196,7 @@ export class ConfigStore {
       ...row,
       hvparams: JSON.parse(row.hvparams) as Record<string, string>,
       node,
-      nics: this.db.prepare('SELECT uuid, idx, mac, link, removal_pending FROM nics WHERE instance_uuid = ? ORDER BY idx').all(row.uuid) as NicRow[],
+      nics: this.db.prepare('SELECT uuid, idx, mac, link, removal_pending, link_state, rate_mbit, queues, model FROM nics WHERE instance_uuid = ? ORDER BY idx').all(row.uuid) as NicRow[],
       disks: this.db.prepare('SELECT uuid, idx, size_bytes, removal_pending FROM disks WHERE instance_uuid = ? ORDER BY idx').all(row.uuid) as DiskRow[],
     };
   }
@@ -231,7 +251,7 @@ export class ConfigStore {
         )
         .run(uuid, spec.name, spec.nodeUuid, spec.vcpus, spec.maxvcpus, spec.memoryMib, spec.maxmemMib, spec.kernel,
           spec.initrd, spec.kernelArgs, JSON.stringify(spec.hvparams), nowIso());
-      spec.nics.forEach((n, idx) => this.insertNic(uuid, idx, randomUUID(), n.mac, n.link));
+      spec.nics.forEach((n, idx) => this.insertNic(uuid, idx, randomUUID(), n.mac, n.link, n));
       spec.disks.forEach((d, idx) => this.insertDisk(uuid, idx, randomUUID(), d.sizeBytes));
     })();
     return this.getInstance(spec.name);
@@ -263,9 +283,12 @@ export class ConfigStore {
     this.db.prepare('UPDATE instances SET admin_state = ? WHERE name = ?').run(state, name);
   }
 
-  private insertNic(instanceUuid: string, idx: number, uuid: string, mac: string, link: string): void {
+  private insertNic(instanceUuid: string, idx: number, uuid: string, mac: string, link: string, params: Partial<NicParams> = {}): void {
     if (this.macInUse(mac)) throw new ConfigError(`MAC address ${mac} is already used in the cluster`, 'ALREADY_EXISTS');
-    this.db.prepare('INSERT INTO nics (uuid, instance_uuid, idx, mac, link) VALUES (?, ?, ?, ?, ?)').run(uuid, instanceUuid, idx, mac, link);
+    const p = nicParams(params);
+    this.db
+      .prepare('INSERT INTO nics (uuid, instance_uuid, idx, mac, link, link_state, rate_mbit, queues, model) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)')
+      .run(uuid, instanceUuid, idx, mac, link, p.link_state, p.rate_mbit, p.queues, p.model);
   }
 
   private insertDisk(instanceUuid: string, idx: number, uuid: string, sizeBytes: number): void {
@@ -273,10 +296,10 @@ export class ConfigStore {
   }
 
   /** Appends a NIC with the given uuid (made by the caller, the master) at the end. */
-  appendNic(instanceUuid: string, uuid: string, mac: string, link: string): void {
+  appendNic(instanceUuid: string, uuid: string, mac: string, link: string, params: Partial<NicParams> = {}): void {
     this.db.transaction(() => {
       const { n } = this.db.prepare('SELECT COUNT(*) AS n FROM nics WHERE instance_uuid = ?').get(instanceUuid) as { n: number };
-      this.insertNic(instanceUuid, n, uuid, mac, link);
+      this.insertNic(instanceUuid, n, uuid, mac, link, params);
     })();
   }
 
@@ -287,11 +310,14 @@ export class ConfigStore {
     })();
   }
 
-  modifyNic(uuid: string, mac: string, link: string): void {
+  /** A NIC's new MAC, link and (when given) live parameters; the queues never change. */
+  modifyNic(uuid: string, mac: string, link: string, params?: Omit<NicParams, 'queues'>): void {
     this.db.transaction(() => {
       const other = this.db.prepare('SELECT uuid FROM nics WHERE mac = ? AND uuid != ?').get(mac, uuid);
       if (other) throw new ConfigError(`MAC address ${mac} is already used in the cluster`, 'ALREADY_EXISTS');
       this.db.prepare('UPDATE nics SET mac = ?, link = ? WHERE uuid = ?').run(mac, link, uuid);
+      if (params)
+        this.db.prepare('UPDATE nics SET link_state = ?, rate_mbit = ?, model = ? WHERE uuid = ?').run(params.link_state, params.rate_mbit, params.model, uuid);
     })();
   }
 

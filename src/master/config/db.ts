@@ -142,6 +142,14 @@ const MIGRATIONS: string[] = [
     revoked_at  TEXT NOT NULL
   );
   `,
+  // 6: a NIC's live parameters (issue 12): link state, rate limit (Mbit/s,
+  // 0 none), tap queues and device model.
+  `
+  ALTER TABLE nics ADD COLUMN link_state TEXT NOT NULL DEFAULT 'up' CHECK (link_state IN ('up', 'down'));
+  ALTER TABLE nics ADD COLUMN rate_mbit INTEGER NOT NULL DEFAULT 0 CHECK (rate_mbit >= 0);
+  ALTER TABLE nics ADD COLUMN queues INTEGER NOT NULL DEFAULT 1 CHECK (queues BETWEEN 1 AND 8);
+  ALTER TABLE nics ADD COLUMN model TEXT NOT NULL DEFAULT 'virtio' CHECK (model IN ('virtio', 'e1000', 'rtl8139'));
+  `,
 ];
 
 export const SCHEMA_VERSION = MIGRATIONS.length;

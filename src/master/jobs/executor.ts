@@ -3,7 +3,8 @@
  * node, and commits the configuration only once the node has confirmed.
  * A failure leaves the configuration as it was before the failed step.
  */
-import { ConfigError, ConfigStore, type InstanceConfig } from '../config/config-store';
+import { describeNicParams } from '../nic-params';
+import { ConfigError, ConfigStore, nicParams, type InstanceConfig } from '../config/config-store';
 import { NodeRpc, NodeRpcError } from '../node-rpc';
 import { formatSize } from '../validate';
 import type { InstanceRuntime__Output } from '../../generated/gnt/node/v1/InstanceRuntime';
@@ -23,10 +24,16 @@ type AddOp = Extract<Op, { type: 'instance-add' }>;
 export { instanceSpec, nodeTarget } from './spec';
 export { checkResizeLimits } from './device-changes/resources';
 
+/** ", link down, rate 10 Mbit/s, 2 queues, e1000" for a node's NIC; "" for the defaults. */
+function runtimeNicParams(n: InstanceRuntime__Output['nics'][number]): string {
+  const d = describeNicParams(nicParams({ link_state: n.linkState, rate_mbit: n.rateMbit, queues: n.queues, model: n.model }));
+  return d ? `, ${d}` : '';
+}
+
 function describeRuntime(rt: InstanceRuntime__Output): string[] {
   const lines = [`running: ${rt.running ? `yes, pid ${rt.pid}` : 'no'}`];
   rt.disks.forEach((d, i) => lines.push(`disk/${i} ${d.uuid}: PCI slot ${d.pci}, ${d.deviceId || '-'}${d.path ? `, ${d.path}` : ''}`));
-  rt.nics.forEach((n, i) => lines.push(`nic/${i} ${n.uuid}: PCI slot ${n.pci}, ${n.deviceId || '-'}, ${n.mac}${n.tap ? `, tap ${n.tap}` : ''}${n.link ? `, bridge ${n.link}` : ''}`));
+  rt.nics.forEach((n, i) => lines.push(`nic/${i} ${n.uuid}: PCI slot ${n.pci}, ${n.deviceId || '-'}, ${n.mac}${n.tap ? `, tap ${n.tap}` : ''}${n.link ? `, bridge ${n.link}` : ''}${runtimeNicParams(n)}`));
   return lines;
 }
 
@@ -104,14 +111,14 @@ export class Executor {
   private async instanceAdd(op: AddOp, ctx: JobContext, macs: string[]): Promise<void> {
     if (this.config.findInstance(op.name)) throw new ConfigError(`instance "${op.name}" already exists`, 'ALREADY_EXISTS');
     const node = this.config.getNode(op.node);
-    const nics = op.nics.map((n) => ({ mac: n.mac ? this.reserveMac(n.mac, macs) : this.generateMac(macs), link: n.link }));
+    const nics = op.nics.map((n) => ({ ...n, mac: n.mac ? this.reserveMac(n.mac, macs) : this.generateMac(macs) }));
     const inst = this.config.addInstance({
       name: op.name, nodeUuid: node.uuid, vcpus: op.vcpus, maxvcpus: op.maxvcpus, memoryMib: op.memoryMib,
       maxmemMib: op.maxmemMib, kernel: op.kernel, initrd: op.initrd, kernelArgs: op.kernelArgs, hvparams: op.hvparams,
       nics, disks: op.disks,
     });
     ctx.log(`instance ${inst.name} (${inst.uuid}) added to the configuration on node ${node.name}`);
-    inst.nics.forEach((n) => ctx.log(`nic/${n.idx} ${n.uuid}: ${n.mac}${n.link ? ` on ${n.link}` : ''}`));
+    inst.nics.forEach((n) => ctx.log(`nic/${n.idx} ${n.uuid}: ${n.mac}${n.link ? ` on ${n.link}` : ''}${describeNicParams(n) ? ` (${describeNicParams(n)})` : ''}`));
     inst.disks.forEach((d) => ctx.log(`disk/${d.idx} ${d.uuid}: ${formatSize(d.size_bytes)}`));
     if (op.noStart) {
       ctx.log('not started (--no-start)');

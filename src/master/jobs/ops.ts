@@ -8,6 +8,8 @@ import type { InstanceAddOp__Output } from '../../generated/gnt/master/v1/Instan
 import type { InstanceModifyOp__Output } from '../../generated/gnt/master/v1/InstanceModifyOp';
 import type { NodeAddOp__Output } from '../../generated/gnt/master/v1/NodeAddOp';
 import type { InstanceMigrateOp__Output } from '../../generated/gnt/master/v1/InstanceMigrateOp';
+import type { NicParams } from '../config/config-store';
+import { checkLinkState, checkModel, checkQueues, newNicParams, rateChange } from '../nic-params';
 import { checkAddress, checkCount, checkHvparamValues, checkLink, checkMac, checkName, checkNodePath, UsageError } from '../validate';
 
 export type OpType =
@@ -18,6 +20,14 @@ export interface NicChangeOp {
   index: number;
   mac: string;
   link: string;
+  /** '' or absent keeps (ADD: up). */
+  linkState?: string;
+  /** Mbit/s; -1 or absent keeps (ADD: none), 0 removes the limit. */
+  rate?: number;
+  /** ADD only; 1 otherwise. */
+  queues?: number;
+  /** '' or absent keeps (ADD: virtio). */
+  model?: string;
 }
 
 export interface DiskChangeOp {
@@ -42,7 +52,7 @@ export type Op =
       initrd: string;
       kernelArgs: string;
       disks: { sizeBytes: number }[];
-      nics: { mac: string; link: string }[];
+      nics: ({ mac: string; link: string } & NicParams)[];
       hvparams: Record<string, string>;
       noStart: boolean;
     }
@@ -115,7 +125,7 @@ function instanceAdd(o: InstanceAddOp__Output): PreparedJob {
     if (sizeBytes <= 0) throw new UsageError(`disk ${i} needs a size greater than zero (size=SIZE)`);
     return { sizeBytes };
   });
-  const nics = o.nics.map((n) => ({ mac: n.mac ? checkMac(n.mac) : '', link: checkLink(n.link) }));
+  const nics = o.nics.map((n, i) => ({ mac: n.mac ? checkMac(n.mac) : '', link: checkLink(n.link), ...newNicParams(n, maxvcpus, `NIC ${i}`) }));
   const macs = nics.map((n) => n.mac).filter(Boolean);
   const dup = macs.find((m, i) => macs.indexOf(m) !== i);
   if (dup) throw new UsageError(`MAC address ${dup} is given twice`);
@@ -135,9 +145,16 @@ function instanceModify(o: InstanceModifyOp__Output): PreparedJob {
   const nics = o.nics.map((c): NicChangeOp => {
     if (c.action === 'CHANGE_ACTION_UNSPECIFIED') throw new UsageError('a NIC change needs an action (add, N:remove or N:mac=...)');
     if (c.action !== 'ADD' && c.index < 0) throw new UsageError(`NIC index ${c.index} is not valid`);
-    if (c.action === 'MODIFY' && !c.mac && !c.link) throw new UsageError(`NIC ${c.index}: nothing to change (give mac=MAC and/or link=BRIDGE)`);
-    if (c.action === 'REMOVE' && (c.mac || c.link)) throw new UsageError(`NIC ${c.index}: remove takes no parameters`);
-    return { action: c.action, index: c.index, mac: c.mac ? checkMac(c.mac) : '', link: checkLink(c.link) };
+    const what = c.action === 'ADD' ? 'new NIC' : `NIC ${c.index}`;
+    if (c.action === 'MODIFY' && !c.mac && !c.link && !c.linkState && !c.rate && !c.model)
+      throw new UsageError(`NIC ${c.index}: nothing to change (give mac=, link=, link_state=, rate= or model=)`);
+    if (c.action === 'MODIFY' && (c.queues ?? 0) > 1) throw new UsageError(`NIC ${c.index}: the queues of an existing NIC cannot change; remove it and add a new one with queues=N`);
+    if (c.action === 'REMOVE' && (c.mac || c.link || c.linkState || c.rate || (c.queues ?? 0) > 1 || c.model)) throw new UsageError(`NIC ${c.index}: remove takes no parameters`);
+    const model = checkModel(c.model, what);
+    return {
+      action: c.action, index: c.index, mac: c.mac ? checkMac(c.mac) : '', link: checkLink(c.link), linkState: checkLinkState(c.linkState, what),
+      rate: rateChange(c.rate, what), queues: c.action === 'ADD' ? checkQueues(c.queues, model, undefined, what) : 1, model,
+    };
   });
   const disks = o.disks.map((c): DiskChangeOp => {
     if (c.action === 'ADD') {

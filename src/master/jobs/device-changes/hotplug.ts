@@ -71,7 +71,8 @@ function liveLine(s: PlannedChange<DeviceChangeRecord>, state: string, reply: Ho
       notes: [],
     };
   const at = reply ? ` at PCI slot ${reply.pci}${reply.deviceId ? ` (${reply.deviceId})` : ''}` : '';
-  return { line: `${s.what}: hot-${DONE_VERB[s.change.action]}${at}${confirmed ? ' (outcome confirmed by the node)' : ''}`, notes: [] };
+  const how = reply?.applied?.length ? `; applied: ${reply.applied.join(', ')}` : '';
+  return { line: `${s.what}: hot-${DONE_VERB[s.change.action]}${at}${how}${confirmed ? ' (outcome confirmed by the node)' : ''}`, notes: [] };
 }
 
 /** The ChangeKind of a device kind that the node changes with HotplugDevice. */

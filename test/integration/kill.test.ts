@@ -46,6 +46,7 @@ import {
   Rng,
   sleep,
   slotAddr,
+  tapHostState,
   snapshotBuild,
   stableFdSample,
   taps,
@@ -93,6 +94,8 @@ const RESTART_PAUSE_MS: [number, number] = [0, 1500];
 
 const INSTANCE = 'kill1';
 const BRIDGE = 'gntkillbr0';
+/** The second bridge NICs are moved to and back (issue 12's live bridge change). */
+const BRIDGE2 = 'gntkillbr1';
 const BOOT_VCPUS = 1;
 /** maxvcpus: under TCG a QEMU process creates at most this many vCPU threads ever (src/hypervisor/resize.ts), so it bounds the vCPU adds of the whole run. */
 const MAX_VCPUS = 8;
@@ -105,6 +108,12 @@ const DIMM_SLOTS = 4;
 const MAX_MEMORY_MIB = BOOT_MEMORY_MIB + DIMM_SLOTS * DIMM_MIB;
 const MAX_NICS = 5;
 const MAX_DISKS = 5;
+/** SCSI disks (LUNs on the virtio-scsi controller) and virtio-pmem devices, counted apart from the virtio-blk disks. */
+const MAX_SCSI_DISKS = 4;
+const MAX_PMEM = 1;
+const PMEM_MIB = 32;
+/** NIC rate limits the kill test sets (Mbit/s; 0 removes the limit). */
+const RATES_MBIT = [0, 10, 100];
 const DISK_SIZES_MIB = [8, 12, 16, 20, 24, 28];
 /** gnt-noded's TCP connections (the master's gRPC channels) above this count are reported as a leak. */
 const MAX_NODED_TCP = 12;
@@ -113,7 +122,7 @@ const GUEST_STALL_MS = 10_000;
 /** Guest MemTotal may differ from the expected growth by this fraction. */
 const MEM_TOLERANCE = 0.02;
 
-type OpKind = 'nic-add' | 'nic-remove' | 'disk-add' | 'disk-remove' | 'vcpu-up' | 'vcpu-down' | 'dimm-add';
+type OpKind = 'nic-add' | 'nic-remove' | 'nic-relink' | 'nic-link-state' | 'nic-rate' | 'disk-add' | 'scsi-add' | 'pmem-add' | 'disk-remove' | 'vcpu-up' | 'vcpu-down' | 'dimm-add';
 type KillMode = 'none' | 'noded-early' | 'noded-late' | 'noded-double' | 'masterd';
 
 interface CfgView {
@@ -121,8 +130,8 @@ interface CfgView {
   maxvcpus: number;
   memoryMib: number;
   maxmemMib: number;
-  nics: Array<{ index: number; uuid: string; mac: string; state?: string }>;
-  disks: Array<{ index: number; uuid: string; sizeBytes: number; state?: string }>;
+  nics: Array<{ index: number; uuid: string; mac: string; link: string; linkState: string; rateMbit: number; state?: string }>;
+  disks: Array<{ index: number; uuid: string; sizeBytes: number; flavour: 'virtio' | 'scsi' | 'pmem'; state?: string }>;
   /** Live changes the master sent whose outcome is not final (issue 10's operations table), if it shows them. */
   openOps: Array<{ id: string; jobId: string; kind: string; action: string; uuid: string; state: string }>;
   /** Configuration changes no job asked for (convergence), if the master shows them. */
@@ -136,6 +145,8 @@ interface Snapshot {
   guest?: GuestView;
   tick: number;
   taps: string[];
+  /** Each runtime NIC's tap as the host has it: bridge and tc rate. */
+  tapHost: Map<string, { bridge: string; rateMbit: number }>;
   storageFiles: string[];
   qemuPid?: number;
   qemuFds?: FdSample;
@@ -237,8 +248,12 @@ describe('kill test: gnt-noded and gnt-masterd SIGKILLed during hotplug jobs, ze
     const state = (x: Json) => (x.removalPending ? { state: 'removal pending' } : x.state ? { state: String(x.state) } : {});
     return {
       vcpus: n(i.vcpus), maxvcpus: n(i.maxvcpus), memoryMib: n(i.memoryMib), maxmemMib: n(i.maxmemMib),
-      nics: ((i.nics as Json[]) ?? []).map((x) => ({ index: n(x.index), uuid: String(x.uuid), mac: String(x.mac).toLowerCase(), ...state(x) })),
-      disks: ((i.disks as Json[]) ?? []).map((x) => ({ index: n(x.index), uuid: String(x.uuid), sizeBytes: n(x.sizeBytes), ...state(x) })),
+      nics: ((i.nics as Json[]) ?? []).map((x) => ({
+        index: n(x.index), uuid: String(x.uuid), mac: String(x.mac).toLowerCase(), link: String(x.link ?? ''), linkState: String(x.linkState || 'up'), rateMbit: n(x.rateMbit), ...state(x),
+      })),
+      disks: ((i.disks as Json[]) ?? []).map((x) => ({
+        index: n(x.index), uuid: String(x.uuid), sizeBytes: n(x.sizeBytes), flavour: x.diskType === 'pmem' ? 'pmem' : x.diskBus === 'scsi' ? 'scsi' : 'virtio', ...state(x),
+      })),
       openOps: ((d.operations as Json[]) ?? []).map((o) => ({
         id: String(o.id ?? ''), jobId: String(o.jobId ?? ''), kind: String(o.kind ?? ''), action: String(o.action ?? ''), uuid: String(o.deviceUuid ?? ''), state: String(o.state ?? ''),
       })),
@@ -260,9 +275,11 @@ describe('kill test: gnt-noded and gnt-masterd SIGKILLed during hotplug jobs, ze
       guest: guest.latest,
       tick: guest.lastTick,
       taps: taps(),
+      tapHost: new Map(),
       storageFiles: filesUnder(storageDir()),
       qemuPid: pidFromFile(path.join(instDir(), 'qemu.pid')),
     };
+    for (const n of s.rt.nics) if (n.tap && s.taps.includes(n.tap)) s.tapHost.set(n.uuid, tapHostState(n.tap));
     if (info.code === 0) s.cfg = cfgFrom(JSON.parse(info.stdout) as Json);
     else s.cfgError = `gnt-instance info failed (exit ${info.code}): ${(info.stderr || info.stdout).trim()}`;
     if (job) {
@@ -356,6 +373,11 @@ describe('kill test: gnt-noded and gnt-masterd SIGKILLed during hotplug jobs, ze
       const r = rtNics.get(n.uuid);
       if (!r) add(`nic-cfg-only:${n.uuid}`, `NIC ${n.uuid} (${n.mac}) is in the configuration (index ${n.index}) but not in the runtime file`, nicViews(n.uuid, n.mac));
       else if (r.mac !== n.mac) add(`nic-mac:${n.uuid}`, `NIC ${n.uuid}: configuration MAC ${n.mac}, runtime file MAC ${r.mac}`, nicViews(n.uuid, n.mac));
+      else {
+        if (r.link !== n.link) add(`nic-link:${n.uuid}`, `NIC ${n.uuid}: configuration bridge ${n.link || 'none'}, runtime file bridge ${r.link || 'none'}`, nicViews(n.uuid, n.mac));
+        if (r.linkState !== n.linkState) add(`nic-linkstate:${n.uuid}`, `NIC ${n.uuid}: configuration link ${n.linkState}, runtime file link ${r.linkState}`, nicViews(n.uuid, n.mac));
+        if (r.rateMbit !== n.rateMbit) add(`nic-rate:${n.uuid}`, `NIC ${n.uuid}: configuration rate ${n.rateMbit} Mbit/s, runtime file rate ${r.rateMbit} Mbit/s`, nicViews(n.uuid, n.mac));
+      }
       if (n.state) add(`nic-cfg-state:${n.uuid}`, `NIC ${n.uuid} (${n.mac}) is "${n.state}" in the configuration`, nicViews(n.uuid, n.mac));
     }
     for (const r of rt.nics) {
@@ -380,6 +402,15 @@ describe('kill test: gnt-noded and gnt-masterd SIGKILLed during hotplug jobs, ze
         add(`tap-orphan:${t}`, `tap ${t} exists on the host but no runtime file names it` +
           (tapless.length ? ` (runtime NICs with no tap: ${tapless.map((r) => r.uuid).join(', ')})` : ''), tapless.length === 1 ? nicViews(tapless[0].uuid, tapless[0].mac) : undefined);
     for (const r of rt.nics) if (r.tap && !s.taps.includes(r.tap)) add(`tap-missing:${r.uuid}`, `NIC ${r.uuid}: the runtime file names tap ${r.tap}, which does not exist`, nicViews(r.uuid, r.mac));
+    // The host side of each tap and the guest's carrier against the record (live NIC changes).
+    for (const r of rt.nics) {
+      const h = s.tapHost.get(r.uuid);
+      if (h && !r.state && h.bridge !== r.link) add(`tap-bridge:${r.uuid}`, `NIC ${r.uuid}: the runtime file puts tap ${r.tap} on bridge ${r.link || 'none'}, the host has it on ${h.bridge || 'none'}`, nicViews(r.uuid, r.mac));
+      if (h && !r.state && h.rateMbit !== r.rateMbit) add(`tap-rate:${r.uuid}`, `NIC ${r.uuid}: the runtime file limits tap ${r.tap} to ${r.rateMbit} Mbit/s, tc on the host shows ${h.rateMbit} Mbit/s`, nicViews(r.uuid, r.mac));
+      const g = s.guest?.nets.find((x) => x.mac === r.mac);
+      const want = r.linkState === 'down' ? '0' : '1';
+      if (g && !r.state && g.carrier !== '-' && g.carrier !== want) add(`nic-guest-carrier:${r.uuid}`, `NIC ${r.uuid}: the runtime file has link ${r.linkState}, the guest sees carrier ${g.carrier} on ${g.name}`, nicViews(r.uuid, r.mac));
+    }
     if (s.qemuFds) {
       const tun = s.qemuFds.kinds.tun ?? 0;
       if (tun !== rt.nics.length) add('qemu-tap-fds', `QEMU holds ${tun} tap fd(s), the runtime file has ${rt.nics.length} NIC(s)`);
@@ -415,7 +446,7 @@ describe('kill test: gnt-noded and gnt-masterd SIGKILLed during hotplug jobs, ze
     if (s.guest) {
       const gByPci = new Map(s.guest.blks.map((g) => [g.pci, g]));
       for (const r of rt.disks) {
-        if (r.pci === null) continue;
+        if (r.pci === null || r.flavour !== 'virtio') continue;
         const g = gByPci.get(slotAddr(r.pci));
         const want = cfgDisks.get(r.uuid)?.sizeBytes;
         if (!g) add(`disk-guest-missing:${r.uuid}`, `disk ${r.uuid} (PCI ${r.pci}) is in the runtime file but the guest has no disk at ${slotAddr(r.pci)} (guest disks: ${s.guest.blks.map((b) => `${b.name} ${b.sectors} ${b.pci}`).join('; ') || 'none'})`, diskViews(r.uuid));
@@ -423,6 +454,21 @@ describe('kill test: gnt-noded and gnt-masterd SIGKILLed during hotplug jobs, ze
       }
       const rtPcis = new Set(rt.disks.map((r) => (r.pci === null ? '' : slotAddr(r.pci))));
       for (const g of s.guest.blks) if (g.pci !== '-' && !rtPcis.has(g.pci)) add(`disk-guest-extra:${g.pci}`, `the guest sees disk ${g.name} (${g.sectors * 512} bytes) at ${g.pci}, which the runtime file does not have`);
+      // SCSI LUNs by target:LUN (the guest's H:C:T:L), pmem devices by count and size.
+      const tl = (g: { scsi: string }) => g.scsi.split(':').slice(2).join(':');
+      const gScsi = new Map(s.guest.blks.filter((g) => g.scsi !== '-').map((g) => [tl(g), g]));
+      const rtScsi = rt.disks.filter((r) => r.flavour === 'scsi');
+      for (const r of rtScsi) {
+        const g = gScsi.get(`${r.target}:${r.lun}`);
+        const want = cfgDisks.get(r.uuid)?.sizeBytes;
+        if (!g && !r.state) add(`scsi-guest-missing:${r.uuid}`, `SCSI disk ${r.uuid} (target ${r.target}, LUN ${r.lun}) is in the runtime file but the guest has no SCSI disk at ?:?:${r.target}:${r.lun}`, diskViews(r.uuid));
+        else if (g && want !== undefined && g.sectors * 512 !== want) add(`scsi-guest-size:${r.uuid}`, `SCSI disk ${r.uuid}: configuration ${want} bytes, the guest sees ${g.name} with ${g.sectors * 512} bytes`, diskViews(r.uuid));
+      }
+      const rtTl = new Set(rtScsi.map((r) => `${r.target}:${r.lun}`));
+      for (const [k, g] of gScsi) if (!rtTl.has(k)) add(`scsi-guest-extra:${k}`, `the guest sees SCSI disk ${g.name} at ${g.scsi}, which the runtime file does not have`);
+      const gPmem = s.guest.blks.filter((g) => g.name.startsWith('pmem')).map((g) => g.sectors * 512).sort();
+      const rtPmem = rt.disks.filter((r) => r.flavour === 'pmem' && !r.state).map((r) => cfgDisks.get(r.uuid)?.sizeBytes ?? -1).sort();
+      if (gPmem.join(',') !== rtPmem.join(',')) add('pmem-guest', `pmem devices: the runtime file has ${rtPmem.length} (${rtPmem.join(', ') || 'none'} bytes), the guest sees ${gPmem.length} (${gPmem.join(', ') || 'none'} bytes)`);
     }
 
     // vCPUs and memory.
@@ -452,7 +498,7 @@ describe('kill test: gnt-noded and gnt-masterd SIGKILLed during hotplug jobs, ze
    * (the configuration alone is off, or a disk file nobody opens): fd counts
    * are still compared in such a state.
    */
-  const FD_NEUTRAL = /^(nic-cfg-only:|nic-rt-only:|nic-mac:|nic-cfg-state:|disk-cfg-only:|disk-rt-only:|disk-cfg-state:|disk-orphan:|job-effect:|verify:|vcpus-cfg-rt$|mem-cfg-rt$)/;
+  const FD_NEUTRAL = /^(nic-cfg-only:|nic-rt-only:|nic-mac:|nic-link:|nic-linkstate:|nic-rate:|tap-bridge:|tap-rate:|nic-guest-carrier:|nic-cfg-state:|disk-cfg-only:|disk-rt-only:|disk-cfg-state:|disk-orphan:|job-effect:|verify:|vcpus-cfg-rt$|mem-cfg-rt$)/;
   /**
    * gnt-noded's fds that the device layout decides: all but its established
    * TCP connections, which are the master's gRPC channels and come and go
@@ -462,7 +508,7 @@ describe('kill test: gnt-noded and gnt-masterd SIGKILLed during hotplug jobs, ze
   const nodedFds = (f: FdSample): number => f.count - (f.kinds.tcp ?? 0);
   /** A layout: what decides how many fds gnt-noded and QEMU should hold. */
   const layout = (s: Snapshot): string =>
-    `nics=${s.rt.nics.length},disks=${s.rt.disks.length},vcpus=${s.rt.vcpus},dimms=${s.rt.dimms.length}`;
+    `nics=${s.rt.nics.length},disks=${s.rt.disks.length} (scsi ${s.rt.disks.filter((x) => x.flavour === 'scsi').length}, pmem ${s.rt.disks.filter((x) => x.flavour === 'pmem').length}),vcpus=${s.rt.vcpus},dimms=${s.rt.dimms.length}`;
 
   /** The ops valid now, from what the operator sees (the configuration) and the TCG thread rule. */
   const chooseOp = (s: Snapshot): Op => {
@@ -484,7 +530,51 @@ describe('kill test: gnt-noded and gnt-masterd SIGKILLed during hotplug jobs, ze
           return { kind: 'nic-remove', args: ['--net', `${n.index}:remove`], text: `NIC ${n.index} remove (${n.mac})`, effect: (x) => (x.nics.some((m) => m.uuid === n.uuid) ? `the configuration still has NIC ${n.uuid} (${n.mac})` : undefined) };
         },
       });
-    if (cfg.disks.length < MAX_DISKS)
+    if (cfg.nics.length > 0) {
+      options.push({
+        weight: 1,
+        item: () => {
+          const n = rng.pick(cfg.nics);
+          const to = n.link === BRIDGE ? BRIDGE2 : BRIDGE;
+          return { kind: 'nic-relink', args: ['--net', `${n.index}:link=${to}`], text: `NIC ${n.index} bridge ${n.link || 'none'} -> ${to}`, effect: (x) => (x.nics.find((m) => m.uuid === n.uuid)?.link === to ? undefined : `NIC ${n.uuid} is not on ${to} in the configuration`) };
+        },
+      });
+      options.push({
+        weight: 1,
+        item: () => {
+          const n = rng.pick(cfg.nics);
+          const to = n.linkState === 'down' ? 'up' : 'down';
+          return { kind: 'nic-link-state', args: ['--net', `${n.index}:link_state=${to}`], text: `NIC ${n.index} link ${n.linkState} -> ${to}`, effect: (x) => (x.nics.find((m) => m.uuid === n.uuid)?.linkState === to ? undefined : `NIC ${n.uuid} is not ${to} in the configuration`) };
+        },
+      });
+      options.push({
+        weight: 1,
+        item: () => {
+          const n = rng.pick(cfg.nics);
+          const to = rng.pick(RATES_MBIT.filter((r) => r !== n.rateMbit));
+          return { kind: 'nic-rate', args: ['--net', `${n.index}:rate=${to}`], text: `NIC ${n.index} rate ${n.rateMbit} -> ${to} Mbit/s`, effect: (x) => (x.nics.find((m) => m.uuid === n.uuid)?.rateMbit === to ? undefined : `NIC ${n.uuid} is not limited to ${to} Mbit/s in the configuration`) };
+        },
+      });
+    }
+    const byFlavour = (f: string) => cfg.disks.filter((x) => x.flavour === f).length;
+    if (byFlavour('scsi') < MAX_SCSI_DISKS)
+      options.push({
+        weight: 1.5,
+        item: () => {
+          const mib = rng.pick(DISK_SIZES_MIB);
+          const before = new Set(cfg.disks.map((x) => x.uuid));
+          return { kind: 'scsi-add', args: ['--disk', `add:size=${mib}M,bus=scsi`], text: `SCSI disk add ${mib}M`, effect: (x) => (x.disks.some((d) => !before.has(d.uuid) && d.flavour === 'scsi' && d.sizeBytes === mib << 20) ? undefined : `the configuration has no new ${mib} MiB SCSI disk`) };
+        },
+      });
+    if (byFlavour('pmem') < MAX_PMEM && cfg.memoryMib + PMEM_MIB <= cfg.maxmemMib)
+      options.push({
+        weight: 0.4,
+        item: () => {
+          const before = new Set(cfg.disks.map((x) => x.uuid));
+          return { kind: 'pmem-add', args: ['--disk', `add:size=${PMEM_MIB}M,type=pmem`], text: `pmem add ${PMEM_MIB}M`, effect: (x) => (x.disks.some((d) => !before.has(d.uuid) && d.flavour === 'pmem') ? undefined : `the configuration has no new pmem device`) };
+        },
+      });
+    if (byFlavour('virtio') < MAX_DISKS)
       options.push({
         weight: 3,
         item: () => {
@@ -557,8 +647,10 @@ describe('kill test: gnt-noded and gnt-masterd SIGKILLed during hotplug jobs, ze
     log(`instance: vcpus ${BOOT_VCPUS} (maxvcpus ${MAX_VCPUS}, grown to at most ${VCPU_CAP}), memory ${BOOT_MEMORY_MIB}M (maxmem ${MAX_MEMORY_MIB}M: ${DIMM_SLOTS} DIMMs of ${DIMM_MIB}M), at most ${MAX_NICS} NICs and ${MAX_DISKS} disks`);
     log(build.note);
     c = new KillCluster(build);
-    spawnSync('ip', ['link', 'add', BRIDGE, 'type', 'bridge']);
-    spawnSync('ip', ['link', 'set', BRIDGE, 'up']);
+    for (const br of [BRIDGE, BRIDGE2]) {
+      spawnSync('ip', ['link', 'add', br, 'type', 'bridge']);
+      spawnSync('ip', ['link', 'set', br, 'up']);
+    }
     await c.init();
     await c.addNode('node1');
     masterTail = new LogTail(c.masterLog);
@@ -622,7 +714,7 @@ describe('kill test: gnt-noded and gnt-masterd SIGKILLed during hotplug jobs, ze
     const qpid = c.node ? pidFromFile(path.join(instDir(), 'qemu.pid')) : undefined;
     if (qpid && processAlive(qpid) && qpid === qemuPid0) process.kill(qpid, 'SIGKILL');
     await c.destroy();
-    spawnSync('ip', ['link', 'del', BRIDGE]);
+    for (const br of [BRIDGE, BRIDGE2]) spawnSync('ip', ['link', 'del', br]);
     if (build && build.root.includes('gnt-kill-build-')) fs.rmSync(build.root, { recursive: true, force: true });
   });
 

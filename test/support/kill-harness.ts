@@ -219,8 +219,8 @@ export class KillCluster {
 
 export interface GuestView {
   seq: number;
-  nets: Array<{ name: string; mac: string; pci: string }>;
-  blks: Array<{ name: string; sectors: number; pci: string }>;
+  nets: GuestState['nets'];
+  blks: GuestState['blks'];
   cpusPresent: number;
   cpusOnline: number;
   memTotalKiB: number;
@@ -321,6 +321,10 @@ export interface RtNic {
   pci: number | null;
   tap?: string;
   state?: string;
+  /** Bridge ('' none), link state, rate limit (Mbit/s, 0 none): issue 12's live NIC changes. */
+  link: string;
+  linkState: 'up' | 'down';
+  rateMbit: number;
 }
 
 export interface RtDisk {
@@ -328,6 +332,10 @@ export interface RtDisk {
   path: string;
   pci: number | null;
   state?: string;
+  /** virtio-blk (block_devices), a SCSI LUN (scsi_disks: target and LUN) or virtio-pmem (pmem_devices). */
+  flavour: 'virtio' | 'scsi' | 'pmem';
+  target?: number;
+  lun?: number;
 }
 
 export interface RtOperation {
@@ -381,11 +389,19 @@ export function readRuntime(file: string): RuntimeView {
   const nics: RtNic[] = list(raw.nics).filter(isObj).map((n) => ({
     uuid: str(n.uuid), mac: str(n.mac).toLowerCase(), pci: typeof n.pci === 'number' ? n.pci : null,
     ...(typeof n.tap === 'string' ? { tap: n.tap } : {}), ...(typeof n.state === 'string' && n.state ? { state: n.state } : {}),
+    link: str(n.link), linkState: n.link_state === 'down' ? 'down' : 'up', rateMbit: num(n.rate_mbit),
   }));
-  const disks: RtDisk[] = list(raw.block_devices ?? raw.disks).map((d) => (Array.isArray(d) ? d[0] : d)).filter(isObj).map((d) => ({
+  const diskOf = (flavour: RtDisk['flavour']) => (d: Obj): RtDisk => ({
     uuid: str(d.uuid), path: str(d.path), pci: typeof d.pci === 'number' ? d.pci : null,
     ...(typeof d.state === 'string' && d.state ? { state: d.state } : {}),
-  }));
+    flavour,
+    ...(flavour === 'scsi' ? { target: num(d.target), lun: num(d.lun) } : {}),
+  });
+  const disks: RtDisk[] = [
+    ...list(raw.block_devices ?? raw.disks).map((d) => (Array.isArray(d) ? d[0] : d)).filter(isObj).map(diskOf('virtio')),
+    ...list(raw.scsi_disks).filter(isObj).map(diskOf('scsi')),
+    ...list(raw.pmem_devices).filter(isObj).map(diskOf('pmem')),
+  ];
   const r = isObj(raw.resources) ? raw.resources : {};
   const cpus = list(r.cpus);
   const dimms = list(r.dimms).filter(isObj).map((d) => ({ id: str(d.id), sizeMiB: num(d.sizeMiB ?? d.size_mib) }));
@@ -502,6 +518,20 @@ export function fdKindsDiff(a: FdSample, b: FdSample): string {
 
 export function taps(): string[] {
   return fs.readdirSync('/sys/class/net').filter((n) => n.startsWith('gnttap')).sort();
+}
+
+/** The host side of a tap: the bridge it is enslaved to ('' none) and the rate of its tbf root qdisc in Mbit/s (0 none). */
+export function tapHostState(tap: string): { bridge: string; rateMbit: number } {
+  let bridge = '';
+  try {
+    bridge = path.basename(fs.readlinkSync(`/sys/class/net/${tap}/master`));
+  } catch {
+    // not enslaved (or gone)
+  }
+  const tc = spawnSync('tc', ['qdisc', 'show', 'dev', tap], { encoding: 'utf8' });
+  const m = /qdisc tbf .*?\brate (\d+(?:\.\d+)?)([KMG]?)bit/.exec(tc.stdout ?? '');
+  const scale: Record<string, number> = { '': 1e-6, K: 1e-3, M: 1, G: 1000 };
+  return { bridge, rateMbit: m ? Math.round(Number(m[1]) * scale[m[2]]) : 0 };
 }
 
 /** Every file under `dir` (relative paths are joined back to absolute ones). */

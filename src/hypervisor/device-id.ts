@@ -32,7 +32,7 @@ export function uuidPart(uuid: string): string {
   return part;
 }
 
-export function deviceId(kind: DeviceKind, uuid: string, slot: number): string {
+export function deviceId(kind: DeviceKind | 'pmem', uuid: string, slot: number): string {
   if (!Number.isInteger(slot) || slot < 0 || slot > 31) throw new InvalidArgumentError(`PCI slot ${slot} is out of range (0 to 31)`);
   return assertValidId(`${kind}-${uuidPart(uuid)}-pci-${slot}`);
 }
@@ -45,7 +45,7 @@ export interface ParsedDeviceId {
 
 /** Parses an id made by deviceId(); undefined for anything else. */
 export function parseDeviceId(id: string): ParsedDeviceId | undefined {
-  const m = /^(nic|disk)-([A-Za-z0-9._]+)-pci-(0|[1-9]\d?)$/.exec(id);
+  const m = /^(nic|disk|pmem)-([A-Za-z0-9._]+)-pci-(0|[1-9]\d?)$/.exec(id);
   if (!m || Number(m[3]) > 31) return undefined;
   return { kind: m[1], uuidPart: m[2], slot: Number(m[3]) };
 }

@@ -14,14 +14,16 @@
  */
 import { recordNodeChange, type OperationJournal, type OperationRecord, type SettledBy } from './operations';
 import { DeviceExistsError, DeviceNotFoundError, InstanceStateError, InvalidArgumentError, OutcomeUnknownError, errorMessage, isOutcomeUnknown } from './errors';
-import { allDevices, idOf, type AttachContext, type DeviceKind, type DeviceRecord, type HostPrep } from './device-kinds';
-import { DISK_KIND, NIC_KIND } from './device-kinds';
+import { allDevices, DEVICE_KINDS, findDevice, idOf, isPlaced, slotOf, type AttachContext, type DeviceKind, type DeviceRecord, type HostPrep } from './device-kinds';
+import { DISK_KIND, NIC_KIND, PMEM_KIND, SCSI_DISK_KIND } from './device-kinds';
+import { assertPmemPossible, assertPmemRoom, assertPmemSize } from './pmem';
+import { ensureScsiController, nextScsiAddress, scsiDiskId } from './scsi-disk';
 import { diskId } from './disk';
 import { nicId, normalizeMac } from './nic';
 import { operationError, type OperationRunner } from './operation-runner';
 import { devicePresent } from './qdev';
 import type { Monitor } from './qmp-client';
-import type { DiskRecord, NicRecord, RuntimeData } from './runtime-file';
+import type { DiskRecord, NicRecord, PmemRecord, RuntimeData, ScsiDiskRecord } from './runtime-file';
 import { assertBridge } from './tap';
 import type { UnplugKind } from './unplug-timeouts';
 
@@ -39,6 +41,12 @@ export interface DiskRequest {
   slot?: number;
   /** The node made (or makes) this file for the disk: it is deleted when the disk goes. */
   created?: boolean;
+  /** At create (runtime-layout.ts): "scsi" puts the disk on the virtio-scsi controller; a hot-add says it by calling addScsiDisk. */
+  bus?: 'scsi';
+  /** At create: "pmem" makes it a virtio-pmem device; a hot-add calls addPmem. */
+  type?: 'pmem';
+  /** pmem devices: the size of the device (and of the file the node makes). */
+  sizeMiB?: number;
 }
 
 /**
@@ -112,6 +120,7 @@ export class DeviceOperations {
   }
 
   async addDisk(req: DiskRequest, prepare?: PrepareStep): Promise<DiskRecord> {
+    if (req.bus || req.type) throw new InvalidArgumentError(`disk ${req.uuid}: a ${req.bus ?? req.type} disk is hot-added by its own call (addScsiDisk, addPmem)`);
     this.assertNewUuid(req.uuid);
     this.host.requireRunning();
     const mon = await this.host.monitor();
@@ -120,6 +129,38 @@ export class DeviceOperations {
     if (req.created) disk.created = true;
     diskId(disk, slot);
     return this.attachRecorded(DISK_KIND, disk, mon, prepare);
+  }
+
+  /** A LUN on the virtio-scsi controller, which is added first when QEMU lacks it (at a slot from the slot owner). */
+  async addScsiDisk(req: DiskRequest, prepare?: PrepareStep): Promise<ScsiDiskRecord> {
+    this.assertNewUuid(req.uuid);
+    this.host.requireRunning();
+    const mon = await this.host.monitor();
+    const disk: ScsiDiskRecord = { uuid: req.uuid, path: req.path, ...nextScsiAddress(this.host.data()), state: 'attaching' };
+    if (req.created) disk.created = true;
+    scsiDiskId(disk);
+    await ensureScsiController(mon, this.host.data(), () => this.host.chooseSlot(mon, undefined), () => this.host.save()).catch((err: unknown) => {
+      this.host.slotsChanged();
+      throw err;
+    });
+    return this.attachRecorded(SCSI_DISK_KIND, disk, mon, prepare);
+  }
+
+  /** A virtio-pmem device: needs maxmem room beside the DIMMs and virtio-mem (pmem.ts). */
+  async addPmem(req: DiskRequest, prepare?: PrepareStep): Promise<PmemRecord> {
+    const data = this.host.data();
+    const sizeMiB = req.sizeMiB ?? 0;
+    assertPmemSize(sizeMiB);
+    if (!req.created) throw new InvalidArgumentError(`pmem device ${req.uuid}: its backing file must be one the node creates (give a size, no path)`);
+    assertPmemPossible(data.hvparams, this.host.name);
+    this.assertNewUuid(req.uuid);
+    this.host.requireRunning();
+    assertPmemRoom(this.host.name, data.resources, data, sizeMiB);
+    const mon = await this.host.monitor();
+    const slot = await this.host.chooseSlot(mon, req.slot);
+    const rec: PmemRecord = { uuid: req.uuid, path: req.path, sizeMiB, pci: slot, state: 'attaching', created: true };
+    PMEM_KIND.id(rec, slot);
+    return this.attachRecorded(PMEM_KIND, rec, mon, prepare);
   }
 
   /** A new MAC or link: remove the NIC and add it again at the same slot. */
@@ -172,7 +213,7 @@ export class DeviceOperations {
     try {
       undoPrepare = prepare?.();
       if (prepare) kind.validate(rec);
-      await kind.attach(mon, rec, rec.pci as number, this.host.attachContext(), prep);
+      await kind.attach(mon, rec, slotOf(kind as unknown as DeviceKind, rec) as number, this.host.attachContext(), prep);
     } catch (err) {
       if (isOutcomeUnknown(err)) return this.settleUnknownAttach(kind as unknown as DeviceKind, rec, err) as Promise<T>;
       this.host.slotsChanged();
@@ -208,15 +249,16 @@ export class DeviceOperations {
     const rec = this.find(kind, uuid);
     const name = this.host.name;
     if (!rec) throw new DeviceNotFoundError(name, `${kind.label} with uuid ${uuid}`);
-    if (rec.pci === null)
+    if (!isPlaced(kind, rec))
       throw new InstanceStateError(`${kind.label} ${uuid} of ${name} has no PCI slot recorded (old runtime file); remove it without hotplug, or restart the instance once to give it a slot`);
+    if (kind.hotRemoveRefusal) throw new InstanceStateError(`${kind.label} ${uuid} of ${name} cannot be removed live: ${kind.hotRemoveRefusal}`);
     if (rec.state === 'attaching') throw new InstanceStateError(`${kind.label} ${uuid} of ${name} is still being added; wait for that operation to settle`);
     this.host.requireRunning();
     const mon = await this.host.monitor();
     rec.state = 'detaching';
     this.host.save();
     try {
-      await kind.detach(mon, rec, rec.pci, this.host.unplugTimeout(kind.unplugKind));
+      await kind.detach(mon, rec, slotOf(kind, rec) as number, this.host.unplugTimeout(kind.unplugKind));
     } catch (err) {
       if (!isOutcomeUnknown(err)) {
         delete rec.state;
@@ -245,7 +287,7 @@ export class DeviceOperations {
    * reconcile finishes the same way, never a file that no record names.
    */
   async finishRemoval(kind: DeviceKind, rec: DeviceRecord, mon: Monitor, by: SettledBy): Promise<void> {
-    await kind.release(mon, rec, rec.pci as number);
+    await kind.release(mon, rec, slotOf(kind, rec) as number);
     this.releaseHost(kind, rec);
     const wasAttaching = rec.state === 'attaching';
     kind.forget(this.host.data(), rec.uuid);
@@ -277,7 +319,7 @@ export class DeviceOperations {
       if (op.action === 'remove') this.runner.settle(op, 'succeeded', by, { result });
       else this.runner.settle(op, 'failed', by, { error: { code: 'ABORTED', message: `${kind.label} ${rec.uuid} was removed (${by}) while this operation was open` } });
     }
-    if (!open.length && by !== 'request' && this.runner.current?.uuid !== rec.uuid) recordNodeChange(this.host.journal(), kind.name, 'remove', rec.uuid, by, result);
+    if (!open.length && by !== 'request' && this.runner.current?.uuid !== rec.uuid) recordNodeChange(this.host.journal(), kind.operationKind, 'remove', rec.uuid, by, result);
   }
 
   /**
@@ -298,7 +340,7 @@ export class DeviceOperations {
     }
     if (rec.state === 'detaching' && present) {
       try {
-        await kind.detach(mon, rec, rec.pci as number, this.host.unplugTimeout(kind.unplugKind));
+        await kind.detach(mon, rec, slotOf(kind, rec) as number, this.host.unplugTimeout(kind.unplugKind));
       } catch (err) {
         if (!isOutcomeUnknown(err)) throw err;
         for (const op of this.runner.openFor(rec.uuid))
@@ -337,8 +379,7 @@ export class DeviceOperations {
     let changed = false;
     for (const op of this.host.journal().records.filter((o) => o.state === 'running' && o.kind !== 'resources')) {
       if (inFlight(op.id)) continue;
-      const kind = (op.kind === 'disk' ? DISK_KIND : NIC_KIND) as unknown as DeviceKind;
-      const rec = this.find(kind, op.uuid);
+      const rec = findDevice(this.host.data(), op.uuid, Object.values(DEVICE_KINDS).filter((k) => k.operationKind === op.kind))?.[1];
       if (rec?.state) continue;
       if (op.action === 'modify' && !rec) {
         await this.restoreModified(op);

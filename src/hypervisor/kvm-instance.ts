@@ -13,7 +13,7 @@ import { randomUUID } from 'node:crypto';
 import { EventEmitter } from 'node:events';
 import * as fs from 'node:fs';
 import { attachDimm, type DimmRecord } from './memory';
-import { allDevices, deviceKind, idOf, type DeviceRecord } from './device-kinds';
+import { allDevices, deviceKind, findDevice, idOf, isPlaced, DISK_KIND, PMEM_KIND, SCSI_DISK_KIND, type DeviceKind, type PciDeviceRecord } from './device-kinds';
 import { DeviceOperations, type DiskRequest, type NicRequest, type PrepareStep, type RemovalResult } from './device-operations';
 import { checkHostPaths, openBootFiles } from './boot-files';
 import { HostPathPolicy } from './host-paths';
@@ -48,7 +48,9 @@ import {
   type DiskRecord,
   type HvParams,
   type NicRecord,
+  type PmemRecord,
   type RuntimeData,
+  type ScsiDiskRecord,
 } from './runtime-file';
 import { reconcileInstance, settleResizeOperations, type ReconcileReport } from './instance-reconcile';
 import { MonitorLink } from './monitor-link';
@@ -89,6 +91,9 @@ export type { ReconcileReport } from './instance-reconcile';
 export type { MigrationView, ReceiveOptions } from './instance-migration';
 
 const RECONCILE_RETRY_MS = 1000;
+
+/** The kinds the master calls a disk. */
+const DISK_KINDS = [DISK_KIND, SCSI_DISK_KIND, PMEM_KIND] as unknown as DeviceKind[];
 
 export class KvmInstance extends EventEmitter {
   readonly name: string;
@@ -140,7 +145,7 @@ export class KvmInstance extends EventEmitter {
       monitor: () => this.monitor(),
       requireRunning: () => this.requireRunning(),
       unplugTimeout: (kind) => this.unplugTimeout(kind),
-      attachContext: () => ({ nicOptions: this.nicOptions, hostPaths: this.hostPaths }),
+      attachContext: () => ({ nicOptions: this.nicOptions, hostPaths: this.hostPaths, hvparams: this.data.hvparams }),
       chooseSlot: (mon, requested) => this.chooseSlot(mon, requested),
       scheduleReconcile: () => this.scheduleReconcile(),
       slotsChanged: () => this.slots.invalidate(),
@@ -276,11 +281,11 @@ export class KvmInstance extends EventEmitter {
     if (spec.name !== this.name) throw new InvalidArgumentError(`spec names instance ${spec.name}, not ${this.name}`);
     const next = layoutRuntime(spec, devices, this.data);
     checkHostPaths(this.hostPaths, next, { boot: false });
-    const kept = new Set(next.block_devices.map((d) => d.path));
-    const dropped = this.data.block_devices.filter((d) => !kept.has(d.path));
+    const kept = new Set(allDevices(next).map(([, d]) => (d as { path?: string }).path).filter((p) => p !== undefined));
+    const dropped = allDevices(this.data).filter(([, d]) => 'path' in d && !kept.has(d.path));
     this.data = next;
     this.save();
-    for (const d of dropped) this.deviceOps.releaseHost(deviceKind('disk'), d);
+    for (const [kind, d] of dropped) this.deviceOps.releaseHost(kind, d);
   }
 
   stop(timeoutMs = 10_000): Promise<void> {
@@ -301,6 +306,7 @@ export class KvmInstance extends EventEmitter {
     checkHostPaths(this.hostPaths, this.data, { boot: true });
     if (!incoming) {
       this.dropPendingDevices();
+      this.dropIdleScsiController();
       this.completeLegacyDevices();
       this.foldPendingResources();
     }
@@ -379,6 +385,13 @@ export class KvmInstance extends EventEmitter {
     this.deviceOps.dropPending();
   }
 
+  /** A controller left from SCSI disks since removed is not created again (its slot is free from now on). */
+  private dropIdleScsiController(): void {
+    if (!this.data.scsi_controller || this.data.scsi_disks?.length) return;
+    delete this.data.scsi_controller;
+    this.save();
+  }
+
   /** vCPU/DIMM intents of a stopped QEMU: an unconfirmed add does not come back, an asked removal is done. */
   private dropPendingResources(): void {
     const r = this.data.resources;
@@ -395,9 +408,10 @@ export class KvmInstance extends EventEmitter {
    * device ids and can be hot-removed from now on.
    */
   private completeLegacyDevices(): void {
-    const all: DeviceRecord[] = [...this.data.block_devices, ...this.data.nics];
+    const all = allDevices(this.data).filter(([kind]) => kind.takesPciSlot).map(([, d]) => d as PciDeviceRecord);
     if (all.every((d) => d.pci !== null && d.uuid)) return;
     const map = new PciSlotMap(this.name);
+    if (this.data.scsi_controller) map.addRecorded(this.data.scsi_controller.pci, this.data.scsi_controller.id);
     for (const d of all) if (d.pci !== null) map.addRecorded(d.pci, d.uuid || 'a device');
     for (const d of all) {
       if (!d.uuid) d.uuid = randomUUID();
@@ -424,7 +438,7 @@ export class KvmInstance extends EventEmitter {
   private onEvent(e: QmpEvent): void {
     if (e.event !== 'DEVICE_DELETED') return;
     for (const [kind, rec] of allDevices(this.data)) {
-      if (rec.pci === null || !rec.uuid || !isDeletionOf(idOf(kind, rec), e)) continue;
+      if (!isPlaced(kind, rec) || !rec.uuid || !isDeletionOf(idOf(kind, rec), e)) continue;
       void this.serialize(async () => {
         if (this.deviceOps.find(kind, rec.uuid) !== rec) return; // an API remove already finished it
         const mon = await this.monitor();
@@ -529,9 +543,30 @@ export class KvmInstance extends EventEmitter {
     });
   }
 
+  /** A SCSI disk (a LUN on the virtio-scsi controller, which comes with the first one), as hotAddDisk. */
+  hotAddScsiDisk(req: DiskRequest, prepare?: PrepareStep, opts: OperationOptions = {}): Promise<ScsiDiskRecord> {
+    return this.runner.run(opts.operationId ?? '', 'disk', 'add', req.uuid, () => {
+      if (req.created) this.hostPaths.assertNewDiskPath(req.path);
+      else this.hostPaths.checkDisk(req.path);
+      return this.deviceOps.addScsiDisk(req, prepare);
+    });
+  }
+
+  /** A virtio-pmem device of `req.sizeMiB` on a file the node creates (`req.created`), as hotAddDisk. */
+  hotAddPmem(req: DiskRequest, prepare?: PrepareStep, opts: OperationOptions = {}): Promise<PmemRecord> {
+    return this.runner.run(opts.operationId ?? '', 'disk', 'add', req.uuid, () => {
+      if (req.created) this.hostPaths.assertNewDiskPath(req.path);
+      return this.deviceOps.addPmem(req, prepare);
+    });
+  }
+
   /** Resolves with the record the disk had, and whether the guest has still to release it. */
-  hotRemoveDisk(uuid: string, opts: OperationOptions = {}): Promise<RemovalResult<DiskRecord>> {
-    return this.runner.run(opts.operationId ?? '', 'disk', 'remove', uuid, () => this.deviceOps.remove(deviceKind('disk'), uuid) as Promise<RemovalResult<DiskRecord>>);
+  hotRemoveDisk(uuid: string, opts: OperationOptions = {}): Promise<RemovalResult<DiskRecord | ScsiDiskRecord | PmemRecord>> {
+    return this.runner.run(opts.operationId ?? '', 'disk', 'remove', uuid, () => {
+      // Any kind the master calls a disk: virtio-blk, SCSI, pmem.
+      const kind: DeviceKind = findDevice(this.data, uuid, DISK_KINDS)?.[0] ?? deviceKind('disk');
+      return this.deviceOps.remove(kind, uuid) as Promise<RemovalResult<DiskRecord | ScsiDiskRecord | PmemRecord>>;
+    });
   }
 
   // ---- vCPUs and memory ---------------------------------------------------

@@ -14,6 +14,8 @@ import { InvalidArgumentError } from './errors';
 import { assertInstanceName } from './instance-paths';
 import { VIRTIO_MEM_ID } from './resize';
 import { PCI_SLOTS } from './pci-slots';
+import { SCSI_CONTROLLER_ID } from './scsi-disk';
+import { MAX_SCSI_DISKS, SCSI_LUNS, SCSI_TARGETS } from './scsi-luns';
 import { assertFixedCommand } from './qemu-command';
 import type { RuntimeData } from './runtime-file';
 
@@ -97,6 +99,36 @@ function checkDisks(c: Checker, disks: unknown): void {
     const d = c.obj(f, raw, ['uuid', 'path', 'pci', 'state', 'created']);
     c.match(`${f}.uuid`, d.uuid, UUID_RULE, 'a device uuid: letters, digits, ".", "_", "-", without ".."');
     c.hostPath(`${f}.path`, d.path);
+    c.pci(`${f}.pci`, d.pci);
+    c.state(`${f}.state`, d.state);
+    c.optional(d, 'created', (v) => v === true || c.fail(`${f}.created`, v, 'must be true when present'));
+  });
+}
+
+function checkScsi(c: Checker, data: RuntimeData): void {
+  c.list('scsi_disks', data.scsi_disks ?? [], MAX_SCSI_DISKS).forEach((raw, i) => {
+    const f = `scsi_disks[${i}]`;
+    const d = c.obj(f, raw, ['uuid', 'path', 'target', 'lun', 'state', 'created']);
+    c.match(`${f}.uuid`, d.uuid, UUID_RULE, 'a device uuid: letters, digits, ".", "_", "-", without ".."');
+    c.hostPath(`${f}.path`, d.path);
+    c.int(`${f}.target`, d.target, 0, SCSI_TARGETS - 1);
+    c.int(`${f}.lun`, d.lun, 0, SCSI_LUNS - 1);
+    c.state(`${f}.state`, d.state);
+    c.optional(d, 'created', (v) => v === true || c.fail(`${f}.created`, v, 'must be true when present'));
+  });
+  if (data.scsi_controller === undefined) return;
+  const ctrl = c.obj('scsi_controller', data.scsi_controller, ['id', 'pci']);
+  if (ctrl.id !== SCSI_CONTROLLER_ID) c.fail('scsi_controller.id', ctrl.id, `must be ${SCSI_CONTROLLER_ID}`);
+  c.int('scsi_controller.pci', ctrl.pci, 0, PCI_SLOTS - 1);
+}
+
+function checkPmem(c: Checker, pmem: unknown): void {
+  c.list('pmem_devices', pmem ?? [], PCI_SLOTS).forEach((raw, i) => {
+    const f = `pmem_devices[${i}]`;
+    const d = c.obj(f, raw, ['uuid', 'path', 'sizeMiB', 'pci', 'state', 'created']);
+    c.match(`${f}.uuid`, d.uuid, UUID_RULE, 'a device uuid: letters, digits, ".", "_", "-", without ".."');
+    c.hostPath(`${f}.path`, d.path);
+    c.int(`${f}.sizeMiB`, d.sizeMiB, 2, MAX_MIB);
     c.pci(`${f}.pci`, d.pci);
     c.state(`${f}.state`, d.state);
     c.optional(d, 'created', (v) => v === true || c.fail(`${f}.created`, v, 'must be true when present'));
@@ -197,6 +229,8 @@ export function validateRuntime(data: RuntimeData): void {
   assertFixedCommand(data.kvm_cmd, data.instance);
   checkNics(c, data.nics);
   checkDisks(c, data.block_devices);
+  checkScsi(c, data);
+  checkPmem(c, data.pmem_devices);
   checkHvparams(data.hvparams, (m) => new InvalidArgumentError(`runtime file of ${data.instance}: ${m}`), false);
   if (data.resources !== undefined) checkResources(c, data.resources);
   if (data.migration !== undefined) checkMigration(c, data.migration);

@@ -8,7 +8,7 @@
  * after any attach QEMU refused. A hot-add then needs no QMP round trip to
  * find its slot. Used only inside the instance's queue.
  */
-import { allDevices, idOf } from './device-kinds';
+import { allDevices, idOf, slotOf } from './device-kinds';
 import { crossCheckPci, fromQueryPci, parseInfoPci, type PciFunction, type QueryPciBus } from './pci-info';
 import { PciSlotMap } from './pci-slots';
 import type { Monitor } from './qmp-client';
@@ -26,10 +26,14 @@ export class SlotOwner {
   /** The slots the runtime file gives away (device ids, or a description). */
   private recorded(data: RuntimeData): Map<number, string> {
     const held = new Map<number, string>();
-    for (const [kind, rec] of allDevices(data))
-      if (rec.pci !== null) held.set(rec.pci, rec.uuid ? idOf(kind, rec) : `a ${kind.label} from an old runtime file`);
+    for (const [kind, rec] of allDevices(data)) {
+      const slot = slotOf(kind, rec);
+      if (typeof slot === 'number') held.set(slot, rec.uuid ? idOf(kind, rec) : `a ${kind.label} from an old runtime file`);
+    }
     const vmem = data.resources?.virtioMem;
     if (vmem) held.set(vmem.pci, `the virtio-mem device ${vmem.id}`);
+    const scsi = data.scsi_controller;
+    if (scsi) held.set(scsi.pci, scsi.id);
     return held;
   }
 

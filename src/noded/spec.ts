@@ -23,6 +23,7 @@ import type { Nic } from '../generated/gnt/node/v1/Nic';
 import { invalidArgument } from './status';
 import { assertDeviceUuid, type NewDisk, type Storage } from './storage';
 import { excerpt } from '../common/excerpt';
+import { anyDiskToProto, diskFlavour, pmemMiB } from './disk-kinds';
 
 /** A NIC's MAC by the rule the master applies too (src/common/mac.ts), same words; lower case. */
 export function checkNicMac(mac: string): string {
@@ -73,13 +74,17 @@ export function planStart(spec: InstanceSpec__Output, storage: Storage): StartPl
   const newDisks: NewDisk[] = [];
   const disks = spec.disks.map((d, i): DiskRequest => {
     assertDeviceUuid(d.uuid, `disk ${i} of ${spec.name}`);
+    const flavour = diskFlavour(d);
+    const bus = flavour === 'scsi' ? { bus: 'scsi' as const } : {};
     if (d.path) {
       if (!d.path.startsWith('/')) throw invalidArgument(`disk ${d.uuid}: path ${excerpt(d.path)} is not absolute`);
-      return { uuid: d.uuid, path: d.path };
+      return { uuid: d.uuid, path: d.path, ...bus };
     }
     const path = storage.defaultDiskPath(spec.name, d.uuid);
-    newDisks.push({ path, sizeBytes: int64(d.sizeBytes, `disk ${d.uuid} size_bytes`) });
-    return { uuid: d.uuid, path, created: true };
+    const sizeBytes = int64(d.sizeBytes, `disk ${d.uuid} size_bytes`);
+    newDisks.push({ path, sizeBytes });
+    if (flavour === 'pmem') return { uuid: d.uuid, path, created: true, type: 'pmem', sizeMiB: pmemMiB(d.uuid, sizeBytes) };
+    return { uuid: d.uuid, path, created: true, ...bus };
   });
   const nics = spec.nics.map((n, i): NicRequest => {
     assertDeviceUuid(n.uuid, `NIC ${i} of ${spec.name}`);
@@ -181,7 +186,7 @@ export function runtimeToProto(
     running: pid !== undefined,
     pid: pid ?? 0,
     nics: data.nics.map(nicToProto),
-    disks: data.block_devices.map(diskToProto),
+    disks: [...data.block_devices, ...(data.scsi_disks ?? []), ...(data.pmem_devices ?? [])].map((d) => anyDiskToProto(d, diskToProto)),
     guest: guestToProto(pid !== undefined ? guest : undefined),
     ...(data.resources ? { resources: resourcesToProto(data.resources) } : {}),
   };

@@ -13,6 +13,7 @@ import { randomUUID } from 'node:crypto';
 import { EventEmitter } from 'node:events';
 import * as fs from 'node:fs';
 import { attachDimm, type DimmRecord } from './memory';
+import { deviceMemoryMiB } from './pmem';
 import { allDevices, deviceKind, findDevice, idOf, isPlaced, DISK_KIND, PMEM_KIND, SCSI_DISK_KIND, type DeviceKind, type PciDeviceRecord } from './device-kinds';
 import { DeviceOperations, type DiskRequest, type NicRequest, type PrepareStep, type RemovalResult } from './device-operations';
 import { checkHostPaths, openBootFiles } from './boot-files';
@@ -591,7 +592,7 @@ export class KvmInstance extends EventEmitter {
       const pid = this.pid;
       const tcg = this.data.kvm_cmd[this.data.kvm_cmd.indexOf('-accel') + 1] === 'tcg';
       try {
-        validateResize(this.name, r, req, node, tcg && pid !== undefined ? tcgCpuThreadsLeft(r, pid) : Infinity);
+        validateResize(this.name, r, req, node, tcg && pid !== undefined ? tcgCpuThreadsLeft(r, pid) : Infinity, deviceMemoryMiB(r, this.data).pmemMiB);
         this.requireRunning();
         const mon = await this.monitor();
         const result = await applyResize(this.resizeContext(mon, r, pid), r, req);

@@ -142,6 +142,11 @@ const MIGRATIONS: string[] = [
     revoked_at  TEXT NOT NULL
   );
   `,
+  // 6 (issue 12, SCSI and pmem): a disk's bus ('' virtio-blk, 'scsi') and type ('' disk, 'pmem').
+  `
+  ALTER TABLE disks ADD COLUMN disk_bus TEXT NOT NULL DEFAULT '' CHECK (disk_bus IN ('', 'scsi'));
+  ALTER TABLE disks ADD COLUMN disk_type TEXT NOT NULL DEFAULT '' CHECK (disk_type IN ('', 'pmem'));
+  `,
 ];
 
 export const SCHEMA_VERSION = MIGRATIONS.length;

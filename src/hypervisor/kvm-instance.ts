@@ -14,7 +14,7 @@ import { EventEmitter } from 'node:events';
 import * as fs from 'node:fs';
 import { attachDimm, type DimmRecord } from './memory';
 import { deviceMemoryMiB } from './pmem';
-import { allDevices, deviceKind, findDevice, idOf, isPlaced, DISK_KIND, PMEM_KIND, SCSI_DISK_KIND, type DeviceKind, type PciDeviceRecord } from './device-kinds';
+import { allDevices, deviceKind, findDevice, idOf, isPlaced, DISK_KIND, PMEM_KIND, SCSI_DISK_KIND, type DeviceKind, type DeviceKindName, type PciDeviceRecord } from './device-kinds';
 import { DeviceOperations, type DiskRequest, type NicRequest, type PrepareStep, type RemovalResult } from './device-operations';
 import { checkHostPaths, openBootFiles } from './boot-files';
 import { HostPathPolicy } from './host-paths';
@@ -777,13 +777,12 @@ export class KvmInstance extends EventEmitter {
   }
 
   /** Drops the record of a device QEMU does not have: a NIC or disk by uuid, a hot-added vCPU or DIMM by id. */
-  verifyDropRecord(kind: 'nic' | 'disk' | 'cpu' | 'dimm', key: string): boolean {
+  verifyDropRecord(kind: DeviceKindName | 'cpu' | 'dimm', key: string): boolean {
     return this.verifyRewrite((d) => {
       const r = d.resources;
-      const count = (): number => d.nics.length + d.block_devices.length + (r ? r.cpus.length + r.dimms.length : 0);
+      const count = (): number => allDevices(d).length + (r ? r.cpus.length + r.dimms.length : 0);
       const before = count();
-      if (kind === 'nic') d.nics = d.nics.filter((n) => n.uuid !== key);
-      else if (kind === 'disk') d.block_devices = d.block_devices.filter((b) => b.uuid !== key);
+      if (kind !== 'cpu' && kind !== 'dimm') deviceKind(kind).forget(d, key);
       else if (r && kind === 'cpu') r.cpus = r.cpus.filter((c) => c.id !== key);
       else if (r) r.dimms = r.dimms.filter((m) => m.id !== key);
       return count() !== before;
@@ -791,9 +790,9 @@ export class KvmInstance extends EventEmitter {
   }
 
   /** A hot-add QEMU completed but the record still says "attaching": settles it. */
-  verifyCompleteAttach(kind: 'nic' | 'disk', uuid: string): boolean {
+  verifyCompleteAttach(kind: DeviceKindName, uuid: string): boolean {
     return this.verifyRewrite((d) => {
-      const rec = (kind === 'nic' ? d.nics : d.block_devices).find((r) => r.uuid === uuid);
+      const rec = deviceKind(kind).records(d).find((r) => r.uuid === uuid);
       if (rec?.state !== 'attaching') return false;
       delete rec.state;
       return true;

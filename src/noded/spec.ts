@@ -157,7 +157,7 @@ export function guestToProto(g: GuestState | undefined): GuestView {
   return {
     known: true,
     nics: g.nets.map((n) => `${n.name} ${n.mac} ${n.pci}`),
-    disks: g.blks.map((b) => `${b.name} ${b.sectors} ${b.pci}`),
+    disks: g.blks.map((b) => `${b.name} ${b.sectors} ${b.pci}${b.scsi !== "-" ? ` ${b.scsi}` : ""}`),
     cpusOnline: g.cpusOnline,
     memTotalKib: String(g.memTotalKiB),
   };

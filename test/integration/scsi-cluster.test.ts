@@ -6,6 +6,7 @@
  * has that no record names.
  */
 import * as assert from 'node:assert/strict';
+import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { deleteDevice } from '../../src/hypervisor/qdev';
 import { QmpClient } from '../../src/hypervisor/qmp-client';
@@ -92,6 +93,20 @@ describe('SCSI disks and pmem through CLI, master and node (real guest)', functi
     const big = c.gnt('gnt-instance', 'modify', '--hotplug', '--disk', 'add:size=512M,type=pmem', NAME);
     assert.notEqual(big.code, 0);
     assert.match(big.stderr + big.stdout, /256 MiB of memory device room .*pmem 32 MiB, so 224 MiB are left and a 512 MiB pmem device does not fit/);
+  });
+
+  it('a pmem device removed without --hotplug goes at the next stop and start; SCSI disks come back at their addresses', async () => {
+    const d = info();
+    const pmem = d.instance.disks.find((x) => x.diskType === 'pmem') as Details['instance']['disks'][number];
+    const scsiBefore = guestScsi(d);
+    c.ok(c.gnt('gnt-instance', 'modify', '--disk', `${pmem.index}:remove`, NAME));
+    c.ok(c.gnt('gnt-instance', 'stop', NAME));
+    c.ok(c.gnt('gnt-instance', 'start', NAME));
+    const after = await c.waitGuest<Details>(NAME, (x) => x.runtime.running && guestScsi(x).length === scsiBefore.length, 'the SCSI disks after the restart');
+    assert.deepEqual(guestScsi(after), scsiBefore);
+    assert.ok(!after.runtime.guest.disks.some((s) => s.startsWith('pmem')), 'no pmem device after the restart');
+    assert.ok(!after.instance.disks.some((x) => x.diskType === 'pmem'));
+    assert.ok(!fs.existsSync(path.join(c.node('node1').storageDir, NAME, `${pmem.uuid}.img`)), 'its file deleted');
   });
 
   it('verify reports a SCSI disk QEMU lost and a SCSI disk QEMU has that no record names', async () => {

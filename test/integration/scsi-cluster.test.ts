@@ -131,5 +131,10 @@ describe('SCSI disks and pmem through CLI, master and node (real guest)', functi
     const errors = lines(r, 'ERROR');
     assert.ok(errors.some((l) => l.includes(lost.deviceId) && /QEMU has no such device/.test(l)), r.stdout);
     assert.ok(errors.some((l) => l.includes('strayscsi') && /does not record it/.test(l)), r.stdout);
+    // --fix: the stray LUN goes (device_del, its block node released), the lost disk's record is dropped
+    c.gnt('gnt-instance', 'verify', '--fix', NAME);
+    const again = c.gnt('gnt-instance', 'verify', NAME);
+    assert.ok(!lines(again, 'ERROR').some((l) => l.includes('strayscsi') || l.includes(lost.deviceId)), again.stdout);
+    await c.waitGuest<Details>(NAME, (x) => !guestScsi(x).some((s) => s.startsWith('9:0=')), 'the stray LUN gone from the guest');
   });
 });

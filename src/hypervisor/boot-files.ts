@@ -9,6 +9,8 @@
  * paths; only the command line of this one start names the fds.
  */
 import { diskBootArgs } from './disk';
+import { openPmemFile, pmemBootArgs } from './pmem';
+import { scsiControllerBootArgs, scsiDiskBootArgs } from './scsi-disk';
 import type { BootFileRole, HostPathPolicy, OpenedHostFile } from './host-paths';
 import { withOption } from './qemu-command';
 import type { RuntimeData } from './runtime-file';
@@ -39,13 +41,13 @@ export function bootFilePaths(cmd: readonly string[]): Array<[BootFileRole, stri
 export function checkHostPaths(policy: HostPathPolicy, data: RuntimeData, opts: { boot: boolean }): void {
   if (opts.boot) for (const [role, p] of bootFilePaths(data.kvm_cmd)) policy.checkBootFile(p, role);
   // A disk with an open intent does not come back at boot (it is dropped first): only settled ones are opened.
-  for (const disk of data.block_devices) if (!disk.state) policy.checkDisk(disk.path);
+  for (const disk of [...data.block_devices, ...(data.scsi_disks ?? []), ...(data.pmem_devices ?? [])]) if (!disk.state) policy.checkDisk(disk.path);
 }
 
 export interface OpenedBootFiles {
   /** The fixed command with -kernel/-initrd naming the inherited fds. */
   cmd: string[];
-  /** -add-fd/-blockdev/-device of every disk. */
+  /** -add-fd/-blockdev/-device of every disk (virtio-blk, the SCSI controller and its LUNs, pmem). */
   diskArgs: string[];
   /** The fds to pass, in order (the child sees them from fd 3 on). */
   fds: number[];
@@ -68,6 +70,17 @@ export function openBootFiles(policy: HostPathPolicy, data: RuntimeData): Opened
       files.push(f);
       diskArgs.push(...diskBootArgs(disk, disk.pci as number, FIRST_CHILD_FD + files.length - 1, i + 1, f.kind));
     });
+    const scsi = data.scsi_disks ?? [];
+    if (scsi.length && data.scsi_controller) diskArgs.push(...scsiControllerBootArgs(data.scsi_controller));
+    scsi.forEach((disk, i) => {
+      const f = policy.openDisk(disk.path);
+      files.push(f);
+      diskArgs.push(...scsiDiskBootArgs(disk, FIRST_CHILD_FD + files.length - 1, data.block_devices.length + i + 1, f.kind));
+    });
+    for (const pmem of data.pmem_devices ?? []) {
+      files.push(openPmemFile(policy, pmem, data.hvparams));
+      diskArgs.push(...pmemBootArgs(pmem, pmem.pci as number, FIRST_CHILD_FD + files.length - 1));
+    }
     return { cmd, diskArgs, fds: files.map((f) => f.fd), close };
   } catch (err) {
     close();

@@ -46,7 +46,7 @@ function busPart(bus: string | undefined): string {
 }
 
 /** The id of a device at `slot` of `bus` (absent: the machine's root bus). */
-export function deviceId(kind: DeviceKind, uuid: string, slot: number, bus?: string): string {
+export function deviceId(kind: DeviceKind | 'pmem', uuid: string, slot: number, bus?: string): string {
   if (!Number.isInteger(slot) || slot < 0 || slot > 31) throw new InvalidArgumentError(`PCI slot ${slot} is out of range (0 to 31)`);
   return assertValidId(`${kind}-${uuidPart(uuid)}-${busPart(bus)}-${slot}`);
 }
@@ -61,7 +61,7 @@ export interface ParsedDeviceId {
 
 /** Parses an id made by deviceId(); undefined for anything else. */
 export function parseDeviceId(id: string): ParsedDeviceId | undefined {
-  const m = /^(nic|disk)-([A-Za-z0-9._]+)-(pci|(?:pcib|rp)[1-9]\d{0,2})-(0|[1-9]\d?)$/.exec(id);
+  const m = /^(nic|disk|pmem)-([A-Za-z0-9._]+)-(pci|(?:pcib|rp)[1-9]\d{0,2})-(0|[1-9]\d?)$/.exec(id);
   if (!m || Number(m[4]) > 31) return undefined;
   const parsed: ParsedDeviceId = { kind: m[1], uuidPart: m[2], slot: Number(m[4]) };
   if (m[3] !== 'pci') parsed.bus = m[3];

@@ -12,18 +12,25 @@ import * as fs from 'node:fs';
 import { attachDisk, detachDisk, diskId, diskKind, releaseDisk } from './disk';
 import type { HostPathPolicy } from './host-paths';
 import { attachNic, detachNic, nicId, prepareNicTap, releaseNic, validateNic, type NicDeviceOptions } from './nic';
+import type { OperationKind } from './operations';
+import { PMEM_UNPLUG_REFUSAL, attachPmem, detachPmem, pmemId, releasePmem } from './pmem';
 import type { Monitor } from './qmp-client';
-import type { DiskRecord, NicRecord, RuntimeData } from './runtime-file';
+import type { DiskRecord, HvParams, NicRecord, PmemRecord, RuntimeData, ScsiDiskRecord } from './runtime-file';
+import { attachScsiDisk, detachScsiDisk, releaseScsiDisk, scsiDiskId } from './scsi-disk';
 import type { UnplugKind } from './unplug-timeouts';
 
-export type DeviceKindName = 'nic' | 'disk';
-export type DeviceRecord = NicRecord | DiskRecord;
+export type DeviceKindName = 'nic' | 'disk' | 'scsi-disk' | 'pmem';
+export type DeviceRecord = NicRecord | DiskRecord | ScsiDiskRecord | PmemRecord;
+/** The records of the kinds that hold a PCI slot of their own. */
+export type PciDeviceRecord = NicRecord | DiskRecord | PmemRecord;
 
 /** What an attach may need from the instance. */
 export interface AttachContext {
   nicOptions: NicDeviceOptions;
   /** The only way to open a host file for the device (host-paths.ts). */
   hostPaths: HostPathPolicy;
+  /** The instance's hvparams (who QEMU runs as: a pmem file is given to that user). */
+  hvparams: HvParams;
 }
 
 /** Host resources made for a device before its intent is recorded (a NIC's tap), held by this process until QEMU has its own copy. */
@@ -38,6 +45,16 @@ export interface DeviceKind<R extends DeviceRecord = DeviceRecord> {
   /** How people call it in messages: "NIC", "disk". */
   readonly label: string;
   readonly unplugKind: UnplugKind;
+  /** The kind its operations are journaled under (a SCSI disk is a "disk" to the master). */
+  readonly operationKind: OperationKind;
+  /**
+   * Whether each device holds a PCI slot of its own (`rec.pci`); a SCSI
+   * LUN does not (its controller does, see scsi-disk.ts). Generic code
+   * asks this, never the kind's name.
+   */
+  readonly takesPciSlot: boolean;
+  /** Why a hot remove cannot be done (QEMU refuses it for the kind); undefined: it can. */
+  readonly hotRemoveRefusal?: string;
   /** The instance's records of this kind (the live list: callers may push to it). */
   records(data: RuntimeData): R[];
   /** Drops the record with this uuid. */
@@ -66,6 +83,8 @@ export const NIC_KIND: DeviceKind<NicRecord> = {
   name: 'nic',
   label: 'NIC',
   unplugKind: 'nic',
+  operationKind: 'nic',
+  takesPciSlot: true,
   records: (data) => data.nics,
   forget: (data, uuid) => {
     data.nics = data.nics.filter((n) => n.uuid !== uuid);
@@ -94,6 +113,8 @@ export const DISK_KIND: DeviceKind<DiskRecord> = {
   name: 'disk',
   label: 'disk',
   unplugKind: 'disk',
+  operationKind: 'disk',
+  takesPciSlot: true,
   records: (data) => data.block_devices,
   forget: (data, uuid) => {
     data.block_devices = data.block_devices.filter((d) => d.uuid !== uuid);
@@ -109,9 +130,53 @@ export const DISK_KIND: DeviceKind<DiskRecord> = {
   },
 };
 
+/** A disk file the node created goes by resolution beneath the storage directory (host-paths.ts). */
+const removeCreated = (rec: { created?: boolean; path: string }, ctx: AttachContext): void => {
+  if (rec.created) ctx.hostPaths.removeDiskFile(rec.path);
+};
+
+export const SCSI_DISK_KIND: DeviceKind<ScsiDiskRecord> = {
+  name: 'scsi-disk',
+  label: 'SCSI disk',
+  unplugKind: 'disk',
+  operationKind: 'disk',
+  takesPciSlot: false,
+  records: (data) => (data.scsi_disks ??= []),
+  forget: (data, uuid) => {
+    data.scsi_disks = (data.scsi_disks ?? []).filter((d) => d.uuid !== uuid);
+  },
+  id: (rec) => scsiDiskId(rec),
+  validate: (rec) => void diskKind(rec.path),
+  attach: (mon, rec, _slot, ctx) => attachScsiDisk(mon, rec, ctx.hostPaths),
+  detach: (mon, rec, _slot, timeoutMs) => detachScsiDisk(mon, rec, timeoutMs),
+  release: (mon, rec) => releaseScsiDisk(mon, rec),
+  releaseHost: removeCreated,
+};
+
+export const PMEM_KIND: DeviceKind<PmemRecord> = {
+  name: 'pmem',
+  label: 'pmem device',
+  unplugKind: 'disk',
+  operationKind: 'disk',
+  takesPciSlot: true,
+  hotRemoveRefusal: PMEM_UNPLUG_REFUSAL,
+  records: (data) => (data.pmem_devices ??= []),
+  forget: (data, uuid) => {
+    data.pmem_devices = (data.pmem_devices ?? []).filter((d) => d.uuid !== uuid);
+  },
+  id: (rec, slot) => pmemId(rec, slot),
+  validate: (rec) => void diskKind(rec.path),
+  attach: (mon, rec, slot, ctx) => attachPmem(mon, rec, slot, ctx.hostPaths, ctx.hvparams),
+  detach: (mon, rec, slot, timeoutMs) => detachPmem(mon, rec, slot, timeoutMs),
+  release: (mon, rec, slot) => releasePmem(mon, rec, slot),
+  releaseHost: removeCreated,
+};
+
 export const DEVICE_KINDS: Readonly<Record<DeviceKindName, DeviceKind>> = {
   nic: NIC_KIND as unknown as DeviceKind,
   disk: DISK_KIND as unknown as DeviceKind,
+  'scsi-disk': SCSI_DISK_KIND as unknown as DeviceKind,
+  pmem: PMEM_KIND as unknown as DeviceKind,
 };
 
 export const deviceKind = (name: DeviceKindName): DeviceKind => DEVICE_KINDS[name];
@@ -121,5 +186,20 @@ export function allDevices(data: RuntimeData): Array<[DeviceKind, DeviceRecord]>
   return Object.values(DEVICE_KINDS).flatMap((k) => k.records(data).map((r): [DeviceKind, DeviceRecord] => [k, r]));
 }
 
-/** The device id of a record with a slot. */
-export const idOf = (kind: DeviceKind, rec: DeviceRecord): string => kind.id(rec, rec.pci as number);
+/** The PCI slot a record holds: a number; null for an old record that has none yet; undefined for a kind that takes none. */
+export const slotOf = (kind: DeviceKind, rec: DeviceRecord): number | null | undefined => (kind.takesPciSlot ? (rec as PciDeviceRecord).pci : undefined);
+
+/** Whether the record has its place (a PCI slot where the kind takes one): a record from an old runtime file may lack it. */
+export const isPlaced = (kind: DeviceKind, rec: DeviceRecord): boolean => slotOf(kind, rec) !== null;
+
+/** The device id of a placed record. */
+export const idOf = (kind: DeviceKind, rec: DeviceRecord): string => kind.id(rec, slotOf(kind, rec) as number);
+
+/** The kind whose records hold this uuid, with the record. */
+export function findDevice(data: RuntimeData, uuid: string, among: readonly DeviceKind[] = Object.values(DEVICE_KINDS)): [DeviceKind, DeviceRecord] | undefined {
+  for (const k of among) {
+    const rec = k.records(data).find((r) => r.uuid === uuid);
+    if (rec) return [k, rec];
+  }
+  return undefined;
+}

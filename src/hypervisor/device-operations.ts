@@ -14,8 +14,10 @@
  */
 import { recordNodeChange, type OperationJournal, type OperationRecord, type SettledBy } from './operations';
 import { DeviceExistsError, DeviceNotFoundError, InstanceStateError, InvalidArgumentError, OutcomeUnknownError, errorMessage, isOutcomeUnknown } from './errors';
-import { allDevices, idOf, type AttachContext, type DeviceKind, type DeviceRecord, type HostPrep } from './device-kinds';
-import { DISK_KIND, NIC_KIND } from './device-kinds';
+import { allDevices, DEVICE_KINDS, findDevice, idOf, isPlaced, slotOf, type AttachContext, type DeviceKind, type DeviceRecord, type HostPrep } from './device-kinds';
+import { DISK_KIND, NIC_KIND, PMEM_KIND, SCSI_DISK_KIND } from './device-kinds';
+import { assertPmemPossible, assertPmemRoom, assertPmemSize } from './pmem';
+import { ensureScsiController, nextScsiAddress, scsiDiskId } from './scsi-disk';
 import { diskId } from './disk';
 import { nicId, normalizeMac, validateNic } from './nic';
 import { applyLiveNicChanges, planNicModify, type NicChangeRequest } from './nic-modify';
@@ -23,7 +25,7 @@ import { operationError, type OperationRunner } from './operation-runner';
 import { devicePresent } from './qdev';
 import type { PciPlacement } from './pci-slots';
 import type { Monitor } from './qmp-client';
-import type { DiskRecord, NicRecord, RuntimeData } from './runtime-file';
+import type { DiskRecord, NicRecord, PmemRecord, RuntimeData, ScsiDiskRecord } from './runtime-file';
 import { assertBridge } from './tap';
 import type { UnplugKind } from './unplug-timeouts';
 
@@ -63,9 +65,16 @@ export interface DiskRequest {
   uuid: string;
   path: string;
   slot?: number;
+  /** The PCI bus of that slot (absent: the root bus). */
   bus?: string;
   /** The node made (or makes) this file for the disk: it is deleted when the disk goes. */
   created?: boolean;
+  /** At create (runtime-layout.ts): "scsi" puts the disk on the virtio-scsi controller; a hot-add says it by calling addScsiDisk. */
+  diskBus?: 'scsi';
+  /** At create: "pmem" makes it a virtio-pmem device; a hot-add calls addPmem. */
+  diskType?: 'pmem';
+  /** pmem devices: the size of the device (and of the file the node makes). */
+  sizeMiB?: number;
 }
 
 /**
@@ -148,6 +157,7 @@ export class DeviceOperations {
   }
 
   async addDisk(req: DiskRequest, prepare?: PrepareStep): Promise<DiskRecord> {
+    if (req.diskBus || req.diskType) throw new InvalidArgumentError(`disk ${req.uuid}: a ${req.diskBus ?? req.diskType} disk is hot-added by its own call (addScsiDisk, addPmem)`);
     this.assertNewUuid(req.uuid);
     this.host.requireRunning();
     const mon = await this.host.monitor();
@@ -156,6 +166,38 @@ export class DeviceOperations {
     if (req.created) disk.created = true;
     diskId(disk, place.slot);
     return this.attachRecorded(DISK_KIND, disk, mon, prepare);
+  }
+
+  /** A LUN on the virtio-scsi controller, which is added first when QEMU lacks it (at a place from the slot owner). */
+  async addScsiDisk(req: DiskRequest, prepare?: PrepareStep): Promise<ScsiDiskRecord> {
+    this.assertNewUuid(req.uuid);
+    this.host.requireRunning();
+    const mon = await this.host.monitor();
+    const disk: ScsiDiskRecord = { uuid: req.uuid, path: req.path, ...nextScsiAddress(this.host.data()), state: 'attaching' };
+    if (req.created) disk.created = true;
+    scsiDiskId(disk);
+    await ensureScsiController(mon, this.host.data(), () => this.host.chooseSlot(mon, undefined), () => this.host.save()).catch((err: unknown) => {
+      this.host.slotsChanged();
+      throw err;
+    });
+    return this.attachRecorded(SCSI_DISK_KIND, disk, mon, prepare);
+  }
+
+  /** A virtio-pmem device: needs maxmem room beside the DIMMs and virtio-mem (pmem.ts). */
+  async addPmem(req: DiskRequest, prepare?: PrepareStep): Promise<PmemRecord> {
+    const data = this.host.data();
+    const sizeMiB = req.sizeMiB ?? 0;
+    assertPmemSize(sizeMiB);
+    if (!req.created) throw new InvalidArgumentError(`pmem device ${req.uuid}: its backing file must be one the node creates (give a size, no path)`);
+    assertPmemPossible(data.hvparams, this.host.name);
+    this.assertNewUuid(req.uuid);
+    this.host.requireRunning();
+    assertPmemRoom(this.host.name, data.resources, data, sizeMiB);
+    const mon = await this.host.monitor();
+    const place = await this.host.chooseSlot(mon, requestedPlace(req));
+    const rec: PmemRecord = { uuid: req.uuid, path: req.path, sizeMiB, pci: place.slot, ...busOf(place), state: 'attaching', created: true };
+    PMEM_KIND.id(rec, place.slot);
+    return this.attachRecorded(PMEM_KIND, rec, mon, prepare);
   }
 
   /**
@@ -234,7 +276,7 @@ export class DeviceOperations {
     try {
       undoPrepare = prepare?.();
       if (prepare) kind.validate(rec);
-      await kind.attach(mon, rec, rec.pci as number, this.host.attachContext(), prep);
+      await kind.attach(mon, rec, slotOf(kind as unknown as DeviceKind, rec) as number, this.host.attachContext(), prep);
     } catch (err) {
       if (isOutcomeUnknown(err)) return this.settleUnknownAttach(kind as unknown as DeviceKind, rec, err) as Promise<T>;
       this.host.slotsChanged();
@@ -270,15 +312,16 @@ export class DeviceOperations {
     const rec = this.find(kind, uuid);
     const name = this.host.name;
     if (!rec) throw new DeviceNotFoundError(name, `${kind.label} with uuid ${uuid}`);
-    if (rec.pci === null)
+    if (!isPlaced(kind, rec))
       throw new InstanceStateError(`${kind.label} ${uuid} of ${name} has no PCI slot recorded (old runtime file); remove it without hotplug, or restart the instance once to give it a slot`);
+    if (kind.hotRemoveRefusal) throw new InstanceStateError(`${kind.label} ${uuid} of ${name} cannot be removed live: ${kind.hotRemoveRefusal}`);
     if (rec.state === 'attaching') throw new InstanceStateError(`${kind.label} ${uuid} of ${name} is still being added; wait for that operation to settle`);
     this.host.requireRunning();
     const mon = await this.host.monitor();
     rec.state = 'detaching';
     this.host.save();
     try {
-      await kind.detach(mon, rec, rec.pci, this.host.unplugTimeout(kind.unplugKind));
+      await kind.detach(mon, rec, slotOf(kind, rec) as number, this.host.unplugTimeout(kind.unplugKind));
     } catch (err) {
       if (!isOutcomeUnknown(err)) {
         delete rec.state;
@@ -307,7 +350,7 @@ export class DeviceOperations {
    * reconcile finishes the same way, never a file that no record names.
    */
   async finishRemoval(kind: DeviceKind, rec: DeviceRecord, mon: Monitor, by: SettledBy): Promise<void> {
-    await kind.release(mon, rec, rec.pci as number);
+    await kind.release(mon, rec, slotOf(kind, rec) as number);
     this.releaseHost(kind, rec);
     const wasAttaching = rec.state === 'attaching';
     kind.forget(this.host.data(), rec.uuid);
@@ -339,7 +382,7 @@ export class DeviceOperations {
       if (op.action === 'remove') this.runner.settle(op, 'succeeded', by, { result });
       else this.runner.settle(op, 'failed', by, { error: { code: 'ABORTED', message: `${kind.label} ${rec.uuid} was removed (${by}) while this operation was open` } });
     }
-    if (!open.length && by !== 'request' && this.runner.current?.uuid !== rec.uuid) recordNodeChange(this.host.journal(), kind.name, 'remove', rec.uuid, by, result);
+    if (!open.length && by !== 'request' && this.runner.current?.uuid !== rec.uuid) recordNodeChange(this.host.journal(), kind.operationKind, 'remove', rec.uuid, by, result);
   }
 
   /**
@@ -360,7 +403,7 @@ export class DeviceOperations {
     }
     if (rec.state === 'detaching' && present) {
       try {
-        await kind.detach(mon, rec, rec.pci as number, this.host.unplugTimeout(kind.unplugKind));
+        await kind.detach(mon, rec, slotOf(kind, rec) as number, this.host.unplugTimeout(kind.unplugKind));
       } catch (err) {
         if (!isOutcomeUnknown(err)) throw err;
         for (const op of this.runner.openFor(rec.uuid))
@@ -399,8 +442,7 @@ export class DeviceOperations {
     let changed = false;
     for (const op of this.host.journal().records.filter((o) => o.state === 'running' && o.kind !== 'resources')) {
       if (inFlight(op.id)) continue;
-      const kind = (op.kind === 'disk' ? DISK_KIND : NIC_KIND) as unknown as DeviceKind;
-      const rec = this.find(kind, op.uuid);
+      const rec = findDevice(this.host.data(), op.uuid, Object.values(DEVICE_KINDS).filter((k) => k.operationKind === op.kind))?.[1];
       if (rec?.state) continue;
       if (op.action === 'modify' && !rec) {
         await this.restoreModified(op);

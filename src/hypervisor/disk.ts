@@ -50,7 +50,7 @@ export function diskKind(diskPath: string): DiskKind {
 
 export const diskId = (disk: DiskRecord, slot: number): string => deviceId('disk', disk.uuid, slot, disk.bus);
 
-function blockdevOptions(id: string, kind: DiskKind, fdset: number): Record<string, unknown> {
+export function blockdevOptions(id: string, kind: DiskKind, fdset: number): Record<string, unknown> {
   return {
     driver: kind === 'block' ? 'host_device' : 'file',
     'node-name': id,

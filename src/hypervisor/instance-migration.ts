@@ -6,7 +6,7 @@
  * here runs inside the instance's queue (KvmInstance calls it through
  * serialize), except `status`, which only reads.
  */
-import { allDevices } from './device-kinds';
+import { allDevices, isPlaced } from './device-kinds';
 import { checkHostPaths } from './boot-files';
 import type { HostPathPolicy } from './host-paths';
 import { InstanceStateError } from './errors';
@@ -25,7 +25,7 @@ import {
 import { applyRecordedLinks, normalizeMac } from './nic';
 import { hasResourceIntents } from './resource-intents';
 import type { Monitor } from './qmp-client';
-import type { DiskRecord, NicRecord, RuntimeData } from './runtime-file';
+import type { RuntimeData } from './runtime-file';
 import { validateRuntime } from './runtime-validate';
 import { assertBridge } from './tap';
 
@@ -71,13 +71,10 @@ export interface MigrationHost {
 export function checkCarried(carried: RuntimeData, hostPaths: HostPathPolicy): RuntimeData {
   const data = JSON.parse(JSON.stringify(carried)) as RuntimeData;
   validateRuntime(data);
-  const all: Array<[string, NicRecord | DiskRecord]> = [
-    ...data.nics.map((n): [string, NicRecord | DiskRecord] => ['NIC', n]),
-    ...data.block_devices.map((d): [string, NicRecord | DiskRecord] => ['disk', d]),
-  ];
-  for (const [what, rec] of all) {
+  for (const [kind, rec] of allDevices(data)) {
+    const what = kind.label;
     if (rec.state) throw new InstanceStateError(`${what} ${rec.uuid} of ${data.instance} is ${rec.state}: settle it on the source first`);
-    if (rec.pci === null || !rec.uuid) throw new InstanceStateError(`a ${what} of ${data.instance} has no PCI slot or uuid (old runtime file): restart the instance once on its node first`);
+    if (!isPlaced(kind, rec) || !rec.uuid) throw new InstanceStateError(`a ${what} of ${data.instance} has no PCI slot or uuid (old runtime file): restart the instance once on its node first`);
   }
   for (const nic of data.nics) {
     normalizeMac(nic.mac);
@@ -100,7 +97,7 @@ export class InstanceMigration {
     const { host } = this;
     host.assertNoMigration();
     if (host.pid() === undefined) throw new InstanceStateError(`instance ${host.name} is not running; a stopped instance is moved with failover`);
-    const pending = allDevices(host.data()).find(([, rec]) => rec.state || rec.pci === null);
+    const pending = allDevices(host.data()).find(([kind, rec]) => rec.state || !isPlaced(kind, rec));
     if (pending) throw new InstanceStateError(`${pending[0].label} ${pending[1].uuid} of ${host.name} is ${pending[1].state ?? 'without a PCI slot'}: settle it first (it would differ on the target)`);
     const r = host.data().resources;
     if (r && hasResourceIntents(r))

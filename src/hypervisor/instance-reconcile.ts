@@ -7,7 +7,7 @@
  * run in order: devices with a record of their own, then vCPUs and DIMMs,
  * then resize operations, then operations whose intent is gone.
  */
-import { allDevices, idOf } from './device-kinds';
+import { allDevices, idOf, isPlaced } from './device-kinds';
 import type { DeviceOperations } from './device-operations';
 import type { OperationRunner } from './operation-runner';
 import type { OperationJournal } from './operations';
@@ -37,7 +37,7 @@ export interface ReconcileHost {
 /** Runs inside the instance's queue, with QEMU running. */
 export async function reconcileInstance(host: ReconcileHost): Promise<ReconcileReport> {
   const report: ReconcileReport = { completed: [], rolledBack: [], pending: [] };
-  for (const [kind, rec] of allDevices(host.data()).filter(([, r]) => r.state && r.pci !== null)) {
+  for (const [kind, rec] of allDevices(host.data()).filter(([k, r]) => r.state && isPlaced(k, r))) {
     const id = idOf(kind, rec);
     const outcome = await host.deviceOps.settleDevice(kind, rec, 'reconcile');
     (outcome === 'completed' ? report.completed : outcome === 'pending' ? report.pending : report.rolledBack).push(id);

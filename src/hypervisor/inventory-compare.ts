@@ -5,7 +5,7 @@
  * states. compareInstance adds the host's side (host-compare.ts).
  */
 import { pciTopology } from './pci-topology';
-import type { DeviceKind as RecordKind } from './device-id';
+import { allDevices, DEVICE_KINDS, type DeviceKindName as RecordKind } from './device-kinds';
 import { compareTaps, type BridgeExists } from './host-compare';
 import type { HostTap } from './host-inventory';
 import {
@@ -27,16 +27,14 @@ import type { NicRecord, RuntimeData } from './runtime-file';
 
 type Resources = NonNullable<RuntimeData['resources']>;
 
-/** The QOM type of a NIC's and a disk's device. */
-const QOM_TYPE: Record<RecordKind, string> = { nic: 'virtio-net-pci', disk: 'virtio-blk-pci' };
+/** The QOM type of each record kind's device (a NIC's by its model: qomTypeOf). */
+const QOM_TYPE: Record<RecordKind, string> = { nic: 'virtio-net-pci', disk: 'virtio-blk-pci', 'scsi-disk': 'scsi-hd', pmem: 'virtio-pmem-pci' };
 /** The QOM type a record's device must have (a NIC's by its model). */
 const qomTypeOf = (kind: RecordKind, rec: AnyRecord): string => (kind === 'nic' ? NIC_MODELS[nicModel(rec as NicRecord)] : QOM_TYPE[kind]);
 const NIC_TYPES = new Set<string>(Object.values(NIC_MODELS));
+const SCSI_CONTROLLER_TYPE = 'virtio-scsi-pci';
 
-const records = (rt: RuntimeData): Array<[RecordKind, AnyRecord]> => [
-  ...rt.nics.map((n): [RecordKind, AnyRecord] => ['nic', n]),
-  ...rt.block_devices.map((d): [RecordKind, AnyRecord] => ['disk', d]),
-];
+const records = (rt: RuntimeData): Array<[RecordKind, AnyRecord]> => allDevices(rt).map(([kind, rec]): [RecordKind, AnyRecord] => [kind.name, rec]);
 
 /** The device ids the runtime file accounts for (NICs, disks, vCPUs, DIMMs, virtio-mem). */
 /** The bridges and root ports of the instance's tree (pci-topology.ts): QEMU's own part of the layout, not devices to remove. */
@@ -59,13 +57,14 @@ export function recordedIds(rt: RuntimeData): Set<string> {
   for (const d of r?.dimms ?? []) ids.add(d.id);
   if (r?.virtioMem) ids.add(r.virtioMem.id);
   for (const id of controllerIds(rt)) ids.add(id);
+  if (rt.scsi_controller) ids.add(rt.scsi_controller.id);
   return ids;
 }
 
 /** The kind of a QEMU device by its QOM type. */
 export function kindOfType(type: string): DeviceKind {
   if (NIC_TYPES.has(type)) return 'nic';
-  if (type === QOM_TYPE.disk) return 'disk';
+  if (type === QOM_TYPE.disk || type === QOM_TYPE['scsi-disk']) return 'disk'; // a block node and an fdset to release
   if (type.endsWith('-cpu')) return 'cpu';
   if (type === 'pc-dimm') return 'dimm';
   return 'other';
@@ -99,6 +98,26 @@ function diskBackendFindings(id: string, device: string, q: QemuInventory): Find
   return q.blockNodes.some((n) => n.nodeName === id) ? [] : [finding(device, 'no-backend', `QEMU has no block node ${id} for it`)];
 }
 
+/** A pmem device's memory backend, as query-memory-devices shows it in use. */
+function pmemBackendFindings(id: string, device: string, q: QemuInventory): Finding[] {
+  return q.memoryDevices.some((m) => m.type === 'virtio-pmem' && m.id === id) ? [] : [finding(device, 'no-backend', `QEMU lists no virtio-pmem memory device ${id}`)];
+}
+
+/** The SCSI controller: recorded with SCSI disks on it, QEMU must have it (as a virtio-scsi-pci at its slot). */
+function compareScsiController(rt: RuntimeData, q: QemuInventory): Finding[] {
+  const c = rt.scsi_controller;
+  if (!c) return [];
+  const device = `SCSI controller ${c.id}`;
+  const type = q.peripheral.get(c.id);
+  if (type === undefined) {
+    if (!(rt.scsi_disks ?? []).length) return [];
+    return [finding(device, 'record-without-device', `recorded at PCI slot ${c.pci} with ${(rt.scsi_disks ?? []).length} SCSI disks on it, QEMU has no such device (the disks' hot-add re-creates it)`)];
+  }
+  if (type !== SCSI_CONTROLLER_TYPE) return [finding(device, 'wrong-type', `QEMU has it as a ${type}, not a ${SCSI_CONTROLLER_TYPE}`)];
+  const fn = q.pci.find((p) => p.qdevId === c.id);
+  return fn && (fn.bus !== 0 || fn.slot !== c.pci) ? [finding(device, 'wrong-slot', `QEMU has it on bus ${fn.bus} slot ${fn.slot}, the runtime file says bus 0 slot ${c.pci}`)] : [];
+}
+
 /** A settled record whose device QEMU has: its QOM type, slot and backend. */
 function presentFindings(kind: RecordKind, rec: AnyRecord, id: string, device: string, q: QemuInventory): Finding[] {
   const out: Finding[] = [];
@@ -106,10 +125,13 @@ function presentFindings(kind: RecordKind, rec: AnyRecord, id: string, device: s
   const want = qomTypeOf(kind, rec);
   if (type !== undefined && type !== want) out.push(finding(device, 'wrong-type', `QEMU has it as a ${type}, not a ${want}`));
   const fn = q.pci.find((p) => p.qdevId === id);
-  const onBus = (busId: string | undefined, bus: number): string => (busId ? `${busId} (bus ${bus})` : bus === 0 ? 'the root bus' : `bus ${bus}`);
-  if (fn && ((fn.bus === 0 ? undefined : fn.busId ?? `#${fn.bus}`) !== rec.bus || fn.slot !== rec.pci))
-    out.push(finding(device, 'wrong-slot', `QEMU has it on ${onBus(fn.busId, fn.bus)} slot ${fn.slot}, the runtime file says ${rec.bus ?? 'the root bus'} slot ${rec.pci}`));
-  const backend = kind === 'nic' ? nicBackendFindings(rec as NicRecord, id, device, q) : diskBackendFindings(id, device, q);
+  const slot = DEVICE_KINDS[kind].takesPciSlot ? (rec as { pci: number | null }).pci : undefined;
+  const bus = (rec as { bus?: string }).bus;
+  const onBus = (busId: string | undefined, n: number): string => (busId ? `${busId} (bus ${n})` : n === 0 ? 'the root bus' : `bus ${n}`);
+  if (fn && slot !== undefined && ((fn.bus === 0 ? undefined : fn.busId ?? `#${fn.bus}`) !== bus || fn.slot !== slot))
+    out.push(finding(device, 'wrong-slot', `QEMU has it on ${onBus(fn.busId, fn.bus)} slot ${fn.slot}, the runtime file says ${bus ?? 'the root bus'} slot ${slot}`));
+  const backend =
+    kind === 'nic' ? nicBackendFindings(rec as NicRecord, id, device, q) : kind === 'pmem' ? pmemBackendFindings(id, device, q) : diskBackendFindings(id, device, q);
   return [...out, ...backend];
 }
 
@@ -145,6 +167,7 @@ export function compareDevices(rt: RuntimeData, q: QemuInventory): Finding[] {
   const known = recordedIds(rt);
   return [
     ...records(rt).flatMap(([kind, rec]) => compareRecord(kind, rec, q).map(aboutRecord(rec.uuid))),
+    ...compareScsiController(rt, q),
     ...unrecordedDevices(known, q),
     ...unknownPciFunctions(known, q),
   ];

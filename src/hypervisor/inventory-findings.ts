@@ -5,8 +5,7 @@
  * record); the constructors the comparisons share, and how a finding names
  * a NIC or disk record.
  */
-import { deviceId, type DeviceKind as RecordKind } from './device-id';
-import type { DiskRecord, NicRecord } from './runtime-file';
+import { DEVICE_KINDS, idOf, isPlaced, type DeviceKindName as RecordKind, type DeviceRecord } from './device-kinds';
 
 export type FindingCode =
   | 'record-without-device'
@@ -37,8 +36,8 @@ export type DeviceKind = 'nic' | 'disk' | 'cpu' | 'dimm' | 'other';
 /** What --fix does about a finding. */
 export type Repair =
   | { kind: 'remove-device'; id: string; device: DeviceKind }
-  | { kind: 'complete-attach'; record: 'nic' | 'disk'; uuid: string }
-  | { kind: 'drop-record'; record: 'nic' | 'disk' | 'cpu' | 'dimm'; key: string }
+  | { kind: 'complete-attach'; record: RecordKind; uuid: string }
+  | { kind: 'drop-record'; record: RecordKind | 'cpu' | 'dimm'; key: string }
   | { kind: 'release-netdev'; id: string }
   | { kind: 'release-block-node'; id: string }
   | { kind: 'release-fdset'; id: number }
@@ -73,20 +72,18 @@ export function note(device: string, code: FindingCode, problem: string): Findin
 }
 
 /** A drop of the runtime record of a NIC, disk, vCPU or DIMM. */
-export const dropRecord = (record: 'nic' | 'disk' | 'cpu' | 'dimm', key: string): Repair => ({ kind: 'drop-record', record, key });
+export const dropRecord = (record: RecordKind | 'cpu' | 'dimm', key: string): Repair => ({ kind: 'drop-record', record, key });
 
-export type AnyRecord = NicRecord | DiskRecord;
-
-const WHAT: Record<RecordKind, string> = { nic: 'NIC', disk: 'disk' };
+export type AnyRecord = DeviceRecord;
 
 /** A record's device id; undefined when it has no slot or uuid yet (an old runtime file). */
 export const idOfRecord = (kind: RecordKind, rec: AnyRecord): string | undefined =>
-  rec.pci !== null && rec.uuid ? deviceId(kind, rec.uuid, rec.pci, rec.bus) : undefined;
+  isPlaced(DEVICE_KINDS[kind], rec) && rec.uuid ? idOf(DEVICE_KINDS[kind], rec) : undefined;
 
-/** How a finding names a NIC or disk record: "NIC <uuid> (<device id>)". */
+/** How a finding names a device record: "NIC <uuid> (<device id>)", "SCSI disk <uuid> (scsi-...)". */
 export function describeRecord(kind: RecordKind, rec: AnyRecord): string {
   const id = idOfRecord(kind, rec);
-  return `${WHAT[kind]} ${rec.uuid || '(no uuid)'}${id === undefined ? '' : ` (${id})`}`;
+  return `${DEVICE_KINDS[kind].label} ${rec.uuid || '(no uuid)'}${id === undefined ? '' : ` (${id})`}`;
 }
 
 /** A finding about a runtime record carries its uuid (when it has one). */

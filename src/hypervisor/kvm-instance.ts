@@ -13,7 +13,8 @@ import { randomUUID } from 'node:crypto';
 import { EventEmitter } from 'node:events';
 import * as fs from 'node:fs';
 import { attachDimm, type DimmRecord } from './memory';
-import { allDevices, deviceKind, idOf, type DeviceRecord } from './device-kinds';
+import { deviceMemoryMiB } from './pmem';
+import { allDevices, deviceKind, findDevice, idOf, isPlaced, DISK_KIND, PMEM_KIND, SCSI_DISK_KIND, type DeviceKind, type DeviceKindName, type PciDeviceRecord } from './device-kinds';
 import { DeviceOperations, type DiskRequest, type NicModifyResult, type NicRequest, type PrepareStep, type RemovalResult } from './device-operations';
 import type { NicChangeRequest } from './nic-modify';
 import { checkHostPaths, openBootFiles } from './boot-files';
@@ -50,7 +51,9 @@ import {
   type DiskRecord,
   type HvParams,
   type NicRecord,
+  type PmemRecord,
   type RuntimeData,
+  type ScsiDiskRecord,
 } from './runtime-file';
 import { reconcileInstance, settleResizeOperations, type ReconcileReport } from './instance-reconcile';
 import { MonitorLink } from './monitor-link';
@@ -92,6 +95,9 @@ export type { ReconcileReport } from './instance-reconcile';
 export type { MigrationView, ReceiveOptions } from './instance-migration';
 
 const RECONCILE_RETRY_MS = 1000;
+
+/** The kinds the master calls a disk. */
+const DISK_KINDS = [DISK_KIND, SCSI_DISK_KIND, PMEM_KIND] as unknown as DeviceKind[];
 
 export class KvmInstance extends EventEmitter {
   readonly name: string;
@@ -143,7 +149,7 @@ export class KvmInstance extends EventEmitter {
       monitor: () => this.monitor(),
       requireRunning: () => this.requireRunning(),
       unplugTimeout: (kind) => this.unplugTimeout(kind),
-      attachContext: () => ({ nicOptions: this.nicOptions, hostPaths: this.hostPaths }),
+      attachContext: () => ({ nicOptions: this.nicOptions, hostPaths: this.hostPaths, hvparams: this.data.hvparams }),
       chooseSlot: (mon, requested) => this.chooseSlot(mon, requested),
       scheduleReconcile: () => this.scheduleReconcile(),
       slotsChanged: () => this.slots.invalidate(),
@@ -279,11 +285,11 @@ export class KvmInstance extends EventEmitter {
     if (spec.name !== this.name) throw new InvalidArgumentError(`spec names instance ${spec.name}, not ${this.name}`);
     const next = layoutRuntime(spec, devices, this.data);
     checkHostPaths(this.hostPaths, next, { boot: false });
-    const kept = new Set(next.block_devices.map((d) => d.path));
-    const dropped = this.data.block_devices.filter((d) => !kept.has(d.path));
+    const kept = new Set(allDevices(next).map(([, d]) => (d as { path?: string }).path).filter((p) => p !== undefined));
+    const dropped = allDevices(this.data).filter(([, d]) => 'path' in d && !kept.has(d.path));
     this.data = next;
     this.save();
-    for (const d of dropped) this.deviceOps.releaseHost(deviceKind('disk'), d);
+    for (const [kind, d] of dropped) this.deviceOps.releaseHost(kind, d);
   }
 
   stop(timeoutMs = 10_000): Promise<void> {
@@ -304,6 +310,7 @@ export class KvmInstance extends EventEmitter {
     checkHostPaths(this.hostPaths, this.data, { boot: true });
     if (!incoming) {
       this.dropPendingDevices();
+      this.dropIdleScsiController();
       this.completeLegacyDevices();
       this.foldPendingResources();
     }
@@ -386,6 +393,13 @@ export class KvmInstance extends EventEmitter {
     this.deviceOps.dropPending();
   }
 
+  /** A controller left from SCSI disks since removed is not created again (its slot is free from now on). */
+  private dropIdleScsiController(): void {
+    if (!this.data.scsi_controller || this.data.scsi_disks?.length) return;
+    delete this.data.scsi_controller;
+    this.save();
+  }
+
   /** vCPU/DIMM intents of a stopped QEMU: an unconfirmed add does not come back, an asked removal is done. */
   private dropPendingResources(): void {
     const r = this.data.resources;
@@ -402,7 +416,7 @@ export class KvmInstance extends EventEmitter {
    * device ids and can be hot-removed from now on.
    */
   private completeLegacyDevices(): void {
-    const all: DeviceRecord[] = [...this.data.block_devices, ...this.data.nics];
+    const all = allDevices(this.data).filter(([kind]) => kind.takesPciSlot).map(([, d]) => d as PciDeviceRecord);
     if (all.every((d) => d.pci !== null && d.uuid)) return;
     const map = recordedTree(this.name, this.data);
     for (const d of all) {
@@ -432,7 +446,7 @@ export class KvmInstance extends EventEmitter {
   private onEvent(e: QmpEvent): void {
     if (e.event !== 'DEVICE_DELETED') return;
     for (const [kind, rec] of allDevices(this.data)) {
-      if (rec.pci === null || !rec.uuid || !isDeletionOf(idOf(kind, rec), e)) continue;
+      if (!isPlaced(kind, rec) || !rec.uuid || !isDeletionOf(idOf(kind, rec), e)) continue;
       void this.serialize(async () => {
         if (this.deviceOps.find(kind, rec.uuid) !== rec) return; // an API remove already finished it
         const mon = await this.monitor();
@@ -537,9 +551,30 @@ export class KvmInstance extends EventEmitter {
     });
   }
 
+  /** A SCSI disk (a LUN on the virtio-scsi controller, which comes with the first one), as hotAddDisk. */
+  hotAddScsiDisk(req: DiskRequest, prepare?: PrepareStep, opts: OperationOptions = {}): Promise<ScsiDiskRecord> {
+    return this.runner.run(opts.operationId ?? '', 'disk', 'add', req.uuid, () => {
+      if (req.created) this.hostPaths.assertNewDiskPath(req.path);
+      else this.hostPaths.checkDisk(req.path);
+      return this.deviceOps.addScsiDisk(req, prepare);
+    });
+  }
+
+  /** A virtio-pmem device of `req.sizeMiB` on a file the node creates (`req.created`), as hotAddDisk. */
+  hotAddPmem(req: DiskRequest, prepare?: PrepareStep, opts: OperationOptions = {}): Promise<PmemRecord> {
+    return this.runner.run(opts.operationId ?? '', 'disk', 'add', req.uuid, () => {
+      if (req.created) this.hostPaths.assertNewDiskPath(req.path);
+      return this.deviceOps.addPmem(req, prepare);
+    });
+  }
+
   /** Resolves with the record the disk had, and whether the guest has still to release it. */
-  hotRemoveDisk(uuid: string, opts: OperationOptions = {}): Promise<RemovalResult<DiskRecord>> {
-    return this.runner.run(opts.operationId ?? '', 'disk', 'remove', uuid, () => this.deviceOps.remove(deviceKind('disk'), uuid) as Promise<RemovalResult<DiskRecord>>);
+  hotRemoveDisk(uuid: string, opts: OperationOptions = {}): Promise<RemovalResult<DiskRecord | ScsiDiskRecord | PmemRecord>> {
+    return this.runner.run(opts.operationId ?? '', 'disk', 'remove', uuid, () => {
+      // Any kind the master calls a disk: virtio-blk, SCSI, pmem.
+      const kind: DeviceKind = findDevice(this.data, uuid, DISK_KINDS)?.[0] ?? deviceKind('disk');
+      return this.deviceOps.remove(kind, uuid) as Promise<RemovalResult<DiskRecord | ScsiDiskRecord | PmemRecord>>;
+    });
   }
 
   // ---- vCPUs and memory ---------------------------------------------------
@@ -564,7 +599,7 @@ export class KvmInstance extends EventEmitter {
       const pid = this.pid;
       const tcg = this.data.kvm_cmd[this.data.kvm_cmd.indexOf('-accel') + 1] === 'tcg';
       try {
-        validateResize(this.name, r, req, node, tcg && pid !== undefined ? tcgCpuThreadsLeft(r, pid) : Infinity);
+        validateResize(this.name, r, req, node, tcg && pid !== undefined ? tcgCpuThreadsLeft(r, pid) : Infinity, deviceMemoryMiB(r, this.data).pmemMiB);
         this.requireRunning();
         const mon = await this.monitor();
         const result = await applyResize(this.resizeContext(mon, r, pid), r, req);
@@ -749,13 +784,12 @@ export class KvmInstance extends EventEmitter {
   }
 
   /** Drops the record of a device QEMU does not have: a NIC or disk by uuid, a hot-added vCPU or DIMM by id. */
-  verifyDropRecord(kind: 'nic' | 'disk' | 'cpu' | 'dimm', key: string): boolean {
+  verifyDropRecord(kind: DeviceKindName | 'cpu' | 'dimm', key: string): boolean {
     return this.verifyRewrite((d) => {
       const r = d.resources;
-      const count = (): number => d.nics.length + d.block_devices.length + (r ? r.cpus.length + r.dimms.length : 0);
+      const count = (): number => allDevices(d).length + (r ? r.cpus.length + r.dimms.length : 0);
       const before = count();
-      if (kind === 'nic') d.nics = d.nics.filter((n) => n.uuid !== key);
-      else if (kind === 'disk') d.block_devices = d.block_devices.filter((b) => b.uuid !== key);
+      if (kind !== 'cpu' && kind !== 'dimm') deviceKind(kind).forget(d, key);
       else if (r && kind === 'cpu') r.cpus = r.cpus.filter((c) => c.id !== key);
       else if (r) r.dimms = r.dimms.filter((m) => m.id !== key);
       return count() !== before;
@@ -763,9 +797,9 @@ export class KvmInstance extends EventEmitter {
   }
 
   /** A hot-add QEMU completed but the record still says "attaching": settles it. */
-  verifyCompleteAttach(kind: 'nic' | 'disk', uuid: string): boolean {
+  verifyCompleteAttach(kind: DeviceKindName, uuid: string): boolean {
     return this.verifyRewrite((d) => {
-      const rec = (kind === 'nic' ? d.nics : d.block_devices).find((r) => r.uuid === uuid);
+      const rec = deviceKind(kind).records(d).find((r) => r.uuid === uuid);
       if (rec?.state !== 'attaching') return false;
       delete rec.state;
       return true;

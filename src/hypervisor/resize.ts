@@ -198,7 +198,7 @@ export function assertVcpusFit(instance: string, vcpus: number, node: NodeCapaci
   );
 }
 
-function checkMemory(instance: string, s: ResourceState, memoryMiB: number, node: NodeCapacity): void {
+function checkMemory(instance: string, s: ResourceState, memoryMiB: number, node: NodeCapacity, pmemMiB: number): void {
   if (!Number.isInteger(memoryMiB) || memoryMiB <= 0) throw new InvalidArgumentError(`memory must be a positive number of MiB, not ${memoryMiB}`);
   const current = currentMemoryMiB(s);
   if (memoryMiB === current) return;
@@ -208,6 +208,11 @@ function checkMemory(instance: string, s: ResourceState, memoryMiB: number, node
     );
   if (memoryMiB > s.maxMemoryMiB)
     throw new InvalidArgumentError(`instance ${instance} can have at most ${s.maxMemoryMiB} MiB (maxmem); ${memoryMiB} MiB asked`);
+  // pmem devices take device memory room too (pmem.ts): memory and pmem together stay within maxmem.
+  if (pmemMiB && memoryMiB > current && memoryMiB + pmemMiB > s.maxMemoryMiB)
+    throw new ResourceExhaustedError(
+      `instance ${instance} has maxmem ${s.maxMemoryMiB} MiB, and its pmem devices hold ${pmemMiB} MiB of it: memory can grow to at most ${s.maxMemoryMiB - pmemMiB} MiB, ${memoryMiB} MiB asked (remove a pmem device or raise maxmem and restart it)`,
+    );
   const grow = memoryMiB - current;
   if (grow > 0 && grow > node.freeMemoryMiB)
     throw new ResourceExhaustedError(
@@ -221,7 +226,7 @@ function checkMemory(instance: string, s: ResourceState, memoryMiB: number, node
  * Checks the whole request before anything changes. `cpuThreadsLeft`: under
  * TCG, how many vCPUs this QEMU process can still create (tcgCpuThreadsLeft).
  */
-export function validateResize(instance: string, s: ResourceState, req: ResizeRequest, node: NodeCapacity, cpuThreadsLeft = Infinity): void {
+export function validateResize(instance: string, s: ResourceState, req: ResizeRequest, node: NodeCapacity, cpuThreadsLeft = Infinity, pmemMiB = 0): void {
   if (req.vcpus === undefined && req.memoryMiB === undefined) throw new InvalidArgumentError('nothing to resize: give vcpus and/or memory');
   if (req.vcpus !== undefined) checkVcpus(instance, s, req.vcpus, node);
   const adds = (req.vcpus ?? 0) - currentVcpus(s);
@@ -230,7 +235,7 @@ export function validateResize(instance: string, s: ResourceState, req: ResizeRe
       `instance ${instance}: QEMU under TCG creates at most ${s.maxVcpus} vCPU threads (maxvcpus) in one process and never frees a removed vCPU's; ` +
         `this one can add ${cpuThreadsLeft} more, ${adds} asked (one more would abort QEMU and kill the guest). Stop and start the instance to reset it`,
     );
-  if (req.memoryMiB !== undefined) checkMemory(instance, s, req.memoryMiB, node);
+  if (req.memoryMiB !== undefined) checkMemory(instance, s, req.memoryMiB, node, pmemMiB);
 }
 
 export interface ResizeContext {

@@ -62,6 +62,39 @@ export interface DiskRecord {
   created?: boolean;
 }
 
+/** A disk on the virtio-scsi controller (scsi-disk.ts): a LUN, no PCI slot of its own. */
+export interface ScsiDiskRecord {
+  uuid: string;
+  /** Host path: a regular file or a block device. */
+  path: string;
+  /** Its address on the controller (scsi-luns.ts): scsi-id and LUN, channel 0. */
+  target: number;
+  lun: number;
+  state?: PendingState;
+  created?: boolean;
+}
+
+/** The virtio-scsi controller the SCSI disks sit on; it holds one PCI slot. */
+export interface ScsiControllerRecord {
+  id: string;
+  pci: number;
+  /** As NicRecord.bus. */
+  bus?: string;
+}
+
+/** A file-backed virtio-pmem device (pmem.ts): a PCI device whose memory takes maxmem room. */
+export interface PmemRecord {
+  uuid: string;
+  /** The backing file, made by the node beneath the storage directory. */
+  path: string;
+  sizeMiB: number;
+  pci: number | null;
+  /** As NicRecord.bus. */
+  bus?: string;
+  state?: PendingState;
+  created?: boolean;
+}
+
 export type HvValue = string | number | boolean;
 export type HvParams = Record<string, HvValue>;
 
@@ -72,6 +105,12 @@ export interface RuntimeData {
   nics: NicRecord[];
   hvparams: HvParams;
   block_devices: DiskRecord[];
+  /** Disks on the virtio-scsi controller (absent: none). */
+  scsi_disks?: ScsiDiskRecord[];
+  /** The virtio-scsi controller, once created (at a start with SCSI disks, or with the first hot-added one). */
+  scsi_controller?: ScsiControllerRecord;
+  /** virtio-pmem devices (absent: none). */
+  pmem_devices?: PmemRecord[];
   /** vCPUs and memory: boot values, limits and hot-added devices (absent in old files: no resize). */
   resources?: ResourceState;
   /** Set while this node is the source or the target of a live migration. */
@@ -171,10 +210,49 @@ export function parseRuntime(file: string, text: string, instance: string): Runt
     nics: listFrom(file, raw.nics, 'nics', nicFrom),
     hvparams: hvparamsFrom(file, raw.hvparams ?? {}),
     block_devices: listFrom(file, raw.block_devices, 'block_devices', diskFrom),
+    ...extraDevicesFrom(file, raw),
     ...(raw.resources === undefined ? {} : { resources: resourcesFrom(file, raw.resources) }),
     ...(raw.migration === undefined ? {} : { migration: migrationFrom(file, raw.migration) }),
     ...(raw.operations === undefined ? {} : { operations: journalFrom(raw.operations, (m) => new RuntimeFileError(file, m)) }),
   };
+}
+
+const intOf = (v: unknown): number | undefined => (typeof v === 'number' && Number.isInteger(v) && v >= 0 ? v : undefined);
+
+function scsiDiskFrom(file: string, raw: unknown): ScsiDiskRecord {
+  if (!isObject(raw) || typeof raw.uuid !== 'string' || typeof raw.path !== 'string') throw new RuntimeFileError(file, 'a SCSI disk entry has no uuid or path');
+  const target = intOf(raw.target);
+  const lun = intOf(raw.lun);
+  if (target === undefined || lun === undefined) throw new RuntimeFileError(file, `SCSI disk ${raw.uuid} has no target/lun`);
+  const d: ScsiDiskRecord = { uuid: raw.uuid, path: raw.path, target, lun };
+  if (raw.state === 'attaching' || raw.state === 'detaching') d.state = raw.state;
+  if (raw.created === true) d.created = true;
+  return d;
+}
+
+function pmemFrom(file: string, raw: unknown): PmemRecord {
+  if (!isObject(raw) || typeof raw.uuid !== 'string' || typeof raw.path !== 'string') throw new RuntimeFileError(file, 'a pmem entry has no uuid or path');
+  const sizeMiB = intOf(raw.sizeMiB);
+  if (!sizeMiB) throw new RuntimeFileError(file, `pmem device ${raw.uuid} has no sizeMiB`);
+  const d: PmemRecord = { uuid: raw.uuid, path: raw.path, sizeMiB, pci: pciOf(raw.pci) };
+  if (typeof raw.bus === 'string') d.bus = raw.bus;
+  if (raw.state === 'attaching' || raw.state === 'detaching') d.state = raw.state;
+  if (raw.created === true) d.created = true;
+  return d;
+}
+
+/** The optional device lists of version 2 (SCSI disks, their controller, pmem devices). */
+function extraDevicesFrom(file: string, raw: Record<string, unknown>): Partial<RuntimeData> {
+  const out: Partial<RuntimeData> = {};
+  if (raw.scsi_disks !== undefined) out.scsi_disks = listFrom(file, raw.scsi_disks, 'scsi_disks', scsiDiskFrom);
+  if (raw.pmem_devices !== undefined) out.pmem_devices = listFrom(file, raw.pmem_devices, 'pmem_devices', pmemFrom);
+  const c = raw.scsi_controller;
+  if (c !== undefined) {
+    const pci = isObject(c) ? pciOf(c.pci) : null;
+    if (!isObject(c) || typeof c.id !== 'string' || pci === null) throw new RuntimeFileError(file, '"scsi_controller" needs an id and a PCI slot');
+    out.scsi_controller = { id: c.id, pci, ...(typeof c.bus === 'string' ? { bus: c.bus } : {}) };
+  }
+  return out;
 }
 
 function migrationFrom(file: string, raw: unknown): MigrationMark {
@@ -220,6 +298,9 @@ export function serializeRuntime(data: RuntimeData): string {
     nics: data.nics,
     hvparams: data.hvparams,
     block_devices: data.block_devices,
+    ...(data.scsi_disks?.length ? { scsi_disks: data.scsi_disks } : {}),
+    ...(data.scsi_controller ? { scsi_controller: data.scsi_controller } : {}),
+    ...(data.pmem_devices?.length ? { pmem_devices: data.pmem_devices } : {}),
     ...(data.resources ? { resources: data.resources } : {}),
     ...(data.migration ? { migration: data.migration } : {}),
     ...(data.operations ? { operations: data.operations } : {}),

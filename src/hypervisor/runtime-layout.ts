@@ -15,7 +15,10 @@ import { PciTreeMap, type PciPlacement } from './pci-slots';
 import { machineOf, pciTopology, placementProblem, withTopologyDefaults, type PciTopology } from './pci-topology';
 import { buildFixedCommand, type InstanceSpec } from './qemu-command';
 import { initialResources } from './resize';
-import type { DiskRecord, HvParams, NicRecord, RuntimeData } from './runtime-file';
+import { assertPmemSize, pmemId, pmemRoomProblem } from './pmem';
+import type { DiskRecord, HvParams, NicRecord, PmemRecord, RuntimeData, ScsiControllerRecord, ScsiDiskRecord } from './runtime-file';
+import { SCSI_CONTROLLER_ID, scsiDiskId } from './scsi-disk';
+import { chooseScsiAddress, type ScsiAddress } from './scsi-luns';
 import { unplugTimeoutsFromHvparams } from './unplug-timeouts';
 
 export interface SpecDevices {
@@ -73,6 +76,40 @@ function diskRecord(d: DiskRequest, p: PciPlacement): DiskRecord {
   return disk;
 }
 
+function pmemRecord(d: DiskRequest, p: PciPlacement): PmemRecord {
+  assertPmemSize(d.sizeMiB ?? 0);
+  const rec: PmemRecord = { uuid: d.uuid, path: d.path, sizeMiB: d.sizeMiB as number, ...placeFields(p) };
+  if (d.created) rec.created = true;
+  pmemId(rec, p.slot);
+  return rec;
+}
+
+/** SCSI disks keep their recorded address; new ones get the first free (scsi-luns.ts). */
+function scsiRecords(name: string, disks: DiskRequest[], old: RuntimeData | undefined): ScsiDiskRecord[] {
+  const before = new Map((old?.scsi_disks ?? []).map((d) => [d.uuid, d]));
+  const out: ScsiDiskRecord[] = [];
+  const place = (d: DiskRequest, at: ScsiAddress): void => {
+    const rec: ScsiDiskRecord = { uuid: d.uuid, path: d.path, target: at.target, lun: at.lun };
+    if (d.created) rec.created = true;
+    scsiDiskId(rec);
+    out.push(rec);
+  };
+  for (const d of disks) {
+    const was = before.get(d.uuid);
+    if (was) place(d, was);
+  }
+  for (const d of disks) if (!before.has(d.uuid)) place(d, chooseScsiAddress(name, out));
+  return disks.map((d) => out.find((r) => r.uuid === d.uuid) as ScsiDiskRecord);
+}
+
+/** The SCSI controller's place: the recorded one while the tree still has it and it is free, else the first free. */
+function placeController(tree: PciTreeMap, topology: PciTopology, old: ScsiControllerRecord | undefined): ScsiControllerRecord {
+  const was: PciPlacement | undefined = old ? (old.bus === undefined ? { slot: old.pci } : { bus: old.bus, slot: old.pci }) : undefined;
+  const place = was && !placementProblem(topology, was.bus, was.slot) && !tree.holderOf(was) ? was : tree.firstFree();
+  tree.addRecorded(place, SCSI_CONTROLLER_ID);
+  return { id: SCSI_CONTROLLER_ID, ...placeFields(place) };
+}
+
 function nicRecord(n: NicRequest, p: PciPlacement, maxVcpus: number): NicRecord {
   const nic: NicRecord = { uuid: n.uuid, mac: normalizeMac(n.mac), ...placeFields(p), ...nicExtras(n) };
   if (n.link) nic.link = n.link;
@@ -86,20 +123,36 @@ export function layoutRuntime(spec: InstanceSpec, devices: SpecDevices, old?: Ru
   const name = spec.name;
   if (old && old.instance !== name) throw new InvalidArgumentError(`spec names instance ${name}, not ${old.instance}`);
   const kvmCmd = buildFixedCommand(spec);
+  const allDisks = devices.disks ?? [];
+  const scsiDisks = allDisks.filter((d) => d.diskBus === 'scsi');
+  const pmems = allDisks.filter((d) => d.diskType === 'pmem' && d.diskBus !== 'scsi');
+  const blkDisks = allDisks.filter((d) => !d.diskBus && !d.diskType);
+  if (allDisks.some((d) => d.diskBus === 'scsi' && d.diskType === 'pmem')) throw new InvalidArgumentError(`a pmem device of ${name} cannot be on the SCSI bus`);
   const wanted: Wanted = [
-    ...(devices.disks ?? []).map((d): [DeviceKindName, DiskRequest] => ['disk', d]),
+    ...blkDisks.map((d): [DeviceKindName, DiskRequest] => ['disk', d]),
+    ...pmems.map((d): [DeviceKindName, DiskRequest] => ['pmem', d]),
+    ...scsiDisks.map((d): [DeviceKindName, DiskRequest] => ['scsi-disk', d]),
     ...(devices.nics ?? []).map((n): [DeviceKindName, NicRequest] => ['nic', n]),
   ];
   // The tree's sizes are fixed here, in the runtime file, so that restarts and migration targets build the same tree.
-  const hvparams = withTopologyDefaults(devices.hvparams ?? {}, machineOf(kvmCmd), wanted.length, spec.maxMemoryMiB || spec.memoryMiB);
+  // Root ports (q35) for every PCI device: SCSI disks share their controller's.
+  const pciDevices = wanted.length - scsiDisks.length + (scsiDisks.length ? 1 : 0);
+  const hvparams = withTopologyDefaults(devices.hvparams ?? {}, machineOf(kvmCmd), pciDevices, spec.maxMemoryMiB || spec.memoryMiB);
   unplugTimeoutsFromHvparams(hvparams, name);
   checkUuids(name, wanted);
+  const pciWanted = wanted.filter(([kind]) => kind !== 'scsi-disk');
   const recorded = new Map<string, PciPlacement | null>(
-    [...(old?.nics ?? []), ...(old?.block_devices ?? [])].filter((r) => r.uuid).map((r) => [r.uuid, r.pci === null ? null : r.bus === undefined ? { slot: r.pci } : { bus: r.bus, slot: r.pci }]),
+    [...(old?.nics ?? []), ...(old?.block_devices ?? []), ...(old?.pmem_devices ?? [])]
+      .filter((r) => r.uuid)
+      .map((r) => [r.uuid, r.pci === null ? null : r.bus === undefined ? { slot: r.pci } : { bus: r.bus, slot: r.pci }]),
   );
   const topology = pciTopology({ kvm_cmd: kvmCmd, hvparams });
   const tree = new PciTreeMap(name, topology);
-  const chosen = placeDevices(tree, topology, wanted, (uuid) => recorded.get(uuid) ?? null);
+  // The controller keeps its place when it has SCSI disks again, before anything new is placed.
+  const oldCtrl = scsiDisks.length ? old?.scsi_controller : undefined;
+  const keptCtrl = oldCtrl && !placementProblem(topology, oldCtrl.bus, oldCtrl.pci) ? placeController(tree, topology, oldCtrl) : undefined;
+  const chosen = placeDevices(tree, topology, pciWanted, (uuid) => recorded.get(uuid) ?? null);
+  const controller = scsiDisks.length ? keptCtrl ?? placeController(tree, topology, undefined) : undefined;
   // virtio-mem always sits on the root bus (on q35 an integrated endpoint of pcie.0: fixed, the guest cannot eject it).
   const oldVmemSlot = old?.resources?.virtioMem?.pci;
   const resources = initialResources(spec, hvString(hvparams, 'memory_hotplug'), () => {
@@ -107,14 +160,20 @@ export function layoutRuntime(spec: InstanceSpec, devices: SpecDevices, old?: Ru
     tree.addRecorded({ slot }, 'virtio-mem');
     return slot;
   });
-  return {
+  const data: RuntimeData = {
     version: 2,
     instance: name,
     kvm_cmd: kvmCmd,
     nics: (devices.nics ?? []).map((n) => nicRecord(n, chosen.get(n.uuid) as PciPlacement, spec.maxVcpus ?? spec.vcpus)),
     hvparams,
-    block_devices: (devices.disks ?? []).map((d) => diskRecord(d, chosen.get(d.uuid) as PciPlacement)),
+    block_devices: blkDisks.map((d) => diskRecord(d, chosen.get(d.uuid) as PciPlacement)),
+    ...(scsiDisks.length ? { scsi_disks: scsiRecords(name, scsiDisks, old), scsi_controller: controller } : {}),
+    ...(pmems.length ? { pmem_devices: pmems.map((d) => pmemRecord(d, chosen.get(d.uuid) as PciPlacement)) } : {}),
     resources,
     ...(old?.operations ? { operations: old.operations } : {}),
   };
+  const pmemMiB = (data.pmem_devices ?? []).reduce((n, p) => n + p.sizeMiB, 0);
+  const roomProblem = pmemMiB ? pmemRoomProblem(name, resources, { ...data, pmem_devices: [] }, pmemMiB) : undefined;
+  if (roomProblem) throw new InvalidArgumentError(roomProblem);
+  return data;
 }

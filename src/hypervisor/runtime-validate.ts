@@ -18,6 +18,8 @@ import { CONTROLLER_BUS_RULE } from './device-id';
 import { MAX_RATE_MBIT } from './tap-rate';
 import { PCI_SLOTS } from './pci-slots';
 import { pciTopology, placementProblem, type PciTopology } from './pci-topology';
+import { SCSI_CONTROLLER_ID } from './scsi-disk';
+import { MAX_SCSI_DISKS, SCSI_LUNS, SCSI_TARGETS } from './scsi-luns';
 
 /** At most this many NICs (or disks) in a runtime file: every slot of the root bus and of 8 bridges. */
 const MAX_PLACED = PCI_SLOTS * 9;
@@ -114,6 +116,38 @@ function checkDisks(c: Checker, disks: unknown): void {
     const d = c.obj(f, raw, ['uuid', 'path', 'pci', 'bus', 'state', 'created']);
     c.match(`${f}.uuid`, d.uuid, UUID_RULE, 'a device uuid: letters, digits, ".", "_", "-", without ".."');
     c.hostPath(`${f}.path`, d.path);
+    c.pci(`${f}.pci`, d.pci);
+    c.optional(d, 'bus', (v) => c.match(`${f}.bus`, v, CONTROLLER_BUS_RULE, 'a bridge or root port of this software: pcibN or rpN'));
+    c.state(`${f}.state`, d.state);
+    c.optional(d, 'created', (v) => v === true || c.fail(`${f}.created`, v, 'must be true when present'));
+  });
+}
+
+function checkScsi(c: Checker, data: RuntimeData): void {
+  c.list('scsi_disks', data.scsi_disks ?? [], MAX_SCSI_DISKS).forEach((raw, i) => {
+    const f = `scsi_disks[${i}]`;
+    const d = c.obj(f, raw, ['uuid', 'path', 'target', 'lun', 'state', 'created']);
+    c.match(`${f}.uuid`, d.uuid, UUID_RULE, 'a device uuid: letters, digits, ".", "_", "-", without ".."');
+    c.hostPath(`${f}.path`, d.path);
+    c.int(`${f}.target`, d.target, 0, SCSI_TARGETS - 1);
+    c.int(`${f}.lun`, d.lun, 0, SCSI_LUNS - 1);
+    c.state(`${f}.state`, d.state);
+    c.optional(d, 'created', (v) => v === true || c.fail(`${f}.created`, v, 'must be true when present'));
+  });
+  if (data.scsi_controller === undefined) return;
+  const ctrl = c.obj('scsi_controller', data.scsi_controller, ['id', 'pci', 'bus']);
+  if (ctrl.id !== SCSI_CONTROLLER_ID) c.fail('scsi_controller.id', ctrl.id, `must be ${SCSI_CONTROLLER_ID}`);
+  c.int('scsi_controller.pci', ctrl.pci, 0, PCI_SLOTS - 1);
+  c.optional(ctrl, 'bus', (v) => c.match('scsi_controller.bus', v, CONTROLLER_BUS_RULE, 'a bridge or root port of this software: pcibN or rpN'));
+}
+
+function checkPmem(c: Checker, pmem: unknown): void {
+  c.list('pmem_devices', pmem ?? [], PCI_SLOTS).forEach((raw, i) => {
+    const f = `pmem_devices[${i}]`;
+    const d = c.obj(f, raw, ['uuid', 'path', 'sizeMiB', 'pci', 'bus', 'state', 'created']);
+    c.match(`${f}.uuid`, d.uuid, UUID_RULE, 'a device uuid: letters, digits, ".", "_", "-", without ".."');
+    c.hostPath(`${f}.path`, d.path);
+    c.int(`${f}.sizeMiB`, d.sizeMiB, 2, MAX_MIB);
     c.pci(`${f}.pci`, d.pci);
     c.optional(d, 'bus', (v) => c.match(`${f}.bus`, v, CONTROLLER_BUS_RULE, 'a bridge or root port of this software: pcibN or rpN'));
     c.state(`${f}.state`, d.state);
@@ -221,6 +255,8 @@ function checkPlacements(c: Checker, data: RuntimeData): void {
   const records: Array<[string, { pci: number | null; bus?: string }]> = [
     ...data.nics.map((n, i): [string, typeof n] => [`nics[${i}]`, n]),
     ...data.block_devices.map((d, i): [string, typeof d] => [`block_devices[${i}]`, d]),
+    ...(data.pmem_devices ?? []).map((d, i): [string, typeof d] => [`pmem_devices[${i}]`, d]),
+    ...(data.scsi_controller ? [['scsi_controller', data.scsi_controller] as [string, { pci: number; bus?: string }]] : []),
   ];
   for (const [f, rec] of records) {
     if (rec.pci === null) continue;
@@ -245,6 +281,8 @@ export function validateRuntime(data: RuntimeData): void {
   assertFixedCommand(data.kvm_cmd, data.instance);
   checkNics(c, data.nics);
   checkDisks(c, data.block_devices);
+  checkScsi(c, data);
+  checkPmem(c, data.pmem_devices);
   checkHvparams(data.hvparams, (m) => new InvalidArgumentError(`runtime file of ${data.instance}: ${m}`), false);
   checkPlacements(c, data);
   if (data.resources !== undefined) checkResources(c, data.resources);

@@ -12,7 +12,7 @@
  * Placement goes bus 0 first, then the bridges in order (pc), or the root
  * ports in order (q35). Used only inside the instance's queue.
  */
-import { allDevices, idOf } from './device-kinds';
+import { allDevices, idOf, slotOf } from './device-kinds';
 import { bridgeBusIds, busIdOf, crossCheckPci, fromQueryPci, parseInfoPci, type PciFunction, type QueryPciBus } from './pci-info';
 import { PciTreeMap, type PciPlacement } from './pci-slots';
 import { pciTopology, type PciTopology } from './pci-topology';
@@ -24,13 +24,18 @@ const placeKey = (bus: string | undefined, slot: number): string => `${bus ?? ''
 /** The places the runtime file gives away, with their holders (device ids, or a description). */
 export function recordedPlaces(data: RuntimeData): Map<string, { place: PciPlacement; holder: string }> {
   const held = new Map<string, { place: PciPlacement; holder: string }>();
+  const hold = (bus: string | undefined, slot: number, holder: string): void => {
+    held.set(placeKey(bus, slot), { place: bus === undefined ? { slot } : { bus, slot }, holder });
+  };
   for (const [kind, rec] of allDevices(data)) {
-    if (rec.pci === null) continue;
-    const place: PciPlacement = rec.bus === undefined ? { slot: rec.pci } : { bus: rec.bus, slot: rec.pci };
-    held.set(placeKey(rec.bus, rec.pci), { place, holder: rec.uuid ? idOf(kind, rec) : `a ${kind.label} from an old runtime file` });
+    const slot = slotOf(kind, rec);
+    if (typeof slot !== 'number') continue; // no PCI slot: an old record without one, or a kind that takes none (SCSI LUNs)
+    hold((rec as { bus?: string }).bus, slot, rec.uuid ? idOf(kind, rec) : `a ${kind.label} from an old runtime file`);
   }
   const vmem = data.resources?.virtioMem;
-  if (vmem) held.set(placeKey(undefined, vmem.pci), { place: { slot: vmem.pci }, holder: `the virtio-mem device ${vmem.id}` });
+  if (vmem) hold(undefined, vmem.pci, `the virtio-mem device ${vmem.id}`);
+  const scsi = data.scsi_controller;
+  if (scsi) hold(scsi.bus, scsi.pci, `the SCSI controller ${scsi.id}`);
   return held;
 }
 

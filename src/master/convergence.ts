@@ -278,7 +278,7 @@ export class Convergence {
       return `added to the configuration (${nic.mac}${nic.link ? ` on ${nic.link}` : ''})`;
     }
     if (table === 'disks' && disk && Number(disk.sizeBytes) > 0) {
-      config.appendDisk(inst.uuid, rec.deviceUuid, Number(disk.sizeBytes));
+      config.appendDisk(inst.uuid, rec.deviceUuid, Number(disk.sizeBytes), { diskBus: disk.diskBus ?? '', diskType: disk.diskType ?? '' });
       return 'added to the configuration';
     }
     return 'the record does not describe the device; not added';

@@ -55,6 +55,9 @@ export interface NodeNic {
 }
 
 export interface NodeDisk {
+  /** '' or 'scsi'; '' or 'pmem' (as the node reports them). */
+  diskBus?: string;
+  diskType?: string;
   uuid: string;
   sizeBytes: number;
   state: string;
@@ -71,7 +74,7 @@ export interface NodeView {
 export type ConfigFix =
   | { kind: 'drop-nic' | 'drop-disk'; uuid: string }
   | { kind: 'add-nic'; uuid: string; mac: string; link: string }
-  | { kind: 'add-disk'; uuid: string; sizeBytes: number }
+  | { kind: 'add-disk'; uuid: string; sizeBytes: number; diskBus?: string; diskType?: string }
   | { kind: 'update-nic'; uuid: string; mac: string; link: string; params?: NicParams }
   | { kind: 'set-resources'; vcpus: number; memoryMib: number };
 
@@ -174,7 +177,7 @@ function compareDisks(cfg: ConfigView, rt: NodeView, truth: Truth): ConfigDiff[]
     if (inConfig.has(d.uuid)) continue;
     const device = `disk ${d.uuid}`;
     if (d.state) out.push({ device, uuid: d.uuid, problem: `on the node only, ${d.state === 'attaching' ? 'its hot-add not confirmed yet' : 'its removal pending'}`, note: true });
-    else if (truth('disk', d.uuid)) out.push({ device, uuid: d.uuid, problem: `on the node (${d.sizeBytes > 0 ? formatSize(d.sizeBytes) : 'size unknown'}), not in the configuration`, note: false, fix: { kind: 'add-disk', uuid: d.uuid, sizeBytes: d.sizeBytes } });
+    else if (truth('disk', d.uuid)) out.push({ device, uuid: d.uuid, problem: `on the node (${d.sizeBytes > 0 ? formatSize(d.sizeBytes) : 'size unknown'}), not in the configuration`, note: false, fix: { kind: 'add-disk', uuid: d.uuid, sizeBytes: d.sizeBytes, diskBus: d.diskBus, diskType: d.diskType } });
     else out.push({ device, uuid: d.uuid, problem: `on the node only: removed from the configuration by ${PENDING}`, note: true });
   }
   return out;

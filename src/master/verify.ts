@@ -87,7 +87,7 @@ function nodeView(rt: InstanceRuntime__Output, pendingVcpus: number): NodeView {
   return {
     running: rt.running,
     nics: rt.nics.map((n) => ({ uuid: n.uuid, mac: n.mac, link: n.link, state: n.state ?? '', params: nicParams({ link_state: n.linkState, rate_mbit: n.rateMbit, queues: n.queues, model: n.model }) })),
-    disks: rt.disks.map((d) => ({ uuid: d.uuid, sizeBytes: Number(d.sizeBytes) || 0, state: d.state ?? '' })),
+    disks: rt.disks.map((d) => ({ uuid: d.uuid, sizeBytes: Number(d.sizeBytes) || 0, state: d.state ?? '', diskBus: d.diskBus ?? '', diskType: d.diskType ?? '' })),
     ...(r ? { resources: { vcpus: pendingVcpus > 0 ? pendingVcpus : r.vcpus, memoryMib: pending >= 0 ? pending : Number(r.memoryMib) } } : {}),
   };
 }
@@ -258,7 +258,7 @@ export class Verifier {
         return this.config.appendNic(inst.uuid, f.uuid, f.mac, f.link);
       case 'add-disk':
         if (f.sizeBytes <= 0) throw new ConfigError(`the node reports no size for disk ${f.uuid}`, 'FAILED_PRECONDITION');
-        return this.config.appendDisk(inst.uuid, f.uuid, f.sizeBytes);
+        return this.config.appendDisk(inst.uuid, f.uuid, f.sizeBytes, f);
       case 'update-nic':
         return this.config.modifyNic(f.uuid, f.mac, f.link, f.params);
       case 'set-resources':

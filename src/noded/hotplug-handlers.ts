@@ -11,6 +11,7 @@ import type { HotplugDeviceRequest__Output } from '../generated/gnt/node/v1/Hotp
 import type { Nic__Output } from '../generated/gnt/node/v1/Nic';
 import { crashPoint } from './fault-injection';
 import type { Logger } from './instance-registry';
+import { diskFlavour, pmemMiB } from './disk-kinds';
 import { diskReply, nicReply } from './operations-service';
 import { checkNicMac, int64, nicEnums, nicRequestOf } from './spec';
 import type { NicChangeRequest } from '../hypervisor/kvm-instance';
@@ -93,7 +94,11 @@ async function hotplugDisk(inst: KvmInstance, req: HotplugDeviceRequest__Output,
         crashPoint('after-disk-file-created', ctx.log);
         return () => ctx.storage.removeFiles(created);
       };
-      return diskReply(await inst.hotAddDisk(disk.path ? { uuid, path } : { uuid, path, created: true }, prepare, opts));
+      const req = disk.path ? { uuid, path } : { uuid, path, created: true };
+      const flavour = diskFlavour(disk);
+      if (flavour === 'scsi') return diskReply(await inst.hotAddScsiDisk(req, prepare, opts));
+      if (flavour === 'pmem') return diskReply(await inst.hotAddPmem({ ...req, sizeMiB: pmemMiB(uuid, sizeBytes) }, prepare, opts));
+      return diskReply(await inst.hotAddDisk(req, prepare, opts));
     }
     case 'REMOVE': {
       // The file the node created goes with the record (device-operations.ts finishRemoval).

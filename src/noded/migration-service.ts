@@ -82,7 +82,7 @@ export class MigrationService {
   /** Disks must be on storage this node shares with the source: its storage directory. */
   private checkDisks(data: RuntimeData): void {
     const { storage } = this.opts;
-    for (const disk of data.block_devices) {
+    for (const disk of [...data.block_devices, ...(data.scsi_disks ?? []), ...(data.pmem_devices ?? [])]) {
       if (!storage.owns(data.instance, disk.path))
         throw failedPrecondition(
           `disk ${disk.uuid} of ${data.instance} is at ${disk.path}, outside node ${this.opts.nodeName}'s storage directory ${storage.dir}/${data.instance}: migration and failover need the disks on storage both nodes share (the same --storage-dir)`,

@@ -3,7 +3,7 @@
  * operation ids. The records live in each instance's runtime file
  * (src/hypervisor/operations.ts); here they become proto messages.
  */
-import type { DiskRecord, NicRecord } from '../hypervisor/runtime-file';
+import type { NicRecord } from '../hypervisor/runtime-file';
 import { assertOperationId, changedSince, reachesBack, type OperationRecord } from '../hypervisor/operations';
 import type { HotplugDeviceReply } from '../generated/gnt/node/v1/HotplugDeviceReply';
 import type { OperationLogReply } from '../generated/gnt/node/v1/OperationLogReply';
@@ -12,6 +12,7 @@ import type { OperationRecord as OperationRecordProto } from '../generated/gnt/n
 import type { OperationRef__Output } from '../generated/gnt/node/v1/OperationRef';
 import type { InstanceResizeReply } from '../generated/gnt/node/v1/InstanceResizeReply';
 import type { InstanceRegistry } from './instance-registry';
+import { anyDiskToProto, type AnyDiskRecord } from './disk-kinds';
 import { diskToProto, int64, nicToProto } from './spec';
 import { invalidArgument } from './status';
 
@@ -20,8 +21,8 @@ export function nicReply(rec: NicRecord): HotplugDeviceReply {
   return { pci: out.pci, deviceId: out.deviceId, nic: out };
 }
 
-export function diskReply(rec: DiskRecord): HotplugDeviceReply {
-  const out = diskToProto(rec);
+export function diskReply(rec: AnyDiskRecord): HotplugDeviceReply {
+  const out = anyDiskToProto(rec, diskToProto);
   return { pci: out.pci, deviceId: out.deviceId, disk: out };
 }
 
@@ -45,7 +46,7 @@ function hotplugOf(rec: OperationRecord): HotplugDeviceReply | undefined {
   const base =
     rec.kind === 'nic'
       ? typeof device.mac === 'string' ? nicReply(device as unknown as NicRecord) : { nic: { uuid: device.uuid } }
-      : typeof device.path === 'string' ? diskReply(device as unknown as DiskRecord) : { disk: { uuid: device.uuid } };
+      : typeof device.path === 'string' ? diskReply(device as unknown as AnyDiskRecord) : { disk: { uuid: device.uuid } };
   const applied = Array.isArray(r.applied) ? r.applied.filter((a): a is string => typeof a === 'string') : [];
   return { ...base, removalPending: removal?.pending === true, applied };
 }

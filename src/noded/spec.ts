@@ -25,6 +25,7 @@ import { invalidArgument } from './status';
 import { assertDeviceUuid, type NewDisk, type Storage } from './storage';
 import { excerpt } from '../common/excerpt';
 import { NIC_MODEL_NAMES, type NicModelName } from '../common/nic-params';
+import { anyDiskToProto, diskFlavour, pmemMiB } from './disk-kinds';
 
 /** A NIC's MAC by the rule the master applies too (src/common/mac.ts), same words; lower case. */
 export function checkNicMac(mac: string): string {
@@ -96,13 +97,17 @@ export function planStart(spec: InstanceSpec__Output, storage: Storage): StartPl
   const newDisks: NewDisk[] = [];
   const disks = spec.disks.map((d, i): DiskRequest => {
     assertDeviceUuid(d.uuid, `disk ${i} of ${spec.name}`);
+    const flavour = diskFlavour(d);
+    const bus = flavour === 'scsi' ? { diskBus: 'scsi' as const } : {};
     if (d.path) {
       if (!d.path.startsWith('/')) throw invalidArgument(`disk ${d.uuid}: path ${excerpt(d.path)} is not absolute`);
-      return { uuid: d.uuid, path: d.path };
+      return { uuid: d.uuid, path: d.path, ...bus };
     }
     const path = storage.defaultDiskPath(spec.name, d.uuid);
-    newDisks.push({ path, sizeBytes: int64(d.sizeBytes, `disk ${d.uuid} size_bytes`) });
-    return { uuid: d.uuid, path, created: true };
+    const sizeBytes = int64(d.sizeBytes, `disk ${d.uuid} size_bytes`);
+    newDisks.push({ path, sizeBytes });
+    if (flavour === 'pmem') return { uuid: d.uuid, path, created: true, diskType: 'pmem', sizeMiB: pmemMiB(d.uuid, sizeBytes) };
+    return { uuid: d.uuid, path, created: true, ...bus };
   });
   const nics = spec.nics.map((n, i): NicRequest => {
     assertDeviceUuid(n.uuid, `NIC ${i} of ${spec.name}`);
@@ -193,7 +198,7 @@ export function guestToProto(g: GuestState | undefined): GuestView {
   return {
     known: true,
     nics: g.nets.map((n) => `${n.name} ${n.mac} ${n.pci} ${n.queues} ${n.carrier}`),
-    disks: g.blks.map((b) => `${b.name} ${b.sectors} ${b.pci}`),
+    disks: g.blks.map((b) => `${b.name} ${b.sectors} ${b.pci}${b.scsi !== '-' ? ` ${b.scsi}` : ''}`),
     cpusOnline: g.cpusOnline,
     memTotalKib: String(g.memTotalKiB),
   };
@@ -223,7 +228,7 @@ export function runtimeToProto(
     running: pid !== undefined,
     pid: pid ?? 0,
     nics: data.nics.map((n) => nicToProto(n, root)),
-    disks: data.block_devices.map((d) => diskToProto(d, root)),
+    disks: [...data.block_devices, ...(data.scsi_disks ?? []), ...(data.pmem_devices ?? [])].map((d) => anyDiskToProto(d, (x) => diskToProto(x, root))),
     guest: guestToProto(pid !== undefined ? guest : undefined),
     ...(data.resources ? { resources: resourcesToProto(data.resources) } : {}),
   };

@@ -22,6 +22,7 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { errorMessage } from '../hypervisor/errors';
 import { parseDeviceId } from '../hypervisor/device-id';
+import { deviceKind } from '../hypervisor/device-kinds';
 import { assertInstanceName } from '../hypervisor/instance-paths';
 import {
   compareBackends,
@@ -205,8 +206,8 @@ export class VerifyService {
         await attempt(f, () => inst.verifyCompleteAttach(r.record, r.uuid));
         return;
       case 'drop-record':
-        if (await attempt(f, () => inst.verifyDropRecord(r.record, r.key)) && (r.record === 'nic' || r.record === 'disk'))
-          gone.push({ kind: r.record, uuid: r.key, prefixOnly: false });
+        if (await attempt(f, () => inst.verifyDropRecord(r.record, r.key)) && r.record !== 'cpu' && r.record !== 'dimm')
+          gone.push({ kind: deviceKind(r.record).operationKind as 'nic' | 'disk', uuid: r.key, prefixOnly: false });
         return;
       case 'record-tap':
         await attempt(f, () => inst.verifyRecordTap(r.uuid, r.tap));
@@ -238,7 +239,8 @@ export class VerifyService {
 
   /** Disk files in the instance's storage directory that its runtime file does not reference. Runs in its queue. */
   private async instanceFiles(inst: KvmInstance, fix: boolean, keep: Keep): Promise<Checked[]> {
-    const referenced = new Set(inst.runtime.block_devices.map((d) => path.resolve(d.path)));
+    const rt = inst.runtime;
+    const referenced = new Set([...rt.block_devices, ...(rt.scsi_disks ?? []), ...(rt.pmem_devices ?? [])].map((d) => path.resolve(d.path)));
     const findings: Checked[] = findOrphanFiles(this.ownFiles(inst.name), referenced, keep);
     if (fix) for (const f of findings) await deleteFile(f);
     return findings;

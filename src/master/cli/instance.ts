@@ -243,10 +243,11 @@ export function formatInstanceInfo(d: InstanceDetails__Output): string {
   out += 'Disks (config | node runtime):\n';
   out += i.disks.length
     ? table(
-        ['  #', 'Size', 'UUID', 'PCI', 'Device id', 'Path', 'State'],
+        ['  #', 'Size', 'Kind', 'UUID', 'PCI', 'Device id', 'Path', 'State'],
         i.disks.map((x) => {
           const r = rtDisk.get(x.uuid);
-          return [`  ${x.index}`, formatSize(Number(x.sizeBytes)), x.uuid, r && r.pci >= 0 ? r.pci : '-', r?.deviceId || '-', r?.path || '-', deviceState(x.removalPending, r?.state)];
+          const kind = x.diskType === 'pmem' ? 'pmem' : x.diskBus === 'scsi' ? `scsi ${r?.scsiAddress || '-'}` : 'virtio';
+          return [`  ${x.index}`, formatSize(Number(x.sizeBytes)), kind, x.uuid, r && r.pci >= 0 ? r.pci : '-', r?.deviceId || '-', r?.path || '-', deviceState(x.removalPending, r?.state)];
         }),
       )
     : '  none\n';

@@ -3,10 +3,10 @@
  * parse and check the form of values; the master decides everything else
  * (uuids, generated MACs, whether an index exists).
  *
- *   gnt-instance add:    --net [N:]mac=MAC,link=BR,link_state=up|down,rate=MBIT,queues=N,model=M   --disk [N:]size=SIZE
+ *   gnt-instance add:    --net [N:]mac=MAC,link=BR,link_state=up|down,rate=MBIT,queues=N,model=M   --disk [N:]size=SIZE[,bus=virtio|scsi][,type=disk|pmem]
  *   gnt-instance modify: --net add[:mac=MAC,link=BR,link_state=..,rate=..,queues=N,model=M] | N:remove
  *                        --net N:mac=MAC,link=BR,link_state=up|down,rate=MBIT(0: none),model=virtio|e1000|rtl8139 (any of them)
- *                        --disk add:size=SIZE | N:remove
+ *                        --disk add:size=SIZE[,bus=virtio|scsi][,type=disk|pmem] | N:remove
  *                        -B / --backend-parameters vcpus=N,memory=SIZE
  *   -H / --hvparams:     the keys of src/common/hvparams.ts (security_model, security_domain, chroot, machine, accel,
  *                        memory_hotplug, unplug_timeout_{nic,disk,cpu,memory}, migration_bandwidth, migration_downtime)
@@ -16,9 +16,10 @@ import type { DiskChange } from '../../generated/gnt/master/v1/DiskChange';
 import type { NicSpec } from '../../generated/gnt/master/v1/NicSpec';
 import type { DiskSpec } from '../../generated/gnt/master/v1/DiskSpec';
 import { CLIENT_HVPARAM_KEYS } from '../../common/hvparams';
+import { diskFlavourOf, type DiskFlavourValues } from '../../common/disk-flavour';
+import { excerpt } from '../../common/excerpt';
 import { checkCount, checkHvparamValues, checkLink, checkMac, parseSize, parseSizeMiB, UsageError } from '../validate';
 import { LINK_STATES, NIC_MODEL_NAMES, queuesProblem, rateProblem } from '../../common/nic-params';
-import { excerpt } from '../../common/excerpt';
 
 const NIC_ADD_KEYS = ['mac', 'link', 'link_state', 'rate', 'queues', 'model'];
 const NIC_MODIFY_KEYS = ['mac', 'link', 'link_state', 'rate', 'model'];
@@ -109,6 +110,15 @@ export function parseNicSpec(text: string, pos: number): NicSpec {
   return { mac: macValue(kv.mac), link: checkLink(kv.link ?? ''), ...nicAddExtras(kv, `--net ${text}`) };
 }
 
+const DISK_KEYS = ['size', 'bus', 'type'];
+
+/** bus= and type= of a --disk (src/common/disk-flavour.ts); only those that differ from the defaults. */
+function diskFlavour(kv: Record<string, string | undefined>, what: string): Partial<DiskFlavourValues> {
+  const r = diskFlavourOf(kv.bus, kv.type, excerpt);
+  if (typeof r === 'string') throw new UsageError(`${what}: ${r}`);
+  return { ...(r.diskBus ? { diskBus: r.diskBus } : {}), ...(r.diskType ? { diskType: r.diskType } : {}) };
+}
+
 /** One --disk of gnt-instance add, in position `pos`. */
 export function parseDiskSpec(text: string, pos: number): DiskSpec {
   let body = text;
@@ -117,9 +127,9 @@ export function parseDiskSpec(text: string, pos: number): DiskSpec {
     if (Number(m[1]) !== pos) throw new UsageError(`--disk ${text}: disk index ${m[1]} given in position ${pos}`);
     body = m[2];
   }
-  const kv = parseKeyValues(body, ['size'], `--disk ${text}`);
+  const kv = parseKeyValues(body, DISK_KEYS, `--disk ${text}`);
   if (kv.size === undefined) throw new UsageError(`--disk ${text}: size=SIZE is required`);
-  return { sizeBytes: parseSize(kv.size, 'disk size') };
+  return { sizeBytes: parseSize(kv.size, 'disk size'), ...diskFlavour(kv, `--disk ${text}`) };
 }
 
 /** One --net of gnt-instance modify. */
@@ -153,14 +163,14 @@ export function parseDiskChange(text: string): DiskChange {
   const what = `--disk ${text}`;
   const { head, rest } = splitHead(text);
   if (head === 'add') {
-    const kv = parseKeyValues(rest, ['size'], what);
+    const kv = parseKeyValues(rest, DISK_KEYS, what);
     if (kv.size === undefined) throw new UsageError(`${what}: size=SIZE is required, e.g. --disk add:size=1G`);
-    return { action: 'ADD', index: -1, sizeBytes: parseSize(kv.size, 'disk size') };
+    return { action: 'ADD', index: -1, sizeBytes: parseSize(kv.size, 'disk size'), ...diskFlavour(kv, what) };
   }
   if (head === 'remove') throw new UsageError(`${what}: say which disk, e.g. --disk 1:remove`);
   const index = parseIndex(head, what);
   if (rest === 'remove') return { action: 'REMOVE', index };
-  throw new UsageError(`${what}: a disk change is add:size=SIZE or N:remove`);
+  throw new UsageError(`${what}: a disk change is add:size=SIZE or N:remove (add also takes bus=virtio|scsi and type=disk|pmem)`);
 }
 
 /** -H / --hvparams [kvm:]key=value,...: known keys only, each value by its rule (src/common/hvparams.ts). */

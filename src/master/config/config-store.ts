@@ -41,6 +41,16 @@ export interface DiskRow {
   size_bytes: number;
   /** As in NicRow. */
   removal_pending: string;
+  /** '' (virtio-blk) or 'scsi' (src/common/disk-flavour.ts). */
+  disk_bus: string;
+  /** '' (a block device) or 'pmem'. */
+  disk_type: string;
+}
+
+/** A disk's bus and type as stored ('' for the defaults). */
+export interface DiskFlavourRow {
+  diskBus?: string;
+  diskType?: string;
 }
 
 export type DeviceTable = 'nics' | 'disks';
@@ -80,7 +90,7 @@ export interface NewInstance {
   kernelArgs: string;
   hvparams: Record<string, string>;
   nics: ({ mac: string; link: string } & Partial<NicParams>)[];
-  disks: { sizeBytes: number }[];
+  disks: ({ sizeBytes: number } & DiskFlavourRow)[];
 }
 
 /** The parameters with defaults for what is not given ('' or 0 = default). */
@@ -169,7 +179,7 @@ export class ConfigStore {
     const rows = this.db.prepare('SELECT * FROM instances ORDER BY name').all() as InstanceRow[];
     const nodes = new Map((this.db.prepare('SELECT * FROM nodes').all() as NodeRow[]).map((n) => [n.uuid, n]));
     const nics = groupBy(this.db.prepare('SELECT instance_uuid, uuid, idx, mac, link, removal_pending, link_state, rate_mbit, queues, model FROM nics ORDER BY instance_uuid, idx').all() as (NicRow & Owned)[]);
-    const disks = groupBy(this.db.prepare('SELECT instance_uuid, uuid, idx, size_bytes, removal_pending FROM disks ORDER BY instance_uuid, idx').all() as (DiskRow & Owned)[]);
+    const disks = groupBy(this.db.prepare('SELECT instance_uuid, uuid, idx, size_bytes, removal_pending, disk_bus, disk_type FROM disks ORDER BY instance_uuid, idx').all() as (DiskRow & Owned)[]);
     // completed in place: copying 10,000 rows into new objects costs more than the queries
     return rows.map((row) => Object.assign(row, {
       hvparams: JSON.parse(row.hvparams) as Record<string, string>,
@@ -197,7 +207,7 @@ export class ConfigStore {
       hvparams: JSON.parse(row.hvparams) as Record<string, string>,
       node,
       nics: this.db.prepare('SELECT uuid, idx, mac, link, removal_pending, link_state, rate_mbit, queues, model FROM nics WHERE instance_uuid = ? ORDER BY idx').all(row.uuid) as NicRow[],
-      disks: this.db.prepare('SELECT uuid, idx, size_bytes, removal_pending FROM disks WHERE instance_uuid = ? ORDER BY idx').all(row.uuid) as DiskRow[],
+      disks: this.db.prepare('SELECT uuid, idx, size_bytes, removal_pending, disk_bus, disk_type FROM disks WHERE instance_uuid = ? ORDER BY idx').all(row.uuid) as DiskRow[],
     };
   }
 
@@ -252,7 +262,7 @@ export class ConfigStore {
         .run(uuid, spec.name, spec.nodeUuid, spec.vcpus, spec.maxvcpus, spec.memoryMib, spec.maxmemMib, spec.kernel,
           spec.initrd, spec.kernelArgs, JSON.stringify(spec.hvparams), nowIso());
       spec.nics.forEach((n, idx) => this.insertNic(uuid, idx, randomUUID(), n.mac, n.link, n));
-      spec.disks.forEach((d, idx) => this.insertDisk(uuid, idx, randomUUID(), d.sizeBytes));
+      spec.disks.forEach((d, idx) => this.insertDisk(uuid, idx, randomUUID(), d.sizeBytes, d));
     })();
     return this.getInstance(spec.name);
   }
@@ -291,8 +301,10 @@ export class ConfigStore {
       .run(uuid, instanceUuid, idx, mac, link, p.link_state, p.rate_mbit, p.queues, p.model);
   }
 
-  private insertDisk(instanceUuid: string, idx: number, uuid: string, sizeBytes: number): void {
-    this.db.prepare('INSERT INTO disks (uuid, instance_uuid, idx, size_bytes) VALUES (?, ?, ?, ?)').run(uuid, instanceUuid, idx, sizeBytes);
+  private insertDisk(instanceUuid: string, idx: number, uuid: string, sizeBytes: number, flavour: DiskFlavourRow = {}): void {
+    this.db
+      .prepare('INSERT INTO disks (uuid, instance_uuid, idx, size_bytes, disk_bus, disk_type) VALUES (?, ?, ?, ?, ?, ?)')
+      .run(uuid, instanceUuid, idx, sizeBytes, flavour.diskBus ?? '', flavour.diskType ?? '');
   }
 
   /** Appends a NIC with the given uuid (made by the caller, the master) at the end. */
@@ -303,10 +315,10 @@ export class ConfigStore {
     })();
   }
 
-  appendDisk(instanceUuid: string, uuid: string, sizeBytes: number): void {
+  appendDisk(instanceUuid: string, uuid: string, sizeBytes: number, flavour: DiskFlavourRow = {}): void {
     this.db.transaction(() => {
       const { n } = this.db.prepare('SELECT COUNT(*) AS n FROM disks WHERE instance_uuid = ?').get(instanceUuid) as { n: number };
-      this.insertDisk(instanceUuid, n, uuid, sizeBytes);
+      this.insertDisk(instanceUuid, n, uuid, sizeBytes, flavour);
     })();
   }
 

@@ -150,6 +150,11 @@ const MIGRATIONS: string[] = [
   ALTER TABLE nics ADD COLUMN queues INTEGER NOT NULL DEFAULT 1 CHECK (queues BETWEEN 1 AND 8);
   ALTER TABLE nics ADD COLUMN model TEXT NOT NULL DEFAULT 'virtio' CHECK (model IN ('virtio', 'e1000', 'rtl8139'));
   `,
+  // 7 (issue 12, SCSI and pmem): a disk's bus ('' virtio-blk, 'scsi') and type ('' disk, 'pmem').
+  `
+  ALTER TABLE disks ADD COLUMN disk_bus TEXT NOT NULL DEFAULT '' CHECK (disk_bus IN ('', 'scsi'));
+  ALTER TABLE disks ADD COLUMN disk_type TEXT NOT NULL DEFAULT '' CHECK (disk_type IN ('', 'pmem'));
+  `,
 ];
 
 export const SCHEMA_VERSION = MIGRATIONS.length;

@@ -11,6 +11,8 @@ import type { InstanceMigrateOp__Output } from '../../generated/gnt/master/v1/In
 import type { NicParams } from '../config/config-store';
 import { checkLinkState, checkModel, checkQueues, newNicParams, rateChange } from '../nic-params';
 import { checkAddress, checkCount, checkHvparamValues, checkLink, checkMac, checkName, checkNodePath, UsageError } from '../validate';
+import { diskFlavourOf, type DiskFlavourValues } from '../../common/disk-flavour';
+import { excerpt } from '../../common/excerpt';
 
 export type OpType =
   | 'node-add' | 'node-remove' | 'cluster-renew-crypto' | 'instance-add' | 'instance-start' | 'instance-stop' | 'instance-remove' | 'instance-modify' | 'instance-migrate';
@@ -34,6 +36,16 @@ export interface DiskChangeOp {
   action: 'ADD' | 'REMOVE';
   index: number;
   sizeBytes: number;
+  /** ADD: '' (virtio-blk) or 'scsi'; '' (disk) or 'pmem' (src/common/disk-flavour.ts). */
+  diskBus?: string;
+  diskType?: string;
+}
+
+/** bus and type of an API disk, by the CLI's rule. */
+function flavourOf(bus: string, type: string, what: string): DiskFlavourValues {
+  const r = diskFlavourOf(bus, type, excerpt);
+  if (typeof r === 'string') throw new UsageError(`${what}: ${r}`);
+  return r;
 }
 
 export type Op =
@@ -51,7 +63,7 @@ export type Op =
       kernel: string;
       initrd: string;
       kernelArgs: string;
-      disks: { sizeBytes: number }[];
+      disks: { sizeBytes: number; diskBus?: string; diskType?: string }[];
       nics: ({ mac: string; link: string } & NicParams)[];
       hvparams: Record<string, string>;
       noStart: boolean;
@@ -123,7 +135,7 @@ function instanceAdd(o: InstanceAddOp__Output): PreparedJob {
   const disks = o.disks.map((d, i) => {
     const sizeBytes = int64(d.sizeBytes, `disk ${i} size`);
     if (sizeBytes <= 0) throw new UsageError(`disk ${i} needs a size greater than zero (size=SIZE)`);
-    return { sizeBytes };
+    return { sizeBytes, ...flavourOf(d.diskBus ?? '', d.diskType ?? '', `disk ${i}`) };
   });
   const nics = o.nics.map((n, i) => ({ mac: n.mac ? checkMac(n.mac) : '', link: checkLink(n.link), ...newNicParams(n, maxvcpus, `NIC ${i}`) }));
   const macs = nics.map((n) => n.mac).filter(Boolean);
@@ -160,7 +172,7 @@ function instanceModify(o: InstanceModifyOp__Output): PreparedJob {
     if (c.action === 'ADD') {
       const sizeBytes = int64(c.sizeBytes, 'disk size');
       if (sizeBytes <= 0) throw new UsageError('a new disk needs a size greater than zero (add:size=SIZE)');
-      return { action: 'ADD', index: -1, sizeBytes };
+      return { action: 'ADD', index: -1, sizeBytes, ...flavourOf(c.diskBus ?? '', c.diskType ?? '', 'a new disk') };
     }
     if (c.action === 'REMOVE') {
       if (c.index < 0) throw new UsageError(`disk index ${c.index} is not valid`);

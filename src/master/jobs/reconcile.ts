@@ -181,7 +181,7 @@ export function applyRuntime(config: ConfigStore, inst: InstanceConfig, rt: Inst
       }
       const size = Number(d.sizeBytes);
       const sizeBytes = Number.isSafeInteger(size) && size > 0 ? size : 0;
-      config.appendDisk(inst.uuid, d.uuid, sizeBytes);
+      config.appendDisk(inst.uuid, d.uuid, sizeBytes, { diskBus: d.diskBus ?? '', diskType: d.diskType ?? '' });
       changes.push(
         `added disk ${d.uuid} (${sizeBytes ? formatSize(sizeBytes) : 'size unknown: the node reported none, recorded as 0'})`,
       );

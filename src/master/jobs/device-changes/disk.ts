@@ -8,9 +8,19 @@ import type { ConfigStore, InstanceConfig } from '../../config/config-store';
 import { formatSize } from '../../validate';
 import type { PlanContext, PlannedChange } from './change-kind';
 import { hotplugKind, outOfRange } from './hotplug';
+import { diskFlavourOf, type DiskFlavourValues } from '../../../common/disk-flavour';
+import { excerpt } from '../../../common/excerpt';
+import { ConfigError } from '../../config/config-store';
+
+/** bus/type of an API request, by the rule the CLI applies (src/common/disk-flavour.ts). */
+function checkedFlavour(bus: string | undefined, type: string | undefined): DiskFlavourValues {
+  const r = diskFlavourOf(bus, type, excerpt);
+  if (typeof r === 'string') throw new ConfigError(`--disk add: ${r}`, 'INVALID_ARGUMENT');
+  return r;
+}
 
 export type DiskChange =
-  | { kind: 'disk'; action: 'add'; uuid: string; sizeBytes: number }
+  | { kind: 'disk'; action: 'add'; uuid: string; sizeBytes: number; diskBus?: string; diskType?: string }
   | { kind: 'disk'; action: 'remove'; uuid: string; sizeBytes: number };
 
 type DiskStep = PlannedChange<DiskChange>;
@@ -19,10 +29,11 @@ interface DiskView {
   sizeBytes: number;
 }
 
-function planAdd(sizeBytes: number, disks: DiskView[]): DiskStep {
+function planAdd(sizeBytes: number, disks: DiskView[], flavour: DiskFlavourValues): DiskStep {
   const uuid = randomUUID();
   disks.push({ uuid, sizeBytes });
-  return { kind: 'disk', what: `new disk ${uuid} (${formatSize(sizeBytes)})`, change: { kind: 'disk', action: 'add', uuid, sizeBytes } };
+  const label = flavour.diskType === 'pmem' ? 'pmem device' : flavour.diskBus === 'scsi' ? 'SCSI disk' : 'disk';
+  return { kind: 'disk', what: `new ${label} ${uuid} (${formatSize(sizeBytes)})`, change: { kind: 'disk', action: 'add', uuid, sizeBytes, ...flavour } };
 }
 
 function planRemove(index: number, disks: DiskView[]): DiskStep {
@@ -34,20 +45,20 @@ function planRemove(index: number, disks: DiskView[]): DiskStep {
 function plan(ctx: PlanContext): DiskStep[] {
   const disks: DiskView[] = ctx.inst.disks.map((d) => ({ uuid: d.uuid, sizeBytes: d.size_bytes }));
   return ctx.op.disks.map((c) => {
-    if (c.action === 'ADD') return planAdd(c.sizeBytes, disks);
+    if (c.action === 'ADD') return planAdd(c.sizeBytes, disks, checkedFlavour(c.diskBus, c.diskType));
     if (c.index >= disks.length) throw outOfRange(ctx.inst, 'disk', c.index, disks.length);
     return planRemove(c.index, disks);
   });
 }
 
 function commit(config: ConfigStore, inst: InstanceConfig, c: DiskChange): void {
-  if (c.action === 'add') return config.appendDisk(inst.uuid, c.uuid, c.sizeBytes);
+  if (c.action === 'add') return config.appendDisk(inst.uuid, c.uuid, c.sizeBytes, c);
   return config.removeDevice('disks', c.uuid);
 }
 
 function commitSettled(config: ConfigStore, inst: InstanceConfig, c: DiskChange): void {
   if (c.action === 'remove') return config.removeDevice('disks', c.uuid);
-  if (!config.hasDevice('disks', c.uuid)) config.appendDisk(inst.uuid, c.uuid, c.sizeBytes);
+  if (!config.hasDevice('disks', c.uuid)) config.appendDisk(inst.uuid, c.uuid, c.sizeBytes, c);
 }
 
 const describe = (c: DiskChange): string =>
@@ -57,7 +68,9 @@ export const diskChanges = hotplugKind<DiskChange>({
   deviceType: 'DISK',
   table: 'disks',
   plan,
-  device: (c) => ({ disk: { uuid: c.uuid, sizeBytes: c.action === 'add' ? c.sizeBytes : 0, path: '', pci: -1 } }),
+  device: (c) => ({
+    disk: { uuid: c.uuid, sizeBytes: c.action === 'add' ? c.sizeBytes : 0, path: '', pci: -1, ...(c.action === 'add' ? { diskBus: c.diskBus ?? '', diskType: c.diskType ?? '' } : {}) },
+  }),
   commit,
   commitSettled,
   describe,

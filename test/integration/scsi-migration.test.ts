@@ -1,0 +1,88 @@
+/**
+ * Live migration of an instance with SCSI disks (one given at create, more
+ * hot-added) and a pmem device, between two data directories of this
+ * machine (shared storage), as migration.test.ts: every SCSI disk at the
+ * same H:C:T:L, the controller and the pmem device at the same PCI slot.
+ */
+import { strict as assert } from 'node:assert';
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+import { GuestConsole, type GuestState } from '../../src/hypervisor/guest-console';
+import { KvmInstance } from '../../src/hypervisor/kvm-instance';
+import { bootGuest, makeDiskFile, newUuid, tempDir, BOOT_TIMEOUT_MS, SEEN_TIMEOUT_MS, type BootedGuest } from '../support/guest';
+
+const MiB = 1024 * 1024;
+const HOST = '127.0.0.1';
+
+/** Every block device with its size and its PCI or SCSI address; every PCI function. */
+const layout = (s: GuestState): string =>
+  JSON.stringify({ blks: s.blks.map((b) => `${b.name.replace(/\d+$|[a-z]$/, '')}:${b.sectors}@${b.pci}/${b.scsi}`).sort(), pci: s.pci.map((p) => `${p.addr}=${p.vendorDevice}`).sort() });
+
+async function untilFinished(inst: KvmInstance, timeoutMs = 120_000): Promise<string> {
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    const v = await inst.migrationStatus();
+    const state = v.progress?.state ?? 'none';
+    if (['completed', 'failed', 'cancelled'].includes(state)) return state;
+    if (Date.now() > deadline) throw new Error(`migration still ${state} after ${timeoutMs} ms`);
+    await new Promise((r) => setTimeout(r, 100));
+  }
+}
+
+describe('live migration of SCSI disks and a pmem device (hypervisor layer, real guest)', function () {
+  let g: BootedGuest;
+  let storage: string;
+  let dataB: string;
+  let onB: KvmInstance | undefined;
+  let seen: GuestState;
+
+  before(async () => {
+    storage = tempDir('scsi-mig-storage');
+    dataB = tempDir('scsi-mig-nodeB');
+    g = await bootGuest({ storageDir: storage, disks: [{ uuid: newUuid(), path: makeDiskFile(storage, 'boot-scsi.img', 16 * MiB), diskBus: 'scsi' }] });
+  });
+  after(async () => {
+    await onB?.abortMigration().catch(() => undefined);
+    await onB?.stop().catch(() => undefined);
+    await g?.destroy();
+    for (const d of [storage, dataB]) fs.rmSync(d, { recursive: true, force: true });
+  });
+
+  it('boots with the SCSI disk of its spec on a controller created at start, then hot-adds SCSI disks and a pmem device', async () => {
+    const boot = await g.console.waitFor((s) => s.blks.some((b) => b.scsi === '0:0:0:0'), SEEN_TIMEOUT_MS, 'the SCSI disk of the spec');
+    assert.equal(boot.blks.find((b) => b.scsi === '0:0:0:0')?.sectors, (16 * MiB) / 512);
+    assert.ok(g.instance.runtime.scsi_controller, 'the controller was recorded at create');
+    for (let i = 1; i <= 3; i++) await g.instance.hotAddScsiDisk({ uuid: newUuid(), path: makeDiskFile(storage, `hot-scsi-${i}.img`, (16 + i) * MiB) });
+    const pmemFile = path.join(storage, 'pmem.img');
+    await g.instance.hotAddPmem({ uuid: newUuid(), path: pmemFile, created: true, sizeMiB: 32 }, () => {
+      makeDiskFile(storage, 'pmem.img', 32 * MiB);
+      return () => fs.rmSync(pmemFile, { force: true });
+    });
+    seen = await g.console.waitFor((s) => s.blks.filter((b) => b.scsi !== '-').length === 4 && s.blks.some((b) => b.name.startsWith('pmem')), SEEN_TIMEOUT_MS, 'four SCSI disks and a pmem device');
+  });
+
+  it('migrates to node B: the guest sees every SCSI disk at the same address and the pmem device at the same slot', async function () {
+    this.timeout(300_000);
+    const source = g.instance;
+    const carried = source.runtime;
+    const { instance: target, uri } = await KvmInstance.receive(dataB, carried, { incoming: true, peer: 'A', listenHost: HOST }, { hostPaths: g.hostPaths });
+    onB = target;
+    await source.migrateTo(uri!, 'B');
+    assert.equal(await untilFinished(source), 'completed');
+    await target.finishIncoming();
+    await source.release();
+    assert.deepEqual(target.runtime.scsi_disks, carried.scsi_disks);
+    assert.deepEqual(target.runtime.scsi_controller, carried.scsi_controller);
+    assert.deepEqual(target.runtime.pmem_devices, carried.pmem_devices);
+    const onTarget = new GuestConsole(target.paths.consoleLog);
+    const after = await onTarget.waitFor((s) => layout(s) === layout(seen), BOOT_TIMEOUT_MS, 'the same layout on B');
+    assert.equal(layout(after), layout(seen));
+    assert.doesNotMatch(fs.readFileSync(target.paths.consoleLog, 'utf8'), /gnt-guest init/, 'no boot on B');
+    // and B can go on: one more SCSI disk, and a removal of one hot-added on A
+    const more = await target.hotAddScsiDisk({ uuid: newUuid(), path: makeDiskFile(storage, 'on-b.img', 40 * MiB) });
+    await onTarget.waitFor((s) => s.blks.some((b) => b.scsi === `0:0:${more.target}:${more.lun}` && b.sectors === (40 * MiB) / 512), SEEN_TIMEOUT_MS, 'the disk added on B');
+    const first = (target.runtime.scsi_disks ?? [])[1];
+    await target.hotRemoveDisk(first.uuid);
+    await onTarget.waitFor((s) => !s.blks.some((b) => b.scsi === `0:0:${first.target}:${first.lun}`), SEEN_TIMEOUT_MS, 'the removed disk gone on B');
+  });
+});

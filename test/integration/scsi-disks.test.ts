@@ -4,7 +4,7 @@ import { GuestConsole } from '../../src/hypervisor/guest-console';
 import { KvmInstance } from '../../src/hypervisor/kvm-instance';
 import type { ScsiDiskRecord } from '../../src/hypervisor/runtime-file';
 import { SCSI_CONTROLLER_ID, scsiDiskId } from '../../src/hypervisor/scsi-disk';
-import { bootGuest, makeDiskFile, newUuid, openFds, slotAddr, tempDir, BOOT_TIMEOUT_MS, type BootedGuest } from '../support/guest';
+import { bootGuest, makeDiskFile, newUuid, openFds, slotAddr, tempDir, BOOT_TIMEOUT_MS, SEEN_TIMEOUT_MS, type BootedGuest } from '../support/guest';
 
 const MiB = 1024 * 1024;
 const DISKS = 100;
@@ -94,5 +94,26 @@ describe('virtio-scsi disks against the real guest', function () {
     assert.ok(g.instance.runtime.scsi_controller, 'the controller stays while the instance runs');
     assert.equal((await mon.execute<Array<{ name: string }>>('qom-list', { path: '/machine/peripheral' })).some((c) => c.name === SCSI_CONTROLLER_ID), true);
     console.log(`      ${DISKS} SCSI hot-removes took ${removeMs} ms`);
+  });
+
+  it('a controller the guest ejects takes its LUNs with it as guest-side removals; the next SCSI add brings it back at its slot', async function () {
+    this.timeout(120_000);
+    for (let i = 0; i < 2; i++) await g.instance.hotAddScsiDisk({ uuid: newUuid(), path: makeDiskFile(storage, `eject-${i}.img`, sizeOf(i)) });
+    await g.console.waitFor((s) => guestScsi(s.blks).length === 2, SEEN_TIMEOUT_MS, 'two SCSI disks');
+    const slot = g.instance.runtime.scsi_controller!.pci;
+    const removed: string[] = [];
+    g.instance.on('device-removed', (e: { kind: string; uuid: string }) => removed.push(e.kind));
+    // device_del asks the guest, which ejects the slot through ACPI: the same path as an eject of its own.
+    await (await g.instance.monitor()).execute('device_del', { id: SCSI_CONTROLLER_ID });
+    await g.console.waitFor((s) => guestScsi(s.blks).length === 0 && !s.pci.some((p) => p.addr === slotAddr(slot)), SEEN_TIMEOUT_MS, 'the controller and its disks gone');
+    const deadline = Date.now() + SEEN_TIMEOUT_MS;
+    while ((g.instance.runtime.scsi_disks ?? []).length && Date.now() < deadline) await new Promise((r) => setTimeout(r, 100));
+    assert.deepEqual(g.instance.runtime.scsi_disks ?? [], [], 'both records ended as guest-side removals');
+    assert.deepEqual(removed, ['scsi-disk', 'scsi-disk']);
+    assert.equal(g.instance.runtime.scsi_controller?.pci, slot, 'the controller keeps its recorded slot');
+    const d = await g.instance.hotAddScsiDisk({ uuid: newUuid(), path: makeDiskFile(storage, 'eject-back.img', 3 * MiB) });
+    const seen = await g.console.waitFor((s) => guestScsi(s.blks).length === 1, SEEN_TIMEOUT_MS, 'the new SCSI disk');
+    assert.deepEqual(guestScsi(seen.blks), [`${d.target}:${d.lun}=${(3 * MiB) / 512}`]);
+    assert.ok(seen.pci.some((p) => p.addr === slotAddr(slot) && p.vendorDevice === '1af4:1004'), 'the controller back at its slot');
   });
 });

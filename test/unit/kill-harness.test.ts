@@ -55,6 +55,8 @@ describe('kill harness', () => {
         hvparams: {},
         nics: [{ uuid: 'n1', mac: '52:54:00:AA:00:01', pci: 5, tap: 'gnttap0' }, { uuid: 'n2', mac: '52:54:00:aa:00:02', pci: 6, state: 'detaching' }],
         block_devices: [{ uuid: 'd1', path: '/s/i/d1.img', pci: 4 }],
+        scsi_disks: [{ uuid: 's1', path: '/s/i/s1.img', target: 1, lun: 0 }],
+        pmem_devices: [{ uuid: 'p1', path: '/s/i/p1.img', sizeMiB: 32, pci: 7 }],
         resources: { bootVcpus: 1, maxVcpus: 8, bootMemoryMiB: 256, maxMemoryMiB: 768, memoryHotplug: 'acpi', cpus: [{}], dimms: [{ id: 'dimm0', sizeMiB: 128 }], cpuThreads: { pid: 7, created: 3 } },
         operations: { revision: 3, records: [{ id: 'op1', kind: 'nic', action: 'add', uuid: 'n1', state: 'running' }] },
       }),
@@ -62,7 +64,11 @@ describe('kill harness', () => {
     const rt = readRuntime(file);
     assert.equal(rt.error, undefined);
     assert.deepEqual(rt.nics.map((n) => [n.uuid, n.mac, n.pci, n.tap, n.state]), [['n1', '52:54:00:aa:00:01', 5, 'gnttap0', undefined], ['n2', '52:54:00:aa:00:02', 6, undefined, 'detaching']]);
-    assert.deepEqual(rt.disks, [{ uuid: 'd1', path: '/s/i/d1.img', pci: 4 }]);
+    assert.deepEqual(rt.disks, [
+      { uuid: 'd1', path: '/s/i/d1.img', pci: 4, flavour: 'virtio' },
+      { uuid: 's1', path: '/s/i/s1.img', pci: null, flavour: 'scsi', target: 1, lun: 0 },
+      { uuid: 'p1', path: '/s/i/p1.img', pci: 7, flavour: 'pmem' },
+    ]);
     assert.equal(rt.vcpus, 2);
     assert.equal(rt.memoryMiB, 384);
     assert.deepEqual(rt.cpuThreads, { pid: 7, created: 3 });

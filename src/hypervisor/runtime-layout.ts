@@ -102,10 +102,24 @@ function scsiRecords(name: string, disks: DiskRequest[], old: RuntimeData | unde
   return disks.map((d) => out.find((r) => r.uuid === d.uuid) as ScsiDiskRecord);
 }
 
-/** The SCSI controller's place: the recorded one while the tree still has it and it is free, else the first free. */
+/**
+ * The SCSI controller's place at start: the recorded one while the tree still
+ * has it and it is free, else a free slot of the root bus, where it is fixed
+ * like the virtio-mem device (on q35 an integrated endpoint of pcie.0, which
+ * the guest cannot eject, and no root port is used); only when the root bus
+ * is full, the first free place of the tree. (A controller hot-added with the
+ * first SCSI disk takes a hot-pluggable place from the slot owner instead.)
+ */
 function placeController(tree: PciTreeMap, topology: PciTopology, old: ScsiControllerRecord | undefined): ScsiControllerRecord {
   const was: PciPlacement | undefined = old ? (old.bus === undefined ? { slot: old.pci } : { bus: old.bus, slot: old.pci }) : undefined;
-  const place = was && !placementProblem(topology, was.bus, was.slot) && !tree.holderOf(was) ? was : tree.firstFree();
+  const onRoot = (): PciPlacement | undefined => {
+    try {
+      return { slot: tree.firstFreeOnRoot() };
+    } catch {
+      return undefined;
+    }
+  };
+  const place = was && !placementProblem(topology, was.bus, was.slot) && !tree.holderOf(was) ? was : onRoot() ?? tree.firstFree();
   tree.addRecorded(place, SCSI_CONTROLLER_ID);
   return { id: SCSI_CONTROLLER_ID, ...placeFields(place) };
 }

@@ -38,7 +38,9 @@ describe('q35 through the CLI: root ports, hotplug and the device tree (masterd,
   });
 
   it('hot-adds a NIC and a disk into root ports, the guest sees them, info shows the tree, verify is clean', async () => {
-    c.ok(c.gnt('gnt-instance', 'modify', '--hotplug', '--net', 'add', 'q1'));
+    const added = c.ok(c.gnt('gnt-instance', 'modify', '--hotplug', '--net', 'add', 'q1'));
+    // The job log names the root port the NIC went into.
+    assert.match(added.stdout, /hot-added at PCI slot 0 of rp\d+ \(nic-[0-9a-f]+-rp\d+-0\)/);
     c.ok(c.gnt('gnt-instance', 'modify', '--hotplug', '--disk', 'add:size=8M', 'q1'));
     const d = await c.waitGuest<Details>('q1', (x) => x.runtime.guest.nics.length === 1 && x.runtime.guest.disks.length === 2, 'one NIC and two disks');
     assert.deepEqual(d.runtime.disks.map((x) => `${x.pciBus}:${x.pci}`), ['rp1:0', 'rp3:0']);

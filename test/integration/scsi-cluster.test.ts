@@ -64,7 +64,9 @@ describe('SCSI disks and pmem through CLI, master and node (real guest)', functi
   });
 
   it('hot-adds SCSI disks (the controller came with the spec) and removes one by index; config and guest agree', async () => {
-    c.ok(c.gnt('gnt-instance', 'modify', '--hotplug', '--disk', 'add:size=24M,bus=scsi', NAME));
+    const first = c.ok(c.gnt('gnt-instance', 'modify', '--hotplug', '--disk', 'add:size=24M,bus=scsi', NAME));
+    // The job log names where the disk went: a SCSI address, not a PCI slot.
+    assert.match(first.stdout, /hot-added at SCSI address scsi0:\d+:\d+ \(scsi-/);
     c.ok(c.gnt('gnt-instance', 'modify', '--hotplug', '--disk', 'add:size=32M,bus=scsi', NAME));
     const d = await c.waitGuest<Details>(NAME, (x) => guestScsi(x).length === 3, 'three SCSI disks');
     assert.deepEqual(guestScsi(d), ['0:0=32768', '1:0=49152', '2:0=65536']);

@@ -64,13 +64,21 @@ function crashPoint(log: (line: string) => void): void {
   process.kill(process.pid, 'SIGKILL');
 }
 
+/** Where the node put the device: a PCI slot (of a bridge or root port when not on the root bus) or a SCSI address. */
+function placeOf(reply: HotplugDeviceReply__Output): string {
+  const scsi = reply.disk?.scsiAddress;
+  if (scsi) return `SCSI address ${scsi}`;
+  const bus = reply.nic?.pciBus || reply.disk?.pciBus || '';
+  return /^(pci|pcie)\.0$/.test(bus) || !bus ? `PCI slot ${reply.pci}` : `PCI slot ${reply.pci} of ${bus}`;
+}
+
 function liveLine(s: PlannedChange<DeviceChangeRecord>, state: string, reply: HotplugDeviceReply__Output | undefined, confirmed: boolean): LiveResult {
   if (state === 'removal_pending')
     return {
       line: `${s.what}: removal pending: the guest has not released the device yet; the removal completes when it does, with no command (gnt-instance info shows it)`,
       notes: [],
     };
-  const at = reply ? ` at PCI slot ${reply.pci}${reply.deviceId ? ` (${reply.deviceId})` : ''}` : '';
+  const at = reply ? ` at ${placeOf(reply)}${reply.deviceId ? ` (${reply.deviceId})` : ''}` : '';
   const how = reply?.applied?.length ? `; applied: ${reply.applied.join(', ')}` : '';
   return { line: `${s.what}: hot-${DONE_VERB[s.change.action]}${at}${how}${confirmed ? ' (outcome confirmed by the node)' : ''}`, notes: [] };
 }

@@ -259,6 +259,38 @@ export class TestCluster {
   async destroy(): Promise<void> {
     for (const n of this.nodes.values()) await stopDaemon(n.daemon);
     if (this.master) await stopDaemon(this.master);
+    // A test that failed before removing its instances leaves their QEMUs
+    // running (they outlive gnt-noded): kill those our nodes started, by the
+    // pid files in their data directories, before the directories go.
+    for (const n of this.nodes.values()) await killLeftQemus(n.dataDir);
     fs.rmSync(this.work, { recursive: true, force: true });
+  }
+}
+
+/** SIGKILLs every QEMU whose pid file (DATA_DIR/INSTANCE/qemu.pid) names a live process running QEMU, and waits for it to go. */
+async function killLeftQemus(dataDir: string): Promise<void> {
+  let names: string[] = [];
+  try {
+    names = fs.readdirSync(dataDir);
+  } catch {
+    return;
+  }
+  for (const name of names) {
+    let pid: number;
+    try {
+      pid = Number(fs.readFileSync(path.join(dataDir, name, 'qemu.pid'), 'utf8').trim());
+    } catch {
+      continue;
+    }
+    const isQemu = (): boolean => {
+      try {
+        return fs.readFileSync(`/proc/${pid}/cmdline`, 'utf8').startsWith('qemu-system');
+      } catch {
+        return false;
+      }
+    };
+    if (!Number.isInteger(pid) || pid <= 0 || !isQemu()) continue;
+    process.kill(pid, 'SIGKILL');
+    for (let i = 0; i < 50 && isQemu(); i++) await new Promise((r) => setTimeout(r, 100));
   }
 }

@@ -284,7 +284,7 @@ async function killLeftQemus(dataDir: string): Promise<void> {
     }
     const isQemu = (): boolean => {
       try {
-        return fs.readFileSync(`/proc/${pid}/cmdline`, 'utf8').startsWith('qemu-system');
+        return fs.readFileSync(`/proc/${pid}/cmdline`, 'utf8').split('\0')[0].includes('qemu-system');
       } catch {
         return false;
       }

@@ -69,14 +69,19 @@ export function diskBootArgs(disk: DiskRecord, slot: number, childFd: number, fd
   ];
 }
 
-/** Hot-adds the disk at `slot`. Undoes every step on failure. */
-export async function attachDisk(mon: Monitor, disk: DiskRecord, slot: number, hostPaths: HostPathPolicy): Promise<void> {
-  const id = diskId(disk, slot);
-  await inTransaction(`hot-add of disk ${id}`, async (tx) => {
+/**
+ * Hot-adds a disk device whose block node is `id` (virtio-blk, a SCSI LUN):
+ * opens the host path through the node's policy, add-fd (opaque = id),
+ * blockdev-add on /dev/fdset/N, then the device itself with `deviceProps`.
+ * Undoes every step on failure; QEMU holds its own copy of the fd from
+ * add-fd on.
+ */
+export async function attachBlockDevice(mon: Monitor, what: string, id: string, diskPath: string, hostPaths: HostPathPolicy, deviceProps: Record<string, unknown>): Promise<void> {
+  await inTransaction(`hot-add of ${what} ${id}`, async (tx) => {
     let file: OpenedHostFile | undefined;
     const closeFd = (): void => file?.close();
     try {
-      const opened = await tx.step('open disk', () => hostPaths.openDisk(disk.path), closeFd);
+      const opened = await tx.step('open disk', () => hostPaths.openDisk(diskPath), closeFd);
       file = opened;
       const added = await tx.step(
         'add-fd',
@@ -87,13 +92,17 @@ export async function attachDisk(mon: Monitor, disk: DiskRecord, slot: number, h
       await tx.step('blockdev-add', () => mon.execute('blockdev-add', blockdevOptions(id, opened.kind, added['fdset-id'])), () =>
         mon.execute('blockdev-del', { 'node-name': id }),
       );
-      await tx.step('device_add', () =>
-        mon.execute('device_add', { driver: 'virtio-blk-pci', id, drive: id, ...pciPlacement(disk, slot) }),
-      );
+      await tx.step('device_add', () => mon.execute('device_add', deviceProps));
     } finally {
       closeFd();
     }
   });
+}
+
+/** Hot-adds the disk at `slot`. Undoes every step on failure. */
+export async function attachDisk(mon: Monitor, disk: DiskRecord, slot: number, hostPaths: HostPathPolicy): Promise<void> {
+  const id = diskId(disk, slot);
+  await attachBlockDevice(mon, 'disk', id, disk.path, hostPaths, { driver: 'virtio-blk-pci', id, drive: id, ...pciPlacement(disk, slot) });
 }
 
 export async function detachDisk(mon: Monitor, disk: DiskRecord, slot: number, timeoutMs: number): Promise<void> {

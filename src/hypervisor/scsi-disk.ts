@@ -15,9 +15,8 @@
  *   release    -> blockdev-del, remove-fd (as disk.ts)
  */
 import { assertValidId, uuidPart } from './device-id';
-import { blockdevOptions, fdsetsOf, type DiskKind } from './disk';
-import type { HostPathPolicy, OpenedHostFile } from './host-paths';
-import { inTransaction } from './hotplug-transaction';
+import { attachBlockDevice, blockdevOptions, fdsetsOf, type DiskKind } from './disk';
+import type { HostPathPolicy } from './host-paths';
 import { deleteDevice, devicePresent, ignoreNotFound, pciPlacement } from './qdev';
 import type { PciPlacement } from './pci-slots';
 import type { Monitor } from './qmp-client';
@@ -91,27 +90,7 @@ export async function ensureScsiController(mon: Monitor, data: RuntimeData, plac
 
 /** Hot-adds the disk as a LUN on the controller. Undoes every step on failure. */
 export async function attachScsiDisk(mon: Monitor, disk: ScsiDiskRecord, hostPaths: HostPathPolicy): Promise<void> {
-  const id = scsiDiskId(disk);
-  await inTransaction(`hot-add of SCSI disk ${id}`, async (tx) => {
-    let file: OpenedHostFile | undefined;
-    const closeFd = (): void => file?.close();
-    try {
-      const opened = await tx.step('open disk', () => hostPaths.openDisk(disk.path), closeFd);
-      file = opened;
-      const added = await tx.step(
-        'add-fd',
-        () => mon.execute<{ 'fdset-id': number; fd: number }>('add-fd', { opaque: id }, { fds: [opened.fd] }),
-        (r) => mon.execute('remove-fd', { 'fdset-id': r['fdset-id'] }),
-      );
-      closeFd(); // QEMU holds its copy now
-      await tx.step('blockdev-add', () => mon.execute('blockdev-add', blockdevOptions(id, opened.kind, added['fdset-id'])), () =>
-        mon.execute('blockdev-del', { 'node-name': id }),
-      );
-      await tx.step('device_add', () => mon.execute('device_add', scsiHdProps(disk)));
-    } finally {
-      closeFd();
-    }
-  });
+  await attachBlockDevice(mon, 'SCSI disk', scsiDiskId(disk), disk.path, hostPaths, scsiHdProps(disk));
 }
 
 export async function detachScsiDisk(mon: Monitor, disk: ScsiDiskRecord, timeoutMs: number): Promise<void> {

@@ -20,7 +20,8 @@ import { assertPmemPossible, assertPmemRoom, assertPmemSize } from './pmem';
 import { ensureScsiController, nextScsiAddress, scsiDiskId } from './scsi-disk';
 import { diskId } from './disk';
 import { nicId, normalizeMac, validateNic } from './nic';
-import { applyLiveNicChanges, planNicModify, type NicChangeRequest } from './nic-modify';
+import { nicReaddRequest as requestOf, runNicModify, type NicChangeRequest, type NicModifyResult } from './nic-modify';
+export type { NicModifyResult } from './nic-modify';
 import { operationError, type OperationRunner } from './operation-runner';
 import { devicePresent } from './qdev';
 import type { PciPlacement } from './pci-slots';
@@ -43,12 +44,6 @@ export interface NicRequest {
   model?: NicRecord['model'];
 }
 
-/** A modify's result: the record and how each change was applied ("link=br2: live"). */
-export interface NicModifyResult {
-  record: NicRecord;
-  applied: string[];
-}
-
 /** The record fields of a NIC request beyond uuid, mac and link, without defaults. */
 export function nicExtras(req: Pick<NicRequest, 'link_state' | 'rate_mbit' | 'queues' | 'model'>): Partial<NicRecord> {
   const out: Partial<NicRecord> = {};
@@ -59,7 +54,7 @@ export function nicExtras(req: Pick<NicRequest, 'link_state' | 'rate_mbit' | 'qu
   return out;
 }
 
-const requestOf = (rec: NicRecord, slot?: number): NicRequest => ({ ...publicRecord(rec), slot: slot ?? rec.pci ?? undefined });
+
 
 export interface DiskRequest {
   uuid: string;
@@ -200,60 +195,24 @@ export class DeviceOperations {
     return this.attachRecorded(PMEM_KIND, rec, mon, prepare);
   }
 
-  /**
-   * A NIC modify (nic-modify.ts): a new bridge, link state or rate is applied
-   * live; a new MAC or model removes the NIC and adds it again at the same
-   * slot, carrying the other changes.
-   */
-  async modifyNic(uuid: string, change: NicChangeRequest): Promise<NicModifyResult> {
+  /** A NIC modify: live where it can be, a replug at the same slot for a new MAC or model (nic-modify.ts). */
+  modifyNic(uuid: string, change: NicChangeRequest): Promise<NicModifyResult> {
     const old = this.find(NIC_KIND as unknown as DeviceKind, uuid) as NicRecord | undefined;
-    const name = this.host.name;
-    if (!old) throw new DeviceNotFoundError(name, `NIC with uuid ${uuid}`);
-    if (old.state) throw new InstanceStateError(`NIC ${uuid} of ${name} is ${old.state === 'detaching' ? 'being removed (removal pending)' : 'being added'}; it cannot be modified now`);
-    const plan = planNicModify(old, change, this.host.data().resources?.maxVcpus);
-    if (!plan.applied.length) throw new InvalidArgumentError(`modify of NIC ${uuid} on ${name}: nothing changes (every given value is the current one)`);
-    if (!plan.replug) return this.modifyNicLive(old, plan);
-    const record = await this.replugNic(old, requestOf(plan.next, old.pci ?? undefined), plan.applied);
-    return { record, applied: plan.applied };
-  }
-
-  private async modifyNicLive(rec: NicRecord, plan: ReturnType<typeof planNicModify>): Promise<NicModifyResult> {
-    if (rec.pci === null) throw new InstanceStateError(`NIC ${rec.uuid} of ${this.host.name} has no PCI slot recorded (old runtime file); restart the instance once to give it one`);
-    this.host.requireRunning();
-    const mon = await this.host.monitor();
-    await applyLiveNicChanges(mon, rec, rec.pci, plan);
-    const tap = rec.tap;
-    for (const k of ['link', 'link_state', 'rate_mbit'] as const) delete rec[k];
-    Object.assign(rec, plan.next, tap ? { tap } : {});
-    const record = publicRecord(rec);
-    this.runner.settleCurrent('modify', 'succeeded', { result: { ...record, applied: plan.applied } });
-    this.host.save();
-    return { record, applied: plan.applied };
-  }
-
-  /** A new MAC or model: remove the NIC and add it again at the same slot. */
-  private async replugNic(old: NicRecord, next: NicRequest, applied: string[]): Promise<NicRecord> {
-    const name = this.host.name;
-    const uuid = old.uuid;
-    // Saved with the removal's intent: a crash between the removal and the
-    // new add is repaired by putting the old NIC back (restoreModified).
-    if (this.runner.current) this.runner.current.request = { before: publicRecord(old) };
-    const removal = await this.remove(NIC_KIND as unknown as DeviceKind, uuid);
-    if (removal.pending) throw new InstanceStateError(`modify of NIC ${uuid} on ${name}: the guest did not release the old NIC in time; its removal is pending, and the new one was not added`);
-    let rec: NicRecord;
-    try {
-      rec = await this.addNic(next);
-    } catch (err) {
-      if (isOutcomeUnknown(err)) throw err;
-      const restore = await this.addNic(requestOf(old, next.slot)).then(
-        () => 'the old NIC was put back',
-        (e) => `putting the old NIC back failed too: ${errorMessage(e)}`,
-      );
-      throw new InstanceStateError(`modify of NIC ${uuid} on ${name}: ${errorMessage(err)}; ${restore}`);
-    }
-    this.runner.settleCurrent('modify', 'succeeded', { result: { ...rec, applied } });
-    this.host.save();
-    return rec;
+    return runNicModify(
+      {
+        name: this.host.name,
+        runner: this.runner,
+        maxVcpus: this.host.data().resources?.maxVcpus,
+        save: () => this.host.save(),
+        monitor: () => this.host.monitor(),
+        requireRunning: () => this.host.requireRunning(),
+        remove: (id) => this.remove(NIC_KIND as unknown as DeviceKind, id),
+        addNic: (req) => this.addNic(req),
+      },
+      uuid,
+      old,
+      change,
+    );
   }
 
   /**

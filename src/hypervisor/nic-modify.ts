@@ -8,7 +8,10 @@
  * so nothing is applied twice. A failure of a live change undoes the ones
  * before it: host, QEMU and record stay as they were.
  */
-import { InvalidArgumentError } from './errors';
+import type { NicRequest, RemovalResult } from './device-operations';
+import type { DeviceRecord } from './device-kinds';
+import { DeviceNotFoundError, InstanceStateError, InvalidArgumentError, errorMessage, isOutcomeUnknown } from './errors';
+import type { OperationRunner } from './operation-runner';
 import { inTransaction } from './hotplug-transaction';
 import { checkNicQueues, isNicModel, nicLinkState, nicModel, normalizeMac, setNicLink, type LinkState, type NicModel } from './nic';
 import type { Monitor } from './qmp-client';
@@ -109,4 +112,85 @@ export async function applyLiveNicChanges(mon: Monitor, rec: NicRecord, slot: nu
       }
     }
   });
+}
+
+/** A modify's result: the record and how each change was applied ("link=br2: live"). */
+export interface NicModifyResult {
+  record: NicRecord;
+  applied: string[];
+}
+
+/** What a modify needs from the instance's device operations (device-operations.ts). */
+export interface NicModifyHost {
+  readonly name: string;
+  readonly runner: OperationRunner;
+  readonly maxVcpus: number | undefined;
+  save(): void;
+  monitor(): Promise<Monitor>;
+  requireRunning(): void;
+  remove(uuid: string): Promise<RemovalResult<DeviceRecord>>;
+  addNic(req: NicRequest): Promise<NicRecord>;
+}
+
+/** A record without its pending state, as callers see it (device-operations.ts publicRecord). */
+function settled(rec: NicRecord): NicRecord {
+  const copy = { ...rec };
+  delete copy.state;
+  return copy;
+}
+
+/** The request that adds `rec` again (at `slot`, by default its own). */
+export const nicReaddRequest = (rec: NicRecord, slot?: number): NicRequest => ({ ...settled(rec), slot: slot ?? rec.pci ?? undefined });
+
+/**
+ * A NIC modify: a new bridge, link state or rate is applied live; a new MAC
+ * or model removes the NIC and adds it again at the same slot, carrying the
+ * other changes. Runs inside the instance's queue.
+ */
+export async function runNicModify(h: NicModifyHost, uuid: string, old: NicRecord | undefined, change: NicChangeRequest): Promise<NicModifyResult> {
+  if (!old) throw new DeviceNotFoundError(h.name, `NIC with uuid ${uuid}`);
+  if (old.state) throw new InstanceStateError(`NIC ${uuid} of ${h.name} is ${old.state === 'detaching' ? 'being removed (removal pending)' : 'being added'}; it cannot be modified now`);
+  const plan = planNicModify(old, change, h.maxVcpus);
+  if (!plan.applied.length) throw new InvalidArgumentError(`modify of NIC ${uuid} on ${h.name}: nothing changes (every given value is the current one)`);
+  if (!plan.replug) return modifyLive(h, old, plan);
+  const record = await replug(h, old, nicReaddRequest(plan.next, old.pci ?? undefined), plan.applied);
+  return { record, applied: plan.applied };
+}
+
+async function modifyLive(h: NicModifyHost, rec: NicRecord, plan: NicModifyPlan): Promise<NicModifyResult> {
+  if (rec.pci === null) throw new InstanceStateError(`NIC ${rec.uuid} of ${h.name} has no PCI slot recorded (old runtime file); restart the instance once to give it one`);
+  h.requireRunning();
+  const mon = await h.monitor();
+  await applyLiveNicChanges(mon, rec, rec.pci, plan);
+  const tap = rec.tap;
+  for (const k of ['link', 'link_state', 'rate_mbit'] as const) delete rec[k];
+  Object.assign(rec, plan.next, tap ? { tap } : {});
+  const record = settled(rec);
+  h.runner.settleCurrent('modify', 'succeeded', { result: { ...record, applied: plan.applied } });
+  h.save();
+  return { record, applied: plan.applied };
+}
+
+/** A new MAC or model: remove the NIC and add it again at the same slot. */
+async function replug(h: NicModifyHost, old: NicRecord, next: NicRequest, applied: string[]): Promise<NicRecord> {
+  const uuid = old.uuid;
+  // Saved with the removal's intent: a crash between the removal and the
+  // new add is repaired by putting the old NIC back (restoreModified).
+  if (h.runner.current) h.runner.current.request = { before: settled(old) };
+  const removal = await h.remove(uuid);
+  if (removal.pending) throw new InstanceStateError(`modify of NIC ${uuid} on ${h.name}: the guest did not release the old NIC in time; its removal is pending, and the new one was not added`);
+  let rec: NicRecord;
+  try {
+    rec = await h.addNic(next);
+  } catch (err) {
+    if (isOutcomeUnknown(err)) throw err;
+    const restore = await h.addNic(nicReaddRequest(old, next.slot)).then(
+      () => 'the old NIC was put back',
+      (e) => `putting the old NIC back failed too: ${errorMessage(e)}`,
+    );
+    throw new InstanceStateError(`modify of NIC ${uuid} on ${h.name}: ${errorMessage(err)}; ${restore}`);
+  }
+  h.runner.settleCurrent('modify', 'succeeded', { result: { ...rec, applied } });
+  h.save();
+  return rec;
 }

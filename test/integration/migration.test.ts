@@ -12,6 +12,7 @@ import { GuestConsole, type GuestState } from '../../src/hypervisor/guest-consol
 import { KvmInstance } from '../../src/hypervisor/kvm-instance';
 import type { RuntimeData } from '../../src/hypervisor/runtime-file';
 import { bootGuest, makeDiskFile, netInterfaces, newUuid, sh, tempDir, BOOT_TIMEOUT_MS, SEEN_TIMEOUT_MS, type BootedGuest } from '../support/guest';
+import { untilFinished } from '../support/migration';
 
 const MiB = 1024 * 1024;
 const NODE = { freeMemoryMiB: 16384, cpus: 8 };
@@ -29,16 +30,6 @@ const layout = (s: GuestState): string =>
     mem: s.memTotalKiB,
   });
 
-async function untilFinished(inst: KvmInstance, timeoutMs = 60_000): Promise<string> {
-  const deadline = Date.now() + timeoutMs;
-  for (;;) {
-    const v = await inst.migrationStatus();
-    const state = v.progress?.state ?? 'none';
-    if (['completed', 'failed', 'cancelled'].includes(state)) return state;
-    if (Date.now() > deadline) throw new Error(`migration still ${state} after ${timeoutMs} ms: ${JSON.stringify(v)} pid ${inst.pid}`);
-    await new Promise((r) => setTimeout(r, 100));
-  }
-}
 
 async function untilState(inst: KvmInstance, state: string): Promise<void> {
   for (let i = 0; i < 200; i++) {

@@ -11,6 +11,7 @@ import { GuestConsole, type GuestState } from '../../src/hypervisor/guest-consol
 import { KvmInstance } from '../../src/hypervisor/kvm-instance';
 import { readTapRate } from '../../src/hypervisor/tap-rate';
 import { bootGuest, newUuid, sh, slotAddr, tempDir, BOOT_TIMEOUT_MS, SEEN_TIMEOUT_MS, type BootedGuest } from '../support/guest';
+import { untilFinished } from '../support/migration';
 
 const BRIDGE = 'gntnicmig0';
 const HOST = '127.0.0.1';
@@ -21,15 +22,6 @@ const tunFlags = (tap: string): string => fs.readFileSync(`/sys/class/net/${tap}
 const masterOf = (tap: string): string => fs.readlinkSync(`/sys/class/net/${tap}/master`).split('/').pop() as string;
 const nets = (s: GuestState): string => JSON.stringify(s.nets.map((n) => `${n.mac}@${n.pci} q${n.queues} c${n.carrier}`).sort());
 
-async function untilFinished(inst: KvmInstance, timeoutMs = 60_000): Promise<string> {
-  const deadline = Date.now() + timeoutMs;
-  for (;;) {
-    const state = (await inst.migrationStatus()).progress?.state ?? 'none';
-    if (['completed', 'failed', 'cancelled'].includes(state)) return state;
-    if (Date.now() > deadline) throw new Error(`migration still ${state} after ${timeoutMs} ms`);
-    await new Promise((r) => setTimeout(r, 100));
-  }
-}
 
 describe('live migration of a link-down, rate-limited, multi-queue NIC (real guest)', function () {
   let g: BootedGuest;

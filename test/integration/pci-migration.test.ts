@@ -13,6 +13,7 @@ import { KvmInstance } from '../../src/hypervisor/kvm-instance';
 import type { HvParams } from '../../src/hypervisor/runtime-file';
 import { bootGuest, makeDiskFile, newUuid, tempDir, BOOT_TIMEOUT_MS, type BootedGuest } from '../support/guest';
 import { qemuPlaces } from '../support/pci-tree';
+import { untilFinished } from '../support/migration';
 
 const MiB = 1024 * 1024;
 const HOST = '127.0.0.1';
@@ -21,15 +22,6 @@ const SEEN_MS = 120_000;
 const layout = (s: GuestState): string =>
   JSON.stringify({ nets: s.nets.map((n) => `${n.mac}@${n.pci}`).sort(), blks: s.blks.map((b) => `${b.sectors}@${b.pci}`).sort() });
 
-async function untilFinished(inst: KvmInstance, timeoutMs = 120_000): Promise<string> {
-  const deadline = Date.now() + timeoutMs;
-  for (;;) {
-    const state = (await inst.migrationStatus()).progress?.state ?? 'none';
-    if (['completed', 'failed', 'cancelled'].includes(state)) return state;
-    if (Date.now() > deadline) throw new Error(`migration still ${state} after ${timeoutMs} ms`);
-    await new Promise((r) => setTimeout(r, 100));
-  }
-}
 
 function migrationCase(title: string, machine: string, hvparams: HvParams, addDevices: (g: BootedGuest, storage: string) => Promise<void>, expect: (places: string[]) => void): void {
   describe(title, function () {

@@ -11,6 +11,7 @@ import * as path from 'node:path';
 import { GuestConsole, type GuestState } from '../../src/hypervisor/guest-console';
 import { KvmInstance } from '../../src/hypervisor/kvm-instance';
 import { bootGuest, makeDiskFile, newUuid, tempDir, BOOT_TIMEOUT_MS, SEEN_TIMEOUT_MS, type BootedGuest } from '../support/guest';
+import { untilFinished } from '../support/migration';
 
 const MiB = 1024 * 1024;
 const HOST = '127.0.0.1';
@@ -23,16 +24,6 @@ const layout = (s: GuestState): string =>
     pci: s.pci.map((p) => `${p.addr}=${p.vendorDevice}`).sort(),
   });
 
-async function untilFinished(inst: KvmInstance, timeoutMs = 120_000): Promise<string> {
-  const deadline = Date.now() + timeoutMs;
-  for (;;) {
-    const v = await inst.migrationStatus();
-    const state = v.progress?.state ?? 'none';
-    if (['completed', 'failed', 'cancelled'].includes(state)) return state;
-    if (Date.now() > deadline) throw new Error(`migration still ${state} after ${timeoutMs} ms`);
-    await new Promise((r) => setTimeout(r, 100));
-  }
-}
 
 for (const machine of ['pc', 'q35'] as const)
 describe(`live migration of SCSI disks, a pmem device and a NIC off the root bus on ${machine} (hypervisor layer, real guest)`, function () {

@@ -1,8 +1,6 @@
 import { strict as assert } from 'node:assert';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { GuestConsole } from '../../src/hypervisor/guest-console';
-import { KvmInstance } from '../../src/hypervisor/kvm-instance';
 import { bootGuest, newUuid, slotAddr, tempDir, BOOT_TIMEOUT_MS, SEEN_TIMEOUT_MS, type BootedGuest } from '../support/guest';
 
 const MiB = 1024 * 1024;
@@ -84,12 +82,7 @@ describe('virtio-pmem against the real guest (QEMU unprivileged)', function () {
 
   it('keeps the pmem device at its slot across stop and start', async function () {
     this.timeout(300_000);
-    await g.instance.stop();
-    const reopened = KvmInstance.open(g.dataDir, g.instance.name, { hostPaths: g.hostPaths, unplugTimeoutMs: 20_000 });
-    fs.writeFileSync(reopened.paths.consoleLog, '');
-    await reopened.start();
-    g.instance = reopened;
-    g.console = new GuestConsole(reopened.paths.consoleLog);
+    await g.restart();
     const seen = await g.console.waitFor((s) => s.blks.some((b) => b.name.startsWith('pmem')), BOOT_TIMEOUT_MS, 'the pmem device after the restart');
     assert.equal(seen.blks.find((b) => b.name.startsWith('pmem'))?.sectors, (64 * MiB) / 512);
     assert.ok(seen.pci.some((p) => p.addr === slotAddr(slot)));

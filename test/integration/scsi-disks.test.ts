@@ -1,7 +1,5 @@
 import { strict as assert } from 'node:assert';
 import * as fs from 'node:fs';
-import { GuestConsole } from '../../src/hypervisor/guest-console';
-import { KvmInstance } from '../../src/hypervisor/kvm-instance';
 import type { ScsiDiskRecord } from '../../src/hypervisor/runtime-file';
 import { SCSI_CONTROLLER_ID, scsiDiskId } from '../../src/hypervisor/scsi-disk';
 import { bootGuest, makeDiskFile, newUuid, openFds, slotAddr, tempDir, BOOT_TIMEOUT_MS, SEEN_TIMEOUT_MS, type BootedGuest } from '../support/guest';
@@ -65,15 +63,10 @@ describe('virtio-scsi disks against the real guest', function () {
   it('keeps the SCSI layout (controller slot, every address) across stop and start', async function () {
     this.timeout(300_000);
     const before = g.instance.runtime;
-    await g.instance.stop();
-    const reopened = KvmInstance.open(g.dataDir, g.instance.name, { hostPaths: g.hostPaths, unplugTimeoutMs: 20_000 });
-    fs.writeFileSync(reopened.paths.consoleLog, '');
-    await reopened.start();
-    g.instance = reopened;
-    g.console = new GuestConsole(reopened.paths.consoleLog);
+    await g.restart();
     const seen = await g.console.waitFor((s) => guestScsi(s.blks).length === DISKS, BOOT_TIMEOUT_MS * 2, `${DISKS} SCSI disks after the restart`);
     assert.deepEqual(guestScsi(seen.blks), recordedScsi(before.scsi_disks ?? [], sizes));
-    assert.deepEqual(reopened.runtime.scsi_controller, before.scsi_controller);
+    assert.deepEqual(g.instance.runtime.scsi_controller, before.scsi_controller);
     assert.ok(seen.pci.some((p) => p.addr === slotAddr(before.scsi_controller!.pci) && p.vendorDevice === '1af4:1004'));
   });
 

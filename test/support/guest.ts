@@ -49,6 +49,12 @@ export interface BootedGuest {
   console: GuestConsole;
   /** The host path rules the instance was made with (give them to KvmInstance.open of the same instance). */
   hostPaths: HostPathPolicy;
+  /**
+   * Stops QEMU, opens the instance again from its runtime file (as a
+   * restarted node daemon would), empties the console log and starts it;
+   * `instance` and `console` then name the new ones.
+   */
+  restart(): Promise<void>;
   /** Stops QEMU and removes the data directory. */
   destroy(): Promise<void>;
 }
@@ -79,16 +85,26 @@ export async function bootGuest(options: BootOptions = {}): Promise<BootedGuest>
   await instance.start();
   const console = new GuestConsole(instance.paths.consoleLog);
   await console.waitFor(() => true, BOOT_TIMEOUT_MS, 'a first state block');
-  return {
+  const options2 = { unplugTimeoutMs: 20_000, hostPaths, ...options.instanceOptions };
+  const g: BootedGuest = {
     dataDir,
     instance,
     console,
     hostPaths,
+    async restart() {
+      await g.instance.stop();
+      const reopened = KvmInstance.open(dataDir, name, options2);
+      fs.writeFileSync(reopened.paths.consoleLog, '');
+      await reopened.start();
+      g.instance = reopened;
+      g.console = new GuestConsole(reopened.paths.consoleLog);
+    },
     async destroy() {
-      await instance.stop().catch(() => undefined);
+      await g.instance.stop().catch(() => undefined);
       fs.rmSync(dataDir, { recursive: true, force: true });
     },
   };
+  return g;
 }
 
 /** The rules a hypervisor-level test runs under: disks beneath its own temp dir, the cached guest kernel's directory as image dir. */

@@ -27,8 +27,14 @@ import type { Monitor } from './qmp-client';
 import type { HvParams, PmemRecord, RuntimeData } from './runtime-file';
 import type { ResourceState } from './resize';
 
-/** pmem sizes are whole multiples of this (the guest maps it in 2 MiB pages). */
-export const PMEM_ALIGN_MIB = 2;
+/**
+ * pmem sizes are whole multiples of this: the x86-64 guest's memory block
+ * size, the step of ACPI DIMMs too. QEMU places device memory one device
+ * after the other, so a pmem device of another size would leave every DIMM
+ * added after it off the 128 MiB boundary, and the guest cannot add such
+ * memory (its MemTotal stays; found by the kill test with a 32 MiB pmem).
+ */
+export const PMEM_ALIGN_MIB = 128;
 
 export const pmemId = (rec: PmemRecord, slot: number): string => deviceId('pmem', rec.uuid, slot, rec.bus);
 const backendOf = (id: string): string => `mem-${id}`;
@@ -39,7 +45,7 @@ export const PMEM_UNPLUG_REFUSAL =
 
 export function assertPmemSize(sizeMiB: number): void {
   if (!Number.isInteger(sizeMiB) || sizeMiB < PMEM_ALIGN_MIB || sizeMiB % PMEM_ALIGN_MIB !== 0)
-    throw new InvalidArgumentError(`a pmem device must be a whole multiple of ${PMEM_ALIGN_MIB} MiB, not ${sizeMiB} MiB`);
+    throw new InvalidArgumentError(`a pmem device must be a whole multiple of ${PMEM_ALIGN_MIB} MiB (the guest's memory block, as for DIMMs), not ${sizeMiB} MiB`);
 }
 
 /** The device memory the instance's DIMMs, virtio-mem region and pmem devices hold beyond its boot memory. */

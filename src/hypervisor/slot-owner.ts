@@ -21,21 +21,29 @@ import type { RuntimeData } from './runtime-file';
 
 const placeKey = (bus: string | undefined, slot: number): string => `${bus ?? ''}:${slot}`;
 
+/** A place the runtime file gives away: its holder as messages name it, and the QEMU id that must sit there when it is known. */
+export interface RecordedPlace {
+  place: PciPlacement;
+  holder: string;
+  id?: string;
+}
+
 /** The places the runtime file gives away, with their holders (device ids, or a description). */
-export function recordedPlaces(data: RuntimeData): Map<string, { place: PciPlacement; holder: string }> {
-  const held = new Map<string, { place: PciPlacement; holder: string }>();
-  const hold = (bus: string | undefined, slot: number, holder: string): void => {
-    held.set(placeKey(bus, slot), { place: bus === undefined ? { slot } : { bus, slot }, holder });
+export function recordedPlaces(data: RuntimeData): Map<string, RecordedPlace> {
+  const held = new Map<string, RecordedPlace>();
+  const hold = (bus: string | undefined, slot: number, holder: string, id?: string): void => {
+    held.set(placeKey(bus, slot), { place: bus === undefined ? { slot } : { bus, slot }, holder, ...(id ? { id } : {}) });
   };
   for (const [kind, rec] of allDevices(data)) {
     const slot = slotOf(kind, rec);
     if (typeof slot !== 'number') continue; // no PCI slot: an old record without one, or a kind that takes none (SCSI LUNs)
-    hold((rec as { bus?: string }).bus, slot, rec.uuid ? idOf(kind, rec) : `a ${kind.label} from an old runtime file`);
+    const id = rec.uuid ? idOf(kind, rec) : undefined;
+    hold((rec as { bus?: string }).bus, slot, id ?? `a ${kind.label} from an old runtime file`, id);
   }
   const vmem = data.resources?.virtioMem;
-  if (vmem) hold(undefined, vmem.pci, `the virtio-mem device ${vmem.id}`);
+  if (vmem) hold(undefined, vmem.pci, `the virtio-mem device ${vmem.id}`, vmem.id);
   const scsi = data.scsi_controller;
-  if (scsi) hold(scsi.bus, scsi.pci, `the SCSI controller ${scsi.id}`);
+  if (scsi) hold(scsi.bus, scsi.pci, `the SCSI controller ${scsi.id}`, scsi.id);
   return held;
 }
 
@@ -70,7 +78,7 @@ export class SlotOwner {
       const bus = busIdOf(f, ids);
       if (!bus.known) continue; // a bus of no bridge we know (not numbered yet, or not ours)
       const want = held.get(placeKey(bus.id, f.slot));
-      if (i >= live.length && f.function === 0 && want && !want.holder.startsWith('a ') && f.qdevId && f.qdevId !== want.holder)
+      if (i >= live.length && f.function === 0 && want?.id && f.qdevId && f.qdevId !== want.id)
         this.warn(`PCI ${bus.id ?? 'root bus'} slot ${f.slot}: the runtime file gives it to ${want.holder}, QEMU has ${f.qdevId} there (gnt-instance verify shows and repairs it)`);
       if (want) continue;
       const list = foreign.get(bus.id ?? '') ?? [];

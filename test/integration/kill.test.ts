@@ -111,7 +111,7 @@ const MAX_DISKS = 5;
 /** SCSI disks (LUNs on the virtio-scsi controller) and virtio-pmem devices, counted apart from the virtio-blk disks. */
 const MAX_SCSI_DISKS = 4;
 const MAX_PMEM = 1;
-const PMEM_MIB = 32;
+const PMEM_MIB = 128;
 /** NIC rate limits the kill test sets (Mbit/s; 0 removes the limit). */
 const RATES_MBIT = [0, 10, 100];
 const DISK_SIZES_MIB = [8, 12, 16, 20, 24, 28];
@@ -510,6 +510,9 @@ describe('kill test: gnt-noded and gnt-masterd SIGKILLed during hotplug jobs, ze
   const layout = (s: Snapshot): string =>
     `nics=${s.rt.nics.length},disks=${s.rt.disks.length} (scsi ${s.rt.disks.filter((x) => x.flavour === 'scsi').length}, pmem ${s.rt.disks.filter((x) => x.flavour === 'pmem').length}),vcpus=${s.rt.vcpus},dimms=${s.rt.dimms.length}`;
 
+  /** The maxmem room the instance's pmem devices hold (they share it with DIMMs). */
+  const pmemMiB = (s: Snapshot): number => (s.cfg?.disks ?? []).filter((d) => d.flavour === 'pmem').reduce((n, d) => n + d.sizeBytes / 2 ** 20, 0);
+
   /** The ops valid now, from what the operator sees (the configuration) and the TCG thread rule. */
   const chooseOp = (s: Snapshot): Op => {
     const cfg = s.cfg!;
@@ -566,7 +569,7 @@ describe('kill test: gnt-noded and gnt-masterd SIGKILLed during hotplug jobs, ze
           return { kind: 'scsi-add', args: ['--disk', `add:size=${mib}M,bus=scsi`], text: `SCSI disk add ${mib}M`, effect: (x) => (x.disks.some((d) => !before.has(d.uuid) && d.flavour === 'scsi' && d.sizeBytes === mib << 20) ? undefined : `the configuration has no new ${mib} MiB SCSI disk`) };
         },
       });
-    if (byFlavour('pmem') < MAX_PMEM && cfg.memoryMib + PMEM_MIB <= cfg.maxmemMib)
+    if (byFlavour('pmem') < MAX_PMEM && cfg.memoryMib + pmemMiB(s) + PMEM_MIB <= cfg.maxmemMib)
       options.push({
         weight: 0.4,
         item: () => {
@@ -610,7 +613,7 @@ describe('kill test: gnt-noded and gnt-masterd SIGKILLed during hotplug jobs, ze
           return { kind: 'vcpu-down', args: ['-B', `vcpus=${n}`], text: `vCPUs ${cfg.vcpus} -> ${n}`, effect: (x) => (x.vcpus === n ? undefined : `the configuration has ${x.vcpus} vCPUs, not ${n}`) };
         },
       });
-    if (cfg.memoryMib + DIMM_MIB <= cfg.maxmemMib && s.rt.dimms.length < DIMM_SLOTS)
+    if (cfg.memoryMib + pmemMiB(s) + DIMM_MIB <= cfg.maxmemMib && s.rt.dimms.length < DIMM_SLOTS)
       options.push({
         weight: 0.8,
         item: () => {

@@ -44,13 +44,13 @@ describe('virtio-pmem against the real guest (QEMU unprivileged)', function () {
     };
   }
 
-  it('hot-adds a 64 MiB pmem device the guest sees as a pmem block device of that size, its file given to the QEMU user', async () => {
-    const { req, prepare } = pmemRequest(64);
+  it('hot-adds a 128 MiB pmem device the guest sees as a pmem block device of that size, its file given to the QEMU user', async () => {
+    const { req, prepare } = pmemRequest(128);
     const rec = await g.instance.hotAddPmem(req, prepare);
     uuid = rec.uuid;
     slot = rec.pci as number;
     const seen = await g.console.waitFor((s) => s.blks.some((b) => b.name.startsWith('pmem')), SEEN_TIMEOUT_MS, 'a pmem device');
-    assert.equal(seen.blks.find((b) => b.name.startsWith('pmem'))?.sectors, (64 * MiB) / 512);
+    assert.equal(seen.blks.find((b) => b.name.startsWith('pmem'))?.sectors, (128 * MiB) / 512);
     assert.ok(seen.pci.some((p) => p.addr === slotAddr(slot)), 'at its recorded PCI slot');
     assert.equal(fs.statSync(req.path).uid, uidOf(QEMU_USER));
     const mon = await g.instance.monitor();
@@ -65,26 +65,30 @@ describe('virtio-pmem against the real guest (QEMU unprivileged)', function () {
   });
 
   it('counts pmem with DIMMs against maxmem: a DIMM grow and a pmem add that do not fit are refused, naming the numbers', async () => {
-    await assert.rejects(g.instance.resize({ memoryMiB: 1024 }, NODE), /maxmem 1024 MiB, and its pmem devices hold 64 MiB of it: memory can grow to at most 960 MiB/);
+    await assert.rejects(g.instance.resize({ memoryMiB: 1024 }, NODE), /maxmem 1024 MiB, and its pmem devices hold 128 MiB of it: memory can grow to at most 896 MiB/);
     const big = pmemRequest(768);
-    await assert.rejects(g.instance.hotAddPmem(big.req, big.prepare), /768 MiB of memory device room .*pmem 64 MiB, so 704 MiB are left and a 768 MiB pmem device does not fit/);
+    await assert.rejects(g.instance.hotAddPmem(big.req, big.prepare), /768 MiB of memory device room .*pmem 128 MiB, so 640 MiB are left and a 768 MiB pmem device does not fit/);
     assert.ok(!fs.existsSync(big.req.path), 'nothing made for the refused device');
-    // and a DIMM that fits beside it, after which pmem sees the DIMM's room as used
+    // and a DIMM that fits beside it, which the guest sees (placed after the pmem device), after which pmem sees the DIMM's room as used
+    const memBefore = (await g.console.waitFor(() => true, SEEN_TIMEOUT_MS, 'a state')).memTotalKiB;
     await g.instance.resize({ memoryMiB: 256 + 512 }, NODE);
+    await g.console.waitFor((s) => s.memTotalKiB >= memBefore + 500 * 1024, SEEN_TIMEOUT_MS, 'MemTotal grown by the 512 MiB of DIMMs');
     const after = pmemRequest(256);
-    await assert.rejects(g.instance.hotAddPmem(after.req, after.prepare), /DIMMs hold 512 MiB, virtio-mem 0 MiB, pmem 64 MiB, so 192 MiB are left/);
+    await assert.rejects(g.instance.hotAddPmem(after.req, after.prepare), /DIMMs hold 512 MiB, virtio-mem 0 MiB, pmem 128 MiB, so 128 MiB are left/);
   });
 
-  it('refuses sizes that are not a multiple of 2 MiB', async () => {
+  it('refuses sizes that are not a multiple of 128 MiB (the guest memory block, so later DIMMs stay aligned)', async () => {
     const odd = pmemRequest(3);
-    await assert.rejects(g.instance.hotAddPmem(odd.req, odd.prepare), /whole multiple of 2 MiB, not 3 MiB/);
+    await assert.rejects(g.instance.hotAddPmem(odd.req, odd.prepare), /whole multiple of 128 MiB .*, not 3 MiB/);
+    const small = pmemRequest(64);
+    await assert.rejects(g.instance.hotAddPmem(small.req, small.prepare), /whole multiple of 128 MiB .*, not 64 MiB/);
   });
 
   it('keeps the pmem device at its slot across stop and start', async function () {
     this.timeout(300_000);
     await g.restart();
     const seen = await g.console.waitFor((s) => s.blks.some((b) => b.name.startsWith('pmem')), BOOT_TIMEOUT_MS, 'the pmem device after the restart');
-    assert.equal(seen.blks.find((b) => b.name.startsWith('pmem'))?.sectors, (64 * MiB) / 512);
+    assert.equal(seen.blks.find((b) => b.name.startsWith('pmem'))?.sectors, (128 * MiB) / 512);
     assert.ok(seen.pci.some((p) => p.addr === slotAddr(slot)));
   });
 });

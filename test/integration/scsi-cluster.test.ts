@@ -84,9 +84,9 @@ describe('SCSI disks and pmem through CLI, master and node (real guest)', functi
   });
 
   it('hot-adds a pmem device the guest sees with its size; a live remove is refused with the reason and the disk stays', async () => {
-    c.ok(c.gnt('gnt-instance', 'modify', '--hotplug', '--disk', 'add:size=32M,type=pmem', NAME));
+    c.ok(c.gnt('gnt-instance', 'modify', '--hotplug', '--disk', 'add:size=128M,type=pmem', NAME));
     const d = await c.waitGuest<Details>(NAME, (x) => x.runtime.guest.disks.some((s) => s.startsWith('pmem')), 'the pmem device');
-    assert.ok(d.runtime.guest.disks.some((s) => s.startsWith(`pmem0 ${(32 * MiB) / 512} `)));
+    assert.ok(d.runtime.guest.disks.some((s) => s.startsWith(`pmem0 ${(128 * MiB) / 512} `)));
     const idx = d.instance.disks.find((x) => x.diskType === 'pmem')?.index as number;
     const r = c.gnt('gnt-instance', 'modify', '--hotplug', '--disk', `${idx}:remove`, NAME);
     assert.notEqual(r.code, 0);
@@ -94,7 +94,7 @@ describe('SCSI disks and pmem through CLI, master and node (real guest)', functi
     assert.ok(info().instance.disks.some((x) => x.diskType === 'pmem'), 'still configured');
     const big = c.gnt('gnt-instance', 'modify', '--hotplug', '--disk', 'add:size=512M,type=pmem', NAME);
     assert.notEqual(big.code, 0);
-    assert.match(big.stderr + big.stdout, /256 MiB of memory device room .*pmem 32 MiB, so 224 MiB are left and a 512 MiB pmem device does not fit/);
+    assert.match(big.stderr + big.stdout, /256 MiB of memory device room .*pmem 128 MiB, so 128 MiB are left and a 512 MiB pmem device does not fit/);
   });
 
   it('a pmem device removed without --hotplug goes at the next stop and start; SCSI disks come back at their addresses', async () => {

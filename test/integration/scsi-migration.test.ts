@@ -58,8 +58,8 @@ describe(`live migration of SCSI disks, a pmem device and a NIC off the root bus
     else assert.match(nic.bus ?? '', /^rp\d+$/);
     for (let i = 1; i <= 3; i++) await g.instance.hotAddScsiDisk({ uuid: newUuid(), path: makeDiskFile(storage, `hot-scsi-${i}.img`, (16 + i) * MiB) });
     const pmemFile = path.join(storage, 'pmem.img');
-    await g.instance.hotAddPmem({ uuid: newUuid(), path: pmemFile, created: true, sizeMiB: 32 }, () => {
-      makeDiskFile(storage, 'pmem.img', 32 * MiB);
+    await g.instance.hotAddPmem({ uuid: newUuid(), path: pmemFile, created: true, sizeMiB: 128 }, () => {
+      makeDiskFile(storage, 'pmem.img', 128 * MiB);
       return () => fs.rmSync(pmemFile, { force: true });
     });
     seen = await g.console.waitFor(

@@ -64,7 +64,7 @@ describe('layout of SCSI disks and pmem at create and re-spec (runtime-layout.ts
     { uuid: 'a-1', path: '/srv/a.img', diskBus: 'scsi' as const },
     { uuid: 'b-1', path: '/srv/b.img' },
     { uuid: 'c-1', path: '/srv/c.img', diskBus: 'scsi' as const },
-    { uuid: 'p-1', path: '/srv/p.img', diskType: 'pmem' as const, sizeMiB: 64, created: true },
+    { uuid: 'p-1', path: '/srv/p.img', diskType: 'pmem' as const, sizeMiB: 128, created: true },
   ];
   it('puts SCSI disks on one controller slot, each at its own target; pmem and virtio-blk on slots', () => {
     const d = layoutRuntime(spec, { disks });

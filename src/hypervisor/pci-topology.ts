@@ -81,6 +81,18 @@ export function portAddress(k: number): { slot: number; fn: number } {
   return { slot: FIRST_PORT_SLOT + Math.floor((k - 1) / PORTS_PER_SLOT), fn: (k - 1) % PORTS_PER_SLOT };
 }
 
+/**
+ * Windows the firmware opens behind each (empty) bridge at boot, sized for
+ * 32 hot-added virtio devices: I/O for their legacy BARs (at most 64 bytes
+ * each), 32-bit memory for the MSI-X BAR (4 KiB) and a NIC's option ROM
+ * (256 KiB) each, 64-bit prefetchable memory for the virtio BAR (16 KiB
+ * each). Without them the firmware sizes the windows for no device, and the
+ * guest cannot fit the BARs of the later devices: QEMU and the guest's PCI
+ * list have them, but their drivers never bind (seen with 30 of 60 devices
+ * behind the first bridge).
+ */
+const BRIDGE_RESERVE = 'io-reserve=4K,mem-reserve=16M,pref64-reserve=16M';
+
 function pcTopology(bridges: number): PciTopology {
   const reserved = new Map<number, string>(PC_RESERVED.map((s) => [s, 'the machine (reserved)']));
   const buses: PciBus[] = [];
@@ -89,7 +101,7 @@ function pcTopology(bridges: number): PciTopology {
     const id = `pcib${i}`;
     reserved.set(bridgeSlot(i), `PCI bridge ${id}`);
     buses.push({ id, name: id, kind: 'pci-bridge', slots: ALL_SLOTS, hotplug: true });
-    args.push('-device', `pci-bridge,id=${id},bus=pci.0,addr=${hex(bridgeSlot(i))},chassis_nr=${i}`);
+    args.push('-device', `pci-bridge,id=${id},bus=pci.0,addr=${hex(bridgeSlot(i))},chassis_nr=${i},${BRIDGE_RESERVE}`);
   }
   const root: PciBus = { name: 'pci.0', kind: 'root', slots: ALL_SLOTS.filter((s) => !reserved.has(s)), hotplug: true };
   return { machine: 'pc', reserved, buses: [root, ...buses], args };

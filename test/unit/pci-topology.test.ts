@@ -25,8 +25,8 @@ describe('pci-topology', () => {
     assert.equal(t.machine, 'pc');
     assert.deepEqual(t.buses.map((b) => b.name), ['pci.0', 'pcib1', 'pcib2']);
     assert.deepEqual(t.args, [
-      '-device', 'pci-bridge,id=pcib1,bus=pci.0,addr=0x1f,chassis_nr=1',
-      '-device', 'pci-bridge,id=pcib2,bus=pci.0,addr=0x1e,chassis_nr=2',
+      '-device', 'pci-bridge,id=pcib1,bus=pci.0,addr=0x1f,chassis_nr=1,io-reserve=4K,mem-reserve=16M,pref64-reserve=16M',
+      '-device', 'pci-bridge,id=pcib2,bus=pci.0,addr=0x1e,chassis_nr=2,io-reserve=4K,mem-reserve=16M,pref64-reserve=16M',
     ]);
     assert.deepEqual(t.buses[0].slots, Array.from({ length: 26 }, (_, i) => i + 4));
     assert.equal(t.buses[1].slots.length, 32, 'slot 0 of a bridge takes a device too (checked on QEMU 10 with ACPI hotplug)');

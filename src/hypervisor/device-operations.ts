@@ -29,6 +29,7 @@ import type { Monitor } from './qmp-client';
 import type { DiskRecord, NicRecord, PmemRecord, RuntimeData, ScsiDiskRecord } from './runtime-file';
 import { assertBridge } from './tap';
 import type { UnplugKind } from './unplug-timeouts';
+import type { DiskIoLimits } from './disk-io-limits';
 
 export interface NicRequest {
   uuid: string;
@@ -70,6 +71,8 @@ export interface DiskRequest {
   diskType?: 'pmem';
   /** pmem devices: the size of the device (and of the file the node makes). */
   sizeMiB?: number;
+  /** I/O limits (disk-io-limits.ts, checked by the caller); virtio-blk and SCSI disks. */
+  io_limits?: DiskIoLimits;
 }
 
 /**
@@ -159,6 +162,7 @@ export class DeviceOperations {
     const place = await this.host.chooseSlot(mon, requestedPlace(req));
     const disk: DiskRecord = { uuid: req.uuid, path: req.path, pci: place.slot, ...busOf(place), state: 'attaching' };
     if (req.created) disk.created = true;
+    if (req.io_limits) disk.io_limits = req.io_limits;
     diskId(disk, place.slot);
     return this.attachRecorded(DISK_KIND, disk, mon, prepare);
   }
@@ -170,6 +174,7 @@ export class DeviceOperations {
     const mon = await this.host.monitor();
     const disk: ScsiDiskRecord = { uuid: req.uuid, path: req.path, ...nextScsiAddress(this.host.data()), state: 'attaching' };
     if (req.created) disk.created = true;
+    if (req.io_limits) disk.io_limits = req.io_limits;
     scsiDiskId(disk);
     await ensureScsiController(mon, this.host.data(), () => this.host.chooseSlot(mon, undefined), () => this.host.save()).catch((err: unknown) => {
       this.host.slotsChanged();
@@ -402,7 +407,8 @@ export class DeviceOperations {
     for (const op of this.host.journal().records.filter((o) => o.state === 'running' && o.kind !== 'resources')) {
       if (inFlight(op.id)) continue;
       const rec = findDevice(this.host.data(), op.uuid, Object.values(DEVICE_KINDS).filter((k) => k.operationKind === op.kind))?.[1];
-      if (rec?.state) continue;
+      // A disk grow in progress is settled by disk-modify.ts settleGrows.
+      if (rec?.state || (rec && 'grow_to' in rec && rec.grow_to)) continue;
       if (op.action === 'modify' && !rec) {
         await this.restoreModified(op);
         continue;

@@ -19,6 +19,7 @@ import { inTransaction } from './hotplug-transaction';
 import { deleteDevice, ignoreNotFound, pciPlacement, pciPlacementArg } from './qdev';
 import type { Monitor } from './qmp-client';
 import type { DiskRecord } from './runtime-file';
+import { setIoLimits, type DiskIoLimits } from './disk-io-limits';
 
 export type DiskKind = 'file' | 'block';
 
@@ -76,7 +77,15 @@ export function diskBootArgs(disk: DiskRecord, slot: number, childFd: number, fd
  * Undoes every step on failure; QEMU holds its own copy of the fd from
  * add-fd on.
  */
-export async function attachBlockDevice(mon: Monitor, what: string, id: string, diskPath: string, hostPaths: HostPathPolicy, deviceProps: Record<string, unknown>): Promise<void> {
+export async function attachBlockDevice(
+  mon: Monitor,
+  what: string,
+  id: string,
+  diskPath: string,
+  hostPaths: HostPathPolicy,
+  deviceProps: Record<string, unknown>,
+  ioLimits?: DiskIoLimits,
+): Promise<void> {
   await inTransaction(`hot-add of ${what} ${id}`, async (tx) => {
     let file: OpenedHostFile | undefined;
     const closeFd = (): void => file?.close();
@@ -93,6 +102,8 @@ export async function attachBlockDevice(mon: Monitor, what: string, id: string, 
         mon.execute('blockdev-del', { 'node-name': id }),
       );
       await tx.step('device_add', () => mon.execute('device_add', deviceProps));
+      // Checked before (disk-io-limits.ts); set before the guest can do much I/O on the new disk.
+      if (ioLimits) await tx.step('block_set_io_throttle', () => setIoLimits(mon, deviceProps.driver === 'virtio-blk-pci' ? `${id}/virtio-backend` : id, ioLimits));
     } finally {
       closeFd();
     }
@@ -102,7 +113,7 @@ export async function attachBlockDevice(mon: Monitor, what: string, id: string, 
 /** Hot-adds the disk at `slot`. Undoes every step on failure. */
 export async function attachDisk(mon: Monitor, disk: DiskRecord, slot: number, hostPaths: HostPathPolicy): Promise<void> {
   const id = diskId(disk, slot);
-  await attachBlockDevice(mon, 'disk', id, disk.path, hostPaths, { driver: 'virtio-blk-pci', id, drive: id, ...pciPlacement(disk, slot) });
+  await attachBlockDevice(mon, 'disk', id, disk.path, hostPaths, { driver: 'virtio-blk-pci', id, drive: id, ...pciPlacement(disk, slot) }, disk.io_limits);
 }
 
 export async function detachDisk(mon: Monitor, disk: DiskRecord, slot: number, timeoutMs: number): Promise<void> {

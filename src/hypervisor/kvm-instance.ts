@@ -24,6 +24,9 @@ import { OperationRunner, operationError } from './operation-runner';
 import { emptyJournal, type OperationJournal, type OperationRecord } from './operations';
 import { instancePaths, type InstancePaths } from './instance-paths';
 import { applyRecordedLinks, nicBootArgs, prepareNicTap } from './nic';
+import { runDiskModify, settleGrows, type DiskChangeRequest, type DiskModifyHost, type DiskModifyResult, type DiskGrower, type GrowableDisk } from './disk-modify';
+import { diskGrowers, growTemplateOf, type DiskGrowerTable } from './disk-growers';
+import { applyRecordedIoLimits, hasIoLimits } from './recorded-io-limits';
 import type { PciPlacement, PciTreeMap } from './pci-slots';
 import { pciTopology } from './pci-topology';
 import { devicePresent, isDeletionOf } from './qdev';
@@ -80,10 +83,13 @@ export interface KvmInstanceOptions {
   wrapMonitor?: (mon: QmpClient) => Monitor;
   /** Test hook: QEMU gets a second QMP socket (paths.testQmpSocket) a test can drive. */
   testMonitor?: boolean;
+  /** How disk templates grow beyond file and blockdev (disk-growers.ts): the node's rbd entry. */
+  diskGrowers?: Partial<DiskGrowerTable>;
 }
 
 export type { DiskRequest, NicModifyResult, NicRequest, PrepareStep, RemovalResult } from './device-operations';
 export type { NicChangeRequest } from './nic-modify';
+export type { DiskChangeRequest, DiskModifyResult } from './disk-modify';
 
 /** What a hotplug request asks, with the master's operation id ('' for none). */
 export interface OperationOptions {
@@ -313,6 +319,7 @@ export class KvmInstance extends EventEmitter {
       this.dropIdleScsiController();
       this.completeLegacyDevices();
       this.foldPendingResources();
+      await settleGrows(this.growHost, undefined, this.growers);
     }
     const qemu = qemuFeatures(this.qemuBinary);
     const local = [...nodeLocalArgs(this.paths, { testMonitor: this.options.testMonitor }), ...securityArgs(this.data.hvparams, qemu)];
@@ -321,7 +328,7 @@ export class KvmInstance extends EventEmitter {
     const boot = openBootFiles(this.hostPaths, this.data); // closed in the finally below, nothing throws before it
     const args = [...boot.cmd, ...local, ...pciTopology(this.data).args];
     // A link-down NIC is set down by QMP before the guest runs, as DIMMs are plugged.
-    const linkDown = this.data.nics.some((n) => n.link_state === 'down');
+    const linkDown = this.data.nics.some((n) => n.link_state === 'down') || hasIoLimits(this.data);
     if (incoming || dimms.length || linkDown) args.push('-S');
     if (incoming) args.push('-incoming', 'defer');
     const fds: number[] = [...boot.fds];
@@ -353,6 +360,7 @@ export class KvmInstance extends EventEmitter {
       const mon = await this.monitor();
       for (const dimm of dimms) await attachDimm(mon, dimm);
       await applyRecordedLinks(mon, this.data.nics);
+      await applyRecordedIoLimits(mon, this.data);
       if (run) await mon.execute('cont');
     } catch (err) {
       await this.killNow(pid);
@@ -577,6 +585,23 @@ export class KvmInstance extends EventEmitter {
     });
   }
 
+  /** A grow and/or new I/O limits of a disk (disk-modify.ts): live, or on a stopped instance in its backing store and record. */
+  hotModifyDisk(uuid: string, change: DiskChangeRequest, opts: OperationOptions = {}): Promise<DiskModifyResult> {
+    return this.runner.run(opts.operationId ?? '', 'disk', 'modify', uuid, () => {
+      this.assertNoMigration();
+      return runDiskModify(this.growHost, uuid, change, this.growers);
+    });
+  }
+
+  private get growers(): (rec: GrowableDisk) => DiskGrower {
+    const table = diskGrowers(this.hostPaths, this.options.diskGrowers);
+    return (rec) => table[growTemplateOf(rec)];
+  }
+
+  private get growHost(): DiskModifyHost {
+    return { name: this.name, runner: this.runner, data: () => this.data, save: () => this.save(), running: () => this.pid !== undefined, monitor: () => this.monitor(), scheduleReconcile: () => this.scheduleReconcile() };
+  }
+
   // ---- vCPUs and memory ---------------------------------------------------
 
   /** The vCPU/memory record (a copy), undefined for runtime files from before it existed. */
@@ -688,6 +713,7 @@ export class KvmInstance extends EventEmitter {
       monitor: () => this.monitor(),
       cpuUnplugTimeoutMs: () => this.unplugTimeout('cpu'),
     });
+    await settleGrows(this.growHost, await this.monitor(), this.growers);
     // Cross-check of the slots against QEMU's own lists (slot-owner.ts).
     await this.slots.refresh(await this.monitor(), this.data);
     return report;

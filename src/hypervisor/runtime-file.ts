@@ -22,6 +22,7 @@ import { RuntimeFileError } from './errors';
 import type { MigrationMark } from './migration';
 import { journalFrom, type OperationJournal } from './operations';
 import type { ResourceState } from './resize';
+import { ioLimitsFrom, type DiskIoLimits } from './disk-io-limits';
 
 export const RUNTIME_VERSION = 2;
 
@@ -60,6 +61,12 @@ export interface DiskRecord {
   state?: PendingState;
   /** The node created this file for the disk: it is deleted when the disk goes. */
   created?: boolean;
+  /** Size after the last grow (disk-grow.ts); absent: the file's own size. */
+  size_bytes?: number;
+  /** A grow in progress to this size (its intent; disk-grow.ts settles it after a crash). */
+  grow_to?: number;
+  /** I/O limits (disk-io-limits.ts), applied at every start and on a migration target; absent: none. */
+  io_limits?: DiskIoLimits;
 }
 
 /** A disk on the virtio-scsi controller (scsi-disk.ts): a LUN, no PCI slot of its own. */
@@ -72,6 +79,10 @@ export interface ScsiDiskRecord {
   lun: number;
   state?: PendingState;
   created?: boolean;
+  /** As DiskRecord. */
+  size_bytes?: number;
+  grow_to?: number;
+  io_limits?: DiskIoLimits;
 }
 
 /** The virtio-scsi controller the SCSI disks sit on; it holds one PCI slot. */
@@ -156,7 +167,20 @@ function diskFrom(file: string, raw: unknown): DiskRecord {
   if (typeof d.bus === 'string') disk.bus = d.bus;
   if (d.state === 'attaching' || d.state === 'detaching') disk.state = d.state;
   if (d.created === true) disk.created = true;
+  Object.assign(disk, diskExtrasFrom(d));
   return disk;
+}
+
+/** size_bytes, grow_to and io_limits of a disk entry (virtio-blk or SCSI), only those valid. */
+function diskExtrasFrom(raw: Record<string, unknown>): Pick<DiskRecord, 'size_bytes' | 'grow_to' | 'io_limits'> {
+  const out: Pick<DiskRecord, 'size_bytes' | 'grow_to' | 'io_limits'> = {};
+  for (const k of ['size_bytes', 'grow_to'] as const) {
+    const v = raw[k];
+    if (typeof v === 'number' && Number.isSafeInteger(v) && v > 0) out[k] = v;
+  }
+  const limits = ioLimitsFrom(raw.io_limits);
+  if (limits) out.io_limits = limits;
+  return out;
 }
 
 function hvparamsFrom(file: string, raw: unknown): HvParams {
@@ -227,6 +251,7 @@ function scsiDiskFrom(file: string, raw: unknown): ScsiDiskRecord {
   const d: ScsiDiskRecord = { uuid: raw.uuid, path: raw.path, target, lun };
   if (raw.state === 'attaching' || raw.state === 'detaching') d.state = raw.state;
   if (raw.created === true) d.created = true;
+  Object.assign(d, diskExtrasFrom(raw));
   return d;
 }
 

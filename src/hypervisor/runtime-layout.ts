@@ -72,6 +72,7 @@ const placeFields = (p: PciPlacement): { pci: number; bus?: string } => (p.bus =
 function diskRecord(d: DiskRequest, p: PciPlacement): DiskRecord {
   const disk: DiskRecord = { uuid: d.uuid, path: d.path, ...placeFields(p) };
   if (d.created) disk.created = true;
+  if (d.io_limits) disk.io_limits = d.io_limits;
   diskId(disk, p.slot);
   return disk;
 }
@@ -89,7 +90,7 @@ function scsiRecords(name: string, disks: DiskRequest[], old: RuntimeData | unde
   const before = new Map((old?.scsi_disks ?? []).map((d) => [d.uuid, d]));
   const out: ScsiDiskRecord[] = [];
   const place = (d: DiskRequest, at: ScsiAddress): void => {
-    const rec: ScsiDiskRecord = { uuid: d.uuid, path: d.path, target: at.target, lun: at.lun };
+    const rec: ScsiDiskRecord = { uuid: d.uuid, path: d.path, target: at.target, lun: at.lun, ...(d.io_limits ? { io_limits: d.io_limits } : {}) };
     if (d.created) rec.created = true;
     scsiDiskId(rec);
     out.push(rec);

@@ -90,7 +90,7 @@ export async function ensureScsiController(mon: Monitor, data: RuntimeData, plac
 
 /** Hot-adds the disk as a LUN on the controller. Undoes every step on failure. */
 export async function attachScsiDisk(mon: Monitor, disk: ScsiDiskRecord, hostPaths: HostPathPolicy): Promise<void> {
-  await attachBlockDevice(mon, 'SCSI disk', scsiDiskId(disk), disk.path, hostPaths, scsiHdProps(disk));
+  await attachBlockDevice(mon, 'SCSI disk', scsiDiskId(disk), disk.path, hostPaths, scsiHdProps(disk), disk.io_limits);
 }
 
 export async function detachScsiDisk(mon: Monitor, disk: ScsiDiskRecord, timeoutMs: number): Promise<void> {

@@ -33,13 +33,18 @@ export function pmemMiB(uuid: string, sizeBytes: number): number {
   return sizeBytes / MiB;
 }
 
+const sizeAndLimits = (r: ScsiDiskRecord): Pick<DiskRecord, 'size_bytes' | 'io_limits'> => ({
+  ...(r.size_bytes ? { size_bytes: r.size_bytes } : {}),
+  ...(r.io_limits ? { io_limits: r.io_limits } : {}),
+});
+
 const isScsi = (r: AnyDiskRecord): r is ScsiDiskRecord => 'target' in r;
 const isPmem = (r: AnyDiskRecord): r is PmemRecord => 'sizeMiB' in r;
 
 /** The proto Disk of any disk kind's record; `base` is the virtio-blk conversion (spec.ts diskToProto). */
 export function anyDiskToProto(rec: AnyDiskRecord, base: (d: DiskRecord) => Disk): Disk {
   if (isScsi(rec))
-    return { ...base({ uuid: rec.uuid, path: rec.path, pci: null, ...(rec.state ? { state: rec.state } : {}) }), deviceId: scsiDiskId(rec), diskBus: 'scsi', scsiAddress: scsiAddress(rec) };
+    return { ...base({ uuid: rec.uuid, path: rec.path, pci: null, ...(rec.state ? { state: rec.state } : {}), ...sizeAndLimits(rec) }), deviceId: scsiDiskId(rec), diskBus: 'scsi', scsiAddress: scsiAddress(rec) };
   if (isPmem(rec)) {
     const out = { ...base({ uuid: rec.uuid, path: rec.path, pci: rec.pci, ...(rec.bus === undefined ? {} : { bus: rec.bus }), ...(rec.state ? { state: rec.state } : {}) }), diskType: 'pmem', sizeBytes: String(rec.sizeMiB * MiB) };
     return rec.pci === null ? out : { ...out, deviceId: pmemId(rec, rec.pci) };

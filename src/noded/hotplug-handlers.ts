@@ -14,7 +14,8 @@ import type { Logger } from './instance-registry';
 import { diskFlavour, pmemMiB } from './disk-kinds';
 import { diskReply, nicReply } from './operations-service';
 import { checkNicMac, int64, nicEnums, nicRequestOf } from './spec';
-import type { NicChangeRequest } from '../hypervisor/kvm-instance';
+import type { DiskChangeRequest, NicChangeRequest } from '../hypervisor/kvm-instance';
+import { ioLimitsOfProto } from './disk-io-limits-proto';
 import { invalidArgument } from './status';
 import { assertDeviceUuid, type Storage } from './storage';
 import { excerpt } from '../common/excerpt';
@@ -94,11 +95,23 @@ async function hotplugDisk(inst: KvmInstance, req: HotplugDeviceRequest__Output,
         crashPoint('after-disk-file-created', ctx.log);
         return () => ctx.storage.removeFiles(created);
       };
-      const req = disk.path ? { uuid, path } : { uuid, path, created: true };
+      const ioLimits = ioLimitsOfProto(disk.ioLimits, `new disk ${uuid}`);
+      const req = { uuid, path, ...(disk.path ? {} : { created: true }), ...(ioLimits ? { io_limits: ioLimits } : {}) };
       const flavour = diskFlavour(disk);
       if (flavour === 'scsi') return diskReply(await inst.hotAddScsiDisk(req, prepare, opts));
+      if (flavour === 'pmem' && ioLimits) throw invalidArgument(`pmem device ${uuid}: I/O limits apply to block disks only`);
       if (flavour === 'pmem') return diskReply(await inst.hotAddPmem({ ...req, sizeMiB: pmemMiB(uuid, sizeBytes) }, prepare, opts));
       return diskReply(await inst.hotAddDisk(req, prepare, opts));
+    }
+    case 'MODIFY': {
+      // size_bytes > 0: the new total size; io_limits present: the limits after the change.
+      const sizeBytes = int64(disk.sizeBytes, `disk ${uuid} size_bytes`);
+      const change: DiskChangeRequest = {};
+      if (sizeBytes > 0) change.sizeBytes = sizeBytes;
+      if (disk.ioLimits) change.ioLimits = ioLimitsOfProto(disk.ioLimits, `modify of disk ${uuid}`) ?? null;
+      if (change.sizeBytes === undefined && change.ioLimits === undefined) throw invalidArgument(`modify of disk ${uuid}: give a new size_bytes (a grow) and/or io_limits`);
+      const r = await inst.hotModifyDisk(uuid, change, opts);
+      return { ...diskReply(r.record), applied: r.applied };
     }
     case 'REMOVE': {
       // The file the node created goes with the record (device-operations.ts finishRemoval).
@@ -106,7 +119,7 @@ async function hotplugDisk(inst: KvmInstance, req: HotplugDeviceRequest__Output,
       return { ...diskReply(r.record), removalPending: r.pending };
     }
     default:
-      throw invalidArgument(`disk hotplug action must be ADD or REMOVE, not ${req.action}`);
+      throw invalidArgument(`disk hotplug action must be ADD, REMOVE or MODIFY, not ${req.action}`);
   }
 }
 

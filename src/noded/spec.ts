@@ -26,6 +26,7 @@ import { assertDeviceUuid, type NewDisk, type Storage } from './storage';
 import { excerpt } from '../common/excerpt';
 import { NIC_MODEL_NAMES, type NicModelName } from '../common/nic-params';
 import { anyDiskToProto, diskFlavour, pmemMiB } from './disk-kinds';
+import { ioLimitsOfProto, ioLimitsToProto } from './disk-io-limits-proto';
 
 /** A NIC's MAC by the rule the master applies too (src/common/mac.ts), same words; lower case. */
 export function checkNicMac(mac: string): string {
@@ -98,7 +99,9 @@ export function planStart(spec: InstanceSpec__Output, storage: Storage): StartPl
   const disks = spec.disks.map((d, i): DiskRequest => {
     assertDeviceUuid(d.uuid, `disk ${i} of ${spec.name}`);
     const flavour = diskFlavour(d);
-    const bus = flavour === 'scsi' ? { diskBus: 'scsi' as const } : {};
+    const limits = ioLimitsOfProto(d.ioLimits, `disk ${d.uuid} of ${spec.name}`);
+    if (limits && flavour === 'pmem') throw invalidArgument(`pmem device ${d.uuid} of ${spec.name}: I/O limits apply to block disks only`);
+    const bus = { ...(flavour === 'scsi' ? { diskBus: 'scsi' as const } : {}), ...(limits ? { io_limits: limits } : {}) };
     if (d.path) {
       if (!d.path.startsWith('/')) throw invalidArgument(`disk ${d.uuid}: path ${excerpt(d.path)} is not absolute`);
       return { uuid: d.uuid, path: d.path, ...bus };
@@ -182,9 +185,11 @@ function fileSize(file: string): number {
 }
 
 export function diskToProto(d: DiskRecord, rootBus = ''): Disk {
+  const limits = ioLimitsToProto(d.io_limits);
   return {
+    ...(limits ? { ioLimits: limits } : {}),
     uuid: d.uuid,
-    sizeBytes: String(fileSize(d.path)),
+    sizeBytes: String(fileSize(d.path) || d.size_bytes || 0),
     path: d.path,
     pci: d.pci ?? -1,
     deviceId: idOf('disk', d),

@@ -1,4 +1,4 @@
-/** gnt-instance: add, start, stop, remove, modify, migrate, failover, list, info. */
+/** gnt-instance: add, start, stop, remove, modify, grow-disk, migrate, failover, list, info. */
 import type { ParsedArgs } from './args';
 import type { CommandGroup } from './common';
 import { positionals } from './common';
@@ -7,7 +7,10 @@ import { block, json, table } from './output';
 import { formatDeviceTree } from './device-tree';
 import { instanceVerifyCommand } from './verify';
 import { parseBackendParams, parseDiskChange, parseDiskSpec, parseHvparams, parseNicChange, parseNicSpec } from './parse';
-import { checkCount, checkName, checkNodePath, formatSize, parseSizeMiB, UsageError } from '../validate';
+import { checkCount, checkName, checkNodePath, formatSize, parseSize, parseSizeMiB, UsageError } from '../validate';
+import type { InstanceGrowDiskOp } from '../../generated/gnt/master/v1/InstanceGrowDiskOp';
+import { describeIoLimits } from '../../common/io-limits';
+import { ioLimitsOfApi } from './io-limits';
 import type { ListInstancesReply__Output } from '../../generated/gnt/master/v1/ListInstancesReply';
 import type { InstanceDetails__Output } from '../../generated/gnt/master/v1/InstanceDetails';
 import type { InstanceModifyOp } from '../../generated/gnt/master/v1/InstanceModifyOp';
@@ -33,6 +36,14 @@ export function parseMigrateArgs(args: ParsedArgs): InstanceMigrateOp {
 /** gnt-instance failover [-n TARGET] INSTANCE as the typed op (exported for tests). */
 export function parseFailoverArgs(args: ParsedArgs): InstanceMigrateOp {
   return { name: nameArg(args), target: targetArg(args), cleanup: false, failover: true };
+}
+
+/** gnt-instance grow-disk [--absolute] INSTANCE N AMOUNT as the typed op (exported for tests). */
+export function parseGrowDiskArgs(args: ParsedArgs): InstanceGrowDiskOp {
+  const [name, index, amount] = positionals(args, ['INSTANCE', 'N', 'AMOUNT']);
+  checkName('instance', name);
+  if (!/^\d{1,4}$/.test(index)) throw new UsageError(`disk index "${index}" is not a number (0, 1, ...)`);
+  return { name, index: Number(index), amountBytes: parseSize(amount, 'grow amount'), absolute: args.flags.has('absolute') };
 }
 
 export const instanceCommands: CommandGroup = {
@@ -109,7 +120,8 @@ export const instanceCommands: CommandGroup = {
   modify: {
     usage:
       'gnt-instance modify [--hotplug | --hotplug-if-possible] [--net add[:mac=MAC,link=BR] | --net N:mac=MAC[,link=BR] | --net N:remove]...\n' +
-      '    [--disk add:size=SIZE | --disk N:remove]... [-B vcpus=N,memory=SIZE] [--submit] INSTANCE',
+      '    [--disk add:size=SIZE[,iops_max=N,...] | --disk N:remove | --disk N:iops_max=N,iops_rd_max=N,iops_wr_max=N,bps_max=N,bps_rd_max=N,bps_wr_max=N]...\n' +
+      '    [-B vcpus=N,memory=SIZE] [--submit] INSTANCE',
     spec: { multi: ['net', 'disk', 'backend-parameters'], flags: ['hotplug', 'hotplug-if-possible', 'submit'], aliases: { B: 'backend-parameters' } },
     async run(args, { dir }) {
       const name = nameArg(args);
@@ -126,6 +138,13 @@ export const instanceCommands: CommandGroup = {
       };
       if (!op.nics!.length && !op.disks!.length && !be.vcpus && !be.memoryMib) throw new UsageError('nothing to change: give --net, --disk or -B');
       return runJob(dir, { instanceModify: op }, args.flags.has('submit'));
+    },
+  },
+  'grow-disk': {
+    usage: 'gnt-instance grow-disk [--absolute] [--submit] INSTANCE N AMOUNT   (AMOUNT: e.g. 512M, 1G; --absolute: the new total size)',
+    spec: { flags: ['absolute', 'submit'] },
+    async run(args, { dir }) {
+      return runJob(dir, { instanceGrowDisk: parseGrowDiskArgs(args) }, args.flags.has('submit'));
     },
   },
   migrate: {
@@ -243,11 +262,12 @@ export function formatInstanceInfo(d: InstanceDetails__Output): string {
   out += 'Disks (config | node runtime):\n';
   out += i.disks.length
     ? table(
-        ['  #', 'Size', 'Kind', 'UUID', 'PCI', 'Device id', 'Path', 'State'],
+        ['  #', 'Size', 'Kind', 'I/O limits', 'UUID', 'PCI', 'Device id', 'Path', 'State'],
         i.disks.map((x) => {
           const r = rtDisk.get(x.uuid);
           const kind = x.diskType === 'pmem' ? 'pmem' : x.diskBus === 'scsi' ? `scsi ${r?.scsiAddress || '-'}` : 'virtio';
-          return [`  ${x.index}`, formatSize(Number(x.sizeBytes)), kind, x.uuid, r && r.pci >= 0 ? r.pci : '-', r?.deviceId || '-', r?.path || '-', deviceState(x.removalPending, r?.state)];
+          const limits = describeIoLimits(ioLimitsOfApi(x.ioLimits));
+          return [`  ${x.index}`, formatSize(Number(x.sizeBytes)), kind, limits === 'none' ? '-' : limits, x.uuid, r && r.pci >= 0 ? r.pci : '-', r?.deviceId || '-', r?.path || '-', deviceState(x.removalPending, r?.state)];
         }),
       )
     : '  none\n';

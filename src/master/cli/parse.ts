@@ -6,7 +6,8 @@
  *   gnt-instance add:    --net [N:]mac=MAC,link=BR,link_state=up|down,rate=MBIT,queues=N,model=M   --disk [N:]size=SIZE[,bus=virtio|scsi][,type=disk|pmem]
  *   gnt-instance modify: --net add[:mac=MAC,link=BR,link_state=..,rate=..,queues=N,model=M] | N:remove
  *                        --net N:mac=MAC,link=BR,link_state=up|down,rate=MBIT(0: none),model=virtio|e1000|rtl8139 (any of them)
- *                        --disk add:size=SIZE[,bus=virtio|scsi][,type=disk|pmem] | N:remove
+ *                        --disk add:size=SIZE[,bus=virtio|scsi][,type=disk|pmem][,IOLIMIT=N...] | N:remove | N:IOLIMIT=N[,...]
+ *                        (IOLIMIT: iops_max, iops_rd_max, iops_wr_max, bps_max, bps_rd_max, bps_wr_max; 0 removes; bps takes sizes, 10M)
  *                        -B / --backend-parameters vcpus=N,memory=SIZE
  *   -H / --hvparams:     the keys of src/common/hvparams.ts (security_model, security_domain, chroot, machine, accel,
  *                        memory_hotplug, unplug_timeout_{nic,disk,cpu,memory}, migration_bandwidth, migration_downtime)
@@ -20,6 +21,7 @@ import { diskFlavourOf, type DiskFlavourValues } from '../../common/disk-flavour
 import { excerpt } from '../../common/excerpt';
 import { checkCount, checkHvparamValues, checkLink, checkMac, parseSize, parseSizeMiB, UsageError } from '../validate';
 import { LINK_STATES, NIC_MODEL_NAMES, queuesProblem, rateProblem } from '../../common/nic-params';
+import { CLI_IO_KEYS, ioLimitsChange, ioLimitsSpec, parseIoLimits } from './io-limits';
 
 const NIC_ADD_KEYS = ['mac', 'link', 'link_state', 'rate', 'queues', 'model'];
 const NIC_MODIFY_KEYS = ['mac', 'link', 'link_state', 'rate', 'model'];
@@ -110,7 +112,7 @@ export function parseNicSpec(text: string, pos: number): NicSpec {
   return { mac: macValue(kv.mac), link: checkLink(kv.link ?? ''), ...nicAddExtras(kv, `--net ${text}`) };
 }
 
-const DISK_KEYS = ['size', 'bus', 'type'];
+const DISK_KEYS = ['size', 'bus', 'type', ...CLI_IO_KEYS];
 
 /** bus= and type= of a --disk (src/common/disk-flavour.ts); only those that differ from the defaults. */
 function diskFlavour(kv: Record<string, string | undefined>, what: string): Partial<DiskFlavourValues> {
@@ -129,7 +131,8 @@ export function parseDiskSpec(text: string, pos: number): DiskSpec {
   }
   const kv = parseKeyValues(body, DISK_KEYS, `--disk ${text}`);
   if (kv.size === undefined) throw new UsageError(`--disk ${text}: size=SIZE is required`);
-  return { sizeBytes: parseSize(kv.size, 'disk size'), ...diskFlavour(kv, `--disk ${text}`) };
+  const limits = ioLimitsSpec(parseIoLimits(kv, `--disk ${text}`));
+  return { sizeBytes: parseSize(kv.size, 'disk size'), ...diskFlavour(kv, `--disk ${text}`), ...(limits ? { ioLimits: limits } : {}) };
 }
 
 /** One --net of gnt-instance modify. */
@@ -165,12 +168,17 @@ export function parseDiskChange(text: string): DiskChange {
   if (head === 'add') {
     const kv = parseKeyValues(rest, DISK_KEYS, what);
     if (kv.size === undefined) throw new UsageError(`${what}: size=SIZE is required, e.g. --disk add:size=1G`);
-    return { action: 'ADD', index: -1, sizeBytes: parseSize(kv.size, 'disk size'), ...diskFlavour(kv, what) };
+    const limits = ioLimitsSpec(parseIoLimits(kv, what));
+    return { action: 'ADD', index: -1, sizeBytes: parseSize(kv.size, 'disk size'), ...diskFlavour(kv, what), ...(limits ? { ioLimits: limits } : {}) };
   }
   if (head === 'remove') throw new UsageError(`${what}: say which disk, e.g. --disk 1:remove`);
   const index = parseIndex(head, what);
   if (rest === 'remove') return { action: 'REMOVE', index };
-  throw new UsageError(`${what}: a disk change is add:size=SIZE or N:remove (add also takes bus=virtio|scsi and type=disk|pmem)`);
+  if (/(^|,)size=/.test(rest)) throw new UsageError(`${what}: the size of an existing disk changes with gnt-instance grow-disk`);
+  const kv = rest === '' ? {} : parseKeyValues(rest, CLI_IO_KEYS, what);
+  if (!Object.keys(kv).length)
+    throw new UsageError(`${what}: a disk change is add:size=SIZE, N:remove or N:${CLI_IO_KEYS.map((k) => `${k}=N`).join(',')} (add also takes bus=virtio|scsi and type=disk|pmem)`);
+  return { action: 'MODIFY', index, ioLimits: ioLimitsChange(parseIoLimits(kv, what)) };
 }
 
 /** -H / --hvparams [kvm:]key=value,...: known keys only, each value by its rule (src/common/hvparams.ts). */

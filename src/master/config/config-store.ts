@@ -6,6 +6,7 @@
 import { randomUUID } from 'node:crypto';
 import { nowIso, type Db } from './db';
 import { randomMac } from '../validate';
+import { IO_LIMIT_KEYS, normalizeIoLimits, type DiskIoLimits, type IoLimitKey } from '../../common/io-limits';
 
 export interface NodeRow {
   uuid: string;
@@ -45,12 +46,25 @@ export interface DiskRow {
   disk_bus: string;
   /** '' (a block device) or 'pmem'. */
   disk_type: string;
+  /** I/O limits (migration 9), 0 none: ops/s and bytes/s. */
+  iops: number;
+  iops_rd: number;
+  iops_wr: number;
+  bps: number;
+  bps_rd: number;
+  bps_wr: number;
 }
 
-/** A disk's bus and type as stored ('' for the defaults). */
+/** A disk row's I/O limits: only those set (src/common/io-limits.ts). */
+export function diskIoLimits(d: Partial<Pick<DiskRow, IoLimitKey>>): DiskIoLimits | undefined {
+  return normalizeIoLimits(Object.fromEntries(IO_LIMIT_KEYS.map((k) => [k, d[k] ?? 0])) as DiskIoLimits);
+}
+
+/** A disk's bus and type as stored ('' for the defaults), and its I/O limits. */
 export interface DiskFlavourRow {
   diskBus?: string;
   diskType?: string;
+  ioLimits?: DiskIoLimits;
 }
 
 export type DeviceTable = 'nics' | 'disks';
@@ -179,7 +193,7 @@ export class ConfigStore {
     const rows = this.db.prepare('SELECT * FROM instances ORDER BY name').all() as InstanceRow[];
     const nodes = new Map((this.db.prepare('SELECT * FROM nodes').all() as NodeRow[]).map((n) => [n.uuid, n]));
     const nics = groupBy(this.db.prepare('SELECT instance_uuid, uuid, idx, mac, link, removal_pending, link_state, rate_mbit, queues, model FROM nics ORDER BY instance_uuid, idx').all() as (NicRow & Owned)[]);
-    const disks = groupBy(this.db.prepare('SELECT instance_uuid, uuid, idx, size_bytes, removal_pending, disk_bus, disk_type FROM disks ORDER BY instance_uuid, idx').all() as (DiskRow & Owned)[]);
+    const disks = groupBy(this.db.prepare('SELECT instance_uuid, uuid, idx, size_bytes, removal_pending, disk_bus, disk_type, iops, iops_rd, iops_wr, bps, bps_rd, bps_wr FROM disks ORDER BY instance_uuid, idx').all() as (DiskRow & Owned)[]);
     // completed in place: copying 10,000 rows into new objects costs more than the queries
     return rows.map((row) => Object.assign(row, {
       hvparams: JSON.parse(row.hvparams) as Record<string, string>,
@@ -207,7 +221,7 @@ export class ConfigStore {
       hvparams: JSON.parse(row.hvparams) as Record<string, string>,
       node,
       nics: this.db.prepare('SELECT uuid, idx, mac, link, removal_pending, link_state, rate_mbit, queues, model FROM nics WHERE instance_uuid = ? ORDER BY idx').all(row.uuid) as NicRow[],
-      disks: this.db.prepare('SELECT uuid, idx, size_bytes, removal_pending, disk_bus, disk_type FROM disks WHERE instance_uuid = ? ORDER BY idx').all(row.uuid) as DiskRow[],
+      disks: this.db.prepare('SELECT uuid, idx, size_bytes, removal_pending, disk_bus, disk_type, iops, iops_rd, iops_wr, bps, bps_rd, bps_wr FROM disks WHERE instance_uuid = ? ORDER BY idx').all(row.uuid) as DiskRow[],
     };
   }
 
@@ -305,6 +319,19 @@ export class ConfigStore {
     this.db
       .prepare('INSERT INTO disks (uuid, instance_uuid, idx, size_bytes, disk_bus, disk_type) VALUES (?, ?, ?, ?, ?, ?)')
       .run(uuid, instanceUuid, idx, sizeBytes, flavour.diskBus ?? '', flavour.diskType ?? '');
+    if (flavour.ioLimits) this.setDiskIoLimits(uuid, flavour.ioLimits);
+  }
+
+  /** A disk's I/O limits, all six (a limit not given is removed). */
+  setDiskIoLimits(uuid: string, l: DiskIoLimits | undefined): void {
+    this.db
+      .prepare('UPDATE disks SET iops = ?, iops_rd = ?, iops_wr = ?, bps = ?, bps_rd = ?, bps_wr = ? WHERE uuid = ?')
+      .run(...IO_LIMIT_KEYS.map((k) => l?.[k] ?? 0), uuid);
+  }
+
+  /** A grown disk's new size. */
+  setDiskSize(uuid: string, sizeBytes: number): void {
+    this.db.prepare('UPDATE disks SET size_bytes = ? WHERE uuid = ?').run(sizeBytes, uuid);
   }
 
   /** Appends a NIC with the given uuid (made by the caller, the master) at the end. */

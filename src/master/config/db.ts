@@ -155,6 +155,17 @@ const MIGRATIONS: string[] = [
   ALTER TABLE disks ADD COLUMN disk_bus TEXT NOT NULL DEFAULT '' CHECK (disk_bus IN ('', 'scsi'));
   ALTER TABLE disks ADD COLUMN disk_type TEXT NOT NULL DEFAULT '' CHECK (disk_type IN ('', 'pmem'));
   `,
+  // 8 (issue 13, storage foundation): placeholder in this branch, the lead's migration replaces it at the merge.
+  `SELECT 1;`,
+  // 9 (issue 13, live I/O limits): a disk's limits (QMP block_set_io_throttle), 0 none; ops/s and bytes/s.
+  `
+  ALTER TABLE disks ADD COLUMN iops INTEGER NOT NULL DEFAULT 0 CHECK (iops >= 0);
+  ALTER TABLE disks ADD COLUMN iops_rd INTEGER NOT NULL DEFAULT 0 CHECK (iops_rd >= 0);
+  ALTER TABLE disks ADD COLUMN iops_wr INTEGER NOT NULL DEFAULT 0 CHECK (iops_wr >= 0);
+  ALTER TABLE disks ADD COLUMN bps INTEGER NOT NULL DEFAULT 0 CHECK (bps >= 0);
+  ALTER TABLE disks ADD COLUMN bps_rd INTEGER NOT NULL DEFAULT 0 CHECK (bps_rd >= 0);
+  ALTER TABLE disks ADD COLUMN bps_wr INTEGER NOT NULL DEFAULT 0 CHECK (bps_wr >= 0);
+  `,
 ];
 
 export const SCHEMA_VERSION = MIGRATIONS.length;

@@ -17,6 +17,7 @@ import { nodeAdd, nodeRemove, type MembershipDeps } from './node-membership';
 import { CertStore } from '../config/cert-store';
 import { openOperations, settleOperation, settleRemovalsAbsentFrom } from './operations';
 import { runModify, type ModifyDeps } from './modify';
+import { runGrowDisk } from './grow-disk';
 import type { MacSource } from './device-changes/change-kind';
 
 type AddOp = Extract<Op, { type: 'instance-add' }>;
@@ -77,6 +78,8 @@ export class Executor {
           return await runModify(this.modifyDeps(macs), op, ctx);
         case 'instance-migrate':
           return await runMigrate({ config: this.config, rpc: this.rpc }, op, ctx);
+        case 'instance-grow-disk':
+          return await runGrowDisk(this.modifyDeps(macs), op, ctx);
       }
     } catch (err) {
       if (err instanceof ConfigError) throw new JobError(err.message, err.code);

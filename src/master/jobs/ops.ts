@@ -10,12 +10,15 @@ import type { NodeAddOp__Output } from '../../generated/gnt/master/v1/NodeAddOp'
 import type { InstanceMigrateOp__Output } from '../../generated/gnt/master/v1/InstanceMigrateOp';
 import type { NicParams } from '../config/config-store';
 import { checkLinkState, checkModel, checkQueues, newNicParams, rateChange } from '../nic-params';
-import { checkAddress, checkCount, checkHvparamValues, checkLink, checkMac, checkName, checkNodePath, UsageError } from '../validate';
+import { checkAddress, checkCount, checkHvparamValues, checkLink, checkMac, checkName, checkNodePath, formatSize, UsageError } from '../validate';
+import { ioLimitsProblem, type DiskIoLimits } from '../../common/io-limits';
+import { CLI_IO_KEY, ioLimitsOfApi } from '../cli/io-limits';
 import { diskFlavourOf, type DiskFlavourValues } from '../../common/disk-flavour';
 import { excerpt } from '../../common/excerpt';
 
 export type OpType =
-  | 'node-add' | 'node-remove' | 'cluster-renew-crypto' | 'instance-add' | 'instance-start' | 'instance-stop' | 'instance-remove' | 'instance-modify' | 'instance-migrate';
+  | 'node-add' | 'node-remove' | 'cluster-renew-crypto' | 'instance-add' | 'instance-start' | 'instance-stop' | 'instance-remove' | 'instance-modify' | 'instance-migrate'
+  | 'instance-grow-disk';
 
 export interface NicChangeOp {
   action: 'ADD' | 'MODIFY' | 'REMOVE';
@@ -33,12 +36,31 @@ export interface NicChangeOp {
 }
 
 export interface DiskChangeOp {
-  action: 'ADD' | 'REMOVE';
+  action: 'ADD' | 'REMOVE' | 'MODIFY';
   index: number;
   sizeBytes: number;
   /** ADD: '' (virtio-blk) or 'scsi'; '' (disk) or 'pmem' (src/common/disk-flavour.ts). */
   diskBus?: string;
   diskType?: string;
+  /** ADD: the limits (absent: none). MODIFY: the limits given (a key absent keeps its value, 0 removes it). */
+  ioLimits?: DiskIoLimits;
+  /** MODIFY: the new total size (gnt-instance grow-disk); absent: no grow. */
+  growToBytes?: number;
+}
+
+/** A DiskIoLimits of the API: ADD/spec (-1 and 0: none) or MODIFY (-1: keep, so left out). Checked. */
+function apiIoLimits(l: Parameters<typeof ioLimitsOfApi>[0], modify: boolean, what: string): DiskIoLimits | undefined {
+  const raw = ioLimitsOfApi(l);
+  if (!raw) return undefined;
+  const out: DiskIoLimits = {};
+  for (const [k, v] of Object.entries(raw) as [keyof DiskIoLimits, number][]) {
+    if (v === -1) continue;
+    if (!Number.isSafeInteger(v) || v < 0) throw new UsageError(`${what}: ${CLI_IO_KEY[k]} must be a non-negative whole number, not ${v}`);
+    if (modify || v > 0) out[k] = v;
+  }
+  const problem = ioLimitsProblem(out, (k) => CLI_IO_KEY[k]);
+  if (problem) throw new UsageError(`${what}: ${problem}`);
+  return modify || Object.keys(out).length ? out : undefined;
 }
 
 /** bus and type of an API disk, by the CLI's rule. */
@@ -63,7 +85,7 @@ export type Op =
       kernel: string;
       initrd: string;
       kernelArgs: string;
-      disks: { sizeBytes: number; diskBus?: string; diskType?: string }[];
+      disks: { sizeBytes: number; diskBus?: string; diskType?: string; ioLimits?: DiskIoLimits }[];
       nics: ({ mac: string; link: string } & NicParams)[];
       hvparams: Record<string, string>;
       noStart: boolean;
@@ -82,7 +104,17 @@ export type Op =
       /** -B memory=SIZE in MiB: 0 unchanged. */
       memoryMib: number;
     }
-  | MigrateOp;
+  | MigrateOp
+  | GrowDiskOp;
+
+/** gnt-instance grow-disk: disk `index` grows by `amountBytes` (absolute: to it). */
+export interface GrowDiskOp {
+  type: 'instance-grow-disk';
+  name: string;
+  index: number;
+  amountBytes: number;
+  absolute: boolean;
+}
 
 /**
  * gnt-instance migrate / failover. `target` empty: the only other node.
@@ -135,7 +167,8 @@ function instanceAdd(o: InstanceAddOp__Output): PreparedJob {
   const disks = o.disks.map((d, i) => {
     const sizeBytes = int64(d.sizeBytes, `disk ${i} size`);
     if (sizeBytes <= 0) throw new UsageError(`disk ${i} needs a size greater than zero (size=SIZE)`);
-    return { sizeBytes, ...flavourOf(d.diskBus ?? '', d.diskType ?? '', `disk ${i}`) };
+    const ioLimits = apiIoLimits(d.ioLimits, false, `disk ${i}`);
+    return { sizeBytes, ...flavourOf(d.diskBus ?? '', d.diskType ?? '', `disk ${i}`), ...(ioLimits ? { ioLimits } : {}) };
   });
   const nics = o.nics.map((n, i) => ({ mac: n.mac ? checkMac(n.mac) : '', link: checkLink(n.link), ...newNicParams(n, maxvcpus, `NIC ${i}`) }));
   const macs = nics.map((n) => n.mac).filter(Boolean);
@@ -172,13 +205,21 @@ function instanceModify(o: InstanceModifyOp__Output): PreparedJob {
     if (c.action === 'ADD') {
       const sizeBytes = int64(c.sizeBytes, 'disk size');
       if (sizeBytes <= 0) throw new UsageError('a new disk needs a size greater than zero (add:size=SIZE)');
-      return { action: 'ADD', index: -1, sizeBytes, ...flavourOf(c.diskBus ?? '', c.diskType ?? '', 'a new disk') };
+      const ioLimits = apiIoLimits(c.ioLimits, false, 'a new disk');
+      return { action: 'ADD', index: -1, sizeBytes, ...flavourOf(c.diskBus ?? '', c.diskType ?? '', 'a new disk'), ...(ioLimits ? { ioLimits } : {}) };
+    }
+    if (c.action === 'MODIFY') {
+      if (c.index < 0) throw new UsageError(`disk index ${c.index} is not valid`);
+      const ioLimits = apiIoLimits(c.ioLimits, true, `disk ${c.index}`);
+      const growToBytes = int64(c.growToBytes, `disk ${c.index} new size`);
+      if (!growToBytes && (!ioLimits || !Object.keys(ioLimits).length)) throw new UsageError(`disk ${c.index}: nothing to change (give I/O limits, e.g. ${c.index}:iops_max=100)`);
+      return { action: 'MODIFY', index: c.index, sizeBytes: 0, ...(ioLimits ? { ioLimits } : {}), ...(growToBytes ? { growToBytes } : {}) };
     }
     if (c.action === 'REMOVE') {
       if (c.index < 0) throw new UsageError(`disk index ${c.index} is not valid`);
       return { action: 'REMOVE', index: c.index, sizeBytes: 0 };
     }
-    throw new UsageError('a disk change is add:size=SIZE or N:remove');
+    throw new UsageError('a disk change is add:size=SIZE, N:remove or N:iops_max=..,bps_max=..');
   });
   const vcpus = o.vcpus ? checkCount(o.vcpus, 'vcpus') : 0;
   const memoryMib = int64(o.memoryMib, 'memory');
@@ -235,6 +276,15 @@ export function prepareJob(req: SubmitJobRequest__Output): PreparedJob {
       return instanceModify(req.instanceModify!);
     case 'instanceMigrate':
       return instanceMigrate(req.instanceMigrate!);
+    case 'instanceGrowDisk': {
+      const g = req.instanceGrowDisk!;
+      checkName('instance', g.name);
+      if (!Number.isInteger(g.index) || g.index < 0) throw new UsageError(`disk index ${g.index} is not valid`);
+      const amountBytes = int64(g.amountBytes, 'grow amount');
+      if (amountBytes <= 0) throw new UsageError('the grow amount must be greater than zero (e.g. 512M, 1G)');
+      const op: GrowDiskOp = { type: 'instance-grow-disk', name: g.name, index: g.index, amountBytes, absolute: g.absolute };
+      return { op, summary: `grow disk ${g.index} of instance ${g.name} ${g.absolute ? 'to' : 'by'} ${formatSize(amountBytes)}`, locks: [`instance:${g.name}`] };
+    }
     default:
       throw new UsageError('the request names no operation');
   }

@@ -1,5 +1,6 @@
 /** The node-facing view of an instance's configuration: its node and its InstanceStart spec. */
-import type { InstanceConfig } from '../config/config-store';
+import { diskIoLimits, type InstanceConfig } from '../config/config-store';
+import { ioLimitsProtoIfAny } from '../io-limits-proto';
 import type { NodeTarget } from '../node-rpc';
 import type { InstanceSpec } from '../../generated/gnt/node/v1/InstanceSpec';
 
@@ -22,7 +23,7 @@ export function instanceSpec(inst: InstanceConfig): InstanceSpec {
     initrd: inst.initrd,
     kernelArgs: inst.kernel_args,
     nics: inst.nics.filter((n) => !n.removal_pending).map((n) => ({ uuid: n.uuid, mac: n.mac, link: n.link, pci: -1, linkState: n.link_state, rateMbit: n.rate_mbit, queues: n.queues, model: n.model })),
-    disks: inst.disks.filter((d) => !d.removal_pending).map((d) => ({ uuid: d.uuid, sizeBytes: d.size_bytes, path: '', pci: -1, diskBus: d.disk_bus ?? '', diskType: d.disk_type ?? '' })),
+    disks: inst.disks.filter((d) => !d.removal_pending).map((d) => ({ uuid: d.uuid, sizeBytes: d.size_bytes, path: '', pci: -1, diskBus: d.disk_bus ?? '', diskType: d.disk_type ?? '', ...ioLimitsProtoIfAny(diskIoLimits(d)) })),
     hvparams: inst.hvparams,
   };
 }

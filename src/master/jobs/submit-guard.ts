@@ -25,9 +25,9 @@ export function activeMigrations(jobs: JobStore, instance: string): ActiveMigrat
 
 /** Throws FAILED_PRECONDITION when `op` may not be submitted now (see the file comment). */
 export function checkMigrationConflict(jobs: JobStore, op: Op): void {
-  if (op.type !== 'instance-modify' && op.type !== 'instance-migrate') return;
+  if (op.type !== 'instance-modify' && op.type !== 'instance-migrate' && op.type !== 'instance-grow-disk') return;
   const active = activeMigrations(jobs, op.name);
-  if (op.type === 'instance-modify') {
+  if (op.type !== 'instance-migrate') {
     const m = active.find((a) => !a.op.cleanup);
     if (m) throw new ConfigError(`instance ${op.name}: migration in progress (job ${m.jobId}); retry when it has finished`, 'FAILED_PRECONDITION');
     return;

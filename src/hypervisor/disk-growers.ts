@@ -15,16 +15,13 @@ import * as fs from 'node:fs';
 import { HypervisorError, InvalidArgumentError } from './errors';
 import type { HostPathPolicy } from './host-paths';
 import { openedDiskSize } from './disk-size';
+import { templateOf, type DiskTemplate } from './disk-template';
 import type { DiskGrower, GrowableDisk } from './disk-modify';
 
-export type GrowTemplate = 'file' | 'blockdev' | 'rbd';
-export type DiskGrowerTable = Record<GrowTemplate, DiskGrower>;
+export type DiskGrowerTable = Record<DiskTemplate, DiskGrower>;
 
-/** The template of a record ("file" when none is recorded). */
-export function growTemplateOf(rec: GrowableDisk): GrowTemplate {
-  const t = (rec as { template?: string }).template;
-  return t === 'blockdev' || t === 'rbd' ? t : 'file';
-}
+/** The template of a record (disk-template.ts). */
+export const growTemplateOf = (rec: GrowableDisk): DiskTemplate => templateOf(rec);
 
 const what = (rec: GrowableDisk): string => `disk ${rec.uuid}`;
 

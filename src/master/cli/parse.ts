@@ -3,10 +3,10 @@
  * parse and check the form of values; the master decides everything else
  * (uuids, generated MACs, whether an index exists).
  *
- *   gnt-instance add:    --net [N:]mac=MAC,link=BR,link_state=up|down,rate=MBIT,queues=N,model=M   --disk [N:]size=SIZE[,bus=virtio|scsi][,type=disk|pmem]
+ *   gnt-instance add:    --net [N:]mac=MAC,link=BR,link_state=up|down,rate=MBIT,queues=N,model=M   --disk [N:]size=SIZE|adopt=DEV|POOL/IMAGE[,bus=virtio|scsi][,type=disk|pmem][,template=file|blockdev|rbd]
  *   gnt-instance modify: --net add[:mac=MAC,link=BR,link_state=..,rate=..,queues=N,model=M] | N:remove
  *                        --net N:mac=MAC,link=BR,link_state=up|down,rate=MBIT(0: none),model=virtio|e1000|rtl8139 (any of them)
- *                        --disk add:size=SIZE[,bus=virtio|scsi][,type=disk|pmem][,IOLIMIT=N...] | N:remove | N:IOLIMIT=N[,...]
+ *                        --disk add:size=SIZE|adopt=DEV|POOL/IMAGE[,bus=virtio|scsi][,type=disk|pmem][,template=file|blockdev|rbd][,IOLIMIT=N...] | N:remove | N:IOLIMIT=N[,...]
  *                        (IOLIMIT: iops_max, iops_rd_max, iops_wr_max, bps_max, bps_rd_max, bps_wr_max; 0 removes; bps takes sizes, 10M)
  *                        -B / --backend-parameters vcpus=N,memory=SIZE
  *   -H / --hvparams:     the keys of src/common/hvparams.ts (security_model, security_domain, chroot, machine, accel,
@@ -112,13 +112,23 @@ export function parseNicSpec(text: string, pos: number): NicSpec {
   return { mac: macValue(kv.mac), link: checkLink(kv.link ?? ''), ...nicAddExtras(kv, `--net ${text}`) };
 }
 
-const DISK_KEYS = ['size', 'bus', 'type', ...CLI_IO_KEYS];
+const DISK_KEYS = ['size', 'bus', 'type', 'template', 'adopt', ...CLI_IO_KEYS];
 
-/** bus= and type= of a --disk (src/common/disk-flavour.ts); only those that differ from the defaults. */
+/** bus=, type=, template= and adopt= of a --disk (src/common/disk-flavour.ts); only those that differ from the defaults. */
 function diskFlavour(kv: Record<string, string | undefined>, what: string): Partial<DiskFlavourValues> {
-  const r = diskFlavourOf(kv.bus, kv.type, excerpt);
+  const r = diskFlavourOf(kv.bus, kv.type, excerpt, kv.template, kv.adopt);
   if (typeof r === 'string') throw new UsageError(`${what}: ${r}`);
-  return { ...(r.diskBus ? { diskBus: r.diskBus } : {}), ...(r.diskType ? { diskType: r.diskType } : {}) };
+  return Object.fromEntries(Object.entries(r).filter(([, v]) => v !== ''));
+}
+
+/** size= of a --disk: required unless it adopts a device or image, which keeps its own size. */
+function diskSize(kv: Record<string, string | undefined>, what: string, example: string): { sizeBytes: number } {
+  if (kv.adopt !== undefined) {
+    if (kv.size !== undefined) throw new UsageError(`${what}: an adopted disk keeps the size of ${excerpt(kv.adopt)}; leave out size=`);
+    return { sizeBytes: 0 };
+  }
+  if (kv.size === undefined) throw new UsageError(`${what}: size=SIZE is required${example}`);
+  return { sizeBytes: parseSize(kv.size, 'disk size') };
 }
 
 /** One --disk of gnt-instance add, in position `pos`. */
@@ -130,9 +140,8 @@ export function parseDiskSpec(text: string, pos: number): DiskSpec {
     body = m[2];
   }
   const kv = parseKeyValues(body, DISK_KEYS, `--disk ${text}`);
-  if (kv.size === undefined) throw new UsageError(`--disk ${text}: size=SIZE is required`);
   const limits = ioLimitsSpec(parseIoLimits(kv, `--disk ${text}`));
-  return { sizeBytes: parseSize(kv.size, 'disk size'), ...diskFlavour(kv, `--disk ${text}`), ...(limits ? { ioLimits: limits } : {}) };
+  return { ...diskSize(kv, `--disk ${text}`, ''), ...diskFlavour(kv, `--disk ${text}`), ...(limits ? { ioLimits: limits } : {}) };
 }
 
 /** One --net of gnt-instance modify. */
@@ -167,9 +176,8 @@ export function parseDiskChange(text: string): DiskChange {
   const { head, rest } = splitHead(text);
   if (head === 'add') {
     const kv = parseKeyValues(rest, DISK_KEYS, what);
-    if (kv.size === undefined) throw new UsageError(`${what}: size=SIZE is required, e.g. --disk add:size=1G`);
     const limits = ioLimitsSpec(parseIoLimits(kv, what));
-    return { action: 'ADD', index: -1, sizeBytes: parseSize(kv.size, 'disk size'), ...diskFlavour(kv, what), ...(limits ? { ioLimits: limits } : {}) };
+    return { action: 'ADD', index: -1, ...diskSize(kv, what, ', e.g. --disk add:size=1G'), ...diskFlavour(kv, what), ...(limits ? { ioLimits: limits } : {}) };
   }
   if (head === 'remove') throw new UsageError(`${what}: say which disk, e.g. --disk 1:remove`);
   const index = parseIndex(head, what);
@@ -177,7 +185,7 @@ export function parseDiskChange(text: string): DiskChange {
   if (/(^|,)size=/.test(rest)) throw new UsageError(`${what}: the size of an existing disk changes with gnt-instance grow-disk`);
   const kv = rest === '' ? {} : parseKeyValues(rest, CLI_IO_KEYS, what);
   if (!Object.keys(kv).length)
-    throw new UsageError(`${what}: a disk change is add:size=SIZE, N:remove or N:${CLI_IO_KEYS.map((k) => `${k}=N`).join(',')} (add also takes bus=virtio|scsi and type=disk|pmem)`);
+    throw new UsageError(`${what}: a disk change is add:size=SIZE, add:adopt=/dev/XYZ, N:remove or N:${CLI_IO_KEYS.map((k) => `${k}=N`).join(',')} (add also takes adopt=/dev/XYZ, bus=virtio|scsi, type=disk|pmem and template=file|blockdev|rbd)`);
   return { action: 'MODIFY', index, ioLimits: ioLimitsChange(parseIoLimits(kv, what)) };
 }
 

@@ -155,8 +155,12 @@ const MIGRATIONS: string[] = [
   ALTER TABLE disks ADD COLUMN disk_bus TEXT NOT NULL DEFAULT '' CHECK (disk_bus IN ('', 'scsi'));
   ALTER TABLE disks ADD COLUMN disk_type TEXT NOT NULL DEFAULT '' CHECK (disk_type IN ('', 'pmem'));
   `,
-  // 8 (issue 13, storage foundation): placeholder in this branch, the lead's migration replaces it at the merge.
-  `SELECT 1;`,
+  // 8 (issue 13, storage): a disk's template ('' file, 'blockdev', 'rbd') and
+  // what it adopted ('' made by the node, '/dev/XYZ', 'POOL/IMAGE').
+  `
+  ALTER TABLE disks ADD COLUMN template TEXT NOT NULL DEFAULT '' CHECK (template IN ('', 'blockdev', 'rbd'));
+  ALTER TABLE disks ADD COLUMN adopt TEXT NOT NULL DEFAULT '' CHECK (template != 'blockdev' OR adopt != '');
+  `,
   // 9 (issue 13, live I/O limits): a disk's limits (QMP block_set_io_throttle), 0 none; ops/s and bytes/s.
   `
   ALTER TABLE disks ADD COLUMN iops INTEGER NOT NULL DEFAULT 0 CHECK (iops >= 0);

@@ -42,6 +42,9 @@ export interface DiskChangeOp {
   /** ADD: '' (virtio-blk) or 'scsi'; '' (disk) or 'pmem' (src/common/disk-flavour.ts). */
   diskBus?: string;
   diskType?: string;
+  /** ADD: '' (file), 'blockdev' or 'rbd', and the adopted backing ('' none). */
+  template?: string;
+  adopt?: string;
   /** ADD: the limits (absent: none). MODIFY: the limits given (a key absent keeps its value, 0 removes it). */
   ioLimits?: DiskIoLimits;
   /** MODIFY: the new total size (gnt-instance grow-disk); absent: no grow. */
@@ -63,11 +66,17 @@ function apiIoLimits(l: Parameters<typeof ioLimitsOfApi>[0], modify: boolean, wh
   return modify || Object.keys(out).length ? out : undefined;
 }
 
-/** bus and type of an API disk, by the CLI's rule. */
-function flavourOf(bus: string, type: string, what: string): DiskFlavourValues {
-  const r = diskFlavourOf(bus, type, excerpt);
+/** bus, type, template and adopt of an API disk, by the CLI's rule. */
+function flavourOf(d: { diskBus?: string; diskType?: string; template?: string; adopt?: string }, what: string): DiskFlavourValues {
+  const r = diskFlavourOf(d.diskBus ?? '', d.diskType ?? '', excerpt, d.template ?? '', d.adopt ?? '');
   if (typeof r === 'string') throw new UsageError(`${what}: ${r}`);
   return r;
+}
+
+/** A disk the node makes needs a size; an adopted one has its own (size= is refused, not ignored). */
+function checkDiskSize(sizeBytes: number, flavour: DiskFlavourValues, what: string): void {
+  if (flavour.adopt && sizeBytes > 0) throw new UsageError(`${what}: an adopted ${flavour.template} disk keeps the size of ${flavour.adopt}; leave out size=`);
+  if (!flavour.adopt && sizeBytes <= 0) throw new UsageError(`${what} needs a size greater than zero (size=SIZE)`);
 }
 
 export type Op =
@@ -85,7 +94,7 @@ export type Op =
       kernel: string;
       initrd: string;
       kernelArgs: string;
-      disks: { sizeBytes: number; diskBus?: string; diskType?: string; ioLimits?: DiskIoLimits }[];
+      disks: { sizeBytes: number; diskBus?: string; diskType?: string; template?: string; adopt?: string; ioLimits?: DiskIoLimits }[];
       nics: ({ mac: string; link: string } & NicParams)[];
       hvparams: Record<string, string>;
       noStart: boolean;
@@ -166,9 +175,10 @@ function instanceAdd(o: InstanceAddOp__Output): PreparedJob {
   if (/[\n\0]/.test(o.kernelArgs)) throw new UsageError('kernel args must be one line');
   const disks = o.disks.map((d, i) => {
     const sizeBytes = int64(d.sizeBytes, `disk ${i} size`);
-    if (sizeBytes <= 0) throw new UsageError(`disk ${i} needs a size greater than zero (size=SIZE)`);
+    const flavour = flavourOf(d, `disk ${i}`);
+    checkDiskSize(sizeBytes, flavour, `disk ${i}`);
     const ioLimits = apiIoLimits(d.ioLimits, false, `disk ${i}`);
-    return { sizeBytes, ...flavourOf(d.diskBus ?? '', d.diskType ?? '', `disk ${i}`), ...(ioLimits ? { ioLimits } : {}) };
+    return { sizeBytes, ...flavour, ...(ioLimits ? { ioLimits } : {}) };
   });
   const nics = o.nics.map((n, i) => ({ mac: n.mac ? checkMac(n.mac) : '', link: checkLink(n.link), ...newNicParams(n, maxvcpus, `NIC ${i}`) }));
   const macs = nics.map((n) => n.mac).filter(Boolean);
@@ -204,9 +214,10 @@ function instanceModify(o: InstanceModifyOp__Output): PreparedJob {
   const disks = o.disks.map((c): DiskChangeOp => {
     if (c.action === 'ADD') {
       const sizeBytes = int64(c.sizeBytes, 'disk size');
-      if (sizeBytes <= 0) throw new UsageError('a new disk needs a size greater than zero (add:size=SIZE)');
+      const flavour = flavourOf(c, 'a new disk');
+      checkDiskSize(sizeBytes, flavour, 'a new disk');
       const ioLimits = apiIoLimits(c.ioLimits, false, 'a new disk');
-      return { action: 'ADD', index: -1, sizeBytes, ...flavourOf(c.diskBus ?? '', c.diskType ?? '', 'a new disk'), ...(ioLimits ? { ioLimits } : {}) };
+      return { action: 'ADD', index: -1, sizeBytes, ...flavour, ...(ioLimits ? { ioLimits } : {}) };
     }
     if (c.action === 'MODIFY') {
       if (c.index < 0) throw new UsageError(`disk index ${c.index} is not valid`);

@@ -15,16 +15,17 @@ import { ConfigError, diskIoLimits } from '../../config/config-store';
 import { describeIoLimits, ioLimitsProblem, normalizeIoLimits, type DiskIoLimits } from '../../../common/io-limits';
 import { CLI_IO_KEY } from '../../cli/io-limits';
 import { ioLimitsProto, ioLimitsProtoIfAny } from '../../io-limits-proto';
+import { describeBacking, diskBackingProto } from '../disk-backing';
 
 /** bus/type of an API request, by the rule the CLI applies (src/common/disk-flavour.ts). */
-function checkedFlavour(bus: string | undefined, type: string | undefined): DiskFlavourValues {
-  const r = diskFlavourOf(bus, type, excerpt);
+function checkedFlavour(bus: string | undefined, type: string | undefined, template: string | undefined, adopt: string | undefined): DiskFlavourValues {
+  const r = diskFlavourOf(bus, type, excerpt, template, adopt);
   if (typeof r === 'string') throw new ConfigError(`--disk add: ${r}`, 'INVALID_ARGUMENT');
   return r;
 }
 
 export type DiskChange =
-  | { kind: 'disk'; action: 'add'; uuid: string; sizeBytes: number; diskBus?: string; diskType?: string; ioLimits?: DiskIoLimits }
+  | { kind: 'disk'; action: 'add'; uuid: string; sizeBytes: number; diskBus?: string; diskType?: string; template?: string; adopt?: string; ioLimits?: DiskIoLimits }
   | { kind: 'disk'; action: 'remove'; uuid: string; sizeBytes: number }
   /** sizeBytes: the size before; growToBytes: the new total; ioLimits: all limits after the change (absent: unchanged). */
   | { kind: 'disk'; action: 'modify'; uuid: string; sizeBytes: number; growToBytes?: number; ioLimits?: DiskIoLimits };
@@ -44,7 +45,8 @@ function planAdd(sizeBytes: number, disks: DiskView[], flavour: DiskFlavourValue
   disks.push({ uuid, sizeBytes, ioLimits: limits });
   const label = flavour.diskType === 'pmem' ? 'pmem device' : flavour.diskBus === 'scsi' ? 'SCSI disk' : 'disk';
   const withLimits = limits ? `, I/O limits ${describeIoLimits(limits)}` : '';
-  return { kind: 'disk', what: `new ${label} ${uuid} (${formatSize(sizeBytes)}${withLimits})`, change: { kind: 'disk', action: 'add', uuid, sizeBytes, ...flavour, ...(limits ? { ioLimits: limits } : {}) } };
+  const size = flavour.adopt ? describeBacking(flavour.template, flavour.adopt) : `${formatSize(sizeBytes)}${flavour.template ? `, ${flavour.template}` : ''}`;
+  return { kind: 'disk', what: `new ${label} ${uuid} (${size}${withLimits})`, change: { kind: 'disk', action: 'add', uuid, sizeBytes, ...flavour, ...(limits ? { ioLimits: limits } : {}) } };
 }
 
 /** A grow (growToBytes) and/or new limits (the given keys over the current ones), checked whole against the configuration. */
@@ -85,7 +87,7 @@ function planRemove(index: number, disks: DiskView[]): DiskStep {
 function plan(ctx: PlanContext): DiskStep[] {
   const disks: DiskView[] = ctx.inst.disks.map((d) => ({ uuid: d.uuid, sizeBytes: d.size_bytes, ioLimits: diskIoLimits(d), pmem: d.disk_type === 'pmem' }));
   return ctx.op.disks.map((c) => {
-    if (c.action === 'ADD') return planAdd(c.sizeBytes, disks, checkedFlavour(c.diskBus, c.diskType), c.ioLimits);
+    if (c.action === 'ADD') return planAdd(c.sizeBytes, disks, checkedFlavour(c.diskBus, c.diskType, c.template, c.adopt), c.ioLimits);
     if (c.index >= disks.length) throw outOfRange(ctx.inst, 'disk', c.index, disks.length);
     if (c.action === 'MODIFY') return planModify(c.index, c, disks);
     return planRemove(c.index, disks);
@@ -114,7 +116,7 @@ function commitSettled(config: ConfigStore, inst: InstanceConfig, c: DiskChange)
 }
 
 function describe(c: DiskChange): string {
-  if (c.action === 'add') return `hot-add of new disk ${c.uuid} (${formatSize(c.sizeBytes)})`;
+  if (c.action === 'add') return `hot-add of new disk ${c.uuid} (${c.adopt ? describeBacking(c.template ?? '', c.adopt) : formatSize(c.sizeBytes)})`;
   if (c.action === 'remove') return `hot-remove of disk ${c.uuid} (${formatSize(c.sizeBytes)})`;
   const parts = [c.growToBytes ? `grow to ${formatSize(c.growToBytes)}` : '', c.ioLimits ? `I/O limits ${describeIoLimits(c.ioLimits)}` : ''].filter(Boolean);
   return `modify of disk ${c.uuid} (${parts.join(', ')})`;
@@ -122,7 +124,7 @@ function describe(c: DiskChange): string {
 
 /** The Disk message: an add's size, bus, type and limits; a modify's new size (0: none) and limits after it (absent: unchanged). */
 function diskMessage(c: DiskChange): Record<string, unknown> {
-  if (c.action === 'add') return { uuid: c.uuid, sizeBytes: c.sizeBytes, path: '', pci: -1, diskBus: c.diskBus ?? '', diskType: c.diskType ?? '', ...ioLimitsProtoIfAny(c.ioLimits) };
+  if (c.action === 'add') return { uuid: c.uuid, sizeBytes: c.sizeBytes, path: '', pci: -1, diskBus: c.diskBus ?? '', diskType: c.diskType ?? '', ...diskBackingProto(c.template ?? '', c.adopt ?? ''), ...ioLimitsProtoIfAny(c.ioLimits) };
   if (c.action === 'modify') return { uuid: c.uuid, sizeBytes: c.growToBytes ?? 0, path: '', pci: -1, ...(c.ioLimits ? { ioLimits: ioLimitsProto(c.ioLimits) } : {}) };
   return { uuid: c.uuid, sizeBytes: 0, path: '', pci: -1 };
 }

@@ -6,6 +6,7 @@
  * names the field and quotes the value only through excerpt(); nothing is
  * changed on refusal (the caller has not touched the node yet).
  */
+import { IO_LIMIT_KEYS, IO_LIMIT_MAX, ioLimitsProblem, type DiskIoLimits } from '../common/io-limits';
 import { excerpt } from '../common/excerpt';
 import { checkHvparams } from '../common/hvparams';
 import { macProblem } from '../common/mac';
@@ -113,26 +114,42 @@ function checkNics(c: Checker, nics: unknown): void {
 function checkDisks(c: Checker, disks: unknown): void {
   c.list('block_devices', disks, MAX_PLACED).forEach((raw, i) => {
     const f = `block_devices[${i}]`;
-    const d = c.obj(f, raw, ['uuid', 'path', 'pci', 'bus', 'state', 'created']);
+    const d = c.obj(f, raw, ['uuid', 'path', 'pci', 'bus', 'state', 'created', ...GROW_FIELDS]);
     c.match(`${f}.uuid`, d.uuid, UUID_RULE, 'a device uuid: letters, digits, ".", "_", "-", without ".."');
     c.hostPath(`${f}.path`, d.path);
     c.pci(`${f}.pci`, d.pci);
     c.optional(d, 'bus', (v) => c.match(`${f}.bus`, v, CONTROLLER_BUS_RULE, 'a bridge or root port of this software: pcibN or rpN'));
     c.state(`${f}.state`, d.state);
     c.optional(d, 'created', (v) => v === true || c.fail(`${f}.created`, v, 'must be true when present'));
+    checkGrowFields(c, f, d);
+  });
+}
+
+/** A disk's size after a grow, a grow in progress and its I/O limits (disk-modify.ts, disk-io-limits.ts). */
+const GROW_FIELDS = ['size_bytes', 'grow_to', 'io_limits'] as const;
+
+function checkGrowFields(c: Checker, f: string, d: Obj): void {
+  c.optional(d, 'size_bytes', (v) => c.int(`${f}.size_bytes`, v, 1, Number.MAX_SAFE_INTEGER));
+  c.optional(d, 'grow_to', (v) => c.int(`${f}.grow_to`, v, 1, Number.MAX_SAFE_INTEGER));
+  c.optional(d, 'io_limits', (v) => {
+    const l = c.obj(`${f}.io_limits`, v, IO_LIMIT_KEYS);
+    for (const k of IO_LIMIT_KEYS) c.optional(l, k, (x) => c.int(`${f}.io_limits.${k}`, x, 1, IO_LIMIT_MAX));
+    const problem = ioLimitsProblem(l as DiskIoLimits);
+    if (problem) c.fail(`${f}.io_limits`, v, problem);
   });
 }
 
 function checkScsi(c: Checker, data: RuntimeData): void {
   c.list('scsi_disks', data.scsi_disks ?? [], MAX_SCSI_DISKS).forEach((raw, i) => {
     const f = `scsi_disks[${i}]`;
-    const d = c.obj(f, raw, ['uuid', 'path', 'target', 'lun', 'state', 'created']);
+    const d = c.obj(f, raw, ['uuid', 'path', 'target', 'lun', 'state', 'created', ...GROW_FIELDS]);
     c.match(`${f}.uuid`, d.uuid, UUID_RULE, 'a device uuid: letters, digits, ".", "_", "-", without ".."');
     c.hostPath(`${f}.path`, d.path);
     c.int(`${f}.target`, d.target, 0, SCSI_TARGETS - 1);
     c.int(`${f}.lun`, d.lun, 0, SCSI_LUNS - 1);
     c.state(`${f}.state`, d.state);
     c.optional(d, 'created', (v) => v === true || c.fail(`${f}.created`, v, 'must be true when present'));
+    checkGrowFields(c, f, d);
   });
   if (data.scsi_controller === undefined) return;
   const ctrl = c.obj('scsi_controller', data.scsi_controller, ['id', 'pci', 'bus']);

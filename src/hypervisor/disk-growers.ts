@@ -57,6 +57,7 @@ export function fileGrower(hostPaths: HostPathPolicy): DiskGrower {
 /** An adopted block device: grown by the operator; we only check that it is large enough. */
 export function blockdevGrower(hostPaths: HostPathPolicy): DiskGrower {
   return {
+    external: true,
     size: (rec) => withDisk(hostPaths, rec, (_fd, size) => size),
     grow: (rec, bytes) =>
       withDisk(hostPaths, rec, (_fd, size, kind) => {

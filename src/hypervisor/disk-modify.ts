@@ -36,6 +36,12 @@ export interface DiskChangeRequest {
 
 /** The backing store of one disk template (the node supplies one per template: file, blockdev, rbd). */
 export interface DiskGrower {
+  /**
+   * The backing store is grown outside the node (an adopted device the
+   * operator extends): the disk's current size is then what QEMU has (or,
+   * stopped, the recorded size), not the store's.
+   */
+  readonly external?: boolean;
   /** Its size now, bytes. */
   size(rec: GrowableDisk): number | Promise<number>;
   /** Makes it at least `bytes` (idempotent), or refuses saying why. */
@@ -106,14 +112,29 @@ export function findGrowable(data: RuntimeData, name: string, uuid: string): [De
 }
 
 /** Checks the request against the disk; returns the new size (undefined: none), the new limits and what changes. Changes nothing. */
-async function plan(h: DiskModifyHost, rec: GrowableDisk, req: DiskChangeRequest, grower: DiskGrower): Promise<{ growTo?: number; limits?: DiskIoLimits; limitsChange: boolean; applied: string[] }> {
+interface BlockSize {
+  inserted?: { 'node-name'?: string; image?: { 'virtual-size'?: number } };
+}
+
+/** The disk's size as the guest has it: the store's, or for an externally grown store QEMU's (stopped: the recorded one). */
+async function currentSize(h: DiskModifyHost, rec: GrowableDisk, grower: DiskGrower, id: string): Promise<number> {
+  if (!grower.external) return grower.size(rec);
+  if (h.running()) {
+    const list = await (await h.monitor()).execute<BlockSize[]>('query-block');
+    const size = list.find((b) => b.inserted?.['node-name'] === id)?.inserted?.image?.['virtual-size'];
+    if (typeof size === 'number') return size;
+  }
+  return rec.size_bytes ?? grower.size(rec);
+}
+
+async function plan(h: DiskModifyHost, rec: GrowableDisk, req: DiskChangeRequest, grower: DiskGrower, id: string): Promise<{ growTo?: number; limits?: DiskIoLimits; limitsChange: boolean; applied: string[] }> {
   const what = `disk ${rec.uuid} of ${h.name}`;
   const how = h.running() ? 'live' : 'next start';
   const applied: string[] = [];
   let growTo: number | undefined;
   if (req.sizeBytes !== undefined) {
     if (!Number.isSafeInteger(req.sizeBytes) || req.sizeBytes <= 0) throw new InvalidArgumentError(`${what}: the new size must be a positive number of bytes, not ${req.sizeBytes}`);
-    const current = await grower.size(rec);
+    const current = await currentSize(h, rec, grower, id);
     if (req.sizeBytes <= current)
       throw new InvalidArgumentError(`${what}: the asked size ${fmt(req.sizeBytes)} (${req.sizeBytes} bytes) is not larger than its current size ${fmt(current)} (${current} bytes); a disk can only grow`);
     growTo = req.sizeBytes;
@@ -135,9 +156,9 @@ function recordLimits(rec: GrowableDisk, limits: DiskIoLimits | undefined): void
 export async function runDiskModify(h: DiskModifyHost, uuid: string, req: DiskChangeRequest, growerOf: (rec: GrowableDisk) => DiskGrower): Promise<DiskModifyResult> {
   const [kind, rec] = findGrowable(h.data(), h.name, uuid);
   const grower = growerOf(rec);
-  const p = await plan(h, rec, req, grower);
-  const live = h.running();
   const id = growableId(kind, rec);
+  const p = await plan(h, rec, req, grower, id);
+  const live = h.running();
   const mon = live ? await h.monitor() : undefined;
   if (p.growTo !== undefined) {
     rec.grow_to = p.growTo;

@@ -161,14 +161,34 @@ const MIGRATIONS: string[] = [
   ALTER TABLE disks ADD COLUMN template TEXT NOT NULL DEFAULT '' CHECK (template IN ('', 'blockdev', 'rbd'));
   ALTER TABLE disks ADD COLUMN adopt TEXT NOT NULL DEFAULT '' CHECK (template != 'blockdev' OR adopt != '');
   `,
-  // 9 (issue 13, live I/O limits): a disk's limits (QMP block_set_io_throttle), 0 none; ops/s and bytes/s.
+  // 9 (issue 13, live I/O limits): a disk's limits (QMP block_set_io_throttle),
+  // 0 none; ops/s and bytes/s. The table is rebuilt (SQLite cannot alter a
+  // CHECK) so that size_bytes may be 0: an adopted device's size is the
+  // device's own until a grow-disk records one (gnt-instance info shows the
+  // node's then). No table references disks.
   `
-  ALTER TABLE disks ADD COLUMN iops INTEGER NOT NULL DEFAULT 0 CHECK (iops >= 0);
-  ALTER TABLE disks ADD COLUMN iops_rd INTEGER NOT NULL DEFAULT 0 CHECK (iops_rd >= 0);
-  ALTER TABLE disks ADD COLUMN iops_wr INTEGER NOT NULL DEFAULT 0 CHECK (iops_wr >= 0);
-  ALTER TABLE disks ADD COLUMN bps INTEGER NOT NULL DEFAULT 0 CHECK (bps >= 0);
-  ALTER TABLE disks ADD COLUMN bps_rd INTEGER NOT NULL DEFAULT 0 CHECK (bps_rd >= 0);
-  ALTER TABLE disks ADD COLUMN bps_wr INTEGER NOT NULL DEFAULT 0 CHECK (bps_wr >= 0);
+  CREATE TABLE disks_v9 (
+    uuid            TEXT PRIMARY KEY,
+    instance_uuid   TEXT NOT NULL REFERENCES instances(uuid) ON DELETE CASCADE,
+    idx             INTEGER NOT NULL CHECK (idx >= 0),
+    size_bytes      INTEGER NOT NULL CHECK (size_bytes > 0 OR (size_bytes = 0 AND adopt != '')),
+    removal_pending TEXT NOT NULL DEFAULT '',
+    disk_bus        TEXT NOT NULL DEFAULT '' CHECK (disk_bus IN ('', 'scsi')),
+    disk_type       TEXT NOT NULL DEFAULT '' CHECK (disk_type IN ('', 'pmem')),
+    template        TEXT NOT NULL DEFAULT '' CHECK (template IN ('', 'blockdev', 'rbd')),
+    adopt           TEXT NOT NULL DEFAULT '' CHECK (template != 'blockdev' OR adopt != ''),
+    iops            INTEGER NOT NULL DEFAULT 0 CHECK (iops >= 0),
+    iops_rd         INTEGER NOT NULL DEFAULT 0 CHECK (iops_rd >= 0),
+    iops_wr         INTEGER NOT NULL DEFAULT 0 CHECK (iops_wr >= 0),
+    bps             INTEGER NOT NULL DEFAULT 0 CHECK (bps >= 0),
+    bps_rd          INTEGER NOT NULL DEFAULT 0 CHECK (bps_rd >= 0),
+    bps_wr          INTEGER NOT NULL DEFAULT 0 CHECK (bps_wr >= 0)
+  );
+  INSERT INTO disks_v9 (uuid, instance_uuid, idx, size_bytes, removal_pending, disk_bus, disk_type, template, adopt)
+    SELECT uuid, instance_uuid, idx, size_bytes, removal_pending, disk_bus, disk_type, template, adopt FROM disks;
+  DROP TABLE disks;
+  ALTER TABLE disks_v9 RENAME TO disks;
+  CREATE INDEX disks_instance ON disks(instance_uuid, idx);
   `,
 ];
 

@@ -3,9 +3,9 @@
  * GNT_NODED_CRASH_POINT=NAME in its environment, gnt-noded SIGKILLs itself
  * when it reaches that point, to make the windows a real crash can hit
  * (between applying a change and replying, between creating a disk file and
- * attaching it) happen on demand. Does nothing unless the variable is set.
+ * attaching it, between growing a disk file and QEMU's block_resize) happen on demand. Does nothing unless the variable is set.
  */
-export type CrashPoint = 'after-hotplug-applied' | 'after-disk-file-created';
+export type CrashPoint = 'after-hotplug-applied' | 'after-disk-file-created' | 'after-disk-grown';
 
 export function crashPoint(point: CrashPoint, log: (line: string) => void): void {
   if (process.env.GNT_NODED_CRASH_POINT !== point) return;

@@ -17,6 +17,7 @@ import { renewCertificateHandler } from './cert-service';
 import { DEFAULT_CPU_OVERCOMMIT_RATIO } from '../hypervisor/resize';
 import type { UnplugTimeouts } from '../hypervisor/unplug-timeouts';
 import { InstanceRegistry, type Logger } from './instance-registry';
+import { nodeDiskGrowers } from './disk-growers';
 import { NodeService } from './node-service';
 import { DEFAULT_QEMU_USER, QemuSecurity, type UidRange } from './qemu-user';
 import { Storage } from './storage';
@@ -104,6 +105,7 @@ export async function startNodeServer(opts: NodeServerOptions): Promise<NodeServ
       ...(opts.unplugTimeoutMs ? { unplugTimeoutMs: opts.unplugTimeoutMs } : {}),
       ...(opts.testMonitor ? { testMonitor: true } : {}),
       ...(opts.unplugTimeouts ? { unplugTimeouts: opts.unplugTimeouts } : {}),
+      diskGrowers: nodeDiskGrowers(hostPaths, opts.log),
     },
     opts.log,
   );

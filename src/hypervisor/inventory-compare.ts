@@ -7,6 +7,7 @@
 import { pciTopology } from './pci-topology';
 import { allDevices, DEVICE_KINDS, type DeviceKindName as RecordKind } from './device-kinds';
 import { compareTaps, type BridgeExists } from './host-compare';
+import { compareDiskSizes } from './disk-size-compare';
 import type { HostTap } from './host-inventory';
 import {
   aboutRecord,
@@ -268,7 +269,7 @@ export function compareResources(rt: RuntimeData, q: QemuInventory): Finding[] {
 
 /** Everything the runtime file says against everything QEMU and the host have, for a running instance. */
 export function compareInstance(rt: RuntimeData, q: QemuInventory, host: HostTap[], bridgeExists: BridgeExists): Finding[] {
-  return [...compareDevices(rt, q), ...compareResources(rt, q), ...compareBackends(rt, q), ...compareTaps(rt, q, host, bridgeExists)];
+  return [...compareDevices(rt, q), ...compareResources(rt, q), ...compareBackends(rt, q), ...compareTaps(rt, q, host, bridgeExists), ...compareDiskSizes(rt, q)];
 }
 
 /** For a stopped instance: only the runtime file's own pending states. */

@@ -27,6 +27,8 @@ export type FindingCode =
   | 'tap-wrong-bridge'
   | 'bridge-missing'
   | 'rate-differs'
+  | 'disk-size'
+  | 'grow-unfinished'
   | 'stray-tap'
   | 'orphan-file'
   | 'not-verified';

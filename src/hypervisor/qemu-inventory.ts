@@ -37,6 +37,8 @@ export interface BlockNode {
   nodeName: string;
   driver: string;
   file: string;
+  /** Its size as QEMU has it (image.virtual-size), bytes; absent when QEMU did not say. */
+  size?: number;
 }
 
 export interface Fdset {
@@ -77,6 +79,7 @@ export interface RawBlockNode {
   'node-name': string;
   drv: string;
   file: string;
+  image?: { 'virtual-size'?: number };
 }
 
 export interface RawMemoryDevice {
@@ -182,7 +185,7 @@ export function inventoryFrom(raw: RawInventory, tunFds: Map<number, string>): Q
   return {
     pci: flattenPci(raw.queryPci),
     peripheral: peripheralFrom(raw.peripheral),
-    blockNodes: raw.blockNodes.map((n) => ({ nodeName: n['node-name'], driver: n.drv, file: n.file })),
+    blockNodes: raw.blockNodes.map((n) => ({ nodeName: n['node-name'], driver: n.drv, file: n.file, ...(typeof n.image?.['virtual-size'] === 'number' ? { size: n.image['virtual-size'] } : {}) })),
     net: parseInfoNetwork(raw.infoNetwork),
     fdsets: raw.fdsets.map((f) => ({ id: f['fdset-id'], fds: f.fds })),
     cpus: raw.cpus,

@@ -81,6 +81,11 @@ describe('grow-disk and I/O limits through CLI, master and node (real guest, two
     assert.equal(Number(d.instance.disks[1].sizeBytes), 20 * MiB);
   });
 
+  it('verify finds no difference after the grows (QEMU has the recorded sizes)', () => {
+    const r = c.ok(c.gnt('gnt-instance', 'verify', NAME));
+    assert.deepEqual(r.stdout.split('\n').filter((l) => l.startsWith('ERROR')), []);
+  });
+
   it('refuses a shrink and an equal size, naming both sizes; config, node and guest unchanged', async () => {
     const before = info();
     failed(c.gnt('gnt-instance', 'grow-disk', '--absolute', NAME, '0', '16M'), /asked size 16M \(16777216 bytes\) is not larger than its current size 24M \(25165824 bytes\); a disk can only grow/);
@@ -113,6 +118,15 @@ describe('grow-disk and I/O limits through CLI, master and node (real guest, two
     failed(c.gnt('gnt-instance', 'modify', '--hotplug', '--disk', '0:iops_rd_max=10', NAME), /iops_max and iops_rd_max cannot both be set.*set iops_max=0/);
     failed(c.gnt('gnt-instance', 'modify', '--hotplug', '--disk', '0:bps_max=1M,bps_wr_max=1M', NAME), /bps_max and bps_wr_max cannot both be set/);
     assert.deepEqual(await limitsInQemu(), { iops: 50, bps_rd: 4 * MiB });
+  });
+
+  it('hot-adds a disk with limits (--disk add:size=8M,iops_max=30): QEMU applies them at once', async () => {
+    c.ok(c.gnt('gnt-instance', 'modify', '--hotplug', '--disk', 'add:size=8M,iops_max=30', NAME));
+    const d = await waitGuest((x) => sectors(x).includes(16384), 'the new disk (16384 sectors)');
+    const added = d.runtime.disks.find((x) => x.uuid === d.instance.disks[2].uuid)!;
+    assert.equal(Number(d.instance.disks[2].ioLimits.iops), 30);
+    assert.deepEqual(await withQmp(async (q) => (await queryIoLimits(q)).get(added.deviceId)), { iops: 30 });
+    c.ok(c.gnt('gnt-instance', 'modify', '--hotplug', '--disk', '2:remove', NAME));
   });
 
   it('keeps the limits across stop and start', async () => {

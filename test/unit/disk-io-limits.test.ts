@@ -9,6 +9,10 @@ import { prepareJob } from '../../src/master/jobs/ops';
 import { ioLimitsProblem, normalizeIoLimits } from '../../src/common/io-limits';
 import { ioLimitsFrom, throttleArgs } from '../../src/hypervisor/disk-io-limits';
 import { devNumbers } from '../../src/hypervisor/disk-size';
+import { compareDiskSizes } from '../../src/hypervisor/disk-size-compare';
+import { diskId } from '../../src/hypervisor/disk';
+import type { QemuInventory } from '../../src/hypervisor/qemu-inventory';
+import type { RuntimeData } from '../../src/hypervisor/runtime-file';
 import type { SubmitJobRequest__Output } from '../../src/generated/gnt/master/v1/SubmitJobRequest';
 
 const usage = (fn: () => unknown, re: RegExp) => assert.throws(fn, (e: unknown) => e instanceof UsageError && re.test((e as Error).message));
@@ -84,5 +88,23 @@ describe('disk I/O limits: shared rules and QMP arguments', () => {
     assert.deepEqual(devNumbers(0x0701), { major: 7, minor: 1 });
     assert.deepEqual(devNumbers(0x10300), { major: 259, minor: 0 });
     assert.deepEqual(devNumbers((7 << 8) | 0x12 | (0x3 << 20)), { major: 7, minor: 0x312 });
+  });
+});
+
+describe('verify: disk sizes against QEMU', () => {
+  const rt = (rec: Record<string, unknown>): RuntimeData =>
+    ({ version: 2, instance: 'i', kvm_cmd: [], nics: [], hvparams: {}, block_devices: [{ uuid: 'aaaa-1', path: '/s/a.img', pci: 5, ...rec }] }) as RuntimeData;
+  const inv = (size?: number): QemuInventory =>
+    ({ blockNodes: [{ nodeName: diskId({ uuid: 'aaaa-1', path: '', pci: 5 }, 5), driver: 'file', file: '/dev/fdset/1', ...(size === undefined ? {} : { size }) }] }) as unknown as QemuInventory;
+  it('reports a grow left open and a recorded size QEMU does not have; nothing when they agree', () => {
+    assert.deepEqual(compareDiskSizes(rt({ size_bytes: 2 * MiB }), inv(2 * MiB)), []);
+    assert.deepEqual(compareDiskSizes(rt({}), inv(MiB)), [], 'no recorded size: nothing to compare');
+    const [open] = compareDiskSizes(rt({ grow_to: 2 * MiB }), inv(MiB));
+    assert.equal(open.code, 'grow-unfinished');
+    assert.match(open.problem, /a grow to 2097152 bytes is not finished \(QEMU has 1048576 bytes\)/);
+    const [differs] = compareDiskSizes(rt({ size_bytes: 2 * MiB }), inv(MiB));
+    assert.equal(differs.code, 'disk-size');
+    assert.equal(differs.uuid, 'aaaa-1');
+    assert.match(differs.problem, /QEMU has 1048576 bytes, the runtime file records 2097152/);
   });
 });

@@ -16,7 +16,8 @@ import { HypervisorError, InvalidArgumentError } from './errors';
 import type { HostPathPolicy } from './host-paths';
 import { openedDiskSize } from './disk-size';
 import { templateOf, type DiskTemplate } from './disk-template';
-import type { DiskGrower, GrowableDisk } from './disk-modify';
+import { runDiskModify, settleGrows, type DiskChangeRequest, type DiskGrower, type DiskModifyHost, type DiskModifyResult, type GrowableDisk } from './disk-modify';
+import type { Monitor } from './qmp-client';
 
 export type DiskGrowerTable = Record<DiskTemplate, DiskGrower>;
 
@@ -84,4 +85,23 @@ export const RBD_NOT_YET: DiskGrower = {
 /** The node's table: file and blockdev through its HostPathPolicy, rbd as given (or refused). */
 export function diskGrowers(hostPaths: HostPathPolicy, extra: Partial<DiskGrowerTable> = {}): DiskGrowerTable {
   return { file: fileGrower(hostPaths), blockdev: blockdevGrower(hostPaths), rbd: RBD_NOT_YET, ...extra };
+}
+
+/** An instance's disk grows and limit changes, each disk's backing by its template's grower. */
+export class DiskModifier {
+  constructor(
+    private readonly host: DiskModifyHost,
+    private readonly table: () => DiskGrowerTable,
+  ) {}
+
+  private readonly growerOf = (rec: GrowableDisk): DiskGrower => this.table()[growTemplateOf(rec)];
+
+  modify(uuid: string, change: DiskChangeRequest): Promise<DiskModifyResult> {
+    return runDiskModify(this.host, uuid, change, this.growerOf);
+  }
+
+  /** Settles grows left open (disk-modify.ts settleGrows); `mon` when QEMU runs. */
+  settle(mon: Monitor | undefined): Promise<string[]> {
+    return settleGrows(this.host, mon, this.growerOf);
+  }
 }

@@ -24,8 +24,8 @@ import { OperationRunner, operationError } from './operation-runner';
 import { emptyJournal, type OperationJournal, type OperationRecord } from './operations';
 import { instancePaths, type InstancePaths } from './instance-paths';
 import { applyRecordedLinks, nicBootArgs, prepareNicTap } from './nic';
-import { runDiskModify, settleGrows, type DiskChangeRequest, type DiskModifyHost, type DiskModifyResult, type DiskGrower, type GrowableDisk } from './disk-modify';
-import { diskGrowers, growTemplateOf, type DiskGrowerTable } from './disk-growers';
+import type { DiskChangeRequest, DiskModifyResult } from './disk-modify';
+import { DiskModifier, diskGrowers, type DiskGrowerTable } from './disk-growers';
 import { applyRecordedIoLimits, hasIoLimits } from './recorded-io-limits';
 import type { PciPlacement, PciTreeMap } from './pci-slots';
 import { pciTopology } from './pci-topology';
@@ -120,6 +120,7 @@ export class KvmInstance extends EventEmitter {
   private readonly runner: OperationRunner;
   /** Add, remove, modify and settle of NICs and disks (device-operations.ts). */
   private readonly deviceOps: DeviceOperations;
+  private readonly disks: DiskModifier;
 
   private constructor(name: string, paths: InstancePaths, data: RuntimeData, options: KvmInstanceOptions) {
     super();
@@ -161,6 +162,8 @@ export class KvmInstance extends EventEmitter {
       slotsChanged: () => this.slots.invalidate(),
       warn: (message) => void this.emit('warning', message),
     });
+    const growHost = { name, runner: this.runner, data: () => this.data, save: () => this.save(), running: () => this.pid !== undefined, monitor: () => this.monitor(), scheduleReconcile: () => this.scheduleReconcile() };
+    this.disks = new DiskModifier(growHost, () => diskGrowers(this.hostPaths, options.diskGrowers));
   }
 
   /** Creates the runtime file of a new instance, placing its devices on free slots. */
@@ -319,7 +322,7 @@ export class KvmInstance extends EventEmitter {
       this.dropIdleScsiController();
       this.completeLegacyDevices();
       this.foldPendingResources();
-      await settleGrows(this.growHost, undefined, this.growers);
+      await this.disks.settle(undefined);
     }
     const qemu = qemuFeatures(this.qemuBinary);
     const local = [...nodeLocalArgs(this.paths, { testMonitor: this.options.testMonitor }), ...securityArgs(this.data.hvparams, qemu)];
@@ -589,17 +592,8 @@ export class KvmInstance extends EventEmitter {
   hotModifyDisk(uuid: string, change: DiskChangeRequest, opts: OperationOptions = {}): Promise<DiskModifyResult> {
     return this.runner.run(opts.operationId ?? '', 'disk', 'modify', uuid, () => {
       this.assertNoMigration();
-      return runDiskModify(this.growHost, uuid, change, this.growers);
+      return this.disks.modify(uuid, change);
     });
-  }
-
-  private get growers(): (rec: GrowableDisk) => DiskGrower {
-    const table = diskGrowers(this.hostPaths, this.options.diskGrowers);
-    return (rec) => table[growTemplateOf(rec)];
-  }
-
-  private get growHost(): DiskModifyHost {
-    return { name: this.name, runner: this.runner, data: () => this.data, save: () => this.save(), running: () => this.pid !== undefined, monitor: () => this.monitor(), scheduleReconcile: () => this.scheduleReconcile() };
   }
 
   // ---- vCPUs and memory ---------------------------------------------------
@@ -713,7 +707,7 @@ export class KvmInstance extends EventEmitter {
       monitor: () => this.monitor(),
       cpuUnplugTimeoutMs: () => this.unplugTimeout('cpu'),
     });
-    await settleGrows(this.growHost, await this.monitor(), this.growers);
+    await this.disks.settle(await this.monitor());
     // Cross-check of the slots against QEMU's own lists (slot-owner.ts).
     await this.slots.refresh(await this.monitor(), this.data);
     return report;

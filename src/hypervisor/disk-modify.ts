@@ -130,6 +130,8 @@ async function currentSize(h: DiskModifyHost, rec: GrowableDisk, grower: DiskGro
 async function plan(h: DiskModifyHost, rec: GrowableDisk, req: DiskChangeRequest, grower: DiskGrower, id: string): Promise<{ growTo?: number; limits?: DiskIoLimits; limitsChange: boolean; applied: string[] }> {
   const what = `disk ${rec.uuid} of ${h.name}`;
   const how = h.running() ? 'live' : 'next start';
+  // One change per operation: a grow cannot be undone, so nothing may fail after it.
+  if (req.sizeBytes !== undefined && req.ioLimits !== undefined) throw new InvalidArgumentError(`modify of ${what}: a grow and an I/O limits change are separate requests`);
   const applied: string[] = [];
   let growTo: number | undefined;
   if (req.sizeBytes !== undefined) {

@@ -93,6 +93,7 @@ describe('disk grow and I/O limits (hypervisor layer, real guest)', function () 
   it('refuses a total limit together with its read/write split, and changes nothing', async () => {
     await assert.rejects(g.instance.hotModifyDisk(blkUuid, { ioLimits: { iops: 50, iops_rd: 10 } }), /iops and iops_rd cannot both be set/);
     await assert.rejects(g.instance.hotModifyDisk(blkUuid, { ioLimits: { bps: 50, bps_wr: 10 } }), /bps and bps_wr cannot both be set/);
+    await assert.rejects(g.instance.hotModifyDisk(blkUuid, { sizeBytes: 40 * MiB, ioLimits: { iops: 5 } }), /a grow and an I\/O limits change are separate requests/);
     assert.equal(blkRec().io_limits, undefined);
     assert.deepEqual((await queryIoLimits(await g.instance.monitor())).get(blkId()), {});
   });

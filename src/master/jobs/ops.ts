@@ -224,6 +224,7 @@ function instanceModify(o: InstanceModifyOp__Output): PreparedJob {
       const ioLimits = apiIoLimits(c.ioLimits, true, `disk ${c.index}`);
       const growToBytes = int64(c.growToBytes, `disk ${c.index} new size`);
       if (!growToBytes && (!ioLimits || !Object.keys(ioLimits).length)) throw new UsageError(`disk ${c.index}: nothing to change (give I/O limits, e.g. ${c.index}:iops_max=100)`);
+      if (growToBytes && ioLimits && Object.keys(ioLimits).length) throw new UsageError(`disk ${c.index}: a grow (gnt-instance grow-disk) and I/O limits are separate changes`);
       return { action: 'MODIFY', index: c.index, sizeBytes: 0, ...(ioLimits ? { ioLimits } : {}), ...(growToBytes ? { growToBytes } : {}) };
     }
     if (c.action === 'REMOVE') {

@@ -58,13 +58,20 @@ describe('grow-disk and I/O limits through CLI, master and node (real guest, two
     await c.addNode('node2', { storageDir: shared, extraArgs: ['--test-monitor'] });
     c.ok(
       c.gnt('gnt-instance', 'add', '-n', 'node1', '--vcpus', '1', '--memory', '256M', '--maxmem', '512M', '--kernel', g.kernel, '--initrd', g.initrd,
-        '--kernel-args', 'console=ttyS0 quiet loglevel=1 panic=-1', '--disk', 'size=16M', '--disk', 'size=8M,bus=scsi', NAME),
+        '--kernel-args', 'console=ttyS0 quiet loglevel=1 panic=-1', '--disk', 'size=16M', '--disk', 'size=8M,bus=scsi,iops_wr_max=20,bps_rd_max=2M', NAME),
     );
     await waitGuest((d) => sectors(d).includes(32768) && sectors(d).includes(16384), 'both disks');
   });
   after(async () => {
     c.gnt('gnt-instance', 'remove', NAME);
     await c.destroy();
+  });
+
+  it('applies the limits given at instance add (a SCSI disk: iops_wr_max=20, bps_rd_max=2M) at the first start', async () => {
+    const d = info();
+    const scsi = d.runtime.disks.find((x) => x.diskBus === 'scsi')!;
+    assert.deepEqual(await withQmp(async (q) => (await queryIoLimits(q)).get(scsi.deviceId)), { iops_wr: 20, bps_rd: 2 * MiB });
+    assert.equal(Number(d.instance.disks[1].ioLimits.iopsWr), 20);
   });
 
   it('grows the virtio-blk disk by 8M live: config, node and guest have 24M', async () => {

@@ -52,7 +52,7 @@ export const instanceCommands: CommandGroup = {
   add: {
     usage:
       'gnt-instance add -n NODE --vcpus N [--maxvcpus N] --memory SIZE [--maxmem SIZE] --kernel PATH [--initrd PATH]\n' +
-      '    [--kernel-args STR] [--disk size=SIZE|adopt=DEV]... [--net [mac=MAC][,link=BR]]... [-H key=value,...] [--no-start] [--submit] INSTANCE',
+      '    [--kernel-args STR] [--disk size=SIZE|adopt=DEV[,iops_max=N,bps_max=N,...]]... [--net [mac=MAC][,link=BR]]... [-H key=value,...] [--no-start] [--submit] INSTANCE',
     spec: {
       values: ['node', 'vcpus', 'maxvcpus', 'memory', 'maxmem', 'kernel', 'initrd', 'kernel-args'],
       multi: ['disk', 'net', 'hvparams'],

@@ -23,6 +23,7 @@ import {
   type MigrationProgress,
 } from './migration';
 import { applyRecordedLinks, normalizeMac } from './nic';
+import { applyRecordedIoLimits } from './recorded-io-limits';
 import { hasResourceIntents } from './resource-intents';
 import type { Monitor } from './qmp-client';
 import type { RuntimeData } from './runtime-file';
@@ -134,6 +135,7 @@ export class InstanceMigration {
     if (m?.role === 'source') throw new InstanceStateError(`instance ${host.name} is the source of its migration here, not the target`);
     if (m?.role === 'target') await waitIncomingLoaded(mon, host.name);
     await applyRecordedLinks(mon, host.data().nics); // the recorded link state, whatever the stream carried
+    await applyRecordedIoLimits(mon, host.data()); // the recorded I/O limits (also set at the paused start)
     await resumeGuest(mon);
     delete host.data().migration;
     host.save();

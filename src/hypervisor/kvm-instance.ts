@@ -367,7 +367,7 @@ export class KvmInstance extends EventEmitter {
       if (run) await mon.execute('cont');
     } catch (err) {
       await this.killNow(pid);
-      throw new InstanceStateError(`instance ${this.name}: plugging its DIMMs or setting its NICs link down at start failed, QEMU was stopped again: ${errorMessage(err)}`);
+      throw new InstanceStateError(`instance ${this.name}: plugging its DIMMs, setting its NICs link down or its disks' I/O limits at start failed, QEMU was stopped again: ${errorMessage(err)}`);
     }
   }
 

@@ -5,7 +5,7 @@ import { invalidArgument } from './status';
 
 const PROTO_KEY = { iops: 'iops', iops_rd: 'iopsRd', iops_wr: 'iopsWr', bps: 'bps', bps_rd: 'bpsRd', bps_wr: 'bpsWr' } as const;
 
-/** The limits of a Disk message (null/absent: undefined), checked; `what` names the disk in errors. */
+/** The limits of a Disk message (null/absent or all 0: undefined), checked; `what` names the disk in errors. */
 export function ioLimitsOfProto(l: DiskIoLimits__Output | null | undefined, what: string): DiskIoLimits | undefined {
   if (!l) return undefined;
   const out: DiskIoLimits = {};
@@ -17,7 +17,7 @@ export function ioLimitsOfProto(l: DiskIoLimits__Output | null | undefined, what
   }
   const problem = ioLimitsProblem(out);
   if (problem) throw invalidArgument(`${what}: ${problem}`);
-  return out;
+  return normalizeIoLimits(out);
 }
 
 export function ioLimitsToProto(l: DiskIoLimits | undefined): ProtoLimits | undefined {

@@ -66,14 +66,14 @@ export const RBD_CLIENT_CONF = [
 /** The conf file's name (in the node's conf directory, and at the root of a chroot). */
 export const RBD_CONF_NAME = 'gnt-rbd-client.conf';
 
-const NAME_RULE = /^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$/;
+const NAME_RULE = /^[A-Za-z0-9][A-Za-z0-9._-]{0,199}$/;
 const KEY_RULE = /^[A-Za-z0-9+/]+={0,2}$/;
 const HOST_RULE = /^[A-Za-z0-9.:-]{1,253}$/;
 
 /** A pool or image name this node accepts: letters, digits, ".", "_", "-" (no "/", "@" or spaces). */
 export function assertRbdName(name: string, what: string): string {
   if (!NAME_RULE.test(name) || name.includes('..'))
-    throw new InvalidArgumentError(`RBD ${what} name ${excerpt(name)} is not valid: use 1 to 128 letters, digits, ".", "_" or "-", starting with a letter or digit, without ".."`);
+    throw new InvalidArgumentError(`RBD ${what} name ${excerpt(name)} is not valid: use 1 to 200 letters, digits, ".", "_" or "-", starting with a letter or digit, without ".."`);
   return name;
 }
 
@@ -198,4 +198,24 @@ export function writeRbdKeyFile(file: string, key: string): void {
 
 export function removeRbdKeyFile(file: string): void {
   fs.rmSync(file, { force: true });
+}
+
+/** What an instance needs from its node for RBD disks (gnt-noded --rbd-*: src/noded/rbd-pool.ts). */
+export interface RbdHost {
+  access: RbdAccess;
+  /** The client conf's host path: QEMU outside a chroot reads it here, and at boot (before it enters a chroot). */
+  confFile: string;
+  /** Deletes an image the node created, once QEMU has let go of it. */
+  removeImage(img: RbdImage): Promise<void>;
+}
+
+/**
+ * The conf path a hot-add gives QEMU: inside a chroot, the copy at the
+ * chroot's root (ensureRbdConf there; QEMU sees it as /NAME); else the
+ * node's file.
+ */
+export function hotplugConfPath(host: RbdHost, chroot: string | undefined): string {
+  if (!chroot) return host.confFile;
+  ensureRbdConf(chroot);
+  return `/${RBD_CONF_NAME}`;
 }

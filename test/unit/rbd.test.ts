@@ -1,0 +1,137 @@
+import { strict as assert } from 'node:assert';
+import * as fs from 'node:fs';
+import * as os from 'node:os';
+import * as path from 'node:path';
+import { InvalidArgumentError } from '../../src/hypervisor/errors';
+import {
+  RBD_CLIENT_CONF,
+  RBD_CONF_NAME,
+  assertRbdAccess,
+  ensureRbdConf,
+  hotplugConfPath,
+  parseRbdSpec,
+  rbdBlockdevOptions,
+  rbdBootArgs,
+  rbdPath,
+  rbdSecretObject,
+  type RbdAccess,
+} from '../../src/hypervisor/rbd-disk';
+import { parseRbdMonitors, rbdConfigFromFlags, readRbdKey } from '../../src/noded/rbd-pool';
+
+const KEY = 'AQDh3Cppt0pVHRAAmO6V8d0mnqXmhq5QNr3wJg==';
+const access: RbdAccess = { monitors: [{ host: '127.0.0.1', port: '3300' }, { host: 'mon2.example', port: '6789' }], user: 'gnt', key: KEY };
+
+describe('rbd-disk: QEMU options of an RBD disk', () => {
+  it('builds the blockdev-add arguments: pool, image, user, the secret, the monitors and the bounded conf', () => {
+    assert.deepEqual(rbdBlockdevOptions('disk-3f2a9c1e-pci-9', { pool: 'rbd', image: 'web1-3f2a9c1e' }, access, '/run/gnt-hotplug/gnt-rbd-client.conf'), {
+      driver: 'rbd',
+      'node-name': 'disk-3f2a9c1e-pci-9',
+      pool: 'rbd',
+      image: 'web1-3f2a9c1e',
+      user: 'gnt',
+      'key-secret': 'disk-3f2a9c1e-pci-9-key',
+      'auth-client-required': ['cephx'],
+      server: [{ host: '127.0.0.1', port: '3300' }, { host: 'mon2.example', port: '6789' }],
+      conf: '/run/gnt-hotplug/gnt-rbd-client.conf',
+    });
+  });
+
+  it('gives the key as a base64 secret object, the key string as is', () => {
+    assert.deepEqual(rbdSecretObject('disk-1-pci-9', KEY), { 'qom-type': 'secret', id: 'disk-1-pci-9-key', data: KEY, format: 'base64' });
+  });
+
+  it('boot args read the secret from a file, never from the command line', () => {
+    const args = rbdBootArgs('disk-1-pci-9', { pool: 'rbd', image: 'a' }, access, '/var/lib/gnt/i1/rbd-key', '/c.conf');
+    assert.equal(args[0], '-object');
+    assert.equal(args[1], 'secret,id=disk-1-pci-9-key,file=/var/lib/gnt/i1/rbd-key,format=base64');
+    assert.ok(!args.join(' ').includes(KEY));
+    assert.equal(args[2], '-blockdev');
+    assert.equal(JSON.parse(args[3]).driver, 'rbd');
+    // A comma in the key file path cannot add options.
+    assert.match(rbdBootArgs('d', { pool: 'p', image: 'i' }, access, '/x,data=evil', '/c')[1], /file=\/x,,data=evil,format/);
+  });
+
+  it('conf bounds the connect and every librados call', () => {
+    assert.match(RBD_CLIENT_CONF, /^\[global\]$/m);
+    assert.match(RBD_CLIENT_CONF, /^client_mount_timeout = 5$/m);
+    assert.match(RBD_CLIENT_CONF, /^rados_mon_op_timeout = \d+$/m);
+    assert.match(RBD_CLIENT_CONF, /^rados_osd_op_timeout = \d+$/m);
+  });
+
+  it('writes the conf 0644 whatever the umask, and inside a chroot names it as QEMU sees it', () => {
+    const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'gnt-rbdconf-'));
+    const old = process.umask(0o077);
+    try {
+      const f = ensureRbdConf(dir);
+      assert.equal(f, path.join(dir, RBD_CONF_NAME));
+      assert.equal(fs.statSync(f).mode & 0o777, 0o644);
+      assert.equal(fs.readFileSync(f, 'utf8'), RBD_CLIENT_CONF);
+      const host = { access, confFile: '/run/x.conf', removeImage: async () => undefined };
+      assert.equal(hotplugConfPath(host, undefined), '/run/x.conf');
+      const chroot = path.join(dir, 'ch');
+      fs.mkdirSync(chroot);
+      assert.equal(hotplugConfPath(host, chroot), `/${RBD_CONF_NAME}`);
+      assert.ok(fs.existsSync(path.join(chroot, RBD_CONF_NAME)));
+    } finally {
+      process.umask(old);
+      fs.rmSync(dir, { recursive: true, force: true });
+    }
+  });
+
+  it('parses POOL/IMAGE and refuses what is not', () => {
+    assert.deepEqual(parseRbdSpec('rbd/web1-disk'), { pool: 'rbd', image: 'web1-disk' });
+    assert.equal(rbdPath({ pool: 'rbd', image: 'x' }), 'rbd:rbd/x');
+    for (const bad of ['rbd', 'rbd/', '/img', 'a/b/c', 'rbd/im age', 'rbd/a@snap', 'rbd/..', 'rbd/-x'])
+      assert.throws(() => parseRbdSpec(bad), InvalidArgumentError, bad);
+  });
+
+  it('checks the access QEMU gets', () => {
+    assert.equal(assertRbdAccess(access), access);
+    assert.throws(() => assertRbdAccess({ ...access, monitors: [] }), /at least one monitor/);
+    assert.throws(() => assertRbdAccess({ ...access, key: 'not a key!' }), /not a base64 string/);
+    assert.throws(() => assertRbdAccess({ ...access, user: 'client gnt' }), /client id/);
+    assert.throws(() => assertRbdAccess({ ...access, monitors: [{ host: '1.2.3.4', port: '99999' }] }), /not a port number/);
+  });
+});
+
+describe('rbd-pool: gnt-noded --rbd-* options', () => {
+  let dir: string;
+  beforeEach(() => {
+    dir = fs.mkdtempSync(path.join(os.tmpdir(), 'gnt-rbdopt-'));
+  });
+  afterEach(() => fs.rmSync(dir, { recursive: true, force: true }));
+
+  it('parses --rbd-monitors, IPv6 in brackets', () => {
+    assert.deepEqual(parseRbdMonitors('10.0.0.1:3300,[::1]:6789,mon-c:3300'), [
+      { host: '10.0.0.1', port: '3300' },
+      { host: '::1', port: '6789' },
+      { host: 'mon-c', port: '3300' },
+    ]);
+    for (const bad of ['10.0.0.1', '10.0.0.1:0', 'a:70000', '', 'a:1,', 'a b:1'])
+      assert.throws(() => parseRbdMonitors(bad), /--rbd-monitors .* is not HOST:PORT/, bad);
+  });
+
+  it('wants all of monitors, pool and keyring, or none; --rbd-id defaults to gnt', () => {
+    assert.equal(rbdConfigFromFlags({}), undefined);
+    assert.deepEqual(rbdConfigFromFlags({ monitors: '127.0.0.1:3300', pool: 'rbd', keyring: '/k' }), {
+      monitors: [{ host: '127.0.0.1', port: '3300' }],
+      pool: 'rbd',
+      clientId: 'gnt',
+      keyring: '/k',
+    });
+    assert.throws(() => rbdConfigFromFlags({ monitors: '127.0.0.1:3300', pool: 'rbd' }), /all of --rbd-monitors, --rbd-pool and --rbd-keyring/);
+    assert.throws(() => rbdConfigFromFlags({ id: 'x' }), /--rbd-id needs/);
+    assert.throws(() => rbdConfigFromFlags({ monitors: '127.0.0.1:3300', pool: 'rbd', keyring: '/k', id: 'client.x' }), /without "client\."/);
+    assert.throws(() => rbdConfigFromFlags({ monitors: '127.0.0.1:3300', pool: 'a/b', keyring: '/k' }), /--rbd-pool/);
+  });
+
+  it('reads the key of the client from a root-only keyring, refuses one others can read', () => {
+    const k = path.join(dir, 'client.gnt.keyring');
+    fs.writeFileSync(k, `[client.other]\n\tkey = AQAAAA==\n[client.gnt]\n\tkey = ${KEY}\n\tcaps mon = "profile rbd"\n`, { mode: 0o600 });
+    assert.equal(readRbdKey(k, 'gnt'), KEY);
+    assert.throws(() => readRbdKey(k, 'nobody'), /has no key for client\.nobody/);
+    fs.chmodSync(k, 0o644);
+    assert.throws(() => readRbdKey(k, 'gnt'), /readable by others \(mode 644\): make it root-only/);
+    assert.throws(() => readRbdKey(path.join(dir, 'missing'), 'gnt'), /cannot be read/);
+  });
+});

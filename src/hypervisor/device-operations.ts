@@ -310,7 +310,7 @@ export class DeviceOperations {
    */
   async finishRemoval(kind: DeviceKind, rec: DeviceRecord, mon: Monitor, by: SettledBy): Promise<void> {
     await kind.release(mon, rec, slotOf(kind, rec) as number);
-    this.releaseHost(kind, rec);
+    await this.releaseHost(kind, rec);
     const wasAttaching = rec.state === 'attaching';
     kind.forget(this.host.data(), rec.uuid);
     if (wasAttaching) this.runner.failOpen(rec.uuid, by, `the hot-add of ${kind.label} ${rec.uuid} did not reach QEMU; everything it had made was released`);
@@ -321,11 +321,13 @@ export class DeviceOperations {
     this.host.save();
   }
 
-  releaseHost(kind: DeviceKind, rec: DeviceRecord): void {
+  /** Frees the device's host side (releaseHost of its kind); a failure is a warning. Settles when it is done (an RBD image takes an rbd call). */
+  async releaseHost(kind: DeviceKind, rec: DeviceRecord): Promise<void> {
+    const warn = (err: unknown): void => this.host.warn(`${kind.label} ${rec.uuid} is gone, but freeing its host side failed: ${errorMessage(err)}`);
     try {
-      kind.releaseHost(rec, this.host.attachContext());
+      await kind.releaseHost(rec, this.host.attachContext());
     } catch (err) {
-      this.host.warn(`${kind.label} ${rec.uuid} is gone, but freeing its host side failed: ${errorMessage(err)}`);
+      warn(err);
     }
   }
 
@@ -380,7 +382,7 @@ export class DeviceOperations {
   dropPending(): void {
     const pending = allDevices(this.host.data()).filter(([, rec]) => rec.state);
     if (!pending.length) return;
-    for (const [kind, rec] of pending) this.releaseHost(kind, rec);
+    for (const [kind, rec] of pending) void this.releaseHost(kind, rec);
     for (const [kind, rec] of pending) {
       kind.forget(this.host.data(), rec.uuid);
       const removed = rec.state === 'detaching';

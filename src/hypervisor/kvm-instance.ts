@@ -17,7 +17,7 @@ import { deviceMemoryMiB } from './pmem';
 import { allDevices, deviceKind, findDevice, idOf, isPlaced, DISK_KIND, PMEM_KIND, SCSI_DISK_KIND, type DeviceKind, type DeviceKindName, type PciDeviceRecord } from './device-kinds';
 import { DeviceOperations, type DiskRequest, type NicModifyResult, type NicRequest, type PrepareStep, type RemovalResult } from './device-operations';
 import type { NicChangeRequest } from './nic-modify';
-import { checkHostPaths, openBootFiles } from './boot-files';
+import { checkHostPaths, openBootFiles, rbdBootFor } from './boot-files';
 import { HostPathPolicy } from './host-paths';
 import { DeviceExistsError, InstanceStateError, InvalidArgumentError, OutcomeUnknownError, errorMessage, isOutcomeUnknown } from './errors';
 import { OperationRunner, operationError } from './operation-runner';
@@ -62,6 +62,7 @@ import { recordedTree, SlotOwner } from './slot-owner';
 import { hasResourceIntents } from './resource-intents';
 import { layoutRuntime } from './runtime-layout';
 import { waitTapsGone } from './tap';
+import type { RbdHost } from './rbd-disk';
 import { unplugTimeoutFor, unplugTimeoutsFromHvparams, type UnplugKind, type UnplugTimeouts } from './unplug-timeouts';
 
 export interface KvmInstanceOptions {
@@ -80,6 +81,8 @@ export interface KvmInstanceOptions {
   wrapMonitor?: (mon: QmpClient) => Monitor;
   /** Test hook: QEMU gets a second QMP socket (paths.testQmpSocket) a test can drive. */
   testMonitor?: boolean;
+  /** The node's Ceph RBD access (gnt-noded --rbd-*): without it an RBD disk is refused. */
+  rbd?: RbdHost;
 }
 
 export type { DiskRequest, NicModifyResult, NicRequest, PrepareStep, RemovalResult } from './device-operations';
@@ -149,7 +152,7 @@ export class KvmInstance extends EventEmitter {
       monitor: () => this.monitor(),
       requireRunning: () => this.requireRunning(),
       unplugTimeout: (kind) => this.unplugTimeout(kind),
-      attachContext: () => ({ nicOptions: this.nicOptions, hostPaths: this.hostPaths, hvparams: this.data.hvparams }),
+      attachContext: () => ({ nicOptions: this.nicOptions, hostPaths: this.hostPaths, hvparams: this.data.hvparams, ...(options.rbd ? { rbd: options.rbd } : {}) }),
       chooseSlot: (mon, requested) => this.chooseSlot(mon, requested),
       scheduleReconcile: () => this.scheduleReconcile(),
       slotsChanged: () => this.slots.invalidate(),
@@ -289,7 +292,7 @@ export class KvmInstance extends EventEmitter {
     const dropped = allDevices(this.data).filter(([, d]) => 'path' in d && !kept.has(d.path));
     this.data = next;
     this.save();
-    for (const [kind, d] of dropped) this.deviceOps.releaseHost(kind, d);
+    for (const [kind, d] of dropped) void this.deviceOps.releaseHost(kind, d);
   }
 
   stop(timeoutMs = 10_000): Promise<void> {
@@ -318,7 +321,8 @@ export class KvmInstance extends EventEmitter {
     const local = [...nodeLocalArgs(this.paths, { testMonitor: this.options.testMonitor }), ...securityArgs(this.data.hvparams, qemu)];
     // DIMMs are plugged by QMP before the guest runs (see resourceBootArgs), so QEMU starts paused then.
     const dimms = this.data.resources?.dimms ?? [];
-    const boot = openBootFiles(this.hostPaths, this.data); // closed in the finally below, nothing throws before it
+    const rbd = rbdBootFor(this.options.rbd, this.data.hvparams, this.paths.dir);
+    const boot = openBootFiles(this.hostPaths, this.data, rbd); // closed in the finally below, nothing throws before it
     const args = [...boot.cmd, ...local, ...pciTopology(this.data).args];
     // A link-down NIC is set down by QMP before the guest runs, as DIMMs are plugged.
     const linkDown = this.data.nics.some((n) => n.link_state === 'down');

@@ -22,7 +22,7 @@
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { excerpt } from '../common/excerpt';
-import { InvalidArgumentError } from './errors';
+import { InstanceStateError, InvalidArgumentError } from './errors';
 import { inTransaction } from './hotplug-transaction';
 import { ignoreNotFound } from './qdev';
 import { qemuOptValue } from './qemu-command';
@@ -218,4 +218,23 @@ export function hotplugConfPath(host: RbdHost, chroot: string | undefined): stri
   if (!chroot) return host.confFile;
   ensureRbdConf(chroot);
   return `/${RBD_CONF_NAME}`;
+}
+
+/** The RBD image a disk record names (template rbd), or undefined for a disk on a host file or device. */
+export function rbdImageOf(rec: object): RbdImage | undefined {
+  const r = rec as { template?: string; rbd?: RbdImage };
+  return r.template === 'rbd' ? r.rbd : undefined;
+}
+
+/** Whether the node made the image (and so deletes it with the disk): created, not adopted. */
+export function nodeMadeImage(rec: object): boolean {
+  const r = rec as { created?: boolean; adopted?: boolean };
+  return rbdImageOf(rec) !== undefined && r.created === true && r.adopted !== true;
+}
+
+/** An RBD disk on a node that has no RBD pool configured (FAILED_PRECONDITION). */
+export class NoRbdError extends InstanceStateError {
+  constructor(node?: string) {
+    super(`${node ? `node ${node}` : 'this node'} has no RBD configured (start gnt-noded with --rbd-monitors, --rbd-pool and --rbd-keyring)`);
+  }
 }

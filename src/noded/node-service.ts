@@ -41,6 +41,8 @@ import { failedPrecondition, invalidArgument, notFound, statusName, toStatus } f
 import type { Storage } from './storage';
 import type { VcpuPolicy } from './vcpu-policy';
 import type { QemuSecurity } from './qemu-user';
+import { nodeMadeImage, rbdImageOf } from '../hypervisor/rbd-disk';
+import type { RbdPool } from './rbd-pool';
 
 export interface NodeServiceOptions {
   nodeName: string;
@@ -53,6 +55,8 @@ export interface NodeServiceOptions {
   vcpus: VcpuPolicy;
   /** Who QEMU runs as (qemu-user.ts): settles the security hvparams of every start and receive. */
   security: QemuSecurity;
+  /** The node's Ceph RBD pool (--rbd-*), if configured. */
+  rbdPool?: RbdPool;
   log: Logger;
 }
 
@@ -247,11 +251,31 @@ export class NodeService {
       if (this.registry.find(inst.name) !== inst) throw notFound(`instance ${inst.name} was removed already`);
       const pid = inst.pid;
       if (pid !== undefined) throw failedPrecondition(`instance ${inst.name} is running (pid ${pid}); stop it before removing it`);
+      const images = this.createdImages(inst);
       this.registry.delete(inst.name);
       fs.rmSync(inst.paths.dir, { recursive: true, force: true });
       this.storage.removeInstance(inst.name);
+      await this.removeImages(inst.name, images);
       return {};
     }));
+  }
+
+  /** The RBD images the node made for the instance's disks (adopted ones are not the node's to delete). */
+  private createdImages(inst: KvmInstance): Array<{ pool: string; image: string }> {
+    const d = inst.runtime;
+    return [...d.block_devices, ...(d.scsi_disks ?? [])].filter((r) => nodeMadeImage(r)).map((r) => rbdImageOf(r) as { pool: string; image: string });
+  }
+
+  /** Deletes them after the instance is gone (QEMU is stopped: nothing holds them); a failure is logged, the image named. */
+  private async removeImages(instance: string, images: Array<{ pool: string; image: string }>): Promise<void> {
+    for (const img of images) {
+      try {
+        if (!this.opts.rbdPool) throw new Error('this node has no RBD configured');
+        await this.opts.rbdPool.remove(img);
+      } catch (err) {
+        this.opts.log(`instance ${instance} removed, but its RBD image ${img.pool}/${img.image} could not be deleted: ${err instanceof Error ? err.message : String(err)}`);
+      }
+    }
   }
 
   // ---- vCPUs and memory -------------------------------------------------

@@ -14,6 +14,7 @@
 import { diskBootArgs, diskDeviceArgs, diskId } from './disk';
 import { openPmemFile, pmemBootArgs } from './pmem';
 import * as path from 'node:path';
+import type { DiskBacking } from './disk-template';
 import { prepareRbdChroot } from './rbd-chroot';
 import { NoRbdError, ensureRbdConf, rbdBootArgs, rbdImageOf, removeRbdKeyFile, writeRbdKeyFile, type RbdHost } from './rbd-disk';
 import { scsiControllerBootArgs, scsiDiskBootArgs, scsiDiskId, scsiHdDeviceArgs } from './scsi-disk';
@@ -47,7 +48,7 @@ export function bootFilePaths(cmd: readonly string[]): Array<[BootFileRole, stri
 export function checkHostPaths(policy: HostPathPolicy, data: RuntimeData, opts: { boot: boolean }): void {
   if (opts.boot) for (const [role, p] of bootFilePaths(data.kvm_cmd)) policy.checkBootFile(p, role);
   // A disk with an open intent does not come back at boot (it is dropped first): only settled ones are opened.
-  for (const disk of [...data.block_devices, ...(data.scsi_disks ?? []), ...(data.pmem_devices ?? [])]) if (!disk.state && !rbdImageOf(disk)) policy.checkDisk(disk.path);
+  for (const disk of [...data.block_devices, ...(data.scsi_disks ?? []), ...(data.pmem_devices ?? [])]) if (!disk.state && !rbdImageOf(disk as DiskBacking)) policy.checkDisk(disk.path);
 }
 
 export interface OpenedBootFiles {
@@ -82,7 +83,7 @@ export function rbdBootFor(host: RbdHost | undefined, hvparams: RuntimeData['hvp
 }
 
 /** The RBD disks' boot arguments: the key file is written (once) on the first one; a node without RBD refuses. */
-function rbdBootArgsOf(rbd: RbdBoot | undefined, written: { key: boolean }): (id: string, rec: object) => string[] | undefined {
+function rbdBootArgsOf(rbd: RbdBoot | undefined, written: { key: boolean }): (id: string, rec: DiskBacking) => string[] | undefined {
   return (id, rec) => {
     const img = rbdImageOf(rec);
     if (!img) return undefined;

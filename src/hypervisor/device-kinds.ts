@@ -11,6 +11,7 @@
 import * as fs from 'node:fs';
 import { attachDisk, detachDisk, diskId, diskKind, releaseDisk, type BackingContext } from './disk';
 import { nodeMadeImage, rbdImageOf, type RbdHost } from './rbd-disk';
+import type { DiskBacking } from './disk-template';
 import type { HostPathPolicy } from './host-paths';
 import { attachNic, detachNic, nicId, prepareNicTap, releaseNic, validateNic, type NicDeviceOptions } from './nic';
 import type { OperationKind } from './operations';
@@ -43,7 +44,7 @@ const backing = (ctx: AttachContext): BackingContext => {
 };
 
 /** A disk's kind is checked by its host path; an RBD disk has none. */
-const validateBacking = (rec: { path: string }): void => {
+const validateBacking = (rec: { path: string } & DiskBacking): void => {
   if (!rbdImageOf(rec)) diskKind(rec.path);
 };
 
@@ -150,7 +151,7 @@ export const DISK_KIND: DeviceKind<DiskRecord> = {
  * storage directory (host-paths.ts), never by following its path; an RBD
  * image it made (not an adopted one) by the node's rbd CLI.
  */
-function removeCreated(rec: { created?: boolean; path: string }, ctx: AttachContext): void | Promise<void> {
+function removeCreated(rec: { created?: boolean; path: string } & DiskBacking, ctx: AttachContext): void | Promise<void> {
   const img = rbdImageOf(rec);
   if (img) {
     if (!nodeMadeImage(rec)) return undefined;

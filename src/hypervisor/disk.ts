@@ -22,6 +22,7 @@ import { inTransaction } from './hotplug-transaction';
 import { deleteDevice, ignoreNotFound, pciPlacement, pciPlacementArg } from './qdev';
 import type { Monitor } from './qmp-client';
 import type { DiskRecord } from './runtime-file';
+import type { DiskBacking } from './disk-template';
 import { NoRbdError, attachRbdDevice, hotplugConfPath, rbdImageOf, releaseRbd, type RbdHost } from './rbd-disk';
 
 /** What attaching a disk's backing may need: the host path rules, and for RBD the node's access and the chroot QEMU is in. */
@@ -121,7 +122,7 @@ export async function attachBlockDevice(mon: Monitor, what: string, id: string, 
  * Hot-adds a device on the record's backing: a host file or device by fd
  * (attachBlockDevice), or an RBD image through QEMU's rbd driver.
  */
-export async function attachBacked(mon: Monitor, what: string, id: string, rec: { path: string }, ctx: BackingContext, deviceProps: Record<string, unknown>): Promise<void> {
+export async function attachBacked(mon: Monitor, what: string, id: string, rec: { path: string } & DiskBacking, ctx: BackingContext, deviceProps: Record<string, unknown>): Promise<void> {
   const img = rbdImageOf(rec);
   if (!img) return attachBlockDevice(mon, what, id, rec.path, ctx.hostPaths, deviceProps);
   if (!ctx.rbd) throw new NoRbdError();
@@ -129,7 +130,7 @@ export async function attachBacked(mon: Monitor, what: string, id: string, rec: 
 }
 
 /** Frees the block node and what backs it (fdset, or the RBD secret); harmless when already gone. */
-export async function releaseBacked(mon: Monitor, id: string, rec: object): Promise<void> {
+export async function releaseBacked(mon: Monitor, id: string, rec: DiskBacking): Promise<void> {
   if (rbdImageOf(rec)) return releaseRbd(mon, id);
   await ignoreNotFound(mon.execute('blockdev-del', { 'node-name': id }));
   for (const set of await fdsetsOf(mon, id)) await ignoreNotFound(mon.execute('remove-fd', { 'fdset-id': set }));

@@ -15,7 +15,7 @@ import * as fs from 'node:fs';
 import { attachDimm, type DimmRecord } from './memory';
 import { deviceMemoryMiB } from './pmem';
 import { allDevices, deviceKind, findDevice, idOf, isPlaced, DISK_KIND, PMEM_KIND, SCSI_DISK_KIND, type DeviceKind, type DeviceKindName, type PciDeviceRecord } from './device-kinds';
-import { DeviceOperations, type DiskRequest, type NicModifyResult, type NicRequest, type PrepareStep, type RemovalResult } from './device-operations';
+import { DeviceOperations, type DiskRequest, type HotAddPrepare, type NicModifyResult, type NicRequest, type PrepareStep, type RemovalResult } from './device-operations';
 import type { NicChangeRequest } from './nic-modify';
 import { checkHostPaths, openBootFiles, rbdBootFor } from './boot-files';
 import { HostPathPolicy } from './host-paths';
@@ -62,7 +62,7 @@ import { recordedTree, SlotOwner } from './slot-owner';
 import { hasResourceIntents } from './resource-intents';
 import { layoutRuntime } from './runtime-layout';
 import { waitTapsGone } from './tap';
-import type { RbdHost } from './rbd-disk';
+import { NoRbdError, type RbdHost } from './rbd-disk';
 import { unplugTimeoutFor, unplugTimeoutsFromHvparams, type UnplugKind, type UnplugTimeouts } from './unplug-timeouts';
 
 export interface KvmInstanceOptions {
@@ -85,7 +85,7 @@ export interface KvmInstanceOptions {
   rbd?: RbdHost;
 }
 
-export type { DiskRequest, NicModifyResult, NicRequest, PrepareStep, RemovalResult } from './device-operations';
+export type { DiskRequest, HotAddPrepare, NicModifyResult, NicRequest, PrepareStep, RemovalResult } from './device-operations';
 export type { NicChangeRequest } from './nic-modify';
 
 /** What a hotplug request asks, with the master's operation id ('' for none). */
@@ -546,26 +546,32 @@ export class KvmInstance extends EventEmitter {
    * to be new and the intent to be recorded (e.g. to create the file: a
    * crash right after leaves an intent whose rollback deletes it).
    */
-  hotAddDisk(req: DiskRequest, prepare?: PrepareStep, opts: OperationOptions = {}): Promise<DiskRecord> {
+  hotAddDisk(req: DiskRequest, prepare?: HotAddPrepare, opts: OperationOptions = {}): Promise<DiskRecord> {
     return this.runner.run(opts.operationId ?? '', 'disk', 'add', req.uuid, () => {
       // By resolution, before anything is recorded: a file the node is to create only by where it will be.
-      if (req.created) this.hostPaths.assertNewDiskPath(req.path);
-      else this.hostPaths.checkDisk(req.path);
+      this.checkDiskRequest(req);
       return this.deviceOps.addDisk(req, prepare);
     });
   }
 
+  /** A disk's host path by the node's rules; an RBD disk has none, it needs the node's RBD access. */
+  private checkDiskRequest(req: DiskRequest): void {
+    if (req.template === 'rbd') {
+      if (!this.options.rbd) throw new NoRbdError();
+    } else if (req.created) this.hostPaths.assertNewDiskPath(req.path);
+    else this.hostPaths.checkDisk(req.path);
+  }
+
   /** A SCSI disk (a LUN on the virtio-scsi controller, which comes with the first one), as hotAddDisk. */
-  hotAddScsiDisk(req: DiskRequest, prepare?: PrepareStep, opts: OperationOptions = {}): Promise<ScsiDiskRecord> {
+  hotAddScsiDisk(req: DiskRequest, prepare?: HotAddPrepare, opts: OperationOptions = {}): Promise<ScsiDiskRecord> {
     return this.runner.run(opts.operationId ?? '', 'disk', 'add', req.uuid, () => {
-      if (req.created) this.hostPaths.assertNewDiskPath(req.path);
-      else this.hostPaths.checkDisk(req.path);
+      this.checkDiskRequest(req);
       return this.deviceOps.addScsiDisk(req, prepare);
     });
   }
 
   /** A virtio-pmem device of `req.sizeMiB` on a file the node creates (`req.created`), as hotAddDisk. */
-  hotAddPmem(req: DiskRequest, prepare?: PrepareStep, opts: OperationOptions = {}): Promise<PmemRecord> {
+  hotAddPmem(req: DiskRequest, prepare?: HotAddPrepare, opts: OperationOptions = {}): Promise<PmemRecord> {
     return this.runner.run(opts.operationId ?? '', 'disk', 'add', req.uuid, () => {
       if (req.created) this.hostPaths.assertNewDiskPath(req.path);
       return this.deviceOps.addPmem(req, prepare);

@@ -27,6 +27,7 @@ import { inTransaction } from './hotplug-transaction';
 import { ignoreNotFound } from './qdev';
 import { qemuOptValue } from './qemu-command';
 import type { Monitor } from './qmp-client';
+import type { DiskBacking, RbdImage } from './disk-template';
 
 /** One monitor of the cluster. */
 export interface RbdServer {
@@ -43,11 +44,7 @@ export interface RbdAccess {
   key: string;
 }
 
-/** An image: the disk's backing. */
-export interface RbdImage {
-  pool: string;
-  image: string;
-}
+export type { RbdImage } from './disk-template';
 
 /**
  * The conf QEMU's librados reads (and only these settings): a monitor that
@@ -83,9 +80,6 @@ export function parseRbdSpec(spec: string): RbdImage {
   if (parts.length !== 2) throw new InvalidArgumentError(`RBD image ${excerpt(spec)} is not POOL/IMAGE`);
   return { pool: assertRbdName(parts[0], 'pool'), image: assertRbdName(parts[1], 'image') };
 }
-
-/** The informational path of an RBD disk's record ("rbd:POOL/IMAGE"); never opened. */
-export const rbdPath = (img: RbdImage): string => `rbd:${img.pool}/${img.image}`;
 
 /** Checks what QEMU will be given (the node checks it once at start-up). */
 export function assertRbdAccess(a: RbdAccess): RbdAccess {
@@ -221,15 +215,13 @@ export function hotplugConfPath(host: RbdHost, chroot: string | undefined): stri
 }
 
 /** The RBD image a disk record names (template rbd), or undefined for a disk on a host file or device. */
-export function rbdImageOf(rec: object): RbdImage | undefined {
-  const r = rec as { template?: string; rbd?: RbdImage };
-  return r.template === 'rbd' ? r.rbd : undefined;
+export function rbdImageOf(rec: DiskBacking): RbdImage | undefined {
+  return rec.template === 'rbd' ? rec.rbd : undefined;
 }
 
-/** Whether the node made the image (and so deletes it with the disk): created, not adopted. */
-export function nodeMadeImage(rec: object): boolean {
-  const r = rec as { created?: boolean; adopted?: boolean };
-  return rbdImageOf(rec) !== undefined && r.created === true && r.adopted !== true;
+/** Whether the node made the image (and so deletes it with the disk): created; an adopted one never is (disk-template.ts isAdopted). */
+export function nodeMadeImage(rec: DiskBacking & { created?: boolean }): boolean {
+  return rbdImageOf(rec) !== undefined && rec.created === true;
 }
 
 /** An RBD disk on a node that has no RBD pool configured (FAILED_PRECONDITION). */

@@ -17,11 +17,14 @@ import { checkNicMac, int64, nicEnums, nicRequestOf } from './spec';
 import type { NicChangeRequest } from '../hypervisor/kvm-instance';
 import { invalidArgument } from './status';
 import { assertDeviceUuid, type Storage } from './storage';
+import type { RbdPool } from './rbd-pool';
 
 export type HotplugKind = 'nic' | 'disk';
 
 export interface HotplugContext {
   storage: Storage;
+  /** The node's RBD pool (--rbd-*), if configured. */
+  rbdPool?: RbdPool;
   log: Logger;
 }
 
@@ -82,13 +85,21 @@ async function hotplugDisk(inst: KvmInstance, req: HotplugDeviceRequest__Output,
   const uuid = assertDeviceUuid(disk.uuid, 'the disk');
   switch (req.action) {
     case 'ADD': {
-      const wanted = requestedBacking(disk, ctx.storage.nodeName);
+      const pool = ctx.rbdPool;
+      const wanted = requestedBacking(disk, ctx.storage.nodeName, pool ? { imageFor: (u) => pool.imageFor(inst.name, u) } : undefined);
       const path = wanted.path || ctx.storage.defaultDiskPath(inst.name, uuid);
       const sizeBytes = wanted.create ? int64(disk.sizeBytes, `disk ${uuid} size_bytes`) : 0;
       // Created in the instance's queue once the intent is recorded: a
-      // crash right after leaves an intent whose rollback deletes the file.
-      const prepare = (): (() => void) | void => {
+      // crash right after leaves an intent whose rollback deletes the file
+      // (or the RBD image).
+      const img = wanted.backing.rbd;
+      const prepare = async (): Promise<(() => void | Promise<void>) | void> => {
         if (!wanted.create) return;
+        if (img && pool) {
+          await pool.create(img, sizeBytes);
+          crashPoint('after-disk-file-created', ctx.log);
+          return async () => void (await pool.remove(img));
+        }
         const created = ctx.storage.createDisks(inst.name, [{ path, sizeBytes }]);
         crashPoint('after-disk-file-created', ctx.log);
         return () => ctx.storage.removeFiles(created);

@@ -171,6 +171,7 @@ export class NodeService {
       qemuVersion: `${q.version.major}.${q.version.minor}.${q.version.micro}`,
       storageDir: this.storage.dir,
       storageFreeBytes: String(this.storage.freeBytes()),
+      rbdPool: this.opts.rbdPool?.pool ?? '',
     };
   }
 
@@ -185,8 +186,37 @@ export class NodeService {
     const spec = req.spec;
     if (!spec) throw invalidArgument('InstanceStart needs a spec');
     const name = spec.name;
-    const plan = planStart(spec, this.storage);
+    const plan = planStart(spec, this.storage, this.opts.rbdPool);
     assertPlanHostPaths(plan, this.storage.hostPaths);
+    const madeImages = await this.ensureImages(plan);
+    try {
+      return await this.startPlanned(name, plan);
+    } catch (err) {
+      // Images made for this start alone: no runtime file keeps a disk on them unless the instance existed.
+      if (!this.registry.find(name)) await this.removeImages(name, madeImages);
+      throw err;
+    }
+  }
+
+  /** The RBD images of the plan that are missing, created (returns those it made). */
+  private async ensureImages(plan: StartPlan): Promise<Array<{ pool: string; image: string }>> {
+    const pool = this.opts.rbdPool;
+    const made: Array<{ pool: string; image: string }> = [];
+    if (!pool) return made;
+    try {
+      for (const n of plan.newImages) {
+        if (await pool.info(n.image)) continue;
+        await pool.create(n.image, n.sizeBytes);
+        made.push(n.image);
+      }
+    } catch (err) {
+      await this.removeImages(plan.machine.name, made);
+      throw err;
+    }
+    return made;
+  }
+
+  private async startPlanned(name: string, plan: StartPlan): Promise<InstanceRuntime> {
     const known = this.registry.find(name);
     // A running instance's vCPUs count already; its start is refused in its queue ("already running").
     if (known && known.pid !== undefined) return this.startKnown(known, plan.machine, { nics: plan.nics, disks: plan.disks, hvparams: plan.hvparams }, plan.newDisks);
@@ -307,7 +337,7 @@ export class NodeService {
   private async hotplugDevice(req: HotplugDeviceRequest__Output): Promise<HotplugDeviceReply> {
     const inst = this.registry.get(req.instance);
     const opts = { operationId: assertOperationId(req.operationId) };
-    const reply = await HOTPLUG_HANDLERS[hotplugKindOf(req)](inst, req, opts, { storage: this.storage, log: this.opts.log });
+    const reply = await HOTPLUG_HANDLERS[hotplugKindOf(req)](inst, req, opts, { storage: this.storage, ...(this.opts.rbdPool ? { rbdPool: this.opts.rbdPool } : {}), log: this.opts.log });
     crashPoint('after-hotplug-applied', this.opts.log);
     return reply;
   }

@@ -126,7 +126,8 @@ export async function attachBacked(mon: Monitor, what: string, id: string, rec: 
   const img = rbdImageOf(rec);
   if (!img) return attachBlockDevice(mon, what, id, rec.path, ctx.hostPaths, deviceProps);
   if (!ctx.rbd) throw new NoRbdError();
-  return attachRbdDevice(mon, what, id, img, ctx.rbd.access, hotplugConfPath(ctx.rbd, ctx.chroot), deviceProps);
+  const host = ctx.rbd;
+  return attachRbdDevice(mon, what, id, img, host.access, hotplugConfPath(host, ctx.chroot), deviceProps, (i) => host.checkImage(i));
 }
 
 /** Frees the block node and what backs it (fdset, or the RBD secret); harmless when already gone. */

@@ -116,10 +116,12 @@ export function rbdBlockdevOptions(id: string, img: RbdImage, access: RbdAccess,
 export const rbdSecretObject = (id: string, key: string): Record<string, unknown> => ({ 'qom-type': 'secret', id: rbdSecretId(id), data: key, format: 'base64' });
 
 /**
- * Hot-adds a device whose block node `id` is an RBD image: object-add of
- * the secret, blockdev-add (QEMU connects to the cluster here: a fault
- * fails it with librados' words within the conf's timeouts), device_add.
- * Undoes every step on failure.
+ * Hot-adds a device whose block node `id` is an RBD image: `check` (the
+ * node opens the image outside QEMU: an unreachable monitor, a wrong key or
+ * a missing image fail here, QEMU untouched), object-add of the secret,
+ * blockdev-add (QEMU connects to the cluster here; should the cluster fail
+ * just now, the conf's timeouts bound it), device_add. Undoes every step
+ * on failure.
  */
 export async function attachRbdDevice(
   mon: Monitor,
@@ -129,8 +131,10 @@ export async function attachRbdDevice(
   access: RbdAccess,
   conf: string,
   deviceProps: Record<string, unknown>,
+  check?: (img: RbdImage) => Promise<void>,
 ): Promise<void> {
   await inTransaction(`hot-add of ${what} ${id} (RBD ${img.pool}/${img.image})`, async (tx) => {
+    if (check) await tx.step('check image', () => check(img));
     await tx.step('object-add secret', () => mon.execute('object-add', rbdSecretObject(id, access.key)), () => mon.execute('object-del', { id: rbdSecretId(id) }));
     await tx.step('blockdev-add', () => mon.execute('blockdev-add', rbdBlockdevOptions(id, img, access, conf)), () => mon.execute('blockdev-del', { 'node-name': id }));
     await tx.step('device_add', () => mon.execute('device_add', deviceProps));
@@ -201,6 +205,14 @@ export interface RbdHost {
   confFile: string;
   /** Deletes an image the node created, once QEMU has let go of it. */
   removeImage(img: RbdImage): Promise<void>;
+  /**
+   * Opens the image the way QEMU will (same monitors, client and key,
+   * outside QEMU) and throws with librados' words if it cannot: QEMU's rbd
+   * driver connects inside its main loop, so a monitor that does not answer
+   * would stop the guest for the conf's client_mount_timeout (5 s); checked
+   * first, it never reaches QEMU.
+   */
+  checkImage(img: RbdImage): Promise<void>;
 }
 
 /**

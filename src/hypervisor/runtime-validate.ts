@@ -9,6 +9,8 @@
 import { excerpt } from '../common/excerpt';
 import { checkHvparams } from '../common/hvparams';
 import { macProblem } from '../common/mac';
+import { isRbdName } from '../common/disk-flavour';
+import { rbdPath } from './disk-template';
 import { CPU_DRIVER_RULE, CPU_TOPOLOGY_KEYS, MAX_TOPOLOGY_ID, cpuId } from './cpu';
 import { InvalidArgumentError, errorMessage } from './errors';
 import { assertInstanceName } from './instance-paths';
@@ -110,12 +112,25 @@ function checkNics(c: Checker, nics: unknown): void {
   });
 }
 
+/** A disk's backing (disk-template.ts): a host path; or template rbd with {pool, image} and the path rbd:POOL/IMAGE. */
+function checkBacking(c: Checker, f: string, d: Obj): void {
+  c.optional(d, 'template', (v) => v === 'blockdev' || v === 'rbd' || c.fail(`${f}.template`, v, 'must be blockdev or rbd when present'));
+  if (d.template !== 'rbd') {
+    if (d.rbd !== undefined) c.fail(`${f}.rbd`, d.rbd, 'belongs to template rbd only');
+    return c.hostPath(`${f}.path`, d.path);
+  }
+  const img = c.obj(`${f}.rbd`, d.rbd, ['pool', 'image']);
+  for (const k of ['pool', 'image'] as const)
+    if (typeof img[k] !== 'string' || !isRbdName(img[k] as string)) c.fail(`${f}.rbd.${k}`, img[k], 'an RBD name: letters, digits, ".", "_", "-"');
+  if (d.path !== rbdPath({ pool: img.pool as string, image: img.image as string })) c.fail(`${f}.path`, d.path, 'must be rbd:POOL/IMAGE of its rbd entry');
+}
+
 function checkDisks(c: Checker, disks: unknown): void {
   c.list('block_devices', disks, MAX_PLACED).forEach((raw, i) => {
     const f = `block_devices[${i}]`;
-    const d = c.obj(f, raw, ['uuid', 'path', 'pci', 'bus', 'state', 'created']);
+    const d = c.obj(f, raw, ['uuid', 'path', 'pci', 'bus', 'state', 'created', 'template', 'rbd']);
     c.match(`${f}.uuid`, d.uuid, UUID_RULE, 'a device uuid: letters, digits, ".", "_", "-", without ".."');
-    c.hostPath(`${f}.path`, d.path);
+    checkBacking(c, f, d);
     c.pci(`${f}.pci`, d.pci);
     c.optional(d, 'bus', (v) => c.match(`${f}.bus`, v, CONTROLLER_BUS_RULE, 'a bridge or root port of this software: pcibN or rpN'));
     c.state(`${f}.state`, d.state);
@@ -126,9 +141,9 @@ function checkDisks(c: Checker, disks: unknown): void {
 function checkScsi(c: Checker, data: RuntimeData): void {
   c.list('scsi_disks', data.scsi_disks ?? [], MAX_SCSI_DISKS).forEach((raw, i) => {
     const f = `scsi_disks[${i}]`;
-    const d = c.obj(f, raw, ['uuid', 'path', 'target', 'lun', 'state', 'created']);
+    const d = c.obj(f, raw, ['uuid', 'path', 'target', 'lun', 'state', 'created', 'template', 'rbd']);
     c.match(`${f}.uuid`, d.uuid, UUID_RULE, 'a device uuid: letters, digits, ".", "_", "-", without ".."');
-    c.hostPath(`${f}.path`, d.path);
+    checkBacking(c, f, d);
     c.int(`${f}.target`, d.target, 0, SCSI_TARGETS - 1);
     c.int(`${f}.lun`, d.lun, 0, SCSI_LUNS - 1);
     c.state(`${f}.state`, d.state);

@@ -82,12 +82,27 @@ export function readRbdKey(file: string, clientId: string): string {
   throw new Error(`--rbd-keyring ${file} has no key for client.${clientId} (a [client.${clientId}] section with key = ...)`);
 }
 
-/** The words of a failed rbd call: its last stderr lines. */
-function rbdWords(err: unknown): string {
-  const e = err as { stderr?: string; killed?: boolean; signal?: string; message?: string };
+/** The rbd CLI exits with the errno of what failed; the ones it gives for faults of access. */
+const ERRNO_TEXT: Record<number, string> = {
+  1: 'Operation not permitted',
+  2: 'No such file or directory',
+  13: 'Permission denied',
+  16: 'Device or resource busy',
+  17: 'File exists',
+  110: 'Connection timed out',
+};
+
+/** The words of a failed rbd call: its last stderr lines (librados' and librbd's own, log prefixes cut) and the errno. */
+export function rbdWords(err: unknown): string {
+  const e = err as { stderr?: string; killed?: boolean; signal?: string; code?: unknown; message?: string };
   if (e.killed || e.signal === 'SIGTERM') return `no answer within ${RBD_CALL_TIMEOUT_MS / 1000} s`;
-  const lines = (e.stderr ?? '').split('\n').map((l) => l.trim()).filter((l) => l && !/^\d{4}-\d\d-\d\dT/.test(l));
-  return lines.slice(-2).join('; ') || (e.message ?? String(err));
+  const lines = (e.stderr ?? '')
+    .split('\n')
+    .map((l) => l.replace(/^\d{4}-\d\d-\d\dT\S+\s+\S+\s+-?\d+\s+/, '').trim())
+    .filter(Boolean);
+  const errno = typeof e.code === 'number' ? ERRNO_TEXT[e.code] : undefined;
+  const words = lines.slice(-2).join('; ') || (e.message ?? String(err));
+  return errno && !words.includes(errno) ? `${words} (${errno})` : words;
 }
 
 const isMissing = (err: unknown): boolean => /\(2\) No such file or directory|No such file or directory/.test((err as { stderr?: string }).stderr ?? '');
@@ -137,6 +152,9 @@ export class RbdPool {
       removeImage: async (img) => {
         await this.remove(img);
       },
+      checkImage: async (img) => {
+        await this.assertOpens(img);
+      },
     };
   }
 
@@ -158,6 +176,15 @@ export class RbdPool {
     const info = await this.info(img);
     if (!info) throw notFound(`RBD image ${img.pool}/${img.image} does not exist`);
     return info;
+  }
+
+  /** The image opens with the node's access (what QEMU gets): else FAILED_PRECONDITION with librados' words. */
+  async assertOpens(img: RbdImage): Promise<void> {
+    try {
+      await this.rbd(['info', `${img.pool}/${img.image}`, '--format', 'json']);
+    } catch (err) {
+      throw failedPrecondition(`RBD image ${img.pool}/${img.image} cannot be opened as client.${this.access.user} through ${monArg(this.access.monitors)}: ${rbdWords(err)}`);
+    }
   }
 
   /** Creates a new image of `bytes` (whole MiB). */

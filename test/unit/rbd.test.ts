@@ -15,7 +15,10 @@ import {
   rbdSecretObject,
   type RbdAccess,
 } from '../../src/hypervisor/rbd-disk';
-import { parseRbdMonitors, rbdConfigFromFlags, readRbdKey } from '../../src/noded/rbd-pool';
+import { parseRbdMonitors, rbdConfigFromFlags, readRbdKey, rbdWords } from '../../src/noded/rbd-pool';
+import { buildFixedCommand } from '../../src/hypervisor/qemu-command';
+import type { RuntimeData } from '../../src/hypervisor/runtime-file';
+import { validateRuntime } from '../../src/hypervisor/runtime-validate';
 
 const KEY = 'AQDh3Cppt0pVHRAAmO6V8d0mnqXmhq5QNr3wJg==';
 const access: RbdAccess = { monitors: [{ host: '127.0.0.1', port: '3300' }, { host: 'mon2.example', port: '6789' }], user: 'gnt', key: KEY };
@@ -65,7 +68,7 @@ describe('rbd-disk: QEMU options of an RBD disk', () => {
       assert.equal(f, path.join(dir, RBD_CONF_NAME));
       assert.equal(fs.statSync(f).mode & 0o777, 0o644);
       assert.equal(fs.readFileSync(f, 'utf8'), RBD_CLIENT_CONF);
-      const host = { access, confFile: '/run/x.conf', removeImage: async () => undefined };
+      const host = { access, confFile: '/run/x.conf', removeImage: async () => undefined, checkImage: async () => undefined };
       assert.equal(hotplugConfPath(host, undefined), '/run/x.conf');
       const chroot = path.join(dir, 'ch');
       fs.mkdirSync(chroot);
@@ -123,6 +126,12 @@ describe('rbd-pool: gnt-noded --rbd-* options', () => {
     assert.throws(() => rbdConfigFromFlags({ monitors: '127.0.0.1:3300', pool: 'a/b', keyring: '/k' }), /--rbd-pool/);
   });
 
+  it('says what failed in librados\' words, without log prefixes, with the errno', () => {
+    const err = { code: 110, stderr: '2026-12-02T07:03:53.813+0000 7f765c2a0380  0 monclient(hunting): authenticate timed out after 5\nrbd: couldn\'t connect to the cluster!\n' };
+    assert.equal(rbdWords(err), "monclient(hunting): authenticate timed out after 5; rbd: couldn't connect to the cluster! (Connection timed out)");
+    assert.equal(rbdWords({ code: 2, stderr: 'rbd: error opening image x: (2) No such file or directory\n' }), 'rbd: error opening image x: (2) No such file or directory');
+  });
+
   it('reads the key of the client from a root-only keyring, refuses one others can read', () => {
     const k = path.join(dir, 'client.gnt.keyring');
     fs.writeFileSync(k, `[client.other]\n\tkey = AQAAAA==\n[client.gnt]\n\tkey = ${KEY}\n\tcaps mon = "profile rbd"\n`, { mode: 0o600 });
@@ -131,5 +140,30 @@ describe('rbd-pool: gnt-noded --rbd-* options', () => {
     fs.chmodSync(k, 0o644);
     assert.throws(() => readRbdKey(k, 'gnt'), /readable by others \(mode 644\): make it root-only/);
     assert.throws(() => readRbdKey(path.join(dir, 'missing'), 'gnt'), /cannot be read/);
+  });
+});
+
+describe('runtime validator: disks on RBD images (a runtime file carried to a migration target)', () => {
+  const base = (disk: Record<string, unknown>): RuntimeData =>
+    ({
+      version: 2,
+      instance: 'web1',
+      kvm_cmd: buildFixedCommand({ name: 'web1', memoryMiB: 256, vcpus: 1, kernel: '/boot/vmlinuz' }),
+      nics: [],
+      block_devices: [{ uuid: 'd-1', pci: 5, ...disk }],
+      hvparams: {},
+    }) as unknown as RuntimeData;
+
+  it('accepts an rbd disk whose path names its image, and a blockdev disk', () => {
+    validateRuntime(base({ path: 'rbd:rbd/web1-d-1', template: 'rbd', rbd: { pool: 'rbd', image: 'web1-d-1' }, created: true }));
+    validateRuntime(base({ path: '/dev/loop3', template: 'blockdev' }));
+  });
+
+  it('refuses an rbd entry that does not match its path, a bad name, or rbd on a file disk', () => {
+    assert.throws(() => validateRuntime(base({ path: 'rbd:rbd/other', template: 'rbd', rbd: { pool: 'rbd', image: 'web1-d-1' } })), /must be rbd:POOL\/IMAGE/);
+    assert.throws(() => validateRuntime(base({ path: 'rbd:rbd/a b', template: 'rbd', rbd: { pool: 'rbd', image: 'a b' } })), /an RBD name/);
+    assert.throws(() => validateRuntime(base({ path: '/srv/x.img', rbd: { pool: 'rbd', image: 'x' } })), /belongs to template rbd only/);
+    assert.throws(() => validateRuntime(base({ path: 'rbd:rbd/x', template: 'nfs' })), /must be blockdev or rbd/);
+    assert.throws(() => validateRuntime(base({ path: 'rbd:rbd/x' })), /absolute path/);
   });
 });

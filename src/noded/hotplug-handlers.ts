@@ -18,6 +18,7 @@ import type { NicChangeRequest } from '../hypervisor/kvm-instance';
 import { invalidArgument } from './status';
 import { assertDeviceUuid, type Storage } from './storage';
 import type { RbdPool } from './rbd-pool';
+import type { RbdImage } from '../hypervisor/disk-template';
 
 export type HotplugKind = 'nic' | 'disk';
 
@@ -80,6 +81,13 @@ async function hotplugNic(inst: KvmInstance, req: HotplugDeviceRequest__Output, 
   }
 }
 
+/** An RBD disk's reply carries the image's size (rbd info): an adopted image's size is known only there. */
+async function withImageSize(reply: HotplugDeviceReply, img: RbdImage | undefined, pool: RbdPool | undefined): Promise<HotplugDeviceReply> {
+  if (!img || !pool || !reply.disk) return reply;
+  const info = await pool.info(img).catch(() => undefined);
+  return info ? { ...reply, disk: { ...reply.disk, sizeBytes: String(info.sizeBytes) } } : reply;
+}
+
 async function hotplugDisk(inst: KvmInstance, req: HotplugDeviceRequest__Output, opts: OperationOptions, ctx: HotplugContext): Promise<HotplugDeviceReply> {
   const disk = req.disk as Disk__Output;
   const uuid = assertDeviceUuid(disk.uuid, 'the disk');
@@ -106,9 +114,9 @@ async function hotplugDisk(inst: KvmInstance, req: HotplugDeviceRequest__Output,
       };
       const req = { uuid, path, ...wanted.backing, ...(wanted.create ? { created: true } : {}) };
       const flavour = diskFlavour(disk);
-      if (flavour === 'scsi') return diskReply(await inst.hotAddScsiDisk(req, prepare, opts));
+      if (flavour === 'scsi') return withImageSize(diskReply(await inst.hotAddScsiDisk(req, prepare, opts)), img, pool);
       if (flavour === 'pmem') return diskReply(await inst.hotAddPmem({ ...req, sizeMiB: pmemMiB(uuid, sizeBytes) }, prepare, opts));
-      return diskReply(await inst.hotAddDisk(req, prepare, opts));
+      return withImageSize(diskReply(await inst.hotAddDisk(req, prepare, opts)), img, pool);
     }
     case 'REMOVE': {
       // The file the node created goes with the record (device-operations.ts finishRemoval).

@@ -15,7 +15,7 @@ import { diskBootArgs, diskDeviceArgs, diskId } from './disk';
 import { openPmemFile, pmemBootArgs } from './pmem';
 import * as path from 'node:path';
 import type { DiskBacking } from './disk-template';
-import { prepareRbdChroot } from './rbd-chroot';
+import { findRbdModule, prepareRbdChroot } from './rbd-chroot';
 import { NoRbdError, ensureRbdConf, rbdBootArgs, rbdImageOf, removeRbdKeyFile, writeRbdKeyFile, type RbdHost } from './rbd-disk';
 import { scsiControllerBootArgs, scsiDiskBootArgs, scsiDiskId, scsiHdDeviceArgs } from './scsi-disk';
 import type { BootFileRole, HostPathPolicy, OpenedHostFile } from './host-paths';
@@ -73,10 +73,12 @@ export interface RbdBoot {
  * RBD, the chroot given the rbd module and its libraries (rbd-chroot.ts)
  * and the client conf, so that RBD disks can be hot-added there.
  */
-export function rbdBootFor(host: RbdHost | undefined, hvparams: RuntimeData['hvparams'], runtimeDir: string): RbdBoot {
-  const chroot = hvparams.chroot;
+export function rbdBootFor(host: RbdHost | undefined, data: RuntimeData, runtimeDir: string): RbdBoot {
+  const chroot = data.hvparams.chroot;
   if (host && typeof chroot === 'string' && chroot) {
-    prepareRbdChroot(chroot);
+    const hasRbd = [...data.block_devices, ...(data.scsi_disks ?? [])].some((d) => rbdImageOf(d));
+    // Without QEMU's rbd module an instance may still start, as long as it has no RBD disk (a hot-add then fails with QEMU's words).
+    if (hasRbd || findRbdModule()) prepareRbdChroot(chroot);
     ensureRbdConf(chroot);
   }
   return { ...(host ? { host } : {}), keyFile: path.join(runtimeDir, 'rbd-key') };

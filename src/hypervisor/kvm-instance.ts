@@ -321,7 +321,7 @@ export class KvmInstance extends EventEmitter {
     const local = [...nodeLocalArgs(this.paths, { testMonitor: this.options.testMonitor }), ...securityArgs(this.data.hvparams, qemu)];
     // DIMMs are plugged by QMP before the guest runs (see resourceBootArgs), so QEMU starts paused then.
     const dimms = this.data.resources?.dimms ?? [];
-    const rbd = rbdBootFor(this.options.rbd, this.data.hvparams, this.paths.dir);
+    const rbd = rbdBootFor(this.options.rbd, this.data, this.paths.dir);
     const boot = openBootFiles(this.hostPaths, this.data, rbd); // closed in the finally below, nothing throws before it
     const args = [...boot.cmd, ...local, ...pciTopology(this.data).args];
     // A link-down NIC is set down by QMP before the guest runs, as DIMMs are plugged.

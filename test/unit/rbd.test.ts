@@ -19,6 +19,7 @@ import { parseRbdMonitors, rbdConfigFromFlags, readRbdKey, rbdWords } from '../.
 import { buildFixedCommand } from '../../src/hypervisor/qemu-command';
 import type { RuntimeData } from '../../src/hypervisor/runtime-file';
 import { validateRuntime } from '../../src/hypervisor/runtime-validate';
+import { findRbdModule, lddDependencies, prepareRbdChroot } from '../../src/hypervisor/rbd-chroot';
 
 const KEY = 'AQDh3Cppt0pVHRAAmO6V8d0mnqXmhq5QNr3wJg==';
 const access: RbdAccess = { monitors: [{ host: '127.0.0.1', port: '3300' }, { host: 'mon2.example', port: '6789' }], user: 'gnt', key: KEY };
@@ -165,5 +166,41 @@ describe('runtime validator: disks on RBD images (a runtime file carried to a mi
     assert.throws(() => validateRuntime(base({ path: '/srv/x.img', rbd: { pool: 'rbd', image: 'x' } })), /belongs to template rbd only/);
     assert.throws(() => validateRuntime(base({ path: 'rbd:rbd/x', template: 'nfs' })), /must be blockdev or rbd/);
     assert.throws(() => validateRuntime(base({ path: 'rbd:rbd/x' })), /absolute path/);
+  });
+});
+
+describe('rbd-chroot: QEMU\'s rbd module inside a chroot (needs qemu-block-extra, as QEMU from setup-host.sh brings)', () => {
+  let chroot: string;
+  beforeEach(() => {
+    chroot = fs.mkdtempSync(path.join(os.tmpdir(), 'gnt-rbdchroot-'));
+  });
+  afterEach(() => fs.rmSync(chroot, { recursive: true, force: true }));
+
+  it('links the module and every library ldd names at their host paths (soname links too), traversable, idempotent', () => {
+    const module = findRbdModule();
+    assert.ok(module, 'block-rbd.so is installed (qemu-block-extra)');
+    const libs = lddDependencies(module);
+    assert.ok(libs.some((l) => /librbd\.so\.1$/.test(l)), `ldd names librbd.so.1: ${libs.join(' ')}`);
+    assert.ok(libs.some((l) => /libceph-common\.so/.test(l)), 'and libceph-common');
+    const old = process.umask(0o077);
+    try {
+      const r = prepareRbdChroot(chroot);
+      assert.ok(r.files.includes(module));
+      const inChroot = path.join(chroot, module);
+      assert.equal(fs.statSync(inChroot).ino, fs.statSync(module).ino, 'a hardlink of the host file');
+      const librbd = libs.find((l) => /librbd\.so\.1$/.test(l)) as string;
+      const asked = path.join(fs.realpathSync(path.dirname(librbd)), 'librbd.so.1');
+      assert.ok(fs.existsSync(path.join(chroot, asked)), `the soname ${asked} is there`);
+      assert.equal(fs.readlinkSync(path.join(chroot, 'lib')), fs.readlinkSync('/lib'));
+      assert.equal(fs.statSync(chroot).mode & 0o011, 0o011, 'the chroot is traversable');
+      assert.equal(fs.statSync(path.dirname(inChroot)).mode & 0o777, 0o755, 'new directories are 0755 whatever the umask');
+      // A file replaced on the host (an upgrade) is linked anew at the next start.
+      fs.rmSync(inChroot);
+      fs.writeFileSync(inChroot, 'old version');
+      prepareRbdChroot(chroot);
+      assert.equal(fs.statSync(inChroot).ino, fs.statSync(module).ino);
+    } finally {
+      process.umask(old);
+    }
   });
 });

@@ -157,7 +157,11 @@ export class NodeService {
   }
 
   private runtimeOf(inst: KvmInstance): InstanceRuntime {
-    return runtimeToProto(inst.runtime, inst.pid, this.registry.guest(inst.name));
+    const rt = runtimeToProto(inst.runtime, inst.pid, this.registry.guest(inst.name));
+    const pool = this.opts.rbdPool;
+    // An RBD disk has no host file to stat: its size is the image's, as the pool last saw it (rbd-pool.ts knownSize).
+    if (pool) for (const d of rt.disks ?? []) if (d.template === 'rbd' && d.rbdPool && d.rbdImage) d.sizeBytes = String(pool.knownSize({ pool: d.rbdPool, image: d.rbdImage }));
+    return rt;
   }
 
   private nodeInfo(): NodeInfoReply {

@@ -132,6 +132,21 @@ export class RbdPool {
   }
 
   private readonly rbdBinary: string;
+  /** Image sizes as the node last saw them (create, info, resize), for its listings. */
+  private readonly sizes = new Map<string, number>();
+
+  /**
+   * The size of an image as last seen; 0 when not yet known, and then it is
+   * looked up in the background (after a restart of the node) for the next
+   * listing.
+   */
+  knownSize(img: RbdImage): number {
+    const known = this.sizes.get(`${img.pool}/${img.image}`);
+    if (known !== undefined) return known;
+    this.sizes.set(`${img.pool}/${img.image}`, 0);
+    void this.info(img).catch(() => this.sizes.delete(`${img.pool}/${img.image}`));
+    return 0;
+  }
 
   /** The image the node creates for a disk: `<instance>-<disk uuid>` in its pool. */
   imageFor(instance: string, diskUuid: string): RbdImage {
@@ -164,9 +179,13 @@ export class RbdPool {
       const out = await this.rbd(['info', `${img.pool}/${img.image}`, '--format', 'json']);
       const size = Number((JSON.parse(out) as { size?: number }).size);
       if (!Number.isSafeInteger(size)) throw new Error(`rbd info ${img.pool}/${img.image} gave no size`);
+      this.sizes.set(`${img.pool}/${img.image}`, size);
       return { sizeBytes: size };
     } catch (err) {
-      if (isMissing(err)) return undefined;
+      if (isMissing(err)) {
+        this.sizes.delete(`${img.pool}/${img.image}`);
+        return undefined;
+      }
       throw failedPrecondition(`RBD image ${img.pool}/${img.image}: rbd info failed: ${rbdWords(err)}`);
     }
   }
@@ -192,6 +211,7 @@ export class RbdPool {
     const mib = wholeMiB(img, bytes);
     try {
       await this.rbd(['create', `${img.pool}/${img.image}`, '--size', `${mib}M`]);
+      this.sizes.set(`${img.pool}/${img.image}`, bytes);
     } catch (err) {
       throw failedPrecondition(`creating RBD image ${img.pool}/${img.image} (${mib} MiB) failed: ${rbdWords(err)}`);
     }
@@ -206,6 +226,7 @@ export class RbdPool {
     if (bytes === now.sizeBytes) return;
     try {
       await this.rbd(['resize', `${pool}/${image}`, '--size', `${mib}M`, '--no-progress']);
+      this.sizes.set(`${pool}/${image}`, bytes);
     } catch (err) {
       throw failedPrecondition(`resizing RBD image ${pool}/${image} to ${mib} MiB failed: ${rbdWords(err)}`);
     }
@@ -215,6 +236,7 @@ export class RbdPool {
   async remove(img: RbdImage): Promise<boolean> {
     try {
       await this.rbd(['rm', `${img.pool}/${img.image}`, '--no-progress']);
+      this.sizes.delete(`${img.pool}/${img.image}`);
       return true;
     } catch (err) {
       if (isMissing(err)) return false;

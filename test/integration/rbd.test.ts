@@ -29,7 +29,7 @@ interface Details {
   runtime: {
     running: boolean;
     pid: number;
-    disks: { uuid: string; pci: number; template: string; rbdPool: string; rbdImage: string; adopted: boolean }[];
+    disks: { uuid: string; pci: number; template: string; rbdPool: string; rbdImage: string; adopted: boolean; sizeBytes: string }[];
     guest: { known: boolean; disks: string[] };
   };
 }
@@ -134,6 +134,7 @@ describe('RBD disks (QEMU rbd driver, one-node Ceph)', function () {
       assert.equal(disk.rbdPool, ceph.pool);
       assert.equal(disk.rbdImage, `${name}-${disk.uuid}`);
       assert.equal(disk.adopted, false);
+      assert.equal(disk.sizeBytes, String(64 * MiB), 'the node reports the image\'s size');
       assert.ok(rbdImages(ceph).includes(disk.rbdImage), 'the image is in the pool');
       const dev = d.runtime.guest.disks.find((l) => l.includes(` ${(64 * MiB) / 512} `) && l.includes(slotAddr(disk.pci)))?.split(' ')[0] as string;
       assert.ok(dev, `the guest has the disk at slot ${disk.pci}`);

@@ -2,7 +2,8 @@ import { strict as assert } from 'node:assert';
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
-import { InvalidArgumentError } from '../../src/hypervisor/errors';
+import { HypervisorError, InvalidArgumentError } from '../../src/hypervisor/errors';
+import { requestedBacking } from '../../src/noded/disk-kinds';
 import {
   RBD_CLIENT_CONF,
   RBD_CONF_NAME,
@@ -202,5 +203,21 @@ describe('rbd-chroot: QEMU\'s rbd module inside a chroot (needs qemu-block-extra
     } finally {
       process.umask(old);
     }
+  });
+});
+
+describe('node: the rbd template of a requested disk (disk-kinds.ts requestedBacking)', () => {
+  const images = { imageFor: (u: string) => ({ pool: 'rbd', image: `web1-${u}` }) };
+  const disk = (over: Record<string, string>) => ({ uuid: 'd1', template: 'rbd', path: '', rbdPool: '', rbdImage: '', diskType: '', ...over });
+
+  it('makes <instance>-<uuid> in the node\'s pool, or adopts POOL/IMAGE', () => {
+    assert.deepEqual(requestedBacking(disk({}), 'node1', images), { backing: { template: 'rbd', rbd: { pool: 'rbd', image: 'web1-d1' } }, path: 'rbd:rbd/web1-d1', create: true });
+    assert.deepEqual(requestedBacking(disk({ rbdPool: 'vms', rbdImage: 'img1' }), 'node1', images), { backing: { template: 'rbd', rbd: { pool: 'vms', image: 'img1' } }, path: 'rbd:vms/img1', create: false });
+  });
+
+  it('keeps the refusal on a node without --rbd-*, and refuses a host path or a bad name', () => {
+    assert.throws(() => requestedBacking(disk({}), 'node1'), (e: unknown) => e instanceof HypervisorError && e.code === 'FAILED_PRECONDITION' && /node node1 has no RBD configured/.test(e.message));
+    assert.throws(() => requestedBacking(disk({ path: '/dev/sdb' }), 'node1', images), /has no host path/);
+    assert.throws(() => requestedBacking(disk({ rbdPool: 'rbd', rbdImage: 'a b' }), 'node1', images), /is not POOL\/IMAGE/);
   });
 });

@@ -51,6 +51,14 @@ export function checkHostPaths(policy: HostPathPolicy, data: RuntimeData, opts: 
   for (const disk of [...data.block_devices, ...(data.scsi_disks ?? []), ...(data.pmem_devices ?? [])]) if (!disk.state && !rbdImageOf(disk as DiskBacking)) policy.checkDisk(disk.path);
 }
 
+/** A hot-added disk's host path by the node's rules (a file to create only by where it will be); an RBD disk has none, it needs the node's RBD access. */
+export function checkDiskRequest(policy: HostPathPolicy, rbd: RbdHost | undefined, req: { path: string; created?: boolean } & DiskBacking): void {
+  if (req.template === 'rbd') {
+    if (!rbd) throw new NoRbdError();
+  } else if (req.created) policy.assertNewDiskPath(req.path);
+  else policy.checkDisk(req.path);
+}
+
 export interface OpenedBootFiles {
   /** The fixed command with -kernel/-initrd naming the inherited fds. */
   cmd: string[];

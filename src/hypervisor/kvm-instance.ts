@@ -17,7 +17,7 @@ import { deviceMemoryMiB } from './pmem';
 import { allDevices, deviceKind, findDevice, idOf, isPlaced, DISK_KIND, PMEM_KIND, SCSI_DISK_KIND, type DeviceKind, type DeviceKindName, type PciDeviceRecord } from './device-kinds';
 import { DeviceOperations, type DiskRequest, type HotAddPrepare, type NicModifyResult, type NicRequest, type PrepareStep, type RemovalResult } from './device-operations';
 import type { NicChangeRequest } from './nic-modify';
-import { checkHostPaths, openBootFiles, rbdBootFor } from './boot-files';
+import { checkDiskRequest, checkHostPaths, openBootFiles, rbdBootFor } from './boot-files';
 import { HostPathPolicy } from './host-paths';
 import { DeviceExistsError, InstanceStateError, InvalidArgumentError, OutcomeUnknownError, errorMessage, isOutcomeUnknown } from './errors';
 import { OperationRunner, operationError } from './operation-runner';
@@ -62,7 +62,7 @@ import { recordedTree, SlotOwner } from './slot-owner';
 import { hasResourceIntents } from './resource-intents';
 import { layoutRuntime } from './runtime-layout';
 import { waitTapsGone } from './tap';
-import { NoRbdError, type RbdHost } from './rbd-disk';
+import type { RbdHost } from './rbd-disk';
 import { unplugTimeoutFor, unplugTimeoutsFromHvparams, type UnplugKind, type UnplugTimeouts } from './unplug-timeouts';
 
 export interface KvmInstanceOptions {
@@ -549,23 +549,15 @@ export class KvmInstance extends EventEmitter {
   hotAddDisk(req: DiskRequest, prepare?: HotAddPrepare, opts: OperationOptions = {}): Promise<DiskRecord> {
     return this.runner.run(opts.operationId ?? '', 'disk', 'add', req.uuid, () => {
       // By resolution, before anything is recorded: a file the node is to create only by where it will be.
-      this.checkDiskRequest(req);
+      checkDiskRequest(this.hostPaths, this.options.rbd, req);
       return this.deviceOps.addDisk(req, prepare);
     });
-  }
-
-  /** A disk's host path by the node's rules; an RBD disk has none, it needs the node's RBD access. */
-  private checkDiskRequest(req: DiskRequest): void {
-    if (req.template === 'rbd') {
-      if (!this.options.rbd) throw new NoRbdError();
-    } else if (req.created) this.hostPaths.assertNewDiskPath(req.path);
-    else this.hostPaths.checkDisk(req.path);
   }
 
   /** A SCSI disk (a LUN on the virtio-scsi controller, which comes with the first one), as hotAddDisk. */
   hotAddScsiDisk(req: DiskRequest, prepare?: HotAddPrepare, opts: OperationOptions = {}): Promise<ScsiDiskRecord> {
     return this.runner.run(opts.operationId ?? '', 'disk', 'add', req.uuid, () => {
-      this.checkDiskRequest(req);
+      checkDiskRequest(this.hostPaths, this.options.rbd, req);
       return this.deviceOps.addScsiDisk(req, prepare);
     });
   }

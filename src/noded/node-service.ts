@@ -41,8 +41,8 @@ import { failedPrecondition, invalidArgument, notFound, statusName, toStatus } f
 import type { Storage } from './storage';
 import type { VcpuPolicy } from './vcpu-policy';
 import type { QemuSecurity } from './qemu-user';
-import { nodeMadeImage, rbdImageOf } from '../hypervisor/rbd-disk';
-import type { RbdPool } from './rbd-pool';
+import type { RbdImage } from '../hypervisor/disk-template';
+import { createdImages, ensureImages, removeImages, type RbdPool } from './rbd-pool';
 
 export interface NodeServiceOptions {
   nodeName: string;
@@ -192,32 +192,19 @@ export class NodeService {
     const name = spec.name;
     const plan = planStart(spec, this.storage, this.opts.rbdPool);
     assertPlanHostPaths(plan, this.storage.hostPaths);
-    const madeImages = await this.ensureImages(plan);
+    const madeImages = await ensureImages(this.opts.rbdPool, plan.newImages, this.imageLog(name));
     try {
       return await this.startPlanned(name, plan);
     } catch (err) {
       // Images made for this start alone: no runtime file keeps a disk on them unless the instance existed.
-      if (!this.registry.find(name)) await this.removeImages(name, madeImages);
+      if (!this.registry.find(name)) await removeImages(this.opts.rbdPool, madeImages, this.imageLog(name));
       throw err;
     }
   }
 
-  /** The RBD images of the plan that are missing, created (returns those it made). */
-  private async ensureImages(plan: StartPlan): Promise<Array<{ pool: string; image: string }>> {
-    const pool = this.opts.rbdPool;
-    const made: Array<{ pool: string; image: string }> = [];
-    if (!pool) return made;
-    try {
-      for (const n of plan.newImages) {
-        if (await pool.info(n.image)) continue;
-        await pool.create(n.image, n.sizeBytes);
-        made.push(n.image);
-      }
-    } catch (err) {
-      await this.removeImages(plan.machine.name, made);
-      throw err;
-    }
-    return made;
+  /** How a failed image deletion is logged: the instance and the image named. */
+  private imageLog(instance: string): (img: RbdImage, why: string) => void {
+    return (img, why) => this.opts.log(`instance ${instance}: its RBD image ${img.pool}/${img.image} could not be deleted: ${why}`);
   }
 
   private async startPlanned(name: string, plan: StartPlan): Promise<InstanceRuntime> {
@@ -285,31 +272,13 @@ export class NodeService {
       if (this.registry.find(inst.name) !== inst) throw notFound(`instance ${inst.name} was removed already`);
       const pid = inst.pid;
       if (pid !== undefined) throw failedPrecondition(`instance ${inst.name} is running (pid ${pid}); stop it before removing it`);
-      const images = this.createdImages(inst);
+      const images = createdImages(inst.runtime);
       this.registry.delete(inst.name);
       fs.rmSync(inst.paths.dir, { recursive: true, force: true });
       this.storage.removeInstance(inst.name);
-      await this.removeImages(inst.name, images);
+      await removeImages(this.opts.rbdPool, images, this.imageLog(inst.name));
       return {};
     }));
-  }
-
-  /** The RBD images the node made for the instance's disks (adopted ones are not the node's to delete). */
-  private createdImages(inst: KvmInstance): Array<{ pool: string; image: string }> {
-    const d = inst.runtime;
-    return [...d.block_devices, ...(d.scsi_disks ?? [])].filter((r) => nodeMadeImage(r)).map((r) => rbdImageOf(r) as { pool: string; image: string });
-  }
-
-  /** Deletes them after the instance is gone (QEMU is stopped: nothing holds them); a failure is logged, the image named. */
-  private async removeImages(instance: string, images: Array<{ pool: string; image: string }>): Promise<void> {
-    for (const img of images) {
-      try {
-        if (!this.opts.rbdPool) throw new Error('this node has no RBD configured');
-        await this.opts.rbdPool.remove(img);
-      } catch (err) {
-        this.opts.log(`instance ${instance} removed, but its RBD image ${img.pool}/${img.image} could not be deleted: ${err instanceof Error ? err.message : String(err)}`);
-      }
-    }
   }
 
   // ---- vCPUs and memory -------------------------------------------------

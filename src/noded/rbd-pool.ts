@@ -19,7 +19,8 @@ import { execFile } from 'node:child_process';
 import * as fs from 'node:fs';
 import { promisify } from 'node:util';
 import { excerpt } from '../common/excerpt';
-import { assertRbdAccess, assertRbdName, ensureRbdConf, type RbdAccess, type RbdHost, type RbdImage, type RbdServer } from '../hypervisor/rbd-disk';
+import { assertRbdAccess, assertRbdName, ensureRbdConf, nodeMadeImage, rbdImageOf, type RbdAccess, type RbdHost, type RbdImage, type RbdServer } from '../hypervisor/rbd-disk';
+import type { RuntimeData } from '../hypervisor/runtime-file';
 import { failedPrecondition, invalidArgument, notFound } from './status';
 
 const run = promisify(execFile);
@@ -278,4 +279,38 @@ export function rbdConfigFromFlags(flags: { monitors?: string; pool?: string; id
     throw new Error(`--rbd-pool: ${(err as Error).message}`);
   }
   return { monitors: parseRbdMonitors(flags.monitors as string), pool: flags.pool as string, clientId, keyring: flags.keyring as string };
+}
+
+/** The RBD images the node made for an instance's disks (adopted ones are not the node's to delete). */
+export function createdImages(data: RuntimeData): RbdImage[] {
+  return [...data.block_devices, ...(data.scsi_disks ?? [])].filter((r) => nodeMadeImage(r)).map((r) => rbdImageOf(r) as RbdImage);
+}
+
+/** Deletes images (nothing holds them: QEMU is stopped or never had them); a failure goes to `failed`. */
+export async function removeImages(pool: RbdPool | undefined, images: RbdImage[], failed: (img: RbdImage, why: string) => void): Promise<void> {
+  for (const img of images) {
+    try {
+      if (!pool) throw new Error('this node has no RBD configured');
+      await pool.remove(img);
+    } catch (err) {
+      failed(img, err instanceof Error ? err.message : String(err));
+    }
+  }
+}
+
+/** Creates the missing images of a start (returns those it made); on a failure deletes those again and throws. */
+export async function ensureImages(pool: RbdPool | undefined, wanted: Array<{ image: RbdImage; sizeBytes: number }>, failed: (img: RbdImage, why: string) => void): Promise<RbdImage[]> {
+  const made: RbdImage[] = [];
+  if (!pool) return made;
+  try {
+    for (const n of wanted) {
+      if (await pool.info(n.image)) continue;
+      await pool.create(n.image, n.sizeBytes);
+      made.push(n.image);
+    }
+  } catch (err) {
+    await removeImages(pool, made, failed);
+    throw err;
+  }
+  return made;
 }

@@ -10,6 +10,9 @@
 #   scripts/ceph-dev.sh stop DIR     SIGTERM to the recorded pids (SIGKILL after
 #                                    a few seconds), then remove DIR
 #   scripts/ceph-dev.sh status DIR   ceph -s
+#   scripts/ceph-dev.sh install      only install the packages (scripts/prepare.sh runs
+#                                    it: the tests run in a network namespace that
+#                                    reaches no package mirror)
 #
 # It makes pool "rbd" (size 1, rbd pool init) and client.gnt with the caps an
 # RBD client needs (mon 'profile rbd', osd/mgr 'profile rbd pool=rbd'), whose
@@ -33,10 +36,14 @@ die() {
 }
 
 usage() {
-  echo "usage: $0 start|stop|status DIR" >&2
+  echo "usage: $0 start|stop|status DIR | $0 install" >&2
   exit 2
 }
 
+if [ $# -eq 1 ] && [ "$1" = install ]; then
+  INSTALL_ONLY=1
+  set -- install /nonexistent
+fi
 [ $# -eq 2 ] || usage
 CMD=$1
 [ -n "$2" ] || usage
@@ -280,6 +287,11 @@ status() {
 }
 
 case "$CMD" in
+  install)
+    [ "${INSTALL_ONLY:-}" = 1 ] || usage
+    install_packages
+    log "packages present: ${PACKAGES[*]}"
+    ;;
   start) start ;;
   stop) stop ;;
   status) status ;;

@@ -1,9 +1,11 @@
 /**
  * A one-node Ceph cluster (scripts/ceph-dev.sh) for the tests that need
  * RBD: startCeph() in a mocha `before`, stopCeph() in the `after`. It runs
- * on 127.0.0.1 of the caller's network namespace. If the ceph packages
- * cannot be installed or the cluster does not come up, startCeph() throws
- * with the script's reason: the test fails, it is never skipped.
+ * on 127.0.0.1 of the caller's network namespace. The packages come from
+ * scripts/prepare.sh (scripts/ceph-dev.sh install: the tests' namespace
+ * reaches no package mirror). If they are missing and cannot be installed,
+ * or the cluster does not come up, startCeph() throws with the script's
+ * reason: the test fails, it is never skipped.
  */
 import { execFile, execFileSync } from 'node:child_process';
 import * as fs from 'node:fs';
@@ -43,7 +45,10 @@ export async function startCeph(): Promise<TestCeph> {
   } catch (err) {
     const e = err as { stderr?: string; message: string };
     await stopCeph({ dir } as TestCeph).catch(() => undefined);
-    throw new Error(`the one-node Ceph for this test did not start (scripts/ceph-dev.sh start): ${e.stderr?.trim() || e.message}`);
+    throw new Error(
+      `the one-node Ceph for this test did not start (scripts/ceph-dev.sh start): ${e.stderr?.trim() || e.message}` +
+        ' (the packages are installed by scripts/prepare.sh through "scripts/ceph-dev.sh install", outside the test\'s network namespace)',
+    );
   }
   return {
     dir,

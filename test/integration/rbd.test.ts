@@ -179,6 +179,32 @@ describe('RBD disks (QEMU rbd driver, one-node Ceph)', function () {
       assert.match(imageHead(ceph, disk.rbdImage), /^gnt-guest stamp vd[a-z] 98304\n/, 'the data written before the moves is there');
     });
 
+    it('an image made just before the node crashed goes with the intent at the restart (reconcile), the add fails', async () => {
+      const before = new Set(rbdImages(ceph));
+      await c.killNode('node1', 'SIGTERM');
+      c.node('node1').env.GNT_NODED_CRASH_POINT = 'after-disk-file-created';
+      await c.restartNode('node1');
+      const add = c.gntAsync('gnt-instance', 'modify', '--hotplug', '--disk', 'add:size=32M,template=rbd', name);
+      const deadline = Date.now() + 60_000;
+      let made: string | undefined;
+      while (!made && Date.now() < deadline) {
+        made = rbdImages(ceph).find((i) => !before.has(i));
+        if (!made) await sleep(200);
+      }
+      assert.ok(made, 'the node made the image before it crashed');
+      const n = c.node('node1');
+      while (n.daemon.child.exitCode === null && n.daemon.child.signalCode === null && Date.now() < deadline) await sleep(100);
+      delete n.env.GNT_NODED_CRASH_POINT;
+      await c.restartNode('node1');
+      const r = await add;
+      assert.notEqual(r.code, 0, 'the hot-add did not succeed');
+      while (rbdImages(ceph).includes(made) && Date.now() < deadline + 30_000) await sleep(300);
+      assert.ok(!rbdImages(ceph).includes(made), 'reconciliation deleted the image the crash left behind');
+      const d = await c.waitGuest<Details>(name, (x) => x.runtime.running, 'the instance running on');
+      assert.ok(!d.runtime.disks.some((x) => x.rbdImage === made), 'no disk names it');
+      assert.ok(!d.runtime.guest.disks.some((l) => l.includes(` ${(32 * MiB) / 512} `)), 'the guest never got it');
+    });
+
     it('instance remove deletes the images the node made', async () => {
       const made = rbdDisks(info()).map((x) => x.rbdImage);
       assert.equal(made.length, 1);

@@ -9,7 +9,9 @@
  * docs/reliability.md, "Adding a device kind").
  */
 import * as fs from 'node:fs';
-import { attachDisk, detachDisk, diskId, diskKind, releaseDisk } from './disk';
+import { attachDisk, detachDisk, diskId, diskKind, releaseDisk, type BackingContext } from './disk';
+import { nodeMadeImage, rbdImageOf, type RbdHost } from './rbd-disk';
+import type { DiskBacking } from './disk-template';
 import type { HostPathPolicy } from './host-paths';
 import { attachNic, detachNic, nicId, prepareNicTap, releaseNic, validateNic, type NicDeviceOptions } from './nic';
 import type { OperationKind } from './operations';
@@ -31,7 +33,20 @@ export interface AttachContext {
   hostPaths: HostPathPolicy;
   /** The instance's hvparams (who QEMU runs as: a pmem file is given to that user). */
   hvparams: HvParams;
+  /** The node's RBD access (gnt-noded --rbd-*), if configured. */
+  rbd?: RbdHost;
 }
+
+/** What a disk's backing needs from the attach context. */
+const backing = (ctx: AttachContext): BackingContext => {
+  const chroot = ctx.hvparams.chroot;
+  return { hostPaths: ctx.hostPaths, ...(ctx.rbd ? { rbd: ctx.rbd } : {}), ...(typeof chroot === 'string' && chroot ? { chroot } : {}) };
+};
+
+/** A disk's kind is checked by its host path; an RBD disk has none. */
+const validateBacking = (rec: { path: string } & DiskBacking): void => {
+  if (!rbdImageOf(rec)) diskKind(rec.path);
+};
 
 /** Host resources made for a device before its intent is recorded (a NIC's tap), held by this process until QEMU has its own copy. */
 export interface HostPrep {
@@ -75,8 +90,12 @@ export interface DeviceKind<R extends DeviceRecord = DeviceRecord> {
   detach(mon: Monitor, rec: R, slot: number, timeoutMs: number): Promise<void>;
   /** Frees the QEMU backends (netdev, named fd; block node, fdset); harmless when gone. */
   release(mon: Monitor, rec: R, slot: number): Promise<void>;
-  /** Frees what the node made on the host for the device (a disk file it created); after the save that dropped it. */
-  releaseHost(rec: R, ctx: AttachContext): void;
+  /**
+   * Frees what the node made for the device (a disk file or RBD image it
+   * created), while the record still names it. An RBD image goes through
+   * the rbd CLI: the promise settles when it is gone.
+   */
+  releaseHost(rec: R, ctx: AttachContext): void | Promise<void>;
 }
 
 export const NIC_KIND: DeviceKind<NicRecord> = {
@@ -120,20 +139,26 @@ export const DISK_KIND: DeviceKind<DiskRecord> = {
     data.block_devices = data.block_devices.filter((d) => d.uuid !== uuid);
   },
   id: (rec, slot) => diskId(rec, slot),
-  validate: (rec) => void diskKind(rec.path),
-  attach: (mon, rec, slot, ctx) => attachDisk(mon, rec, slot, ctx.hostPaths),
+  validate: validateBacking,
+  attach: (mon, rec, slot, ctx) => attachDisk(mon, rec, slot, backing(ctx)),
   detach: (mon, rec, slot, timeoutMs) => detachDisk(mon, rec, slot, timeoutMs),
   release: (mon, rec, slot) => releaseDisk(mon, rec, slot),
-  // A file the node created goes by resolution beneath the storage directory (host-paths.ts), never by following its path.
-  releaseHost: (rec, ctx) => {
-    if (rec.created) ctx.hostPaths.removeDiskFile(rec.path);
-  },
+  releaseHost: (rec, ctx) => removeCreated(rec, ctx),
 };
 
-/** A disk file the node created goes by resolution beneath the storage directory (host-paths.ts). */
-const removeCreated = (rec: { created?: boolean; path: string }, ctx: AttachContext): void => {
+/**
+ * What the node created for a disk goes: a file by resolution beneath the
+ * storage directory (host-paths.ts), never by following its path; an RBD
+ * image it made (not an adopted one) by the node's rbd CLI.
+ */
+function removeCreated(rec: { created?: boolean; path: string } & DiskBacking, ctx: AttachContext): void | Promise<void> {
+  const img = rbdImageOf(rec);
+  if (img) {
+    if (!nodeMadeImage(rec)) return undefined;
+    return ctx.rbd?.removeImage(img);
+  }
   if (rec.created) ctx.hostPaths.removeDiskFile(rec.path);
-};
+}
 
 export const SCSI_DISK_KIND: DeviceKind<ScsiDiskRecord> = {
   name: 'scsi-disk',
@@ -146,8 +171,8 @@ export const SCSI_DISK_KIND: DeviceKind<ScsiDiskRecord> = {
     data.scsi_disks = (data.scsi_disks ?? []).filter((d) => d.uuid !== uuid);
   },
   id: (rec) => scsiDiskId(rec),
-  validate: (rec) => void diskKind(rec.path),
-  attach: (mon, rec, _slot, ctx) => attachScsiDisk(mon, rec, ctx.hostPaths),
+  validate: validateBacking,
+  attach: (mon, rec, _slot, ctx) => attachScsiDisk(mon, rec, backing(ctx)),
   detach: (mon, rec, _slot, timeoutMs) => detachScsiDisk(mon, rec, timeoutMs),
   release: (mon, rec) => releaseScsiDisk(mon, rec),
   releaseHost: removeCreated,

@@ -85,6 +85,12 @@ export interface DiskRequest extends DiskBacking {
  */
 export type PrepareStep = () => (() => void) | void;
 
+/**
+ * The prepare step of a hot-add: as PrepareStep, but it may take time (an
+ * RBD image the node creates through the rbd CLI); its undo too.
+ */
+export type HotAddPrepare = () => Promise<(() => void | Promise<void>) | void> | (() => void | Promise<void>) | void;
+
 /** A removal: done, or waiting for the guest to release the device (its slot and id stay reserved). */
 export interface RemovalResult<T> {
   record: T;
@@ -156,7 +162,7 @@ export class DeviceOperations {
     return this.attachRecorded(NIC_KIND, nic, mon);
   }
 
-  async addDisk(req: DiskRequest, prepare?: PrepareStep): Promise<DiskRecord> {
+  async addDisk(req: DiskRequest, prepare?: HotAddPrepare): Promise<DiskRecord> {
     if (req.diskBus || req.diskType) throw new InvalidArgumentError(`disk ${req.uuid}: a ${req.diskBus ?? req.diskType} disk is hot-added by its own call (addScsiDisk, addPmem)`);
     this.assertNewUuid(req.uuid);
     this.host.requireRunning();
@@ -170,7 +176,7 @@ export class DeviceOperations {
   }
 
   /** A LUN on the virtio-scsi controller, which is added first when QEMU lacks it (at a place from the slot owner). */
-  async addScsiDisk(req: DiskRequest, prepare?: PrepareStep): Promise<ScsiDiskRecord> {
+  async addScsiDisk(req: DiskRequest, prepare?: HotAddPrepare): Promise<ScsiDiskRecord> {
     this.assertNewUuid(req.uuid);
     this.host.requireRunning();
     const mon = await this.host.monitor();
@@ -186,7 +192,7 @@ export class DeviceOperations {
   }
 
   /** A virtio-pmem device: needs maxmem room beside the DIMMs and virtio-mem (pmem.ts). */
-  async addPmem(req: DiskRequest, prepare?: PrepareStep): Promise<PmemRecord> {
+  async addPmem(req: DiskRequest, prepare?: HotAddPrepare): Promise<PmemRecord> {
     const data = this.host.data();
     const sizeMiB = req.sizeMiB ?? 0;
     assertPmemSize(sizeMiB);
@@ -227,7 +233,7 @@ export class DeviceOperations {
    * Records the intent (with the operation), prepares the host side,
    * attaches, and records the result with the operation's outcome.
    */
-  private async attachRecorded<T extends DeviceRecord>(kind: DeviceKind<T>, rec: T, mon: Monitor, prepare?: PrepareStep): Promise<T> {
+  private async attachRecorded<T extends DeviceRecord>(kind: DeviceKind<T>, rec: T, mon: Monitor, prepare?: HotAddPrepare): Promise<T> {
     const prep = kind.prepareHost ? await kind.prepareHost(rec) : undefined;
     try {
       return await this.attachPrepared(kind, rec, mon, prep, prepare);
@@ -236,18 +242,18 @@ export class DeviceOperations {
     }
   }
 
-  private async attachPrepared<T extends DeviceRecord>(kind: DeviceKind<T>, rec: T, mon: Monitor, prep: HostPrep | undefined, prepare?: PrepareStep): Promise<T> {
+  private async attachPrepared<T extends DeviceRecord>(kind: DeviceKind<T>, rec: T, mon: Monitor, prep: HostPrep | undefined, prepare?: HotAddPrepare): Promise<T> {
     kind.records(this.host.data()).push(rec);
     this.host.save();
-    let undoPrepare: (() => void) | void = undefined;
+    let undoPrepare: (() => void | Promise<void>) | void = undefined;
     try {
-      undoPrepare = prepare?.();
+      undoPrepare = await prepare?.();
       if (prepare) kind.validate(rec);
       await kind.attach(mon, rec, slotOf(kind as unknown as DeviceKind, rec) as number, this.host.attachContext(), prep);
     } catch (err) {
       if (isOutcomeUnknown(err)) return this.settleUnknownAttach(kind as unknown as DeviceKind, rec, err) as Promise<T>;
       this.host.slotsChanged();
-      undoPrepare?.();
+      await undoPrepare?.();
       kind.forget(this.host.data(), rec.uuid);
       this.runner.settleCurrent('add', 'failed', { error: operationError(err) });
       this.host.save();
@@ -318,7 +324,7 @@ export class DeviceOperations {
    */
   async finishRemoval(kind: DeviceKind, rec: DeviceRecord, mon: Monitor, by: SettledBy): Promise<void> {
     await kind.release(mon, rec, slotOf(kind, rec) as number);
-    this.releaseHost(kind, rec);
+    await this.releaseHost(kind, rec);
     const wasAttaching = rec.state === 'attaching';
     kind.forget(this.host.data(), rec.uuid);
     if (wasAttaching) this.runner.failOpen(rec.uuid, by, `the hot-add of ${kind.label} ${rec.uuid} did not reach QEMU; everything it had made was released`);
@@ -329,11 +335,13 @@ export class DeviceOperations {
     this.host.save();
   }
 
-  releaseHost(kind: DeviceKind, rec: DeviceRecord): void {
+  /** Frees the device's host side (releaseHost of its kind); a failure is a warning. Settles when it is done (an RBD image takes an rbd call). */
+  async releaseHost(kind: DeviceKind, rec: DeviceRecord): Promise<void> {
+    const warn = (err: unknown): void => this.host.warn(`${kind.label} ${rec.uuid} is gone, but freeing its host side failed: ${errorMessage(err)}`);
     try {
-      kind.releaseHost(rec, this.host.attachContext());
+      await kind.releaseHost(rec, this.host.attachContext());
     } catch (err) {
-      this.host.warn(`${kind.label} ${rec.uuid} is gone, but freeing its host side failed: ${errorMessage(err)}`);
+      warn(err);
     }
   }
 
@@ -388,7 +396,7 @@ export class DeviceOperations {
   dropPending(): void {
     const pending = allDevices(this.host.data()).filter(([, rec]) => rec.state);
     if (!pending.length) return;
-    for (const [kind, rec] of pending) this.releaseHost(kind, rec);
+    for (const [kind, rec] of pending) void this.releaseHost(kind, rec);
     for (const [kind, rec] of pending) {
       kind.forget(this.host.data(), rec.uuid);
       const removed = rec.state === 'detaching';

@@ -6,8 +6,8 @@
  *   blockdev -> the operator grew the device (lvextend, losetup -c, ...):
  *               its size is read from the opened device and must be at least
  *               the asked size; nothing is written
- *   rbd      -> the image is resized by the node's RBD code (src/noded/rbd-*),
- *               given as `rbd` in the table; without it: refused
+ *   rbd      -> the image is resized by the node's RBD pool (src/noded/rbd-pool.ts,
+ *               `rbd resize`), given as `rbd` in the table; without it: refused
  * A table, so a template is one entry (the node passes its rbd entry in
  * KvmInstanceOptions.diskGrowers).
  */
@@ -72,19 +72,16 @@ export function blockdevGrower(hostPaths: HostPathPolicy): DiskGrower {
   };
 }
 
-/** rbd until the node's RBD code gives its entry. */
-export const RBD_NOT_YET: DiskGrower = {
-  size: (rec) => {
-    throw new HypervisorError('FAILED_PRECONDITION', `${what(rec)}: growing an rbd disk is not supported on this node yet`);
-  },
-  grow: (rec) => {
-    throw new HypervisorError('FAILED_PRECONDITION', `${what(rec)}: growing an rbd disk is not supported on this node yet`);
-  },
+const noRbd = (rec: GrowableDisk): never => {
+  throw new HypervisorError('FAILED_PRECONDITION', `${what(rec)}: this node has no RBD configured (gnt-noded --rbd-monitors, --rbd-pool, --rbd-keyring), so it cannot grow an rbd disk`);
 };
+
+/** rbd on a node without RBD access. */
+export const RBD_ABSENT: DiskGrower = { size: noRbd, grow: noRbd };
 
 /** The node's table: file and blockdev through its HostPathPolicy, rbd as given (or refused). */
 export function diskGrowers(hostPaths: HostPathPolicy, extra: Partial<DiskGrowerTable> = {}): DiskGrowerTable {
-  return { file: fileGrower(hostPaths), blockdev: blockdevGrower(hostPaths), rbd: RBD_NOT_YET, ...extra };
+  return { file: fileGrower(hostPaths), blockdev: blockdevGrower(hostPaths), rbd: RBD_ABSENT, ...extra };
 }
 
 /** An instance's disk grows and limit changes, each disk's backing by its template's grower. */

@@ -36,6 +36,15 @@ export function throttleArgs(qdevId: string, limits: DiskIoLimits | undefined): 
   return args;
 }
 
+/**
+ * Sets the limits of a device just added with `deviceProps` (checked before,
+ * checkIoLimits), before the guest can do much I/O on it. virtio-blk takes
+ * them on its backend's id.
+ */
+export async function setAttachLimits(mon: Monitor, id: string, deviceProps: Record<string, unknown>, limits: DiskIoLimits): Promise<void> {
+  await setIoLimits(mon, deviceProps.driver === 'virtio-blk-pci' ? `${id}/virtio-backend` : id, limits);
+}
+
 /** Sets the device's limits (all six: a field not given is cleared). */
 export async function setIoLimits(mon: Monitor, qdevId: string, limits: DiskIoLimits | undefined): Promise<void> {
   await mon.execute('block_set_io_throttle', throttleArgs(qdevId, limits));

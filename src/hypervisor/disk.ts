@@ -9,6 +9,9 @@
  *               device_add (each undone if a later one fails)
  *   detach   -> device_del, wait until QEMU no longer lists the device
  *   release  -> blockdev-del, remove-fd of the fdset whose opaque is the id
+ * A disk on an RBD image (template rbd) has no host file: QEMU's rbd driver
+ * opens the image itself (rbd-disk.ts); attachBacked and releaseBacked
+ * choose the way by the record, for virtio-blk and SCSI LUNs alike.
  */
 import * as fs from 'node:fs';
 import { deviceId } from './device-id';
@@ -19,7 +22,17 @@ import { inTransaction } from './hotplug-transaction';
 import { deleteDevice, ignoreNotFound, pciPlacement, pciPlacementArg } from './qdev';
 import type { Monitor } from './qmp-client';
 import type { DiskRecord } from './runtime-file';
-import { setIoLimits, type DiskIoLimits } from './disk-io-limits';
+import { setAttachLimits, type DiskIoLimits } from './disk-io-limits';
+import type { DiskBacking } from './disk-template';
+import { NoRbdError, attachRbdDevice, hotplugConfPath, rbdImageOf, releaseRbd, type RbdHost } from './rbd-disk';
+
+/** What attaching a disk's backing may need: the host path rules, and for RBD the node's access and the chroot QEMU is in. */
+export interface BackingContext {
+  hostPaths: HostPathPolicy;
+  rbd?: RbdHost;
+  /** hvparam chroot, if QEMU runs in one. */
+  chroot?: string;
+}
 
 export type DiskKind = 'file' | 'block';
 
@@ -60,13 +73,19 @@ export function blockdevOptions(id: string, kind: DiskKind, fdset: number): Reco
   };
 }
 
+/** The -device of the disk at boot, on the block node named by its id. */
+export function diskDeviceArgs(disk: DiskRecord, slot: number): string[] {
+  const id = diskId(disk, slot);
+  return ['-device', `virtio-blk-pci,drive=${id},id=${id},${pciPlacementArg(disk, slot)}`];
+}
+
 /** QEMU arguments that create the disk at boot, its fd at child fd `childFd`. */
 export function diskBootArgs(disk: DiskRecord, slot: number, childFd: number, fdset: number, kind: DiskKind): string[] {
   const id = diskId(disk, slot);
   return [
     '-add-fd', `fd=${childFd},set=${fdset},opaque=${id}`,
     '-blockdev', JSON.stringify(blockdevOptions(id, kind, fdset)),
-    '-device', `virtio-blk-pci,drive=${id},id=${id},${pciPlacementArg(disk, slot)}`,
+    ...diskDeviceArgs(disk, slot),
   ];
 }
 
@@ -102,18 +121,45 @@ export async function attachBlockDevice(
         mon.execute('blockdev-del', { 'node-name': id }),
       );
       await tx.step('device_add', () => mon.execute('device_add', deviceProps));
-      // Checked before (disk-io-limits.ts); set before the guest can do much I/O on the new disk.
-      if (ioLimits) await tx.step('block_set_io_throttle', () => setIoLimits(mon, deviceProps.driver === 'virtio-blk-pci' ? `${id}/virtio-backend` : id, ioLimits));
+      if (ioLimits) await tx.step('block_set_io_throttle', () => setAttachLimits(mon, id, deviceProps, ioLimits));
     } finally {
       closeFd();
     }
   });
 }
 
+/**
+ * Hot-adds a device on the record's backing: a host file or device by fd
+ * (attachBlockDevice), or an RBD image through QEMU's rbd driver.
+ */
+export async function attachBacked(
+  mon: Monitor,
+  what: string,
+  id: string,
+  rec: { path: string; io_limits?: DiskIoLimits } & DiskBacking,
+  ctx: BackingContext,
+  deviceProps: Record<string, unknown>,
+): Promise<void> {
+  const img = rbdImageOf(rec);
+  if (!img) return attachBlockDevice(mon, what, id, rec.path, ctx.hostPaths, deviceProps, rec.io_limits);
+  if (!ctx.rbd) throw new NoRbdError();
+  const host = ctx.rbd;
+  const limits = rec.io_limits;
+  const setLimits = limits ? () => setAttachLimits(mon, id, deviceProps, limits) : undefined;
+  return attachRbdDevice(mon, what, id, img, host.access, hotplugConfPath(host, ctx.chroot), deviceProps, (i) => host.checkImage(i), setLimits);
+}
+
+/** Frees the block node and what backs it (fdset, or the RBD secret); harmless when already gone. */
+export async function releaseBacked(mon: Monitor, id: string, rec: DiskBacking): Promise<void> {
+  if (rbdImageOf(rec)) return releaseRbd(mon, id);
+  await ignoreNotFound(mon.execute('blockdev-del', { 'node-name': id }));
+  for (const set of await fdsetsOf(mon, id)) await ignoreNotFound(mon.execute('remove-fd', { 'fdset-id': set }));
+}
+
 /** Hot-adds the disk at `slot`. Undoes every step on failure. */
-export async function attachDisk(mon: Monitor, disk: DiskRecord, slot: number, hostPaths: HostPathPolicy): Promise<void> {
+export async function attachDisk(mon: Monitor, disk: DiskRecord, slot: number, ctx: BackingContext): Promise<void> {
   const id = diskId(disk, slot);
-  await attachBlockDevice(mon, 'disk', id, disk.path, hostPaths, { driver: 'virtio-blk-pci', id, drive: id, ...pciPlacement(disk, slot) }, disk.io_limits);
+  await attachBacked(mon, 'disk', id, disk, ctx, { driver: 'virtio-blk-pci', id, drive: id, ...pciPlacement(disk, slot) });
 }
 
 export async function detachDisk(mon: Monitor, disk: DiskRecord, slot: number, timeoutMs: number): Promise<void> {
@@ -126,9 +172,7 @@ export async function fdsetsOf(mon: Monitor, id: string): Promise<number[]> {
   return sets.filter((s) => s.fds.some((f) => f.opaque === id)).map((s) => s['fdset-id']);
 }
 
-/** Frees the disk's block node and fdset; harmless when already gone. */
+/** Frees the disk's block node and fdset (or secret); harmless when already gone. */
 export async function releaseDisk(mon: Monitor, disk: DiskRecord, slot: number): Promise<void> {
-  const id = diskId(disk, slot);
-  await ignoreNotFound(mon.execute('blockdev-del', { 'node-name': id }));
-  for (const set of await fdsetsOf(mon, id)) await ignoreNotFound(mon.execute('remove-fd', { 'fdset-id': set }));
+  await releaseBacked(mon, diskId(disk, slot), disk);
 }

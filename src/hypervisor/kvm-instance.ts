@@ -15,9 +15,9 @@ import * as fs from 'node:fs';
 import { attachDimm, type DimmRecord } from './memory';
 import { deviceMemoryMiB } from './pmem';
 import { allDevices, deviceKind, findDevice, idOf, isPlaced, DISK_KIND, PMEM_KIND, SCSI_DISK_KIND, type DeviceKind, type DeviceKindName, type PciDeviceRecord } from './device-kinds';
-import { DeviceOperations, type DiskRequest, type NicModifyResult, type NicRequest, type PrepareStep, type RemovalResult } from './device-operations';
+import { DeviceOperations, type DiskRequest, type HotAddPrepare, type NicModifyResult, type NicRequest, type PrepareStep, type RemovalResult } from './device-operations';
 import type { NicChangeRequest } from './nic-modify';
-import { checkHostPaths, openBootFiles } from './boot-files';
+import { checkDiskRequest, checkHostPaths, openBootFiles, rbdBootFor } from './boot-files';
 import { HostPathPolicy } from './host-paths';
 import { DeviceExistsError, InstanceStateError, InvalidArgumentError, OutcomeUnknownError, errorMessage, isOutcomeUnknown } from './errors';
 import { OperationRunner, operationError } from './operation-runner';
@@ -65,6 +65,7 @@ import { recordedTree, SlotOwner } from './slot-owner';
 import { hasResourceIntents } from './resource-intents';
 import { layoutRuntime } from './runtime-layout';
 import { waitTapsGone } from './tap';
+import type { RbdHost } from './rbd-disk';
 import { unplugTimeoutFor, unplugTimeoutsFromHvparams, type UnplugKind, type UnplugTimeouts } from './unplug-timeouts';
 
 export interface KvmInstanceOptions {
@@ -85,9 +86,11 @@ export interface KvmInstanceOptions {
   testMonitor?: boolean;
   /** How disk templates grow beyond file and blockdev (disk-growers.ts): the node's rbd entry. */
   diskGrowers?: Partial<DiskGrowerTable>;
+  /** The node's Ceph RBD access (gnt-noded --rbd-*): without it an RBD disk is refused. */
+  rbd?: RbdHost;
 }
 
-export type { DiskRequest, NicModifyResult, NicRequest, PrepareStep, RemovalResult } from './device-operations';
+export type { DiskRequest, HotAddPrepare, NicModifyResult, NicRequest, PrepareStep, RemovalResult } from './device-operations';
 export type { NicChangeRequest } from './nic-modify';
 export type { DiskChangeRequest, DiskModifyResult } from './disk-modify';
 
@@ -156,7 +159,7 @@ export class KvmInstance extends EventEmitter {
       monitor: () => this.monitor(),
       requireRunning: () => this.requireRunning(),
       unplugTimeout: (kind) => this.unplugTimeout(kind),
-      attachContext: () => ({ nicOptions: this.nicOptions, hostPaths: this.hostPaths, hvparams: this.data.hvparams }),
+      attachContext: () => ({ nicOptions: this.nicOptions, hostPaths: this.hostPaths, hvparams: this.data.hvparams, ...(options.rbd ? { rbd: options.rbd } : {}) }),
       chooseSlot: (mon, requested) => this.chooseSlot(mon, requested),
       scheduleReconcile: () => this.scheduleReconcile(),
       slotsChanged: () => this.slots.invalidate(),
@@ -298,7 +301,7 @@ export class KvmInstance extends EventEmitter {
     const dropped = allDevices(this.data).filter(([, d]) => 'path' in d && !kept.has(d.path));
     this.data = next;
     this.save();
-    for (const [kind, d] of dropped) this.deviceOps.releaseHost(kind, d);
+    for (const [kind, d] of dropped) void this.deviceOps.releaseHost(kind, d);
   }
 
   stop(timeoutMs = 10_000): Promise<void> {
@@ -328,7 +331,8 @@ export class KvmInstance extends EventEmitter {
     const local = [...nodeLocalArgs(this.paths, { testMonitor: this.options.testMonitor }), ...securityArgs(this.data.hvparams, qemu)];
     // DIMMs are plugged by QMP before the guest runs (see resourceBootArgs), so QEMU starts paused then.
     const dimms = this.data.resources?.dimms ?? [];
-    const boot = openBootFiles(this.hostPaths, this.data); // closed in the finally below, nothing throws before it
+    const rbd = rbdBootFor(this.options.rbd, this.data, this.paths.dir);
+    const boot = openBootFiles(this.hostPaths, this.data, rbd); // closed in the finally below, nothing throws before it
     const args = [...boot.cmd, ...local, ...pciTopology(this.data).args];
     // A link-down NIC is set down by QMP before the guest runs, as DIMMs are plugged.
     const linkDown = this.data.nics.some((n) => n.link_state === 'down') || hasIoLimits(this.data);
@@ -553,26 +557,24 @@ export class KvmInstance extends EventEmitter {
    * to be new and the intent to be recorded (e.g. to create the file: a
    * crash right after leaves an intent whose rollback deletes it).
    */
-  hotAddDisk(req: DiskRequest, prepare?: PrepareStep, opts: OperationOptions = {}): Promise<DiskRecord> {
+  hotAddDisk(req: DiskRequest, prepare?: HotAddPrepare, opts: OperationOptions = {}): Promise<DiskRecord> {
     return this.runner.run(opts.operationId ?? '', 'disk', 'add', req.uuid, () => {
       // By resolution, before anything is recorded: a file the node is to create only by where it will be.
-      if (req.created) this.hostPaths.assertNewDiskPath(req.path);
-      else this.hostPaths.checkDisk(req.path);
+      checkDiskRequest(this.hostPaths, this.options.rbd, req);
       return this.deviceOps.addDisk(req, prepare);
     });
   }
 
   /** A SCSI disk (a LUN on the virtio-scsi controller, which comes with the first one), as hotAddDisk. */
-  hotAddScsiDisk(req: DiskRequest, prepare?: PrepareStep, opts: OperationOptions = {}): Promise<ScsiDiskRecord> {
+  hotAddScsiDisk(req: DiskRequest, prepare?: HotAddPrepare, opts: OperationOptions = {}): Promise<ScsiDiskRecord> {
     return this.runner.run(opts.operationId ?? '', 'disk', 'add', req.uuid, () => {
-      if (req.created) this.hostPaths.assertNewDiskPath(req.path);
-      else this.hostPaths.checkDisk(req.path);
+      checkDiskRequest(this.hostPaths, this.options.rbd, req);
       return this.deviceOps.addScsiDisk(req, prepare);
     });
   }
 
   /** A virtio-pmem device of `req.sizeMiB` on a file the node creates (`req.created`), as hotAddDisk. */
-  hotAddPmem(req: DiskRequest, prepare?: PrepareStep, opts: OperationOptions = {}): Promise<PmemRecord> {
+  hotAddPmem(req: DiskRequest, prepare?: HotAddPrepare, opts: OperationOptions = {}): Promise<PmemRecord> {
     return this.runner.run(opts.operationId ?? '', 'disk', 'add', req.uuid, () => {
       if (req.created) this.hostPaths.assertNewDiskPath(req.path);
       return this.deviceOps.addPmem(req, prepare);

@@ -10,6 +10,8 @@ import { IO_LIMIT_KEYS, IO_LIMIT_MAX, ioLimitsProblem, type DiskIoLimits } from 
 import { excerpt } from '../common/excerpt';
 import { checkHvparams } from '../common/hvparams';
 import { macProblem } from '../common/mac';
+import { isRbdName } from '../common/disk-flavour';
+import { rbdPath } from './disk-template';
 import { CPU_DRIVER_RULE, CPU_TOPOLOGY_KEYS, MAX_TOPOLOGY_ID, cpuId } from './cpu';
 import { InvalidArgumentError, errorMessage } from './errors';
 import { assertInstanceName } from './instance-paths';
@@ -111,12 +113,25 @@ function checkNics(c: Checker, nics: unknown): void {
   });
 }
 
+/** A disk's backing (disk-template.ts): a host path; or template rbd with {pool, image} and the path rbd:POOL/IMAGE. */
+function checkBacking(c: Checker, f: string, d: Obj): void {
+  c.optional(d, 'template', (v) => v === 'blockdev' || v === 'rbd' || c.fail(`${f}.template`, v, 'must be blockdev or rbd when present'));
+  if (d.template !== 'rbd') {
+    if (d.rbd !== undefined) c.fail(`${f}.rbd`, d.rbd, 'belongs to template rbd only');
+    return c.hostPath(`${f}.path`, d.path);
+  }
+  const img = c.obj(`${f}.rbd`, d.rbd, ['pool', 'image']);
+  for (const k of ['pool', 'image'] as const)
+    if (typeof img[k] !== 'string' || !isRbdName(img[k] as string)) c.fail(`${f}.rbd.${k}`, img[k], 'an RBD name: letters, digits, ".", "_", "-"');
+  if (d.path !== rbdPath({ pool: img.pool as string, image: img.image as string })) c.fail(`${f}.path`, d.path, 'must be rbd:POOL/IMAGE of its rbd entry');
+}
+
 function checkDisks(c: Checker, disks: unknown): void {
   c.list('block_devices', disks, MAX_PLACED).forEach((raw, i) => {
     const f = `block_devices[${i}]`;
-    const d = c.obj(f, raw, ['uuid', 'path', 'pci', 'bus', 'state', 'created', ...GROW_FIELDS]);
+    const d = c.obj(f, raw, ['uuid', 'path', 'pci', 'bus', 'state', 'created', 'template', 'rbd', ...GROW_FIELDS]);
     c.match(`${f}.uuid`, d.uuid, UUID_RULE, 'a device uuid: letters, digits, ".", "_", "-", without ".."');
-    c.hostPath(`${f}.path`, d.path);
+    checkBacking(c, f, d);
     c.pci(`${f}.pci`, d.pci);
     c.optional(d, 'bus', (v) => c.match(`${f}.bus`, v, CONTROLLER_BUS_RULE, 'a bridge or root port of this software: pcibN or rpN'));
     c.state(`${f}.state`, d.state);
@@ -142,9 +157,9 @@ function checkGrowFields(c: Checker, f: string, d: Obj): void {
 function checkScsi(c: Checker, data: RuntimeData): void {
   c.list('scsi_disks', data.scsi_disks ?? [], MAX_SCSI_DISKS).forEach((raw, i) => {
     const f = `scsi_disks[${i}]`;
-    const d = c.obj(f, raw, ['uuid', 'path', 'target', 'lun', 'state', 'created', ...GROW_FIELDS]);
+    const d = c.obj(f, raw, ['uuid', 'path', 'target', 'lun', 'state', 'created', 'template', 'rbd', ...GROW_FIELDS]);
     c.match(`${f}.uuid`, d.uuid, UUID_RULE, 'a device uuid: letters, digits, ".", "_", "-", without ".."');
-    c.hostPath(`${f}.path`, d.path);
+    checkBacking(c, f, d);
     c.int(`${f}.target`, d.target, 0, SCSI_TARGETS - 1);
     c.int(`${f}.lun`, d.lun, 0, SCSI_LUNS - 1);
     c.state(`${f}.state`, d.state);

@@ -15,9 +15,8 @@
  *   release    -> blockdev-del, remove-fd (as disk.ts)
  */
 import { assertValidId, uuidPart } from './device-id';
-import { attachBlockDevice, blockdevOptions, fdsetsOf, type DiskKind } from './disk';
-import type { HostPathPolicy } from './host-paths';
-import { deleteDevice, devicePresent, ignoreNotFound, pciPlacement } from './qdev';
+import { attachBacked, blockdevOptions, releaseBacked, type BackingContext, type DiskKind } from './disk';
+import { deleteDevice, devicePresent, pciPlacement } from './qdev';
 import type { PciPlacement } from './pci-slots';
 import type { Monitor } from './qmp-client';
 import type { RuntimeData, ScsiControllerRecord, ScsiDiskRecord } from './runtime-file';
@@ -89,17 +88,18 @@ export async function ensureScsiController(mon: Monitor, data: RuntimeData, plac
 }
 
 /** Hot-adds the disk as a LUN on the controller. Undoes every step on failure. */
-export async function attachScsiDisk(mon: Monitor, disk: ScsiDiskRecord, hostPaths: HostPathPolicy): Promise<void> {
-  await attachBlockDevice(mon, 'SCSI disk', scsiDiskId(disk), disk.path, hostPaths, scsiHdProps(disk), disk.io_limits);
+export async function attachScsiDisk(mon: Monitor, disk: ScsiDiskRecord, ctx: BackingContext): Promise<void> {
+  await attachBacked(mon, 'SCSI disk', scsiDiskId(disk), disk, ctx, scsiHdProps(disk));
 }
 
 export async function detachScsiDisk(mon: Monitor, disk: ScsiDiskRecord, timeoutMs: number): Promise<void> {
   await deleteDevice(mon, scsiDiskId(disk), timeoutMs);
 }
 
-/** Frees the disk's block node and fdset; harmless when already gone. */
+/** Frees the disk's block node and fdset (or RBD secret); harmless when already gone. */
 export async function releaseScsiDisk(mon: Monitor, disk: ScsiDiskRecord): Promise<void> {
-  const id = scsiDiskId(disk);
-  await ignoreNotFound(mon.execute('blockdev-del', { 'node-name': id }));
-  for (const set of await fdsetsOf(mon, id)) await ignoreNotFound(mon.execute('remove-fd', { 'fdset-id': set }));
+  await releaseBacked(mon, scsiDiskId(disk), disk);
 }
+
+/** The -device of a LUN at boot, on the block node named by its id (an RBD LUN's -blockdev comes from rbd-disk.ts). */
+export const scsiHdDeviceArgs = (disk: ScsiDiskRecord): string[] => ['-device', toDeviceArg(scsiHdProps(disk))];

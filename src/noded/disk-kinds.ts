@@ -5,7 +5,7 @@
  * kind's record as a proto Disk.
  */
 import { excerpt } from '../common/excerpt';
-import { backingFields, isAdopted, parseRbdImage, rbdPath, templateOf, type DiskBacking } from '../hypervisor/disk-template';
+import { backingFields, isAdopted, parseRbdImage, rbdPath, templateOf, type DiskBacking, type RbdImage } from '../hypervisor/disk-template';
 import type { Disk } from '../generated/gnt/node/v1/Disk';
 import { pmemId } from '../hypervisor/pmem';
 import type { DiskRecord, PmemRecord, ScsiDiskRecord } from '../hypervisor/runtime-file';
@@ -68,7 +68,12 @@ export interface RequestedBacking {
  * templates), "blockdev" (an existing device at path, adopted), "rbd"
  * (refused here: this node has no RBD configured).
  */
-export function requestedBacking(d: Pick<Disk, 'uuid' | 'template' | 'path' | 'rbdPool' | 'rbdImage' | 'diskType'>, nodeName: string): RequestedBacking {
+/** How the node names the images it makes (rbd-pool.ts imageFor, for one instance). */
+export interface NodeRbdImages {
+  imageFor(diskUuid: string): RbdImage;
+}
+
+export function requestedBacking(d: Pick<Disk, 'uuid' | 'template' | 'path' | 'rbdPool' | 'rbdImage' | 'diskType'>, nodeName: string, rbd?: NodeRbdImages): RequestedBacking {
   const t = d.template ?? '';
   const path = d.path ?? '';
   if (path && !path.startsWith('/')) throw invalidArgument(`disk ${d.uuid}: path ${excerpt(path)} is not absolute`);
@@ -85,7 +90,10 @@ export function requestedBacking(d: Pick<Disk, 'uuid' | 'template' | 'path' | 'r
     if (path) throw invalidArgument(`disk ${d.uuid}: an rbd disk has no host path; give rbd_pool and rbd_image to adopt an image, or neither to have one made`);
     const image = d.rbdImage ? parseRbdImage(`${d.rbdPool ?? ''}/${d.rbdImage}`) : undefined;
     if (d.rbdImage && !image) throw invalidArgument(`disk ${d.uuid}: rbd image ${excerpt(`${d.rbdPool ?? ''}/${d.rbdImage}`)} is not POOL/IMAGE (letters, digits, ".", "_", "-")`);
-    throw failedPrecondition(`disk ${d.uuid}: node ${nodeName} has no RBD configured (start gnt-noded with --rbd-monitors, --rbd-pool, --rbd-keyring)${image ? ` to adopt ${rbdPath(image)}` : ''}`);
+    if (!rbd) throw failedPrecondition(`disk ${d.uuid}: node ${nodeName} has no RBD configured (start gnt-noded with --rbd-monitors, --rbd-pool, --rbd-keyring)${image ? ` to adopt ${rbdPath(image)}` : ''}`);
+    // Adopted: the operator's image, never deleted. Else the node's own, `<instance>-<disk uuid>` in its pool.
+    const img = image ?? rbd.imageFor(d.uuid as string);
+    return { backing: { template: 'rbd', rbd: img }, path: rbdPath(img), create: !image };
   }
   throw invalidArgument(`disk ${d.uuid}: template ${excerpt(t)} is not known (file, blockdev or rbd)`);
 }

@@ -18,11 +18,15 @@ import type { DiskChangeRequest, NicChangeRequest } from '../hypervisor/kvm-inst
 import { ioLimitsOfProto } from './disk-io-limits-proto';
 import { invalidArgument } from './status';
 import { assertDeviceUuid, type Storage } from './storage';
+import type { RbdPool } from './rbd-pool';
+import type { RbdImage } from '../hypervisor/disk-template';
 
 export type HotplugKind = 'nic' | 'disk';
 
 export interface HotplugContext {
   storage: Storage;
+  /** The node's RBD pool (--rbd-*), if configured. */
+  rbdPool?: RbdPool;
   log: Logger;
 }
 
@@ -78,18 +82,33 @@ async function hotplugNic(inst: KvmInstance, req: HotplugDeviceRequest__Output, 
   }
 }
 
+/** An RBD disk's reply carries the image's size (rbd info): an adopted image's size is known only there. */
+async function withImageSize(reply: HotplugDeviceReply, img: RbdImage | undefined, pool: RbdPool | undefined): Promise<HotplugDeviceReply> {
+  if (!img || !pool || !reply.disk) return reply;
+  const info = await pool.info(img).catch(() => undefined);
+  return info ? { ...reply, disk: { ...reply.disk, sizeBytes: String(info.sizeBytes) } } : reply;
+}
+
 async function hotplugDisk(inst: KvmInstance, req: HotplugDeviceRequest__Output, opts: OperationOptions, ctx: HotplugContext): Promise<HotplugDeviceReply> {
   const disk = req.disk as Disk__Output;
   const uuid = assertDeviceUuid(disk.uuid, 'the disk');
   switch (req.action) {
     case 'ADD': {
-      const wanted = requestedBacking(disk, ctx.storage.nodeName);
+      const pool = ctx.rbdPool;
+      const wanted = requestedBacking(disk, ctx.storage.nodeName, pool ? { imageFor: (u) => pool.imageFor(inst.name, u) } : undefined);
       const path = wanted.path || ctx.storage.defaultDiskPath(inst.name, uuid);
       const sizeBytes = wanted.create ? int64(disk.sizeBytes, `disk ${uuid} size_bytes`) : 0;
       // Created in the instance's queue once the intent is recorded: a
-      // crash right after leaves an intent whose rollback deletes the file.
-      const prepare = (): (() => void) | void => {
+      // crash right after leaves an intent whose rollback deletes the file
+      // (or the RBD image).
+      const img = wanted.backing.rbd;
+      const prepare = async (): Promise<(() => void | Promise<void>) | void> => {
         if (!wanted.create) return;
+        if (img && pool) {
+          await pool.create(img, sizeBytes);
+          crashPoint('after-disk-file-created', ctx.log);
+          return async () => void (await pool.remove(img));
+        }
         const created = ctx.storage.createDisks(inst.name, [{ path, sizeBytes }]);
         crashPoint('after-disk-file-created', ctx.log);
         return () => ctx.storage.removeFiles(created);
@@ -97,10 +116,10 @@ async function hotplugDisk(inst: KvmInstance, req: HotplugDeviceRequest__Output,
       const ioLimits = ioLimitsOfProto(disk.ioLimits, `new disk ${uuid}`);
       const req = { uuid, path, ...wanted.backing, ...(wanted.create ? { created: true } : {}), ...(ioLimits ? { io_limits: ioLimits } : {}) };
       const flavour = diskFlavour(disk);
-      if (flavour === 'scsi') return diskReply(await inst.hotAddScsiDisk(req, prepare, opts));
       if (flavour === 'pmem' && ioLimits) throw invalidArgument(`pmem device ${uuid}: I/O limits apply to block disks only`);
+      if (flavour === 'scsi') return withImageSize(diskReply(await inst.hotAddScsiDisk(req, prepare, opts)), img, pool);
       if (flavour === 'pmem') return diskReply(await inst.hotAddPmem({ ...req, sizeMiB: pmemMiB(uuid, sizeBytes) }, prepare, opts));
-      return diskReply(await inst.hotAddDisk(req, prepare, opts));
+      return withImageSize(diskReply(await inst.hotAddDisk(req, prepare, opts)), img, pool);
     }
     case 'MODIFY': {
       // size_bytes > 0: the new total size; io_limits present: the limits after the change.

@@ -6,6 +6,7 @@
  *     [--migration-address HOST] [--cpu-overcommit-ratio R]
  *     [--unplug-timeout KIND=SECONDS,...] [--qemu-user NAME] [--uid-pool START-END]
  *     [--max-in-flight N] [--test-monitor] [--image-dir DIR] [--block-device PATH_OR_GLOB]...
+ *     [--rbd-monitors HOST:PORT[,HOST:PORT] --rbd-pool POOL --rbd-keyring FILE [--rbd-id CLIENT]]
  *
  * --migration-address: the address incoming live migrations listen on (one
  * concrete address of this node; default: the host of --listen).
@@ -25,6 +26,11 @@
  * which scripts/setup-host.sh creates). --uid-pool: uids for
  * security_model=pool, one per instance; with a pool, pool is the default
  * model (src/noded/qemu-user.ts). hvparam security_model=none runs QEMU as root.
+ * --rbd-monitors, --rbd-pool, --rbd-keyring, --rbd-id: the Ceph cluster
+ * whose pool holds the node's RBD disks (disk template rbd): its monitors,
+ * the pool, the client's keyring (a root-only file: the node reads the key
+ * from it for QEMU) and the client id (default gnt). Without them an rbd
+ * disk is refused (src/noded/rbd-pool.ts).
  * --test-monitor: test hook; every QEMU gets a second QMP socket
  * (qmp-test.sock in its runtime directory) for tests to drive.
  *
@@ -36,6 +42,7 @@ import { readIdentity } from '../common/pki';
 import { DEFAULT_CPU_OVERCOMMIT_RATIO, vcpuLimit } from '../hypervisor/resize';
 import { parseUnplugTimeouts, type UnplugTimeouts } from '../hypervisor/unplug-timeouts';
 import { parseQemuUser, parseUidPool, type UidRange } from './qemu-user';
+import { rbdConfigFromFlags, type RbdPoolConfig } from './rbd-pool';
 import { startNodeServer } from './server';
 import { parseCpuOvercommitRatio } from './vcpu-policy';
 
@@ -57,14 +64,15 @@ interface Args {
   maxInFlight?: number;
   imageDir?: string;
   blockDevices: string[];
+  rbd?: RbdPoolConfig;
 }
 
 const USAGE =
-  'usage: gnt-noded --name NAME --listen HOST:PORT --data-dir DIR --storage-dir DIR --ca FILE --cert FILE --key FILE [--qemu BINARY] [--migration-address HOST] [--cpu-overcommit-ratio R] [--unplug-timeout KIND=SECONDS,...] [--qemu-user NAME] [--uid-pool START-END] [--max-in-flight N] [--test-monitor] [--image-dir DIR] [--block-device PATH_OR_GLOB]...';
+  'usage: gnt-noded --name NAME --listen HOST:PORT --data-dir DIR --storage-dir DIR --ca FILE --cert FILE --key FILE [--qemu BINARY] [--migration-address HOST] [--cpu-overcommit-ratio R] [--unplug-timeout KIND=SECONDS,...] [--qemu-user NAME] [--uid-pool START-END] [--max-in-flight N] [--test-monitor] [--image-dir DIR] [--block-device PATH_OR_GLOB]... [--rbd-monitors HOST:PORT[,HOST:PORT] --rbd-pool POOL --rbd-keyring FILE [--rbd-id CLIENT]]';
 
 function parseArgs(argv: string[]): Args {
   const flags = new Map<string, string>();
-  const known = ['--name', '--listen', '--data-dir', '--storage-dir', '--ca', '--cert', '--key', '--qemu', '--migration-address', '--cpu-overcommit-ratio', '--unplug-timeout', '--qemu-user', '--uid-pool', '--max-in-flight', '--image-dir', '--block-device'];
+  const known = ['--name', '--listen', '--data-dir', '--storage-dir', '--ca', '--cert', '--key', '--qemu', '--migration-address', '--cpu-overcommit-ratio', '--unplug-timeout', '--qemu-user', '--uid-pool', '--max-in-flight', '--image-dir', '--block-device', '--rbd-monitors', '--rbd-pool', '--rbd-id', '--rbd-keyring'];
   let testMonitor = false;
   const blockDevices: string[] = [];
   for (let i = 0; i < argv.length; i++) {
@@ -103,7 +111,13 @@ function parseArgs(argv: string[]): Args {
     ...(flags.has('--max-in-flight') ? { maxInFlight: parseMaxInFlight(flags.get('--max-in-flight') as string) } : {}),
     imageDir: flags.get('--image-dir'),
     blockDevices,
+    ...rbdOf(flags),
   };
+}
+
+function rbdOf(flags: Map<string, string>): { rbd?: RbdPoolConfig } {
+  const rbd = rbdConfigFromFlags({ monitors: flags.get('--rbd-monitors'), pool: flags.get('--rbd-pool'), id: flags.get('--rbd-id'), keyring: flags.get('--rbd-keyring') });
+  return rbd ? { rbd } : {};
 }
 
 /** --max-in-flight N: calls the master may have running at once, 1 to 10000. */
@@ -138,6 +152,7 @@ async function main(): Promise<void> {
     testMonitor: args.testMonitor,
     ...(args.imageDir ? { imageDir: args.imageDir } : {}),
     blockDevices: args.blockDevices,
+    ...(args.rbd ? { rbd: args.rbd } : {}),
     log,
   });
   const host = args.listen.slice(0, args.listen.lastIndexOf(':'));
@@ -148,6 +163,8 @@ async function main(): Promise<void> {
   const hp = node.registry.options.hostPaths;
   if (hp)
     log(`host paths: disk files beneath ${hp.storageDir}, kernels and initrds beneath ${hp.imageDir}, block devices: ${hp.blockDevices.length ? hp.blockDevices.join(' ') : 'none'}`);
+  const rbd = node.rbdPool;
+  if (rbd) log(`RBD: pool ${rbd.pool} as client.${rbd.access.user}, monitors ${rbd.access.monitors.map((m) => `${m.host}:${m.port}`).join(',')}`);
   let stopping = false;
   const stop = (signal: string): void => {
     if (stopping) return;

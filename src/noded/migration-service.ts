@@ -8,6 +8,8 @@
  * the registry of instances.
  */
 import { currentMemoryMiB } from '../hypervisor/resize';
+import { rbdImageOf } from '../hypervisor/rbd-disk';
+import type { DiskBacking } from '../hypervisor/disk-template';
 import { KvmInstance } from '../hypervisor/kvm-instance';
 import { parseMigrationUri } from '../hypervisor/migration';
 import { parseRuntime, serializeRuntime, type RuntimeData } from '../hypervisor/runtime-file';
@@ -83,6 +85,7 @@ export class MigrationService {
   private checkDisks(data: RuntimeData): void {
     const { storage } = this.opts;
     for (const disk of [...data.block_devices, ...(data.scsi_disks ?? []), ...(data.pmem_devices ?? [])]) {
+      if (rbdImageOf(disk as DiskBacking)) continue; // on the Ceph cluster both nodes reach: no path, no copy (QEMU gets its secret at boot)
       if (!storage.owns(data.instance, disk.path))
         throw failedPrecondition(
           `disk ${disk.uuid} of ${data.instance} is at ${disk.path}, outside node ${this.opts.nodeName}'s storage directory ${storage.dir}/${data.instance}: migration and failover need the disks on storage both nodes share (the same --storage-dir)`,

@@ -41,6 +41,8 @@ import { failedPrecondition, invalidArgument, notFound, statusName, toStatus } f
 import type { Storage } from './storage';
 import type { VcpuPolicy } from './vcpu-policy';
 import type { QemuSecurity } from './qemu-user';
+import type { RbdImage } from '../hypervisor/disk-template';
+import { createdImages, ensureImages, removeImages, type RbdPool } from './rbd-pool';
 
 export interface NodeServiceOptions {
   nodeName: string;
@@ -53,6 +55,8 @@ export interface NodeServiceOptions {
   vcpus: VcpuPolicy;
   /** Who QEMU runs as (qemu-user.ts): settles the security hvparams of every start and receive. */
   security: QemuSecurity;
+  /** The node's Ceph RBD pool (--rbd-*), if configured. */
+  rbdPool?: RbdPool;
   log: Logger;
 }
 
@@ -153,7 +157,11 @@ export class NodeService {
   }
 
   private runtimeOf(inst: KvmInstance): InstanceRuntime {
-    return runtimeToProto(inst.runtime, inst.pid, this.registry.guest(inst.name));
+    const rt = runtimeToProto(inst.runtime, inst.pid, this.registry.guest(inst.name));
+    const pool = this.opts.rbdPool;
+    // An RBD disk has no host file to stat: its size is the image's, as the pool last saw it (rbd-pool.ts knownSize).
+    if (pool) for (const d of rt.disks ?? []) if (d.template === 'rbd' && d.rbdPool && d.rbdImage) d.sizeBytes = String(pool.knownSize({ pool: d.rbdPool, image: d.rbdImage }));
+    return rt;
   }
 
   private nodeInfo(): NodeInfoReply {
@@ -167,6 +175,7 @@ export class NodeService {
       qemuVersion: `${q.version.major}.${q.version.minor}.${q.version.micro}`,
       storageDir: this.storage.dir,
       storageFreeBytes: String(this.storage.freeBytes()),
+      rbdPool: this.opts.rbdPool?.pool ?? '',
     };
   }
 
@@ -181,8 +190,24 @@ export class NodeService {
     const spec = req.spec;
     if (!spec) throw invalidArgument('InstanceStart needs a spec');
     const name = spec.name;
-    const plan = planStart(spec, this.storage);
+    const plan = planStart(spec, this.storage, this.opts.rbdPool);
     assertPlanHostPaths(plan, this.storage.hostPaths);
+    const madeImages = await ensureImages(this.opts.rbdPool, plan.newImages, this.imageLog(name));
+    try {
+      return await this.startPlanned(name, plan);
+    } catch (err) {
+      // Images made for this start alone: no runtime file keeps a disk on them unless the instance existed.
+      if (!this.registry.find(name)) await removeImages(this.opts.rbdPool, madeImages, this.imageLog(name));
+      throw err;
+    }
+  }
+
+  /** How a failed image deletion is logged: the instance and the image named. */
+  private imageLog(instance: string): (img: RbdImage, why: string) => void {
+    return (img, why) => this.opts.log(`instance ${instance}: its RBD image ${img.pool}/${img.image} could not be deleted: ${why}`);
+  }
+
+  private async startPlanned(name: string, plan: StartPlan): Promise<InstanceRuntime> {
     const known = this.registry.find(name);
     // A running instance's vCPUs count already; its start is refused in its queue ("already running").
     if (known && known.pid !== undefined) return this.startKnown(known, plan.machine, { nics: plan.nics, disks: plan.disks, hvparams: plan.hvparams }, plan.newDisks);
@@ -247,9 +272,11 @@ export class NodeService {
       if (this.registry.find(inst.name) !== inst) throw notFound(`instance ${inst.name} was removed already`);
       const pid = inst.pid;
       if (pid !== undefined) throw failedPrecondition(`instance ${inst.name} is running (pid ${pid}); stop it before removing it`);
+      const images = createdImages(inst.runtime);
       this.registry.delete(inst.name);
       fs.rmSync(inst.paths.dir, { recursive: true, force: true });
       this.storage.removeInstance(inst.name);
+      await removeImages(this.opts.rbdPool, images, this.imageLog(inst.name));
       return {};
     }));
   }
@@ -283,7 +310,7 @@ export class NodeService {
   private async hotplugDevice(req: HotplugDeviceRequest__Output): Promise<HotplugDeviceReply> {
     const inst = this.registry.get(req.instance);
     const opts = { operationId: assertOperationId(req.operationId) };
-    const reply = await HOTPLUG_HANDLERS[hotplugKindOf(req)](inst, req, opts, { storage: this.storage, log: this.opts.log });
+    const reply = await HOTPLUG_HANDLERS[hotplugKindOf(req)](inst, req, opts, { storage: this.storage, ...(this.opts.rbdPool ? { rbdPool: this.opts.rbdPool } : {}), log: this.opts.log });
     crashPoint('after-hotplug-applied', this.opts.log);
     return reply;
   }

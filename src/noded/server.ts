@@ -21,6 +21,7 @@ import { nodeDiskGrowers } from './disk-growers';
 import { NodeService } from './node-service';
 import { DEFAULT_QEMU_USER, QemuSecurity, type UidRange } from './qemu-user';
 import { Storage } from './storage';
+import { RbdPool, type RbdPoolConfig } from './rbd-pool';
 import { VcpuPolicy } from './vcpu-policy';
 
 export interface NodeServerOptions {
@@ -54,11 +55,17 @@ export interface NodeServerOptions {
   tlsFiles?: Identity;
   /** Calls the master may have running at once (default common/rpc-guard DEFAULT_MAX_IN_FLIGHT). */
   maxInFlight?: number;
+  /** The Ceph pool of RBD disks (--rbd-*); without it an rbd disk is refused. */
+  rbd?: RbdPoolConfig;
+  /** Where the RBD client conf is written (default /run/gnt-hotplug). */
+  rbdConfDir?: string;
 }
 
 export interface NodeServer {
   server: grpc.Server;
   registry: InstanceRegistry;
+  /** The RBD pool (--rbd-*), if configured. */
+  rbdPool?: RbdPool;
   /** The port actually bound. */
   port: number;
   /** Resolves when the reconciles started at load time have finished. */
@@ -96,6 +103,7 @@ export async function startNodeServer(opts: NodeServerOptions): Promise<NodeServ
   const hostPaths = new HostPathPolicy({ storageDir: opts.storageDir, imageDir: opts.imageDir ?? defaultImageDir(opts.dataDir), blockDevices: opts.blockDevices ?? [] });
   const storage = new Storage(opts.name, opts.storageDir, hostPaths);
   storage.init();
+  const rbdPool = opts.rbd ? new RbdPool(opts.rbd, opts.rbdConfDir ? { confDir: opts.rbdConfDir } : {}) : undefined;
   const registry = new InstanceRegistry(
     opts.name,
     opts.dataDir,
@@ -105,7 +113,8 @@ export async function startNodeServer(opts: NodeServerOptions): Promise<NodeServ
       ...(opts.unplugTimeoutMs ? { unplugTimeoutMs: opts.unplugTimeoutMs } : {}),
       ...(opts.testMonitor ? { testMonitor: true } : {}),
       ...(opts.unplugTimeouts ? { unplugTimeouts: opts.unplugTimeouts } : {}),
-      diskGrowers: nodeDiskGrowers(hostPaths, opts.log),
+      diskGrowers: nodeDiskGrowers(hostPaths, opts.log, rbdPool),
+      ...(rbdPool ? { rbd: rbdPool.host } : {}),
     },
     opts.log,
   );
@@ -113,7 +122,7 @@ export async function startNodeServer(opts: NodeServerOptions): Promise<NodeServ
   const migrationHost = opts.migrationHost ?? opts.listen.slice(0, opts.listen.lastIndexOf(':'));
   const vcpus = new VcpuPolicy({ registry, ratio: opts.cpuOvercommitRatio ?? DEFAULT_CPU_OVERCOMMIT_RATIO });
   const security = new QemuSecurity({ user: opts.qemuUser ?? DEFAULT_QEMU_USER, ...(opts.uidPool ? { uidPool: opts.uidPool } : {}) }, registry);
-  const service = new NodeService({ nodeName: opts.name, registry, storage, qemuBinary: opts.qemuBinary, migrationHost, vcpus, security, log: opts.log });
+  const service = new NodeService({ nodeName: opts.name, registry, storage, qemuBinary: opts.qemuBinary, migrationHost, vcpus, security, ...(rbdPool ? { rbdPool } : {}), log: opts.log });
   checkOwnCertificate(opts.name, opts.tls);
   const live = new LiveTls(opts.tls);
   const renew = renewCertificateHandler({ nodeName: opts.name, live, ...(opts.tlsFiles ? { files: opts.tlsFiles } : {}), log: opts.log });
@@ -126,6 +135,7 @@ export async function startNodeServer(opts: NodeServerOptions): Promise<NodeServ
   return {
     server,
     registry,
+    ...(rbdPool ? { rbdPool } : {}),
     port,
     reconciled,
     shutdown: () =>

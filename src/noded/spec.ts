@@ -15,6 +15,7 @@ import { pciTopology } from '../hypervisor/pci-topology';
 import { currentMemoryMiB, currentVcpus, type ResourceState } from '../hypervisor/resize';
 import type { Resources } from '../generated/gnt/node/v1/Resources';
 import type { HostPathPolicy } from '../hypervisor/host-paths';
+import type { RbdImage } from '../hypervisor/disk-template';
 import { assertInstanceName } from '../hypervisor/instance-paths';
 import type { Disk } from '../generated/gnt/node/v1/Disk';
 import type { GuestView } from '../generated/gnt/node/v1/GuestView';
@@ -71,10 +72,18 @@ export interface StartPlan {
   hvparams: HvParams;
   /** Disks with no path: files the node creates if missing. */
   newDisks: NewDisk[];
+  /** RBD disks the node makes (`<instance>-<disk uuid>` in its pool): created if missing. */
+  newImages: NewImage[];
+}
+
+/** An RBD image the node makes for a disk, if it is missing. */
+export interface NewImage {
+  image: RbdImage;
+  sizeBytes: number;
 }
 
 /** Validates a spec and turns it into what KvmInstance needs. Touches nothing. */
-export function planStart(spec: InstanceSpec__Output, storage: Storage): StartPlan {
+export function planStart(spec: InstanceSpec__Output, storage: Storage, rbd?: { imageFor(instance: string, diskUuid: string): RbdImage }): StartPlan {
   assertInstanceName(spec.name);
   const hv = spec.hvparams ?? {};
   checkHvparams(hv, (m) => invalidArgument(`instance ${spec.name}: ${m}`));
@@ -96,16 +105,22 @@ export function planStart(spec: InstanceSpec__Output, storage: Storage): StartPl
   const hvparams: HvParams = {};
   for (const [k, v] of Object.entries(hv)) if (!(MACHINE_KEYS as readonly string[]).includes(k)) hvparams[k] = v;
   const newDisks: NewDisk[] = [];
+  const newImages: NewImage[] = [];
+  const images = rbd ? { imageFor: (u: string) => rbd.imageFor(spec.name, u) } : undefined;
   const disks = spec.disks.map((d, i): DiskRequest => {
     assertDeviceUuid(d.uuid, `disk ${i} of ${spec.name}`);
     const flavour = diskFlavour(d);
     const limits = ioLimitsOfProto(d.ioLimits, `disk ${d.uuid} of ${spec.name}`);
     if (limits && flavour === 'pmem') throw invalidArgument(`pmem device ${d.uuid} of ${spec.name}: I/O limits apply to block disks only`);
     const bus = { ...(flavour === 'scsi' ? { diskBus: 'scsi' as const } : {}), ...(limits ? { io_limits: limits } : {}) };
-    const wanted = requestedBacking(d, storage.nodeName);
+    const wanted = requestedBacking(d, storage.nodeName, images);
     if (!wanted.create) return { uuid: d.uuid, path: wanted.path, ...bus, ...wanted.backing };
-    const path = storage.defaultDiskPath(spec.name, d.uuid);
     const sizeBytes = int64(d.sizeBytes, `disk ${d.uuid} size_bytes`);
+    if (wanted.backing.rbd) {
+      newImages.push({ image: wanted.backing.rbd, sizeBytes });
+      return { uuid: d.uuid, path: wanted.path, created: true, ...bus, ...wanted.backing };
+    }
+    const path = storage.defaultDiskPath(spec.name, d.uuid);
     newDisks.push({ path, sizeBytes });
     if (flavour === 'pmem') return { uuid: d.uuid, path, created: true, diskType: 'pmem', sizeMiB: pmemMiB(d.uuid, sizeBytes) };
     return { uuid: d.uuid, path, created: true, ...bus };
@@ -115,7 +130,7 @@ export function planStart(spec: InstanceSpec__Output, storage: Storage): StartPl
     const mac = checkNicMac(n.mac);
     return nicRequestOf(n, mac, `NIC ${i} of ${spec.name}`);
   });
-  return { machine, nics, disks, hvparams, newDisks };
+  return { machine, nics, disks, hvparams, newDisks, newImages };
 }
 
 /**
@@ -129,6 +144,7 @@ export function assertPlanHostPaths(plan: StartPlan, hostPaths: HostPathPolicy):
   hostPaths.checkBootFile(plan.machine.kernel, 'kernel');
   if (plan.machine.initrd) hostPaths.checkBootFile(plan.machine.initrd, 'initrd');
   for (const d of plan.disks) {
+    if (d.template === 'rbd') continue; // no host path: QEMU's rbd driver opens the image
     if (d.created) hostPaths.assertNewDiskPath(d.path);
     else hostPaths.checkDisk(d.path);
   }

@@ -179,6 +179,22 @@ describe('RBD disks (QEMU rbd driver, one-node Ceph)', function () {
       assert.match(imageHead(ceph, disk.rbdImage), /^gnt-guest stamp vd[a-z] 98304\n/, 'the data written before the moves is there');
     });
 
+    it('grows the RBD disk live (gnt-instance grow-disk): the image and the guest see the new size, a shrink is refused', async () => {
+      const before = info();
+      const disk = rbdDisks(before)[0];
+      const index = before.instance.disks.findIndex((x) => x.uuid === disk.uuid);
+      c.ok(c.gnt('gnt-instance', 'grow-disk', name, String(index), '16M'));
+      const d = await c.waitGuest<Details>(name, (x) => x.runtime.guest.disks.some((l) => l.includes(` ${(64 * MiB) / 512} `)), 'the grown RBD disk (64 MiB)');
+      const size = Number((JSON.parse(rbdAdmin(ceph, 'info', `${ceph.pool}/${disk.rbdImage}`, '--format', 'json')) as { size: number }).size);
+      assert.equal(size, 64 * MiB, 'the image was resized in Ceph');
+      assert.equal(rbdDisks(d)[0].sizeBytes, String(64 * MiB), 'the node reports the new size');
+      const shrink = c.gnt('gnt-instance', 'grow-disk', '--absolute', name, String(index), '32M');
+      assert.notEqual(shrink.code, 0);
+      assert.match(`${shrink.stdout}${shrink.stderr}`, /shrink|smaller|only grow/i);
+      const again = Number((JSON.parse(rbdAdmin(ceph, 'info', `${ceph.pool}/${disk.rbdImage}`, '--format', 'json')) as { size: number }).size);
+      assert.equal(again, 64 * MiB, 'a refused shrink leaves the image');
+    });
+
     it('an image made just before the node crashed goes with the intent at the restart (reconcile), the add fails', async () => {
       const before = new Set(rbdImages(ceph));
       await c.killNode('node1', 'SIGTERM');

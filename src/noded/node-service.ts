@@ -41,6 +41,8 @@ import { failedPrecondition, invalidArgument, notFound, statusName, toStatus } f
 import type { Storage } from './storage';
 import type { VcpuPolicy } from './vcpu-policy';
 import type { QemuSecurity } from './qemu-user';
+import type { TlsMaterial } from '../hypervisor/migration-tls';
+import { ensureStorageId } from './storage-id';
 
 export interface NodeServiceOptions {
   nodeName: string;
@@ -53,6 +55,8 @@ export interface NodeServiceOptions {
   vcpus: VcpuPolicy;
   /** Who QEMU runs as (qemu-user.ts): settles the security hvparams of every start and receive. */
   security: QemuSecurity;
+  /** The node's current TLS material (LiveTls), for TLS migration. */
+  tls: () => TlsMaterial;
   log: Logger;
 }
 
@@ -69,16 +73,20 @@ export class NodeService {
   private readonly registry: InstanceRegistry;
   private readonly storage: Storage;
   private readonly migration: MigrationService;
+  /** The storage directory's id (storage-id.ts): equal ids, shared storage. */
+  private readonly storageId: string;
 
   constructor(private readonly opts: NodeServiceOptions) {
     this.registry = opts.registry;
     this.storage = opts.storage;
+    this.storageId = ensureStorageId(opts.storage.dir);
     this.migration = new MigrationService({
       nodeName: opts.nodeName,
       registry: opts.registry,
       storage: opts.storage,
       migrationHost: opts.migrationHost,
       security: opts.security,
+      tls: opts.tls,
       freeMemoryMiB: () => hostMemoryMiB().free,
       log: opts.log,
     });
@@ -108,7 +116,7 @@ export class NodeService {
 
   private migrationHandlers(): Pick<
     NodeDaemonHandlers,
-    'InstanceExport' | 'InstanceReceive' | 'MigrationStart' | 'MigrationStatus' | 'MigrationFinish' | 'MigrationAbort' | 'InstanceRelease'
+    'InstanceExport' | 'InstanceReceive' | 'MigrationStart' | 'MigrationStatus' | 'MigrationFinish' | 'MigrationAbort' | 'InstanceRelease' | 'MigrationDiskCopyEnd'
   > {
     const byName = (r: InstanceRef__Output): string => r.name;
     const m = this.migration;
@@ -123,6 +131,7 @@ export class NodeService {
       MigrationFinish: this.unary('MigrationFinish', byName, async (r) => this.runtimeOf(await m.finish(r.name))),
       MigrationAbort: this.unary('MigrationAbort', byName, (r) => m.abort(r.name)),
       InstanceRelease: this.unary('InstanceRelease', byName, (r) => m.release(r.name)),
+      MigrationDiskCopyEnd: this.unary('MigrationDiskCopyEnd', byName, (r) => m.endDiskCopy(r.name)),
     };
   }
 
@@ -167,6 +176,7 @@ export class NodeService {
       qemuVersion: `${q.version.major}.${q.version.minor}.${q.version.micro}`,
       storageDir: this.storage.dir,
       storageFreeBytes: String(this.storage.freeBytes()),
+      storageId: this.storageId,
     };
   }
 

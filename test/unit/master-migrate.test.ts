@@ -31,7 +31,7 @@ const status = (o: Partial<MigrationStatus__Output>): MigrationStatus__Output =>
 const runtime = (o: Partial<InstanceRuntime__Output> = {}): InstanceRuntime__Output =>
   ({ name: 'web1', running: true, pid: 42, nics: [], disks: [], guest: null, resources: null, ...o }) as InstanceRuntime__Output;
 const info = (name: string, o: Partial<NodeInfoReply__Output> = {}): NodeInfoReply__Output => ({
-  name, memoryTotalMib: '4096', memoryFreeMib: '2048', cpus: 2, qemuVersion: '10.0.2', storageDir: '/s', storageFreeBytes: '1', ...o,
+  name, memoryTotalMib: '4096', memoryFreeMib: '2048', cpus: 2, qemuVersion: '10.0.2', storageDir: '/s', storageFreeBytes: '1', storageId: 'shared', ...o,
 });
 
 type Handler = (node: string, arg: unknown) => unknown;
@@ -61,6 +61,7 @@ class FakeNodes implements MigrationRpc {
   migrationFinish: NodeRpc['migrationFinish'] = (n, name) => this.do('MigrationFinish', n, name);
   migrationAbort: NodeRpc['migrationAbort'] = (n, name) => this.do('MigrationAbort', n, name);
   instanceRelease: NodeRpc['instanceRelease'] = (n, name) => this.do('InstanceRelease', n, name);
+  migrationDiskCopyEnd: NodeRpc['migrationDiskCopyEnd'] = (n, name) => this.do('MigrationDiskCopyEnd', n, name);
 
   /** The calls that change something on a node. */
   changes(): string[] {

@@ -129,7 +129,9 @@ async function checkLiveRequirements(deps: MigrateDeps, inst: InstanceConfig, ta
     const total = diskSizes(inst).reduce((n, d) => n + d.sizeBytes, 0);
     ctx.log(`storage: ${source.name} and ${dest.name} do not share storage (different storage ids): the file disks (${(total / MiB).toFixed(0)} MiB in all) are copied over NBD while the guest runs`);
   } else ctx.log(`storage: ${source.name} and ${dest.name} share storage (the same storage id): no disk is copied`);
-  ctx.log(how.tls ? 'migration TLS: on (node certificates of the cluster CA)' : 'migration TLS: off (cluster setting migration_tls=off): the stream is plain TCP');
+  ctx.log(how.tls
+    ? 'TLS: on (the stream and any disk copy use the node certificates of the cluster CA)'
+    : 'TLS: off (cluster setting migration_tls=off): the stream and any disk copy are plain TCP');
   return how;
 }
 

@@ -24,6 +24,7 @@
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
+import { InstanceStateError } from './errors';
 import type { Monitor } from './qmp-client';
 
 /** PEM material: the node's certificate and key, and the CA bundle it trusts. */
@@ -83,6 +84,11 @@ export async function addMigrationTls(mon: Monitor, endpoint: Endpoint, tls: Tls
     await mon.execute('object-add', {
       'qom-type': 'tls-creds-x509', id: MIGRATION_TLS_ID, dir: seen, endpoint, 'verify-peer': true,
     });
+  } catch (err) {
+    const hint = where.chroot
+      ? `; QEMU reads them as its own user inside its chroot ${where.chroot}, which that user must be able to enter (mode o+x or its group)`
+      : '';
+    throw new InstanceStateError(`QEMU could not load the migration TLS credentials: ${(err as Error).message}${hint}`);
   } finally {
     fs.rmSync(dir, { recursive: true, force: true });
   }

@@ -12,6 +12,7 @@
  * unknown (timeout, monitor gone) keeps the intent, and settleDevice decides
  * it by QEMU's own lists. Everything here runs inside the instance's queue.
  */
+import { backingFields, type DiskBacking } from './disk-template';
 import { recordNodeChange, type OperationJournal, type OperationRecord, type SettledBy } from './operations';
 import { DeviceExistsError, DeviceNotFoundError, InstanceStateError, InvalidArgumentError, OutcomeUnknownError, errorMessage, isOutcomeUnknown } from './errors';
 import { allDevices, DEVICE_KINDS, findDevice, idOf, isPlaced, slotOf, type AttachContext, type DeviceKind, type DeviceRecord, type HostPrep } from './device-kinds';
@@ -56,8 +57,9 @@ export function nicExtras(req: Pick<NicRequest, 'link_state' | 'rate_mbit' | 'qu
 
 
 
-export interface DiskRequest {
+export interface DiskRequest extends DiskBacking {
   uuid: string;
+  /** Host path (file, blockdev), or "rbd:POOL/IMAGE" (disk-template.ts rbdPath). */
   path: string;
   slot?: number;
   /** The PCI bus of that slot (absent: the root bus). */
@@ -157,7 +159,7 @@ export class DeviceOperations {
     this.host.requireRunning();
     const mon = await this.host.monitor();
     const place = await this.host.chooseSlot(mon, requestedPlace(req));
-    const disk: DiskRecord = { uuid: req.uuid, path: req.path, pci: place.slot, ...busOf(place), state: 'attaching' };
+    const disk: DiskRecord = { uuid: req.uuid, path: req.path, pci: place.slot, ...busOf(place), ...backingFields(req), state: 'attaching' };
     if (req.created) disk.created = true;
     diskId(disk, place.slot);
     return this.attachRecorded(DISK_KIND, disk, mon, prepare);
@@ -168,7 +170,7 @@ export class DeviceOperations {
     this.assertNewUuid(req.uuid);
     this.host.requireRunning();
     const mon = await this.host.monitor();
-    const disk: ScsiDiskRecord = { uuid: req.uuid, path: req.path, ...nextScsiAddress(this.host.data()), state: 'attaching' };
+    const disk: ScsiDiskRecord = { uuid: req.uuid, path: req.path, ...nextScsiAddress(this.host.data()), ...backingFields(req), state: 'attaching' };
     if (req.created) disk.created = true;
     scsiDiskId(disk);
     await ensureScsiController(mon, this.host.data(), () => this.host.chooseSlot(mon, undefined), () => this.host.save()).catch((err: unknown) => {
@@ -183,6 +185,7 @@ export class DeviceOperations {
     const data = this.host.data();
     const sizeMiB = req.sizeMiB ?? 0;
     assertPmemSize(sizeMiB);
+    if (req.template) throw new InvalidArgumentError(`pmem device ${req.uuid}: a pmem device is a file the node makes; it cannot be a ${req.template} disk`);
     if (!req.created) throw new InvalidArgumentError(`pmem device ${req.uuid}: its backing file must be one the node creates (give a size, no path)`);
     assertPmemPossible(data.hvparams, this.host.name);
     this.assertNewUuid(req.uuid);

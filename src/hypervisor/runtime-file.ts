@@ -18,6 +18,7 @@
  */
 import * as fs from 'node:fs';
 import * as path from 'node:path';
+import { backingFields, type DiskBacking } from './disk-template';
 import { RuntimeFileError } from './errors';
 import type { DiskCopyMark, MigrationMark } from './migration';
 import { journalFrom, type OperationJournal } from './operations';
@@ -50,9 +51,9 @@ export interface NicRecord {
   model?: 'virtio' | 'e1000' | 'rtl8139';
 }
 
-export interface DiskRecord {
+export interface DiskRecord extends DiskBacking {
   uuid: string;
-  /** Host path: a regular file or a block device. */
+  /** Host path: a regular file or a block device; "rbd:POOL/IMAGE" for an RBD image (never opened). */
   path: string;
   pci: number | null;
   /** As NicRecord.bus. */
@@ -63,9 +64,9 @@ export interface DiskRecord {
 }
 
 /** A disk on the virtio-scsi controller (scsi-disk.ts): a LUN, no PCI slot of its own. */
-export interface ScsiDiskRecord {
+export interface ScsiDiskRecord extends DiskBacking {
   uuid: string;
-  /** Host path: a regular file or a block device. */
+  /** As DiskRecord.path. */
   path: string;
   /** Its address on the controller (scsi-luns.ts): scsi-id and LUN, channel 0. */
   target: number;
@@ -156,7 +157,17 @@ function diskFrom(file: string, raw: unknown): DiskRecord {
   if (typeof d.bus === 'string') disk.bus = d.bus;
   if (d.state === 'attaching' || d.state === 'detaching') disk.state = d.state;
   if (d.created === true) disk.created = true;
-  return disk;
+  return { ...disk, ...backingFrom(file, d, disk.uuid) };
+}
+
+/** The template fields of a disk entry (disk-template.ts); absent for file disks. */
+function backingFrom(file: string, d: Record<string, unknown>, uuid: string): DiskBacking {
+  if (d.template === undefined) return {};
+  if (d.template === 'blockdev') return { template: 'blockdev' };
+  const rbd = d.rbd;
+  if (d.template === 'rbd' && isObject(rbd) && typeof rbd.pool === 'string' && typeof rbd.image === 'string')
+    return backingFields({ template: 'rbd', rbd: { pool: rbd.pool, image: rbd.image } });
+  throw new RuntimeFileError(file, `disk ${uuid} has an unknown template ${JSON.stringify(d.template)} (or an rbd entry without pool and image)`);
 }
 
 function hvparamsFrom(file: string, raw: unknown): HvParams {
@@ -227,7 +238,7 @@ function scsiDiskFrom(file: string, raw: unknown): ScsiDiskRecord {
   const d: ScsiDiskRecord = { uuid: raw.uuid, path: raw.path, target, lun };
   if (raw.state === 'attaching' || raw.state === 'detaching') d.state = raw.state;
   if (raw.created === true) d.created = true;
-  return d;
+  return { ...d, ...backingFrom(file, raw, raw.uuid) };
 }
 
 function pmemFrom(file: string, raw: unknown): PmemRecord {

@@ -6,6 +6,7 @@
  * (uuids, MACs, requested slots) and touches nothing; disk paths are the
  * caller's to check, with the node's HostPathPolicy (boot-files.ts).
  */
+import { backingFields } from './disk-template';
 import { diskId } from './disk';
 import type { DeviceKindName } from './device-kinds';
 import { nicExtras, type DiskRequest, type NicRequest } from './device-operations';
@@ -70,7 +71,7 @@ function placeDevices(tree: PciTreeMap, topology: PciTopology, wanted: Wanted, o
 const placeFields = (p: PciPlacement): { pci: number; bus?: string } => (p.bus === undefined ? { pci: p.slot } : { pci: p.slot, bus: p.bus });
 
 function diskRecord(d: DiskRequest, p: PciPlacement): DiskRecord {
-  const disk: DiskRecord = { uuid: d.uuid, path: d.path, ...placeFields(p) };
+  const disk: DiskRecord = { uuid: d.uuid, path: d.path, ...placeFields(p), ...backingFields(d) };
   if (d.created) disk.created = true;
   diskId(disk, p.slot);
   return disk;
@@ -89,7 +90,7 @@ function scsiRecords(name: string, disks: DiskRequest[], old: RuntimeData | unde
   const before = new Map((old?.scsi_disks ?? []).map((d) => [d.uuid, d]));
   const out: ScsiDiskRecord[] = [];
   const place = (d: DiskRequest, at: ScsiAddress): void => {
-    const rec: ScsiDiskRecord = { uuid: d.uuid, path: d.path, target: at.target, lun: at.lun };
+    const rec: ScsiDiskRecord = { uuid: d.uuid, path: d.path, target: at.target, lun: at.lun, ...backingFields(d) };
     if (d.created) rec.created = true;
     scsiDiskId(rec);
     out.push(rec);
@@ -141,6 +142,8 @@ export function layoutRuntime(spec: InstanceSpec, devices: SpecDevices, old?: Ru
   const scsiDisks = allDisks.filter((d) => d.diskBus === 'scsi');
   const pmems = allDisks.filter((d) => d.diskType === 'pmem' && d.diskBus !== 'scsi');
   const blkDisks = allDisks.filter((d) => !d.diskBus && !d.diskType);
+  const templated = pmems.find((d) => d.template !== undefined);
+  if (templated) throw new InvalidArgumentError(`pmem device ${templated.uuid} of ${name} is a file the node makes; it cannot be a ${templated.template} disk`);
   if (allDisks.some((d) => d.diskBus === 'scsi' && d.diskType === 'pmem')) throw new InvalidArgumentError(`a pmem device of ${name} cannot be on the SCSI bus`);
   const wanted: Wanted = [
     ...blkDisks.map((d): [DeviceKindName, DiskRequest] => ['disk', d]),

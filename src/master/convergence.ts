@@ -40,6 +40,7 @@ import { applyRuntime } from './jobs/reconcile';
 import type { NodeRpc } from './node-rpc';
 import { NodeRpcError } from './node-rpc';
 import type { OperationRecord__Output } from '../generated/gnt/node/v1/OperationRecord';
+import { flavourOfNodeDisk } from './jobs/disk-backing';
 
 export const DEFAULT_CONVERGE_INTERVAL_MS = 1000;
 export const DEFAULT_FENCE_AFTER_MS = 10_000;
@@ -278,7 +279,7 @@ export class Convergence {
       return `added to the configuration (${nic.mac}${nic.link ? ` on ${nic.link}` : ''})`;
     }
     if (table === 'disks' && disk && Number(disk.sizeBytes) > 0) {
-      config.appendDisk(inst.uuid, rec.deviceUuid, Number(disk.sizeBytes), { diskBus: disk.diskBus ?? '', diskType: disk.diskType ?? '' });
+      config.appendDisk(inst.uuid, rec.deviceUuid, Number(disk.sizeBytes), flavourOfNodeDisk(disk));
       return 'added to the configuration';
     }
     return 'the record does not describe the device; not added';

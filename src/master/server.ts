@@ -50,7 +50,7 @@ function toInstance(i: InstanceConfig): Instance {
     maxmemMib: i.maxmem_mib, kernel: i.kernel, initrd: i.initrd, kernelArgs: i.kernel_args, hvparams: i.hvparams,
     adminState: i.admin_state, createdAt: i.created_at,
     nics: i.nics.map((n) => ({ index: n.idx, uuid: n.uuid, mac: n.mac, link: n.link, removalPending: n.removal_pending !== '', linkState: n.link_state, rateMbit: n.rate_mbit, queues: n.queues, model: n.model })),
-    disks: i.disks.map((d) => ({ index: d.idx, uuid: d.uuid, sizeBytes: d.size_bytes, removalPending: d.removal_pending !== '', diskBus: d.disk_bus || 'virtio', diskType: d.disk_type || 'disk' })),
+    disks: i.disks.map((d) => ({ index: d.idx, uuid: d.uuid, sizeBytes: d.size_bytes, removalPending: d.removal_pending !== '', diskBus: d.disk_bus || 'virtio', diskType: d.disk_type || 'disk', template: d.template || 'file', adopt: d.adopt ?? '' })),
   };
 }
 

@@ -58,6 +58,9 @@ export interface NodeDisk {
   /** '' or 'scsi'; '' or 'pmem' (as the node reports them). */
   diskBus?: string;
   diskType?: string;
+  /** '' (file), 'blockdev' or 'rbd', and what was adopted ('' none). */
+  template?: string;
+  adopt?: string;
   uuid: string;
   sizeBytes: number;
   state: string;
@@ -74,7 +77,7 @@ export interface NodeView {
 export type ConfigFix =
   | { kind: 'drop-nic' | 'drop-disk'; uuid: string }
   | { kind: 'add-nic'; uuid: string; mac: string; link: string }
-  | { kind: 'add-disk'; uuid: string; sizeBytes: number; diskBus?: string; diskType?: string }
+  | { kind: 'add-disk'; uuid: string; sizeBytes: number; diskBus?: string; diskType?: string; template?: string; adopt?: string }
   | { kind: 'update-nic'; uuid: string; mac: string; link: string; params?: NicParams }
   | { kind: 'set-resources'; vcpus: number; memoryMib: number };
 
@@ -177,7 +180,7 @@ function compareDisks(cfg: ConfigView, rt: NodeView, truth: Truth): ConfigDiff[]
     if (inConfig.has(d.uuid)) continue;
     const device = `disk ${d.uuid}`;
     if (d.state) out.push({ device, uuid: d.uuid, problem: `on the node only, ${d.state === 'attaching' ? 'its hot-add not confirmed yet' : 'its removal pending'}`, note: true });
-    else if (truth('disk', d.uuid)) out.push({ device, uuid: d.uuid, problem: `on the node (${d.sizeBytes > 0 ? formatSize(d.sizeBytes) : 'size unknown'}), not in the configuration`, note: false, fix: { kind: 'add-disk', uuid: d.uuid, sizeBytes: d.sizeBytes, diskBus: d.diskBus, diskType: d.diskType } });
+    else if (truth('disk', d.uuid)) out.push({ device, uuid: d.uuid, problem: `on the node (${d.sizeBytes > 0 ? formatSize(d.sizeBytes) : 'size unknown'}), not in the configuration`, note: false, fix: { kind: 'add-disk', uuid: d.uuid, sizeBytes: d.sizeBytes, diskBus: d.diskBus, diskType: d.diskType, template: d.template, adopt: d.adopt } });
     else out.push({ device, uuid: d.uuid, problem: `on the node only: removed from the configuration by ${PENDING}`, note: true });
   }
   return out;

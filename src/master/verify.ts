@@ -26,6 +26,7 @@ import type { VerifyFinding__Output } from '../generated/gnt/node/v1/VerifyFindi
 import type { VerifyLine } from '../generated/gnt/master/v1/VerifyLine';
 import type { VerifyReport } from '../generated/gnt/master/v1/VerifyReport';
 import type { VerifyRequest__Output } from '../generated/gnt/master/v1/VerifyRequest';
+import { flavourOfNodeDisk } from './jobs/disk-backing';
 
 export const VERIFY_OP = 'cluster-verify';
 
@@ -87,7 +88,7 @@ function nodeView(rt: InstanceRuntime__Output, pendingVcpus: number): NodeView {
   return {
     running: rt.running,
     nics: rt.nics.map((n) => ({ uuid: n.uuid, mac: n.mac, link: n.link, state: n.state ?? '', params: nicParams({ link_state: n.linkState, rate_mbit: n.rateMbit, queues: n.queues, model: n.model }) })),
-    disks: rt.disks.map((d) => ({ uuid: d.uuid, sizeBytes: Number(d.sizeBytes) || 0, state: d.state ?? '', diskBus: d.diskBus ?? '', diskType: d.diskType ?? '' })),
+    disks: rt.disks.map((d) => ({ uuid: d.uuid, sizeBytes: Number(d.sizeBytes) || 0, state: d.state ?? '', ...flavourOfNodeDisk(d) })),
     ...(r ? { resources: { vcpus: pendingVcpus > 0 ? pendingVcpus : r.vcpus, memoryMib: pending >= 0 ? pending : Number(r.memoryMib) } } : {}),
   };
 }

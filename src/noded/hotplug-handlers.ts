@@ -11,13 +11,12 @@ import type { HotplugDeviceRequest__Output } from '../generated/gnt/node/v1/Hotp
 import type { Nic__Output } from '../generated/gnt/node/v1/Nic';
 import { crashPoint } from './fault-injection';
 import type { Logger } from './instance-registry';
-import { diskFlavour, pmemMiB } from './disk-kinds';
+import { diskFlavour, pmemMiB, requestedBacking } from './disk-kinds';
 import { diskReply, nicReply } from './operations-service';
 import { checkNicMac, int64, nicEnums, nicRequestOf } from './spec';
 import type { NicChangeRequest } from '../hypervisor/kvm-instance';
 import { invalidArgument } from './status';
 import { assertDeviceUuid, type Storage } from './storage';
-import { excerpt } from '../common/excerpt';
 
 export type HotplugKind = 'nic' | 'disk';
 
@@ -83,18 +82,18 @@ async function hotplugDisk(inst: KvmInstance, req: HotplugDeviceRequest__Output,
   const uuid = assertDeviceUuid(disk.uuid, 'the disk');
   switch (req.action) {
     case 'ADD': {
-      if (disk.path && !disk.path.startsWith('/')) throw invalidArgument(`disk ${uuid}: path ${excerpt(disk.path)} is not absolute`);
-      const path = disk.path || ctx.storage.defaultDiskPath(inst.name, uuid);
-      const sizeBytes = disk.path ? 0 : int64(disk.sizeBytes, `disk ${uuid} size_bytes`);
+      const wanted = requestedBacking(disk, ctx.storage.nodeName);
+      const path = wanted.path || ctx.storage.defaultDiskPath(inst.name, uuid);
+      const sizeBytes = wanted.create ? int64(disk.sizeBytes, `disk ${uuid} size_bytes`) : 0;
       // Created in the instance's queue once the intent is recorded: a
       // crash right after leaves an intent whose rollback deletes the file.
       const prepare = (): (() => void) | void => {
-        if (disk.path) return;
+        if (!wanted.create) return;
         const created = ctx.storage.createDisks(inst.name, [{ path, sizeBytes }]);
         crashPoint('after-disk-file-created', ctx.log);
         return () => ctx.storage.removeFiles(created);
       };
-      const req = disk.path ? { uuid, path } : { uuid, path, created: true };
+      const req = { uuid, path, ...wanted.backing, ...(wanted.create ? { created: true } : {}) };
       const flavour = diskFlavour(disk);
       if (flavour === 'scsi') return diskReply(await inst.hotAddScsiDisk(req, prepare, opts));
       if (flavour === 'pmem') return diskReply(await inst.hotAddPmem({ ...req, sizeMiB: pmemMiB(uuid, sizeBytes) }, prepare, opts));

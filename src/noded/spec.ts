@@ -25,7 +25,7 @@ import { invalidArgument } from './status';
 import { assertDeviceUuid, type NewDisk, type Storage } from './storage';
 import { excerpt } from '../common/excerpt';
 import { NIC_MODEL_NAMES, type NicModelName } from '../common/nic-params';
-import { anyDiskToProto, diskFlavour, pmemMiB } from './disk-kinds';
+import { anyDiskToProto, backingToProto, diskFlavour, pmemMiB, requestedBacking } from './disk-kinds';
 
 /** A NIC's MAC by the rule the master applies too (src/common/mac.ts), same words; lower case. */
 export function checkNicMac(mac: string): string {
@@ -99,10 +99,8 @@ export function planStart(spec: InstanceSpec__Output, storage: Storage): StartPl
     assertDeviceUuid(d.uuid, `disk ${i} of ${spec.name}`);
     const flavour = diskFlavour(d);
     const bus = flavour === 'scsi' ? { diskBus: 'scsi' as const } : {};
-    if (d.path) {
-      if (!d.path.startsWith('/')) throw invalidArgument(`disk ${d.uuid}: path ${excerpt(d.path)} is not absolute`);
-      return { uuid: d.uuid, path: d.path, ...bus };
-    }
+    const wanted = requestedBacking(d, storage.nodeName);
+    if (!wanted.create) return { uuid: d.uuid, path: wanted.path, ...bus, ...wanted.backing };
     const path = storage.defaultDiskPath(spec.name, d.uuid);
     const sizeBytes = int64(d.sizeBytes, `disk ${d.uuid} size_bytes`);
     newDisks.push({ path, sizeBytes });
@@ -172,10 +170,14 @@ export function nicToProto(n: NicRecord, rootBus = ''): Nic {
   };
 }
 
+/** The size of a disk file or block device (from sysfs, by its device number); 0 when unknown. */
 function fileSize(file: string): number {
   try {
     const st = fs.statSync(file);
-    return st.isFile() ? st.size : 0;
+    if (st.isFile()) return st.size;
+    if (!st.isBlockDevice()) return 0;
+    const dev = `${Math.floor(st.rdev / 256) & 0xfff}:${(st.rdev & 0xff) | ((st.rdev >> 12) & 0xfff00)}`;
+    return Number(fs.readFileSync(`/sys/dev/block/${dev}/size`, 'utf8').trim()) * 512 || 0;
   } catch {
     return 0;
   }
@@ -190,6 +192,7 @@ export function diskToProto(d: DiskRecord, rootBus = ''): Disk {
     deviceId: idOf('disk', d),
     pciBus: pciBusOf(d, rootBus),
     state: d.state ?? '',
+    ...backingToProto(d),
   };
 }
 

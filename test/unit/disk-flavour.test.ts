@@ -25,7 +25,7 @@ describe('disk bus and type (--disk bus=, type=)', () => {
     usage(() => parseDiskChange('add:size=1G,lun=3'), /lun/);
   });
   it('the shared rule normalizes the defaults to ""', () => {
-    assert.deepEqual(diskFlavourOf('virtio', 'disk', excerpt), { diskBus: '', diskType: '' });
+    assert.deepEqual(diskFlavourOf('virtio', 'disk', excerpt), { diskBus: '', diskType: '', template: '', adopt: '' });
     assert.equal(typeof diskFlavourOf('scsi', 'pmem', excerpt), 'string');
   });
 });

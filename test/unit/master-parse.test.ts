@@ -80,7 +80,7 @@ describe('master CLI parsing', () => {
       usage(() => parseDiskChange('add'), /size=SIZE is required/);
       usage(() => parseDiskChange('add:size=100'), /has no unit/);
       usage(() => parseDiskChange('add:size=-5G'), /negative/);
-      usage(() => parseDiskChange('1:size=2G'), /add:size=SIZE or N:remove/);
+      usage(() => parseDiskChange('1:size=2G'), /add:size=SIZE, add:adopt=\/dev\/XYZ or N:remove/);
     });
     it('add-time --net and --disk, with optional index', () => {
       assert.deepEqual(parseNicSpec('link=br0', 0), { mac: '', link: 'br0' });

@@ -68,7 +68,7 @@ describe('noded: storage', () => {
 describe('noded: spec conversion', () => {
   const storage = new Storage('node1', '/srv/gnt');
   const NIC_NEW = { pciBus: '', linkState: '', rateMbit: 0, queues: 0, model: '' };
-  const DISK_NEW = { pciBus: '', diskBus: '', diskType: '', scsiAddress: '' };
+  const DISK_NEW = { pciBus: '', diskBus: '', diskType: '', scsiAddress: '', template: '', adopted: false, rbdPool: '', rbdImage: '' };
   const base: InstanceSpec__Output = {
     name: 'web1', uuid: '', vcpus: 1, maxvcpus: 4, memoryMib: '256', maxmemMib: '1024', kernel: '/boot/vmlinuz',
     initrd: '', kernelArgs: 'console=ttyS0', nics: [], disks: [], hvparams: { machine: 'q35', security_model: 'none' },

@@ -200,7 +200,7 @@ describe('gnt-instance info: the device tree', () => {
   it('lists every bus (root bus, bridges, root ports, SCSI controllers) with its devices by slot or LUN', () => {
     const nic = (pci: number, pciBus: string, deviceId: string) => ({ uuid: `u-${deviceId}`, mac: '', link: '', pci, deviceId, tap: '', state: '', pciBus, linkState: '', rateMbit: 0, queues: 0, model: '' });
     const disk = (pci: number, pciBus: string, deviceId: string, extra: { scsiAddress?: string; diskType?: string } = {}) => ({
-      uuid: `u-${deviceId}`, sizeBytes: '0', path: '', pci, deviceId, state: '', pciBus, diskBus: '', diskType: extra.diskType ?? '', scsiAddress: extra.scsiAddress ?? '',
+      uuid: `u-${deviceId}`, sizeBytes: '0', path: '', pci, deviceId, state: '', pciBus, diskBus: '', diskType: extra.diskType ?? '', scsiAddress: extra.scsiAddress ?? '', template: '', adopted: false, rbdPool: '', rbdImage: '',
     });
     const out = formatDeviceTree(
       [nic(5, 'pci.0', 'nic-aaaa-pci-5'), nic(0, 'pcib1', 'nic-bbbb-pcib1-0'), nic(4, 'pci.0', 'nic-cccc-pci-4')],

@@ -12,6 +12,7 @@ import type { ListInstancesReply__Output } from '../../generated/gnt/master/v1/L
 import type { InstanceDetails__Output } from '../../generated/gnt/master/v1/InstanceDetails';
 import type { InstanceModifyOp } from '../../generated/gnt/master/v1/InstanceModifyOp';
 import type { InstanceMigrateOp } from '../../generated/gnt/master/v1/InstanceMigrateOp';
+import { describeBacking } from '../jobs/disk-backing';
 
 const nameArg = (args: ParsedArgs): string => checkName('instance', positionals(args, ['INSTANCE'])[0]);
 
@@ -40,7 +41,7 @@ export const instanceCommands: CommandGroup = {
   add: {
     usage:
       'gnt-instance add -n NODE --vcpus N [--maxvcpus N] --memory SIZE [--maxmem SIZE] --kernel PATH [--initrd PATH]\n' +
-      '    [--kernel-args STR] [--disk size=SIZE]... [--net [mac=MAC][,link=BR]]... [-H key=value,...] [--no-start] [--submit] INSTANCE',
+      '    [--kernel-args STR] [--disk size=SIZE|adopt=DEV]... [--net [mac=MAC][,link=BR]]... [-H key=value,...] [--no-start] [--submit] INSTANCE',
     spec: {
       values: ['node', 'vcpus', 'maxvcpus', 'memory', 'maxmem', 'kernel', 'initrd', 'kernel-args'],
       multi: ['disk', 'net', 'hvparams'],
@@ -109,7 +110,7 @@ export const instanceCommands: CommandGroup = {
   modify: {
     usage:
       'gnt-instance modify [--hotplug | --hotplug-if-possible] [--net add[:mac=MAC,link=BR] | --net N:mac=MAC[,link=BR] | --net N:remove]...\n' +
-      '    [--disk add:size=SIZE | --disk N:remove]... [-B vcpus=N,memory=SIZE] [--submit] INSTANCE',
+      '    [--disk add:size=SIZE|add:adopt=DEV|POOL/IMAGE[,template=rbd] | --disk N:remove]... [-B vcpus=N,memory=SIZE] [--submit] INSTANCE',
     spec: { multi: ['net', 'disk', 'backend-parameters'], flags: ['hotplug', 'hotplug-if-possible', 'submit'], aliases: { B: 'backend-parameters' } },
     async run(args, { dir }) {
       const name = nameArg(args);
@@ -243,11 +244,15 @@ export function formatInstanceInfo(d: InstanceDetails__Output): string {
   out += 'Disks (config | node runtime):\n';
   out += i.disks.length
     ? table(
-        ['  #', 'Size', 'Kind', 'UUID', 'PCI', 'Device id', 'Path', 'State'],
+        ['  #', 'Size', 'Kind', 'Template', 'UUID', 'PCI', 'Device id', 'Path', 'State'],
         i.disks.map((x) => {
           const r = rtDisk.get(x.uuid);
           const kind = x.diskType === 'pmem' ? 'pmem' : x.diskBus === 'scsi' ? `scsi ${r?.scsiAddress || '-'}` : 'virtio';
-          return [`  ${x.index}`, formatSize(Number(x.sizeBytes)), kind, x.uuid, r && r.pci >= 0 ? r.pci : '-', r?.deviceId || '-', r?.path || '-', deviceState(x.removalPending, r?.state)];
+          const size = Number(x.sizeBytes) || Number(r?.sizeBytes ?? 0);
+          return [
+            `  ${x.index}`, size ? formatSize(size) : '-', kind, describeBacking(x.template === 'file' ? '' : x.template, x.adopt), x.uuid, r && r.pci >= 0 ? r.pci : '-', r?.deviceId || '-', r?.path || '-',
+            deviceState(x.removalPending, r?.state),
+          ];
         }),
       )
     : '  none\n';

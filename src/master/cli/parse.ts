@@ -3,10 +3,10 @@
  * parse and check the form of values; the master decides everything else
  * (uuids, generated MACs, whether an index exists).
  *
- *   gnt-instance add:    --net [N:]mac=MAC,link=BR,link_state=up|down,rate=MBIT,queues=N,model=M   --disk [N:]size=SIZE[,bus=virtio|scsi][,type=disk|pmem]
+ *   gnt-instance add:    --net [N:]mac=MAC,link=BR,link_state=up|down,rate=MBIT,queues=N,model=M   --disk [N:]size=SIZE|adopt=DEV|POOL/IMAGE[,bus=virtio|scsi][,type=disk|pmem][,template=file|blockdev|rbd]
  *   gnt-instance modify: --net add[:mac=MAC,link=BR,link_state=..,rate=..,queues=N,model=M] | N:remove
  *                        --net N:mac=MAC,link=BR,link_state=up|down,rate=MBIT(0: none),model=virtio|e1000|rtl8139 (any of them)
- *                        --disk add:size=SIZE[,bus=virtio|scsi][,type=disk|pmem] | N:remove
+ *                        --disk add:size=SIZE|adopt=DEV|POOL/IMAGE[,bus=virtio|scsi][,type=disk|pmem][,template=file|blockdev|rbd] | N:remove
  *                        -B / --backend-parameters vcpus=N,memory=SIZE
  *   -H / --hvparams:     the keys of src/common/hvparams.ts (security_model, security_domain, chroot, machine, accel,
  *                        memory_hotplug, unplug_timeout_{nic,disk,cpu,memory}, migration_bandwidth, migration_downtime)
@@ -110,13 +110,23 @@ export function parseNicSpec(text: string, pos: number): NicSpec {
   return { mac: macValue(kv.mac), link: checkLink(kv.link ?? ''), ...nicAddExtras(kv, `--net ${text}`) };
 }
 
-const DISK_KEYS = ['size', 'bus', 'type'];
+const DISK_KEYS = ['size', 'bus', 'type', 'template', 'adopt'];
 
-/** bus= and type= of a --disk (src/common/disk-flavour.ts); only those that differ from the defaults. */
+/** bus=, type=, template= and adopt= of a --disk (src/common/disk-flavour.ts); only those that differ from the defaults. */
 function diskFlavour(kv: Record<string, string | undefined>, what: string): Partial<DiskFlavourValues> {
-  const r = diskFlavourOf(kv.bus, kv.type, excerpt);
+  const r = diskFlavourOf(kv.bus, kv.type, excerpt, kv.template, kv.adopt);
   if (typeof r === 'string') throw new UsageError(`${what}: ${r}`);
-  return { ...(r.diskBus ? { diskBus: r.diskBus } : {}), ...(r.diskType ? { diskType: r.diskType } : {}) };
+  return Object.fromEntries(Object.entries(r).filter(([, v]) => v !== ''));
+}
+
+/** size= of a --disk: required unless it adopts a device or image, which keeps its own size. */
+function diskSize(kv: Record<string, string | undefined>, what: string, example: string): { sizeBytes: number } {
+  if (kv.adopt !== undefined) {
+    if (kv.size !== undefined) throw new UsageError(`${what}: an adopted disk keeps the size of ${excerpt(kv.adopt)}; leave out size=`);
+    return { sizeBytes: 0 };
+  }
+  if (kv.size === undefined) throw new UsageError(`${what}: size=SIZE is required${example}`);
+  return { sizeBytes: parseSize(kv.size, 'disk size') };
 }
 
 /** One --disk of gnt-instance add, in position `pos`. */
@@ -128,8 +138,7 @@ export function parseDiskSpec(text: string, pos: number): DiskSpec {
     body = m[2];
   }
   const kv = parseKeyValues(body, DISK_KEYS, `--disk ${text}`);
-  if (kv.size === undefined) throw new UsageError(`--disk ${text}: size=SIZE is required`);
-  return { sizeBytes: parseSize(kv.size, 'disk size'), ...diskFlavour(kv, `--disk ${text}`) };
+  return { ...diskSize(kv, `--disk ${text}`, ''), ...diskFlavour(kv, `--disk ${text}`) };
 }
 
 /** One --net of gnt-instance modify. */
@@ -164,13 +173,12 @@ export function parseDiskChange(text: string): DiskChange {
   const { head, rest } = splitHead(text);
   if (head === 'add') {
     const kv = parseKeyValues(rest, DISK_KEYS, what);
-    if (kv.size === undefined) throw new UsageError(`${what}: size=SIZE is required, e.g. --disk add:size=1G`);
-    return { action: 'ADD', index: -1, sizeBytes: parseSize(kv.size, 'disk size'), ...diskFlavour(kv, what) };
+    return { action: 'ADD', index: -1, ...diskSize(kv, what, ', e.g. --disk add:size=1G'), ...diskFlavour(kv, what) };
   }
   if (head === 'remove') throw new UsageError(`${what}: say which disk, e.g. --disk 1:remove`);
   const index = parseIndex(head, what);
   if (rest === 'remove') return { action: 'REMOVE', index };
-  throw new UsageError(`${what}: a disk change is add:size=SIZE or N:remove (add also takes bus=virtio|scsi and type=disk|pmem)`);
+  throw new UsageError(`${what}: a disk change is add:size=SIZE, add:adopt=/dev/XYZ or N:remove (add also takes bus=virtio|scsi, type=disk|pmem and template=file|blockdev|rbd)`);
 }
 
 /** -H / --hvparams [kvm:]key=value,...: known keys only, each value by its rule (src/common/hvparams.ts). */

@@ -45,12 +45,18 @@ export interface DiskRow {
   disk_bus: string;
   /** '' (a block device) or 'pmem'. */
   disk_type: string;
+  /** '' (file), 'blockdev' or 'rbd'. */
+  template: string;
+  /** '' (made by the node) or what it adopted: '/dev/XYZ', 'POOL/IMAGE'. */
+  adopt: string;
 }
 
-/** A disk's bus and type as stored ('' for the defaults). */
+/** A disk's bus, type, template and adopted backing as stored ('' for the defaults). */
 export interface DiskFlavourRow {
   diskBus?: string;
   diskType?: string;
+  template?: string;
+  adopt?: string;
 }
 
 export type DeviceTable = 'nics' | 'disks';
@@ -179,7 +185,7 @@ export class ConfigStore {
     const rows = this.db.prepare('SELECT * FROM instances ORDER BY name').all() as InstanceRow[];
     const nodes = new Map((this.db.prepare('SELECT * FROM nodes').all() as NodeRow[]).map((n) => [n.uuid, n]));
     const nics = groupBy(this.db.prepare('SELECT instance_uuid, uuid, idx, mac, link, removal_pending, link_state, rate_mbit, queues, model FROM nics ORDER BY instance_uuid, idx').all() as (NicRow & Owned)[]);
-    const disks = groupBy(this.db.prepare('SELECT instance_uuid, uuid, idx, size_bytes, removal_pending, disk_bus, disk_type FROM disks ORDER BY instance_uuid, idx').all() as (DiskRow & Owned)[]);
+    const disks = groupBy(this.db.prepare('SELECT instance_uuid, uuid, idx, size_bytes, removal_pending, disk_bus, disk_type, template, adopt FROM disks ORDER BY instance_uuid, idx').all() as (DiskRow & Owned)[]);
     // completed in place: copying 10,000 rows into new objects costs more than the queries
     return rows.map((row) => Object.assign(row, {
       hvparams: JSON.parse(row.hvparams) as Record<string, string>,
@@ -207,7 +213,7 @@ export class ConfigStore {
       hvparams: JSON.parse(row.hvparams) as Record<string, string>,
       node,
       nics: this.db.prepare('SELECT uuid, idx, mac, link, removal_pending, link_state, rate_mbit, queues, model FROM nics WHERE instance_uuid = ? ORDER BY idx').all(row.uuid) as NicRow[],
-      disks: this.db.prepare('SELECT uuid, idx, size_bytes, removal_pending, disk_bus, disk_type FROM disks WHERE instance_uuid = ? ORDER BY idx').all(row.uuid) as DiskRow[],
+      disks: this.db.prepare('SELECT uuid, idx, size_bytes, removal_pending, disk_bus, disk_type, template, adopt FROM disks WHERE instance_uuid = ? ORDER BY idx').all(row.uuid) as DiskRow[],
     };
   }
 
@@ -302,9 +308,11 @@ export class ConfigStore {
   }
 
   private insertDisk(instanceUuid: string, idx: number, uuid: string, sizeBytes: number, flavour: DiskFlavourRow = {}): void {
+    if (flavour.adopt && this.db.prepare('SELECT 1 FROM disks WHERE adopt = ? AND template = ?').get(flavour.adopt, flavour.template ?? ''))
+      throw new ConfigError(`${flavour.adopt} is already adopted by a disk of the cluster`, 'ALREADY_EXISTS');
     this.db
-      .prepare('INSERT INTO disks (uuid, instance_uuid, idx, size_bytes, disk_bus, disk_type) VALUES (?, ?, ?, ?, ?, ?)')
-      .run(uuid, instanceUuid, idx, sizeBytes, flavour.diskBus ?? '', flavour.diskType ?? '');
+      .prepare('INSERT INTO disks (uuid, instance_uuid, idx, size_bytes, disk_bus, disk_type, template, adopt) VALUES (?, ?, ?, ?, ?, ?, ?, ?)')
+      .run(uuid, instanceUuid, idx, sizeBytes, flavour.diskBus ?? '', flavour.diskType ?? '', flavour.template ?? '', flavour.adopt ?? '');
   }
 
   /** Appends a NIC with the given uuid (made by the caller, the master) at the end. */

@@ -155,6 +155,12 @@ const MIGRATIONS: string[] = [
   ALTER TABLE disks ADD COLUMN disk_bus TEXT NOT NULL DEFAULT '' CHECK (disk_bus IN ('', 'scsi'));
   ALTER TABLE disks ADD COLUMN disk_type TEXT NOT NULL DEFAULT '' CHECK (disk_type IN ('', 'pmem'));
   `,
+  // 8 (issue 13, storage): a disk's template ('' file, 'blockdev', 'rbd') and
+  // what it adopted ('' made by the node, '/dev/XYZ', 'POOL/IMAGE').
+  `
+  ALTER TABLE disks ADD COLUMN template TEXT NOT NULL DEFAULT '' CHECK (template IN ('', 'blockdev', 'rbd'));
+  ALTER TABLE disks ADD COLUMN adopt TEXT NOT NULL DEFAULT '' CHECK (template != 'blockdev' OR adopt != '');
+  `,
 ];
 
 export const SCHEMA_VERSION = MIGRATIONS.length;

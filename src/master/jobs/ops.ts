@@ -39,13 +39,22 @@ export interface DiskChangeOp {
   /** ADD: '' (virtio-blk) or 'scsi'; '' (disk) or 'pmem' (src/common/disk-flavour.ts). */
   diskBus?: string;
   diskType?: string;
+  /** ADD: '' (file), 'blockdev' or 'rbd', and the adopted backing ('' none). */
+  template?: string;
+  adopt?: string;
 }
 
-/** bus and type of an API disk, by the CLI's rule. */
-function flavourOf(bus: string, type: string, what: string): DiskFlavourValues {
-  const r = diskFlavourOf(bus, type, excerpt);
+/** bus, type, template and adopt of an API disk, by the CLI's rule. */
+function flavourOf(d: { diskBus?: string; diskType?: string; template?: string; adopt?: string }, what: string): DiskFlavourValues {
+  const r = diskFlavourOf(d.diskBus ?? '', d.diskType ?? '', excerpt, d.template ?? '', d.adopt ?? '');
   if (typeof r === 'string') throw new UsageError(`${what}: ${r}`);
   return r;
+}
+
+/** A disk the node makes needs a size; an adopted one has its own (size= is refused, not ignored). */
+function checkDiskSize(sizeBytes: number, flavour: DiskFlavourValues, what: string): void {
+  if (flavour.adopt && sizeBytes > 0) throw new UsageError(`${what}: an adopted ${flavour.template} disk keeps the size of ${flavour.adopt}; leave out size=`);
+  if (!flavour.adopt && sizeBytes <= 0) throw new UsageError(`${what} needs a size greater than zero (size=SIZE)`);
 }
 
 export type Op =
@@ -64,7 +73,7 @@ export type Op =
       kernel: string;
       initrd: string;
       kernelArgs: string;
-      disks: { sizeBytes: number; diskBus?: string; diskType?: string }[];
+      disks: { sizeBytes: number; diskBus?: string; diskType?: string; template?: string; adopt?: string }[];
       nics: ({ mac: string; link: string } & NicParams)[];
       hvparams: Record<string, string>;
       noStart: boolean;
@@ -135,8 +144,9 @@ function instanceAdd(o: InstanceAddOp__Output): PreparedJob {
   if (/[\n\0]/.test(o.kernelArgs)) throw new UsageError('kernel args must be one line');
   const disks = o.disks.map((d, i) => {
     const sizeBytes = int64(d.sizeBytes, `disk ${i} size`);
-    if (sizeBytes <= 0) throw new UsageError(`disk ${i} needs a size greater than zero (size=SIZE)`);
-    return { sizeBytes, ...flavourOf(d.diskBus ?? '', d.diskType ?? '', `disk ${i}`) };
+    const flavour = flavourOf(d, `disk ${i}`);
+    checkDiskSize(sizeBytes, flavour, `disk ${i}`);
+    return { sizeBytes, ...flavour };
   });
   const nics = o.nics.map((n, i) => ({ mac: n.mac ? checkMac(n.mac) : '', link: checkLink(n.link), ...newNicParams(n, maxvcpus, `NIC ${i}`) }));
   const macs = nics.map((n) => n.mac).filter(Boolean);
@@ -172,8 +182,9 @@ function instanceModify(o: InstanceModifyOp__Output): PreparedJob {
   const disks = o.disks.map((c): DiskChangeOp => {
     if (c.action === 'ADD') {
       const sizeBytes = int64(c.sizeBytes, 'disk size');
-      if (sizeBytes <= 0) throw new UsageError('a new disk needs a size greater than zero (add:size=SIZE)');
-      return { action: 'ADD', index: -1, sizeBytes, ...flavourOf(c.diskBus ?? '', c.diskType ?? '', 'a new disk') };
+      const flavour = flavourOf(c, 'a new disk');
+      checkDiskSize(sizeBytes, flavour, 'a new disk');
+      return { action: 'ADD', index: -1, sizeBytes, ...flavour };
     }
     if (c.action === 'REMOVE') {
       if (c.index < 0) throw new UsageError(`disk index ${c.index} is not valid`);

@@ -53,6 +53,7 @@ import type { Op } from './ops';
 import { nodeTarget } from './spec';
 import { changeOf, describeChange, operationsOfJobs } from './operations';
 import type { InstanceRuntime__Output } from '../../generated/gnt/node/v1/InstanceRuntime';
+import { flavourOfNodeDisk } from './disk-backing';
 
 export const PENDING_KEY = 'reconcile_pending';
 
@@ -181,7 +182,7 @@ export function applyRuntime(config: ConfigStore, inst: InstanceConfig, rt: Inst
       }
       const size = Number(d.sizeBytes);
       const sizeBytes = Number.isSafeInteger(size) && size > 0 ? size : 0;
-      config.appendDisk(inst.uuid, d.uuid, sizeBytes, { diskBus: d.diskBus ?? '', diskType: d.diskType ?? '' });
+      config.appendDisk(inst.uuid, d.uuid, sizeBytes, flavourOfNodeDisk(d));
       changes.push(
         `added disk ${d.uuid} (${sizeBytes ? formatSize(sizeBytes) : 'size unknown: the node reported none, recorded as 0'})`,
       );

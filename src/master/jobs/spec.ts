@@ -2,6 +2,7 @@
 import type { InstanceConfig } from '../config/config-store';
 import type { NodeTarget } from '../node-rpc';
 import type { InstanceSpec } from '../../generated/gnt/node/v1/InstanceSpec';
+import { diskBackingProto } from './disk-backing';
 
 export const nodeTarget = (inst: InstanceConfig): NodeTarget => ({ name: inst.node.name, address: inst.node.address });
 
@@ -22,7 +23,9 @@ export function instanceSpec(inst: InstanceConfig): InstanceSpec {
     initrd: inst.initrd,
     kernelArgs: inst.kernel_args,
     nics: inst.nics.filter((n) => !n.removal_pending).map((n) => ({ uuid: n.uuid, mac: n.mac, link: n.link, pci: -1, linkState: n.link_state, rateMbit: n.rate_mbit, queues: n.queues, model: n.model })),
-    disks: inst.disks.filter((d) => !d.removal_pending).map((d) => ({ uuid: d.uuid, sizeBytes: d.size_bytes, path: '', pci: -1, diskBus: d.disk_bus ?? '', diskType: d.disk_type ?? '' })),
+    disks: inst.disks
+      .filter((d) => !d.removal_pending)
+      .map((d) => ({ uuid: d.uuid, sizeBytes: d.size_bytes, pci: -1, diskBus: d.disk_bus ?? '', diskType: d.disk_type ?? '', ...diskBackingProto(d.template ?? '', d.adopt ?? '') })),
     hvparams: inst.hvparams,
   };
 }

@@ -25,6 +25,7 @@ import { diskId } from './disk';
 import { scsiDiskId } from './scsi-disk';
 import type { Monitor } from './qmp-client';
 import type { RuntimeData } from './runtime-file';
+import { templateOf } from './disk-template';
 
 /** A disk whose contents must be copied: its block node (also the NBD export name) and host path. */
 export interface CopiedDisk {
@@ -33,14 +34,15 @@ export interface CopiedDisk {
   path: string;
 }
 
-/** A file disk the node made or was given in its storage (no template, not adopted): blockdev and rbd disks are shared. */
-const isLocalFile = (d: { uuid: string; template?: unknown; adopted?: unknown }): boolean => !d.template && !d.adopted;
-
-/** Every disk of `data` that lives in a node's own storage (template file): what a non-shared migration copies. */
+/**
+ * Every disk of `data` that lives in a node's own storage (template file):
+ * what a migration between nodes without shared storage copies. blockdev
+ * disks (the target must see the same device) and rbd images are shared.
+ */
 export function disksToCopy(data: RuntimeData): CopiedDisk[] {
   const out: CopiedDisk[] = [];
-  for (const d of data.block_devices) if (isLocalFile(d)) out.push({ uuid: d.uuid, node: diskId(d, d.pci as number), path: d.path });
-  for (const d of data.scsi_disks ?? []) if (isLocalFile(d)) out.push({ uuid: d.uuid, node: scsiDiskId(d), path: d.path });
+  for (const d of data.block_devices) if (templateOf(d) === 'file') out.push({ uuid: d.uuid, node: diskId(d, d.pci as number), path: d.path });
+  for (const d of data.scsi_disks ?? []) if (templateOf(d) === 'file') out.push({ uuid: d.uuid, node: scsiDiskId(d), path: d.path });
   return out;
 }
 

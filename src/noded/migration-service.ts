@@ -145,6 +145,8 @@ export class MigrationService {
   private checkDisks(data: RuntimeData): void {
     const { storage } = this.opts;
     for (const disk of [...data.block_devices, ...(data.scsi_disks ?? []), ...(data.pmem_devices ?? [])]) {
+      // An adopted block device is shared storage: the target must see it at the same path (checkCarried's HostPathPolicy check: the --block-device allow-list).
+      if ('template' in disk && disk.template === 'blockdev') continue;
       if (!storage.owns(data.instance, disk.path))
         throw failedPrecondition(
           `disk ${disk.uuid} of ${data.instance} is at ${disk.path}, outside node ${this.opts.nodeName}'s storage directory ${storage.dir}/${data.instance}: migration and failover need the disks on storage both nodes share (the same --storage-dir)`,

@@ -45,9 +45,9 @@ export function needsDiskCopy(src: NodeInfoReply__Output, dst: NodeInfoReply__Ou
   return !!src.storageId && !!dst.storageId && src.storageId !== dst.storageId;
 }
 
-/** The size of every disk to create on the target, from the configuration. */
+/** The size of every file disk (the ones copied; blockdev and rbd are shared) to create on the target, from the configuration. */
 export function diskSizes(inst: InstanceConfig): Array<{ uuid: string; sizeBytes: number }> {
-  return inst.disks.filter((d) => d.size_bytes > 0).map((d) => ({ uuid: d.uuid, sizeBytes: d.size_bytes }));
+  return inst.disks.filter((d) => !d.template && d.size_bytes > 0).map((d) => ({ uuid: d.uuid, sizeBytes: d.size_bytes }));
 }
 
 const mib = (bytes: string | number): string => (Number(bytes) / MiB).toFixed(1);

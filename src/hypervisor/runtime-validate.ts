@@ -7,6 +7,8 @@
  * changed on refusal (the caller has not touched the node yet).
  */
 import { excerpt } from '../common/excerpt';
+import { isRbdName } from '../common/disk-flavour';
+import { rbdPath } from './disk-template';
 import { checkHvparams } from '../common/hvparams';
 import { macProblem } from '../common/mac';
 import { CPU_DRIVER_RULE, CPU_TOPOLOGY_KEYS, MAX_TOPOLOGY_ID, cpuId } from './cpu';
@@ -110,12 +112,26 @@ function checkNics(c: Checker, nics: unknown): void {
   });
 }
 
+/** A disk's template (disk-template.ts) and path: a host path for file and blockdev, "rbd:POOL/IMAGE" matching `rbd` for rbd. */
+function checkBacking(c: Checker, f: string, d: Record<string, unknown>): void {
+  c.optional(d, 'template', (v) => v === 'blockdev' || v === 'rbd' || c.fail(`${f}.template`, v, 'blockdev or rbd when present (absent: file)'));
+  if (d.template !== 'rbd') {
+    if (d.rbd !== undefined) c.fail(`${f}.rbd`, d.rbd, 'only with template rbd');
+    c.hostPath(`${f}.path`, d.path);
+    return;
+  }
+  const img = d.rbd as { pool?: unknown; image?: unknown } | undefined;
+  const ok = typeof img === 'object' && img !== null && typeof img.pool === 'string' && typeof img.image === 'string' && isRbdName(img.pool) && isRbdName(img.image);
+  if (!ok) return c.fail(`${f}.rbd`, d.rbd, 'an RBD image {pool, image}');
+  if (d.path !== rbdPath({ pool: img.pool as string, image: img.image as string })) c.fail(`${f}.path`, d.path, 'rbd:POOL/IMAGE of its rbd image');
+}
+
 function checkDisks(c: Checker, disks: unknown): void {
   c.list('block_devices', disks, MAX_PLACED).forEach((raw, i) => {
     const f = `block_devices[${i}]`;
-    const d = c.obj(f, raw, ['uuid', 'path', 'pci', 'bus', 'state', 'created']);
+    const d = c.obj(f, raw, ['uuid', 'path', 'pci', 'bus', 'state', 'created', 'template', 'rbd']);
     c.match(`${f}.uuid`, d.uuid, UUID_RULE, 'a device uuid: letters, digits, ".", "_", "-", without ".."');
-    c.hostPath(`${f}.path`, d.path);
+    checkBacking(c, f, d);
     c.pci(`${f}.pci`, d.pci);
     c.optional(d, 'bus', (v) => c.match(`${f}.bus`, v, CONTROLLER_BUS_RULE, 'a bridge or root port of this software: pcibN or rpN'));
     c.state(`${f}.state`, d.state);
@@ -126,9 +142,9 @@ function checkDisks(c: Checker, disks: unknown): void {
 function checkScsi(c: Checker, data: RuntimeData): void {
   c.list('scsi_disks', data.scsi_disks ?? [], MAX_SCSI_DISKS).forEach((raw, i) => {
     const f = `scsi_disks[${i}]`;
-    const d = c.obj(f, raw, ['uuid', 'path', 'target', 'lun', 'state', 'created']);
+    const d = c.obj(f, raw, ['uuid', 'path', 'target', 'lun', 'state', 'created', 'template', 'rbd']);
     c.match(`${f}.uuid`, d.uuid, UUID_RULE, 'a device uuid: letters, digits, ".", "_", "-", without ".."');
-    c.hostPath(`${f}.path`, d.path);
+    checkBacking(c, f, d);
     c.int(`${f}.target`, d.target, 0, SCSI_TARGETS - 1);
     c.int(`${f}.lun`, d.lun, 0, SCSI_LUNS - 1);
     c.state(`${f}.state`, d.state);

@@ -9,7 +9,6 @@
 import * as assert from 'node:assert/strict';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { execFileSync } from 'node:child_process';
 import { guestFiles } from '../support/guest';
 import { TestCluster, type CliRun, type TestNode } from '../support/cli-cluster';
 
@@ -37,7 +36,6 @@ describe('live migration with local disks through the cluster (separate storage,
   const c = new TestCluster();
   const nodes: Record<string, TestNode> = {};
   let chroot: string;
-  let loop = '';
   const info = (name: string): Details => c.instanceInfo<Details>(name);
   const consoleOf = (node: string, name: string): string => path.join(nodes[node].dataDir, name, 'console.log');
   const filesOf = (node: string, name: string): string[] => {
@@ -65,24 +63,18 @@ describe('live migration with local disks through the cluster (separate storage,
     await c.init();
     chroot = c.dir('qemu-chroot');
     fs.chmodSync(chroot, 0o711); // QEMU's user must be able to enter its chroot (and reach the TLS files made there)
-    // An adopted block device (template blockdev) is shared storage: both nodes see it at the same path.
-    const backing = path.join(c.dir('loop'), 'shared-block.img');
-    fs.writeFileSync(backing, '');
-    fs.truncateSync(backing, 8 * 1024 * 1024);
-    loop = execFileSync('losetup', ['--find', '--show', backing], { encoding: 'utf8' }).trim();
-    nodes.node1 = await c.addNode('node1', { extraArgs: ['--block-device', loop] });
-    nodes.node2 = await c.addNode('node2', { extraArgs: ['--block-device', loop] });
+    nodes.node1 = await c.addNode('node1');
+    nodes.node2 = await c.addNode('node2');
     assert.notEqual(nodes.node1.storageDir, nodes.node2.storageDir);
     c.ok(addInstance('web1', 'gnt.diskwrite=1', '-H', `chroot=${chroot}`));
     c.ok(addInstance('slow1', '', '-H', 'migration_bandwidth=2'));
   });
   after(async () => {
-    for (const name of ['web1', 'slow1', 'blk1']) {
+    for (const name of ['web1', 'slow1']) {
       c.gnt('gnt-instance', 'migrate', '--cleanup', name);
       c.gnt('gnt-instance', 'remove', name);
     }
     await c.destroy();
-    if (loop) execFileSync('losetup', ['-d', loop]);
   });
 
   it('the guest writes to its boot disk and a hot-added disk on node1 and checks them', async () => {
@@ -137,30 +129,27 @@ describe('live migration with local disks through the cluster (separate storage,
     await c.waitGuest<Details>('slow1', (x) => x.runtime.guest.disks.length === 1, 'its disk');
   });
 
-  it('an adopted block device is not copied (shared): only the file disk is, and the guest keeps both', async () => {
-    c.ok(addInstance('blk1', ''));
-    c.ok(c.gnt('gnt-instance', 'modify', '--hotplug', '--disk', `add:adopt=${loop}`, 'blk1'));
-    await c.waitGuest<Details>('blk1', (x) => x.runtime.guest.disks.length === 2, 'its two disks');
-    const r = c.ok(c.gnt('gnt-instance', 'migrate', '-n', 'node2', 'blk1'));
-    assert.match(r.stdout, /the file disks \(16 MiB in all\) are copied/);
-    assert.match(r.stdout, /disk copy: \S+ ready 16\.0\/16\.0 MiB\n/, 'one disk copied');
-    const d = info('blk1');
-    assert.equal(d.instance.node, 'node2');
-    assert.ok(d.runtime.disks.some((x) => x.path === loop), 'the block device is used at the same path on node2');
-    assert.deepEqual(filesOf('node1', 'blk1'), []);
-    assert.equal(filesOf('node2', 'blk1').length, 1);
-    await c.waitGuest<Details>('blk1', (x) => x.runtime.guest.disks.length === 2, 'both disks on node2');
+  it('after gnt-cluster renew-crypto --new-ca, the running instance migrates with TLS on the new certificates', async () => {
+    const before = diskChecks(consoleOf('node2', 'web1')).last;
+    const caBefore = fs.readFileSync(path.join(nodes.node1.certsDir, 'ca.pem'), 'utf8');
+    c.ok(c.gnt('gnt-cluster', 'renew-crypto', '--new-ca'));
+    assert.notEqual(fs.readFileSync(path.join(nodes.node1.certsDir, 'ca.pem'), 'utf8'), caBefore, 'the node has the new CA bundle');
+    const r = c.ok(c.gnt('gnt-instance', 'migrate', '-n', 'node1', 'web1'));
+    assert.match(r.stdout, /TLS: on/);
+    assert.match(r.stdout, /now runs on node node1/);
+    await untilChecks('node1', 'web1', (l) => ['vda', 'vdb'].every((n) => (l.get(n) ?? 0) > (before.get(n) ?? 0) + 2), 'further checks on node1');
+    assert.deepEqual(diskChecks(consoleOf('node1', 'web1')).bad, []);
   });
 
   it('with migration TLS off (gnt-cluster modify), a plain migration with disk copy works too', async () => {
     c.ok(c.gnt('gnt-cluster', 'modify', '--migration-tls=off'));
-    const before = diskChecks(consoleOf('node2', 'web1')).last;
-    const r = c.ok(c.gnt('gnt-instance', 'migrate', '-n', 'node1', 'web1'));
+    const before = diskChecks(consoleOf('node1', 'web1')).last;
+    const r = c.ok(c.gnt('gnt-instance', 'migrate', '-n', 'node2', 'web1'));
     assert.match(r.stdout, /TLS: off/);
-    assert.match(r.stdout, /now runs on node node1/);
-    assert.deepEqual(filesOf('node2', 'web1'), []);
-    await untilChecks('node1', 'web1', (l) => ['vda', 'vdb'].every((n) => (l.get(n) ?? 0) > (before.get(n) ?? 0) + 2), 'further checks back on node1');
-    assert.deepEqual(diskChecks(consoleOf('node1', 'web1')).bad, []);
+    assert.match(r.stdout, /now runs on node node2/);
+    assert.deepEqual(filesOf('node1', 'web1'), []);
+    await untilChecks('node2', 'web1', (l) => ['vda', 'vdb'].every((n) => (l.get(n) ?? 0) > (before.get(n) ?? 0) + 2), 'further checks on node2');
+    assert.deepEqual(diskChecks(consoleOf('node2', 'web1')).bad, []);
     c.ok(c.gnt('gnt-cluster', 'modify', '--migration-tls=on'));
     const bad = c.gnt('gnt-cluster', 'modify', '--migration-tls=maybe');
     assert.notEqual(bad.code, 0);

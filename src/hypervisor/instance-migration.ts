@@ -20,21 +20,19 @@ import {
   sendMigration,
   waitIncomingLoaded,
   type MigrationMark,
+  type DiskCopyMark,
   type MigrationParams,
   type MigrationProgress,
 } from './migration';
 import { abortMirrors, disksToCopy, endMirrors, exportDisks, mirrorProblem, mirrorStatus, startMirrors, stopExports, type MirrorView } from './disk-mirror';
-import { addMigrationTls, removeMigrationTls, type QemuFilesOwner, type TlsMaterial } from './migration-tls';
+import { MIGRATION_TLS_ID, addMigrationTls, removeMigrationTls, type QemuFilesOwner, type TlsMaterial } from './migration-tls';
 import { qemuOwner } from './pmem';
-import type { DiskCopyMark } from './migration';
-import type { HvParams } from './runtime-file';
 import { applyRecordedLinks, normalizeMac } from './nic';
 import { hasResourceIntents } from './resource-intents';
 import type { Monitor } from './qmp-client';
-import type { RuntimeData } from './runtime-file';
+import type { HvParams, RuntimeData } from './runtime-file';
 import { validateRuntime } from './runtime-validate';
 import { assertBridge } from './tap';
-import { MIGRATION_TLS_ID } from './migration-tls';
 
 /** This node's view of a migration of the instance (MigrationStatus). */
 export interface MigrationView {

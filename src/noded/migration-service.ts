@@ -3,9 +3,10 @@
  * runtime file, receive one (as a paused migration target or for a failover
  * boot), start, follow, finish and abort a migration, and release an instance
  * that now runs elsewhere. The hypervisor layer does the QEMU work; this
- * module adds what only the node knows: its storage directory (disks must be
- * on storage the nodes share), its free memory, its migration address, and
- * the registry of instances.
+ * module adds what only the node knows: its storage directory (disks on
+ * storage the nodes share, or copies it creates there for a migration
+ * between nodes that do not share storage), its free memory, its migration
+ * address, its TLS material, and the registry of instances.
  */
 import * as fs from 'node:fs';
 import { currentMemoryMiB } from '../hypervisor/resize';

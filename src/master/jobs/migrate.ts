@@ -5,10 +5,13 @@
  * Live migration, with the source node A and the target node B:
  *   1. checks, before anything is touched: the guest runs on A with no
  *      migration recorded, B has no copy, the same QEMU major.minor on both,
- *      enough free memory on B;
+ *      enough free memory on B; whether A and B share storage (storage ids)
+ *      and whether the stream uses TLS (cluster setting migration_tls);
  *   2. A.InstanceExport, B.InstanceReceive(incoming) -> the migration URI,
  *      A.MigrationStart (bandwidth/downtime from hvparams), then
  *      A.MigrationStatus every 200 ms until completed, failed or cancelled;
+ *      without shared storage the disks are copied first and the copy is
+ *      ended after the stream (migrate-disk-copy.ts);
  *   3. completed: B.MigrationFinish, the configuration's primary -> B,
  *      A.InstanceRelease.
  * A failure in step 2 aborts on both nodes (best effort) and leaves the

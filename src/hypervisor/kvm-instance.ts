@@ -45,7 +45,7 @@ import {
   type ResizeResult,
   type ResourceState,
 } from './resize';
-import { listenIncoming, type MigrationMark, type MigrationParams, type MigrationProgress } from './migration';
+import { type MigrationMark, type MigrationParams, type MigrationProgress } from './migration';
 import { runningPid, spawnQemu, waitForExit } from './qemu-process';
 import { QmpClient, type Monitor, type QmpEvent } from './qmp-client';
 import {
@@ -60,7 +60,7 @@ import {
 } from './runtime-file';
 import { reconcileInstance, settleResizeOperations, type ReconcileReport } from './instance-reconcile';
 import { MonitorLink } from './monitor-link';
-import { InstanceMigration, checkCarried, type MigrationView, type ReceiveOptions } from './instance-migration';
+import { InstanceMigration, checkCarried, openIncoming, type MigrationView, type ReceiveOptions, type SendOptions } from './instance-migration';
 import { recordedTree, SlotOwner } from './slot-owner';
 import { hasResourceIntents } from './resource-intents';
 import { layoutRuntime } from './runtime-layout';
@@ -101,7 +101,7 @@ export interface OperationOptions {
 
 export type { ReconcileReport } from './instance-reconcile';
 
-export type { MigrationView, ReceiveOptions } from './instance-migration';
+export type { MigrationView, ReceiveOptions, SendOptions } from './instance-migration';
 
 const RECONCILE_RETRY_MS = 1000;
 
@@ -730,7 +730,7 @@ export class KvmInstance extends EventEmitter {
     carried: RuntimeData,
     how: ReceiveOptions,
     options: KvmInstanceOptions = {},
-  ): Promise<{ instance: KvmInstance; uri?: string }> {
+  ): Promise<{ instance: KvmInstance; uri?: string; nbd?: string }> {
     const paths = instancePaths(dataDir, carried.instance);
     if (fs.existsSync(paths.runtimeFile)) throw new DeviceExistsError(carried.instance, `a runtime file on this node (${paths.runtimeFile})`);
     const data = checkCarried(carried, options.hostPaths ?? HostPathPolicy.denyAll());
@@ -742,10 +742,10 @@ export class KvmInstance extends EventEmitter {
       inst.save();
       await inst.startNow(how.incoming);
       if (!how.incoming) return { instance: inst };
-      const uri = await listenIncoming(await inst.monitor(), how.listenHost);
-      inst.data.migration = { ...inst.data.migration!, uri };
+      const { uri, diskCopy, tls } = await openIncoming(await inst.monitor(), inst.data, how);
+      inst.data.migration = { ...inst.data.migration!, uri, ...(diskCopy ? { diskCopy } : {}), ...(tls ? { tls } : {}) };
       inst.save();
-      return { instance: inst, uri };
+      return { instance: inst, uri, ...(diskCopy ? { nbd: diskCopy.nbd } : {}) };
     } catch (err) {
       await inst.destroyNow().catch(() => undefined);
       throw err;
@@ -769,8 +769,13 @@ export class KvmInstance extends EventEmitter {
   }
 
   /** Source side: marks the instance as migrating to `peer` and starts the stream; returns at once. */
-  migrateTo(uri: string, peer: string, params: MigrationParams = {}): Promise<MigrationProgress> {
-    return this.serialize(() => this.migrationPart.start(uri, peer, params));
+  migrateTo(uri: string, peer: string, params: MigrationParams = {}, send: SendOptions = {}): Promise<MigrationProgress> {
+    return this.serialize(() => this.migrationPart.start(uri, peer, params, send));
+  }
+
+  /** Source side of a migration with disk copy, after the stream completed: ends the mirrors (instance-migration.ts). */
+  endDiskCopy(): Promise<void> {
+    return this.serialize(() => this.migrationPart.endDiskCopy());
   }
 
   /** Read-only and outside the queue: answers while other operations wait. */

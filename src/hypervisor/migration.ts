@@ -21,6 +21,22 @@ export interface MigrationMark {
   uri?: string;
   /** ISO time the mark was set. */
   since: string;
+  /** The nodes do not share storage: the disks are copied over NBD (disk-mirror.ts). */
+  diskCopy?: DiskCopyMark;
+  /** The stream (and the NBD copy) use TLS (migration-tls.ts). */
+  tls?: boolean;
+}
+
+/** A migration that copies disks, as each side records it. */
+export interface DiskCopyMark {
+  /** The disks copied: uuid, block node (the NBD export name), host path on this node. */
+  disks: Array<{ uuid: string; node: string; path: string }>;
+  /** HOST:PORT of the target's NBD server. */
+  nbd: string;
+  /** Target: the disk files this node created for the copy, deleted when the migration is undone. */
+  files?: string[];
+  /** Source: the copy was ended consistently after the stream (endMirrors). */
+  ended?: boolean;
 }
 
 export interface MigrationParams {
@@ -28,6 +44,9 @@ export interface MigrationParams {
   maxBandwidthMiB?: number;
   /** ms; 0 or absent: QEMU's default. */
   downtimeLimitMs?: number;
+  /** A tls-creds-x509 object (endpoint=client) and the name the target's certificate must carry; absent: plain TCP. */
+  tlsCreds?: string;
+  tlsHostname?: string;
 }
 
 /** query-migrate, reduced to what callers report. */
@@ -105,7 +124,9 @@ export async function readMigration(mon: Monitor): Promise<MigrationProgress> {
  * `host`, port chosen by the kernel (no race for a free port), and returns
  * the URI the source must send to. QEMU accepts one connection on it.
  */
-export async function listenIncoming(mon: Monitor, host: string): Promise<string> {
+export async function listenIncoming(mon: Monitor, host: string, tlsCreds = ''): Promise<string> {
+  // Set before the listener opens: with creds, a client without a certificate the CA signed fails the handshake.
+  await mon.execute('migrate-set-parameters', { 'tls-creds': tlsCreds });
   await mon.execute('migrate-incoming', { uri: `tcp:${assertListenHost(host)}:0` });
   const q = await mon.execute<QueryMigrate>('query-migrate');
   const addr = q['socket-address']?.find((a) => a.type === 'inet' && a.port !== undefined);
@@ -120,6 +141,9 @@ export async function sendMigration(mon: Monitor, uri: string, params: Migration
   await mon.execute('migrate-set-parameters', {
     'max-bandwidth': Math.round((params.maxBandwidthMiB || DEFAULT_BANDWIDTH_MIB) * 1024 * 1024),
     'downtime-limit': Math.round(params.downtimeLimitMs || DEFAULT_DOWNTIME_MS),
+    // Always set too, so a plain migration never inherits the creds of an earlier one.
+    'tls-creds': params.tlsCreds ?? '',
+    'tls-hostname': params.tlsCreds ? (params.tlsHostname ?? '') : '',
   });
   await mon.execute('migrate', { uri });
 }

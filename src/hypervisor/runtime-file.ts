@@ -20,7 +20,7 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { backingFields, type DiskBacking } from './disk-template';
 import { RuntimeFileError } from './errors';
-import type { MigrationMark } from './migration';
+import type { DiskCopyMark, MigrationMark } from './migration';
 import { journalFrom, type OperationJournal } from './operations';
 import type { ResourceState } from './resize';
 import { ioLimitsFrom, type DiskIoLimits } from './disk-io-limits';
@@ -299,7 +299,21 @@ function migrationFrom(file: string, raw: unknown): MigrationMark {
   if (!ok) throw new RuntimeFileError(file, '"migration" is not a valid migration record');
   const m: MigrationMark = { role: raw.role as MigrationMark['role'], peer: raw.peer as string, since: raw.since as string };
   if (typeof raw.uri === 'string') m.uri = raw.uri;
+  if (raw.tls === true) m.tls = true;
+  if (raw.diskCopy !== undefined) m.diskCopy = diskCopyFrom(file, raw.diskCopy);
   return m;
+}
+
+function diskCopyFrom(file: string, raw: unknown): DiskCopyMark {
+  const isStr = (v: unknown): v is string => typeof v === 'string';
+  const ok =
+    isObject(raw) && isStr(raw.nbd) && Array.isArray(raw.disks) &&
+    raw.disks.every((d) => isObject(d) && isStr(d.uuid) && isStr(d.node) && isStr(d.path)) &&
+    (raw.files === undefined || (Array.isArray(raw.files) && raw.files.every(isStr))) &&
+    (raw.ended === undefined || typeof raw.ended === 'boolean');
+  if (!ok) throw new RuntimeFileError(file, '"migration.diskCopy" is not a valid disk copy record');
+  const disks = (raw.disks as Array<Record<string, string>>).map((d) => ({ uuid: d.uuid, node: d.node, path: d.path }));
+  return { disks, nbd: raw.nbd as string, ...(raw.files ? { files: [...(raw.files as string[])] } : {}), ...(raw.ended ? { ended: true } : {}) };
 }
 
 function resourcesFrom(file: string, raw: unknown): ResourceState {

@@ -8,10 +8,10 @@
  */
 import { IO_LIMIT_KEYS, IO_LIMIT_MAX, ioLimitsProblem, type DiskIoLimits } from '../common/io-limits';
 import { excerpt } from '../common/excerpt';
-import { checkHvparams } from '../common/hvparams';
-import { macProblem } from '../common/mac';
 import { isRbdName } from '../common/disk-flavour';
 import { rbdPath } from './disk-template';
+import { checkHvparams } from '../common/hvparams';
+import { macProblem } from '../common/mac';
 import { CPU_DRIVER_RULE, CPU_TOPOLOGY_KEYS, MAX_TOPOLOGY_ID, cpuId } from './cpu';
 import { InvalidArgumentError, errorMessage } from './errors';
 import { assertInstanceName } from './instance-paths';

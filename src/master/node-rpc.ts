@@ -240,6 +240,10 @@ export class NodeRpc {
   migrationAbort(node: NodeTarget, name: string): Promise<MigrationStatus__Output> {
     return this.call(node, 'MigrationAbort', { name }, this.longMs);
   }
+  /** Source side of a migration with disk copy, after the stream: ends the copy consistently (long: flushes what is left). */
+  migrationDiskCopyEnd(node: NodeTarget, name: string): Promise<MigrationStatus__Output> {
+    return this.call(node, 'MigrationDiskCopyEnd', { name }, this.longMs);
+  }
   /** The instance runs elsewhere now: stops QEMU on this node and forgets it, keeping the disks (long). */
   instanceRelease(node: NodeTarget, name: string): Promise<unknown> {
     return this.call(node, 'InstanceRelease', { name }, this.longMs);

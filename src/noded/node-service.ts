@@ -43,6 +43,8 @@ import type { VcpuPolicy } from './vcpu-policy';
 import type { QemuSecurity } from './qemu-user';
 import type { RbdImage } from '../hypervisor/disk-template';
 import { createdImages, ensureImages, removeImages, type RbdPool } from './rbd-pool';
+import type { TlsMaterial } from '../hypervisor/migration-tls';
+import { ensureStorageId } from './storage-id';
 
 export interface NodeServiceOptions {
   nodeName: string;
@@ -57,6 +59,8 @@ export interface NodeServiceOptions {
   security: QemuSecurity;
   /** The node's Ceph RBD pool (--rbd-*), if configured. */
   rbdPool?: RbdPool;
+  /** The node's current TLS material (LiveTls), for TLS migration. */
+  tls: () => TlsMaterial;
   log: Logger;
 }
 
@@ -73,16 +77,20 @@ export class NodeService {
   private readonly registry: InstanceRegistry;
   private readonly storage: Storage;
   private readonly migration: MigrationService;
+  /** The storage directory's id (storage-id.ts): equal ids, shared storage. */
+  private readonly storageId: string;
 
   constructor(private readonly opts: NodeServiceOptions) {
     this.registry = opts.registry;
     this.storage = opts.storage;
+    this.storageId = ensureStorageId(opts.storage.dir);
     this.migration = new MigrationService({
       nodeName: opts.nodeName,
       registry: opts.registry,
       storage: opts.storage,
       migrationHost: opts.migrationHost,
       security: opts.security,
+      tls: opts.tls,
       freeMemoryMiB: () => hostMemoryMiB().free,
       log: opts.log,
     });
@@ -112,7 +120,7 @@ export class NodeService {
 
   private migrationHandlers(): Pick<
     NodeDaemonHandlers,
-    'InstanceExport' | 'InstanceReceive' | 'MigrationStart' | 'MigrationStatus' | 'MigrationFinish' | 'MigrationAbort' | 'InstanceRelease'
+    'InstanceExport' | 'InstanceReceive' | 'MigrationStart' | 'MigrationStatus' | 'MigrationFinish' | 'MigrationAbort' | 'InstanceRelease' | 'MigrationDiskCopyEnd'
   > {
     const byName = (r: InstanceRef__Output): string => r.name;
     const m = this.migration;
@@ -127,6 +135,7 @@ export class NodeService {
       MigrationFinish: this.unary('MigrationFinish', byName, async (r) => this.runtimeOf(await m.finish(r.name))),
       MigrationAbort: this.unary('MigrationAbort', byName, (r) => m.abort(r.name)),
       InstanceRelease: this.unary('InstanceRelease', byName, (r) => m.release(r.name)),
+      MigrationDiskCopyEnd: this.unary('MigrationDiskCopyEnd', byName, (r) => m.endDiskCopy(r.name)),
     };
   }
 
@@ -176,6 +185,7 @@ export class NodeService {
       storageDir: this.storage.dir,
       storageFreeBytes: String(this.storage.freeBytes()),
       rbdPool: this.opts.rbdPool?.pool ?? '',
+      storageId: this.storageId,
     };
   }
 

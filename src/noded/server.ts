@@ -122,9 +122,9 @@ export async function startNodeServer(opts: NodeServerOptions): Promise<NodeServ
   const migrationHost = opts.migrationHost ?? opts.listen.slice(0, opts.listen.lastIndexOf(':'));
   const vcpus = new VcpuPolicy({ registry, ratio: opts.cpuOvercommitRatio ?? DEFAULT_CPU_OVERCOMMIT_RATIO });
   const security = new QemuSecurity({ user: opts.qemuUser ?? DEFAULT_QEMU_USER, ...(opts.uidPool ? { uidPool: opts.uidPool } : {}) }, registry);
-  const service = new NodeService({ nodeName: opts.name, registry, storage, qemuBinary: opts.qemuBinary, migrationHost, vcpus, security, ...(rbdPool ? { rbdPool } : {}), log: opts.log });
   checkOwnCertificate(opts.name, opts.tls);
   const live = new LiveTls(opts.tls);
+  const service = new NodeService({ nodeName: opts.name, registry, storage, qemuBinary: opts.qemuBinary, migrationHost, vcpus, security, tls: () => live.material, ...(rbdPool ? { rbdPool } : {}), log: opts.log });
   const renew = renewCertificateHandler({ nodeName: opts.name, live, ...(opts.tlsFiles ? { files: opts.tlsFiles } : {}), log: opts.log });
   const guarded = guardedNodeService(opts, { ...service.handlers(), NodeRenewCertificate: renew });
   const server = new grpc.Server(CHANNEL_LIMITS);

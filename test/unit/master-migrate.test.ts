@@ -31,7 +31,7 @@ const status = (o: Partial<MigrationStatus__Output>): MigrationStatus__Output =>
 const runtime = (o: Partial<InstanceRuntime__Output> = {}): InstanceRuntime__Output =>
   ({ name: 'web1', running: true, pid: 42, nics: [], disks: [], guest: null, resources: null, ...o }) as InstanceRuntime__Output;
 const info = (name: string, o: Partial<NodeInfoReply__Output> = {}): NodeInfoReply__Output => ({
-  name, memoryTotalMib: '4096', memoryFreeMib: '2048', cpus: 2, qemuVersion: '10.0.2', storageDir: '/s', storageFreeBytes: '1', rbdPool: '', ...o,
+  name, memoryTotalMib: '4096', memoryFreeMib: '2048', cpus: 2, qemuVersion: '10.0.2', storageDir: '/s', storageFreeBytes: '1', storageId: 'shared', rbdPool: '', ...o,
 });
 
 type Handler = (node: string, arg: unknown) => unknown;
@@ -61,6 +61,7 @@ class FakeNodes implements MigrationRpc {
   migrationFinish: NodeRpc['migrationFinish'] = (n, name) => this.do('MigrationFinish', n, name);
   migrationAbort: NodeRpc['migrationAbort'] = (n, name) => this.do('MigrationAbort', n, name);
   instanceRelease: NodeRpc['instanceRelease'] = (n, name) => this.do('InstanceRelease', n, name);
+  migrationDiskCopyEnd: NodeRpc['migrationDiskCopyEnd'] = (n, name) => this.do('MigrationDiskCopyEnd', n, name);
 
   /** The calls that change something on a node. */
   changes(): string[] {
@@ -94,7 +95,7 @@ function liveNodes(extra: Record<string, Handler> = {}): FakeNodes {
     InstanceInfo: () => runtime({ resources: { memoryMib: '384' } as InstanceRuntime__Output['resources'] }),
     NodeInfo: (n) => info(n),
     'InstanceExport@node1': () => ({ name: 'web1', runtimeJson: '{"version":2}', running: true }),
-    'InstanceReceive@node2': () => ({ migrationUri: 'tcp:127.0.0.1:40123', runtime: null }),
+    'InstanceReceive@node2': () => ({ migrationUri: 'tcp:127.0.0.1:40123', runtime: null, nbdAddress: '', tlsHostname: '127.0.0.1' }),
     'MigrationStart@node1': () => status({ state: 'setup', role: 'source' }),
     'MigrationFinish@node2': () => runtime(),
     'InstanceRelease@node1': () => ({}),
@@ -150,15 +151,64 @@ describe('instance-migrate job', () => {
       assert.deepEqual(rpc.changes(), ['InstanceReceive@node2', 'MigrationStart@node1', 'MigrationFinish@node2', 'InstanceRelease@node1']);
       assert.equal(primary(), 'node2');
       const start = rpc.requests.find((r) => r.call === 'MigrationStart@node1')!.arg;
-      assert.deepEqual(start, { instance: 'web1', targetUri: 'tcp:127.0.0.1:40123', targetNode: 'node2', maxBandwidthMib: 100, downtimeLimitMs: 50 });
+      assert.deepEqual(start, {
+        instance: 'web1', targetUri: 'tcp:127.0.0.1:40123', targetNode: 'node2', maxBandwidthMib: 100, downtimeLimitMs: 50, migrationTls: true, tlsHostname: '127.0.0.1',
+      });
       const receive = rpc.requests.find((r) => r.call === 'InstanceReceive@node2')!.arg;
-      assert.deepEqual(receive, { runtimeJson: '{"version":2}', sourceNode: 'node1', incoming: true });
+      assert.deepEqual(receive, { runtimeJson: '{"version":2}', sourceNode: 'node1', incoming: true, migrationTls: true });
+      assert.match(lines.join('\n'), /share storage \(the same storage id\): no disk is copied/);
       const log = lines.join('\n');
       assert.match(log, /checks passed: web1 runs on node1; QEMU 10\.0 on both nodes; 384 MiB needed, 2048 MiB free on node2/);
       assert.match(log, /node2 waits for the migration stream at tcp:127\.0\.0\.1:40123/);
       assert.match(log, /migration active: 25% transferred \(64\.0 MiB, 192\.0 MiB remaining\), 32\.0 MiB\/s/);
       assert.match(log, /migration completed in 3\.2 s, downtime 45 ms/);
       assert.match(log, /instance web1 now runs on node node2/);
+    });
+
+    it('nodes with different storage ids: receive with copies, mirror until ready, stream, end the copy, then finish', async () => {
+      let ready = false;
+      const copies = (st: string, copied: number) => [{ uuid: 'd1', status: st, copiedBytes: String(copied), totalBytes: String(16 << 20), error: '' }];
+      const rpc = liveNodes({
+        'NodeInfo@node2': () => info('node2', { storageId: 'other' }),
+        'InstanceReceive@node2': () => ({ migrationUri: 'tcp:127.0.0.1:40123', runtime: null, nbdAddress: '127.0.0.1:40124', tlsHostname: '127.0.0.1' }),
+        'MigrationStart@node1': (_n, arg) => {
+          ready = !(arg as { diskCopy: { disksOnly: boolean } }).diskCopy.disksOnly;
+          return status({ state: 'none', role: 'source', diskCopy: true });
+        },
+        'MigrationStatus@node1': (() => {
+          const stream = sourceStatuses([{ state: 'active', diskCopy: true, diskCopyReady: true }, { state: 'completed', runState: 'postmigrate', totalTimeMs: '100', downtimeMs: '5' }]);
+          let polls = 0;
+          return (n: string, a: unknown) => {
+            if (ready) return stream(n, a);
+            if (polls++ === 0) return status({ qemuAlive: true, runState: 'running', state: 'none' }); // the checks
+            return status({ qemuAlive: true, runState: 'running', state: 'none', role: 'source', diskCopy: true, diskCopyReady: polls > 2, diskCopies: copies(polls > 2 ? 'ready' : 'running', polls << 20) });
+          };
+        })(),
+        'MigrationDiskCopyEnd@node1': () => status({ diskCopyEnded: true }),
+      });
+      await run(rpc);
+      assert.deepEqual(rpc.changes(), ['InstanceReceive@node2', 'MigrationStart@node1', 'MigrationStart@node1', 'MigrationDiskCopyEnd@node1', 'MigrationFinish@node2', 'InstanceRelease@node1']);
+      const receive = rpc.requests.find((r) => r.call === 'InstanceReceive@node2')!.arg as { copyDisks: boolean; diskSizes: unknown[] };
+      assert.equal(receive.copyDisks, true);
+      assert.equal(receive.diskSizes.length, 1);
+      const log = lines.join('\n');
+      assert.match(log, /do not share storage \(different storage ids\)/);
+      assert.match(log, /disk copy: d1 running 2\.0\/16\.0 MiB/);
+      assert.match(log, /disk copy ended on node1/);
+      assert.equal(primary(), 'node2');
+    });
+
+    it('a disk copy that fails aborts on both nodes and keeps the instance on the source', async () => {
+      const rpc = liveNodes({
+        'NodeInfo@node2': () => info('node2', { storageId: 'other' }),
+        'InstanceReceive@node2': () => ({ migrationUri: 'tcp:127.0.0.1:40123', runtime: null, nbdAddress: '127.0.0.1:40124', tlsHostname: '127.0.0.1' }),
+        'MigrationStatus@node1': sourceStatuses([
+          { state: 'none', diskCopy: true, diskCopies: [{ uuid: 'd1', status: 'concluded', copiedBytes: '1', totalBytes: '2', error: 'Input/output error' }] },
+        ]),
+      });
+      await fails(run(rpc), /failed at the disk copy to node2: the copy of disk d1 stopped \(concluded: Input\/output error\).*keeps running on node1/);
+      assert.deepEqual(rpc.changes(), ['InstanceReceive@node2', 'MigrationStart@node1', 'MigrationAbort@node2', 'MigrationAbort@node1']);
+      assert.equal(primary(), 'node1');
     });
 
     it('logs progress at most once a second, and on every state change', async () => {

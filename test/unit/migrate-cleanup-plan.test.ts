@@ -26,6 +26,21 @@ describe('decideCleanup (gnt-instance migrate --cleanup)', () => {
     assert.match(p.error!.message, /cannot decide safely where web1 runs: node node2 cannot be asked/);
   });
 
+  it('a completed migration with a disk copy not yet ended: end the copy on the source, then finish on the target', () => {
+    const src = { ...sourceCompleted('node1', 'node2'), diskCopy: { ended: false, broken: false } } as NodeAnswer;
+    const p = decide([src, targetPaused('node2', 'node1')]);
+    assert.equal(p.decision, 'finish-forward');
+    assert.deepEqual(steps(p), ['end-copy@node1', 'finish@node2', 'set-primary@node2', 'release@node1']);
+  });
+
+  it('a completed migration whose disk copy failed is rolled back, never finished forward', () => {
+    const src = { ...sourceCompleted('node1', 'node2'), diskCopy: { ended: false, broken: true } } as NodeAnswer;
+    const p = decide([src, targetPaused('node2', 'node1')]);
+    assert.equal(p.decision, 'roll-back');
+    assert.equal(p.authoritative, 'node1');
+    assert.deepEqual(steps(p), ['abort@node2', 'abort@node1', 'set-primary@node1']);
+  });
+
   it('refuses when the guest runs on two nodes, and changes nothing', () => {
     const p = decide([running('node1'), running('node2', { role: 'target', peerNode: 'node1' })]);
     assert.equal(p.decision, 'conflict');

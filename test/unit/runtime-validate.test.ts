@@ -37,6 +37,20 @@ function refused(change: (d: RuntimeData & Record<string, unknown>) => void, why
 describe('runtime file validator (src/hypervisor/runtime-validate.ts)', () => {
   it('accepts what this software writes', () => validateRuntime(good()));
 
+  describe('disk templates (a carried file with blockdev and rbd disks)', () => {
+    const withDisk = (disk: Record<string, unknown>) => (d: RuntimeData & Record<string, unknown>) => d.block_devices.push({ uuid: 'd-2', pci: 6, ...disk } as never);
+    it('accepts a blockdev disk and an rbd image', () => {
+      const d = good();
+      withDisk({ path: '/dev/loop3', template: 'blockdev' })(d as never);
+      withDisk({ uuid: 'd-3', pci: 7, path: 'rbd:rbd/img', template: 'rbd', rbd: { pool: 'rbd', image: 'img' } })(d as never);
+      validateRuntime(d);
+    });
+    it('refuses an unknown template', () => refused(withDisk({ path: '/dev/loop3', template: 'nfs' }), /template="nfs" is not valid: blockdev or rbd/));
+    it('refuses an rbd path that is not its image', () =>
+      refused(withDisk({ path: 'rbd:rbd/other', template: 'rbd', rbd: { pool: 'rbd', image: 'img' } }), /rbd:POOL\/IMAGE of its rbd image/));
+    it('refuses rbd fields on a file disk', () => refused(withDisk({ path: '/srv/gnt/web1/x.img', rbd: { pool: 'rbd', image: 'img' } }), /only with template rbd/));
+  });
+
   describe('resources', () => {
     it('refuses an injected CPU driver', () =>
       refused((d) => (d.resources!.cpus[0].driver = 'virtio-net-pci,netdev=x'), /resources.cpus\[0\].driver="virtio-net-pci,netdev=x" is not valid: a vCPU type/));

@@ -89,5 +89,16 @@ export const clusterCommands: CommandGroup = {
       return runJob(dir, { clusterRenewCrypto: { newCa: args.flags.has('new-ca') } }, args.flags.has('submit'));
     },
   },
+  modify: {
+    usage: 'gnt-cluster modify --migration-tls=on|off [--submit]',
+    spec: { values: ['migration-tls'], flags: ['submit'] },
+    async run(args, { dir }) {
+      positionals(args, []);
+      const tls = args.value('migration-tls');
+      if (tls === undefined) throw new UsageError('gnt-cluster modify needs a setting to change: --migration-tls=on|off');
+      if (tls !== 'on' && tls !== 'off') throw new UsageError(`--migration-tls must be on or off, not "${tls.slice(0, 20)}"`);
+      return runJob(dir, { clusterModify: { migrationTls: tls } }, args.flags.has('submit'));
+    },
+  },
   verify: clusterVerifyCommand,
 };

@@ -8,6 +8,10 @@
  *      authoritative. Two such nodes: refuse and change nothing.
  *   2. A source copy whose migration "completed" and a live target copy:
  *      finish forward (MigrationFinish on the target), primary = target.
+ *      With a disk copy not yet ended, MigrationDiskCopyEnd on the source
+ *      comes first; a disk copy that failed (a mirror job with an error) is
+ *      never finished forward: the target's disks are not complete, and the
+ *      source is rolled back instead (rule 3).
  *   3. A live source copy (role "source", or no role), not completed or with
  *      no target left to finish on: roll back (MigrationAbort on every
  *      target copy, then on the source: cancel, resume), primary = source.
@@ -39,6 +43,8 @@ export type NodeAnswer =
       runState: string;
       /** QEMU's migration state: none, active, completed, failed, ... */
       state: string;
+      /** The migration copies disks (MigrationStatus.disk_copy): ended consistently, or failed. */
+      diskCopy?: { ended: boolean; broken: boolean };
     };
 
 export type ReachableAnswer = Extract<NodeAnswer, { reachable: true }>;
@@ -51,7 +57,7 @@ export type ReachableAnswer = Extract<NodeAnswer, { reachable: true }>;
 export type OnError = 'stop' | 'continue' | 'ignore';
 
 export type CleanupAction =
-  | { kind: 'finish' | 'abort' | 'release'; node: string; why: string; onError: OnError }
+  | { kind: 'finish' | 'abort' | 'release' | 'end-copy'; node: string; why: string; onError: OnError }
   | { kind: 'set-primary'; node: string; why: string; onError: 'stop' };
 
 export type CleanupDecision = 'unreachable' | 'conflict' | 'unsafe' | 'running' | 'finish-forward' | 'roll-back' | 'finish-target' | 'nowhere';
@@ -118,7 +124,8 @@ function settle(
   input: CleanupInput, decision: CleanupDecision, authoritative: string, reason: string,
   establish: CleanupAction[], copies: ReachableAnswer[],
 ): CleanupPlan {
-  const handled = new Set([authoritative, ...establish.map((a) => a.node)]);
+  // end-copy only prepares the finish: its node is released like any other leftover copy.
+  const handled = new Set([authoritative, ...establish.filter((a) => a.kind !== 'end-copy').map((a) => a.node)]);
   return {
     decision,
     authoritative,
@@ -141,12 +148,16 @@ function planRunning(input: CleanupInput, a: ReachableAnswer, copies: ReachableA
 }
 
 /** Rules 2 and 4: the target has the whole state; resume it there. */
-function planFinish(input: CleanupInput, decision: 'finish-forward' | 'finish-target', t: ReachableAnswer, source: string, copies: ReachableAnswer[]): CleanupPlan {
+function planFinish(input: CleanupInput, decision: 'finish-forward' | 'finish-target', t: ReachableAnswer, source: string, copies: ReachableAnswer[], endCopy = false): CleanupPlan {
   const reason =
     decision === 'finish-forward'
       ? `the migration from ${source} completed and ${t.node} holds the paused guest: finishing forward (resume on ${t.node}, release ${source})`
       : `no live source copy; ${t.node} received the whole migration (state completed): finishing there`;
-  return settle(input, decision, t.node, reason, [{ kind: 'finish', node: t.node, why: 'resume the guest there', onError: 'stop' }], copies);
+  const establish: CleanupAction[] = [
+    ...(endCopy ? [{ kind: 'end-copy' as const, node: source, why: 'end the disk copy, so that the disks on the target are complete', onError: 'stop' as const }] : []),
+    { kind: 'finish', node: t.node, why: 'resume the guest there', onError: 'stop' },
+  ];
+  return settle(input, decision, t.node, reason, establish, copies);
 }
 
 /** Rule 3: resume on the source, drop every incoming copy. */
@@ -210,10 +221,11 @@ export function decideCleanup(input: CleanupInput): CleanupPlan {
   if (running.length > 1)
     return refuse('conflict', `instance ${input.instance} runs on both ${running.map((r) => r.node).join(' and ')}: stop one by hand; nothing was changed`);
   if (running.length === 1) return planRunning(input, running[0], copies);
-  const source = copies.find((c) => c.role === 'source' && c.qemuAlive && c.state === 'completed');
+  // A source whose disk copy failed is not finished forward: the target's disks are incomplete.
+  const source = copies.find((c) => c.role === 'source' && c.qemuAlive && c.state === 'completed' && !(c.diskCopy?.broken && !c.diskCopy.ended));
   const targets = copies.filter((c) => c.role === 'target' && c.qemuAlive);
   const forward = source && pick(targets, source.peerNode);
-  if (source && forward) return planFinish(input, 'finish-forward', forward, source.node, copies);
+  if (source && forward) return planFinish(input, 'finish-forward', forward, source.node, copies, !!source.diskCopy && !source.diskCopy.ended);
   const back =
     pick(copies.filter((c) => isLiveSource(c) && c.role === 'source'), input.primary) ??
     pick(copies.filter((c) => isLiveSource(c) && c.role === ''), input.primary);

@@ -17,6 +17,7 @@ import { nodeAdd, nodeRemove, type MembershipDeps } from './node-membership';
 import { CertStore } from '../config/cert-store';
 import { openOperations, settleOperation, settleRemovalsAbsentFrom } from './operations';
 import { runModify, type ModifyDeps } from './modify';
+import { clusterModify } from './migrate-disk-copy';
 import { runGrowDisk } from './grow-disk';
 import type { MacSource } from './device-changes/change-kind';
 
@@ -66,6 +67,8 @@ export class Executor {
           return await nodeRemove(this.membership(), op.name, ctx);
         case 'cluster-renew-crypto':
           throw new JobError('renew-crypto jobs are run by the master daemon itself (jobs/renew-crypto.ts)', 'INTERNAL');
+        case 'cluster-modify':
+          return clusterModify(this.config, op.migrationTls, ctx);
         case 'instance-add':
           return await this.instanceAdd(op, ctx, macs);
         case 'instance-start':

@@ -10,6 +10,7 @@ import { NodeRpcError } from '../node-rpc';
 import { JobError, type JobContext } from './queue';
 import { decideCleanup, describeAnswer, type CleanupAction, type CleanupPlan, type NodeAnswer } from './cleanup-plan';
 import { cleanupHint, errCode, errText, nodeOf, type MigrateDeps } from './migrate-common';
+import { diskCopyProblem } from './migrate-disk-copy';
 
 export async function cleanupMigration(deps: MigrateDeps, name: string, ctx: JobContext): Promise<void> {
   const inst = deps.config.getInstance(name);
@@ -36,6 +37,7 @@ async function askNode(deps: MigrateDeps, node: NodeRow, name: string): Promise<
     return {
       node: node.name, reachable: true, known: st.known, role: st.role, peerNode: st.peerNode, qemuAlive: st.qemuAlive,
       runState: st.runState, state: st.state,
+      ...(st.diskCopy ? { diskCopy: { ended: st.diskCopyEnded, broken: !!diskCopyProblem(st) } } : {}),
     };
   } catch (err) {
     if (err instanceof NodeRpcError && err.code === 'NOT_FOUND')
@@ -85,6 +87,8 @@ function describeAction(name: string, a: CleanupAction): string {
       return `MigrationAbort of ${name} on ${a.node}`;
     case 'release':
       return `InstanceRelease of ${name} on ${a.node}`;
+    case 'end-copy':
+      return `MigrationDiskCopyEnd of ${name} on ${a.node}`;
     case 'set-primary':
       return `configuration: primary node of ${name} -> ${a.node}`;
   }
@@ -110,5 +114,9 @@ async function perform(deps: MigrateDeps, name: string, a: CleanupAction, nodes:
     case 'release':
       await deps.rpc.instanceRelease(node, name);
       return '';
+    case 'end-copy': {
+      const st = await deps.rpc.migrationDiskCopyEnd(node, name);
+      return st.diskCopyEnded ? 'the target\'s disks are consistent' : '';
+    }
   }
 }

@@ -13,7 +13,7 @@ import { JobError } from './queue';
 export type MigrationRpc = Pick<
   NodeRpc,
   | 'nodeInfo' | 'instanceInfo' | 'instanceStart' | 'instanceStop' | 'instanceExport' | 'instanceReceive'
-  | 'migrationStart' | 'migrationStatus' | 'migrationFinish' | 'migrationAbort' | 'instanceRelease'
+  | 'migrationStart' | 'migrationStatus' | 'migrationFinish' | 'migrationAbort' | 'instanceRelease' | 'migrationDiskCopyEnd'
 >;
 
 export interface MigrateDeps {
@@ -64,6 +64,7 @@ export function absentStatus(name: string): MigrationStatus__Output {
   return {
     instance: name, role: '', peerNode: '', qemuAlive: false, runState: '', state: '', totalBytes: '0', transferredBytes: '0',
     remainingBytes: '0', throughputBps: '0', totalTimeMs: '0', downtimeMs: '-1', error: '', known: false,
+    diskCopies: [], diskCopy: false, diskCopyReady: false, diskCopyEnded: false,
   };
 }
 

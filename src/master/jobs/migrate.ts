@@ -5,10 +5,13 @@
  * Live migration, with the source node A and the target node B:
  *   1. checks, before anything is touched: the guest runs on A with no
  *      migration recorded, B has no copy, the same QEMU major.minor on both,
- *      enough free memory on B;
+ *      enough free memory on B; whether A and B share storage (storage ids)
+ *      and whether the stream uses TLS (cluster setting migration_tls);
  *   2. A.InstanceExport, B.InstanceReceive(incoming) -> the migration URI,
  *      A.MigrationStart (bandwidth/downtime from hvparams), then
  *      A.MigrationStatus every 200 ms until completed, failed or cancelled;
+ *      without shared storage the disks are copied first and the copy is
+ *      ended after the stream (migrate-disk-copy.ts);
  *   3. completed: B.MigrationFinish, the configuration's primary -> B,
  *      A.InstanceRelease.
  * A failure in step 2 aborts on both nodes (best effort) and leaves the
@@ -26,6 +29,8 @@ import {
   checkFreeMemory, checkNoCopyOnTarget, checkRunsOnSource, checkSameQemu, cleanupHint, currentMemoryMib, errCode, errText,
   hvparamInt, nodeOf, resolveTarget, statusOrAbsent, type MigrateDeps,
 } from './migrate-common';
+
+import { copyDisks, diskCopyProblem, diskSizes, endDiskCopy, migrationTlsEnabled, needsDiskCopy } from './migrate-disk-copy';
 
 export type { MigrateDeps } from './migrate-common';
 
@@ -73,12 +78,12 @@ async function liveMigrate(deps: MigrateDeps, op: MigrateOp, ctx: JobContext): P
   const source = inst.node;
   const target = resolveTarget(deps.config, inst, op.target);
   ctx.log(`live migration of ${inst.name} from node ${source.name} to node ${target.name}`);
-  await checkLiveRequirements(deps, inst, target, ctx);
+  const how = await checkLiveRequirements(deps, inst, target, ctx);
   const touched: Touched = { target: false, source: false };
   // gnt-job cancel is honoured until the switch-over: everything before it can be undone.
   ctx.allowCancel(true);
   try {
-    await transfer(deps, inst, target, touched, ctx);
+    await transfer(deps, inst, target, how, touched, ctx);
     ctx.allowCancel(false);
     throwIfCanceled(ctx);
   } catch (err) {
@@ -91,7 +96,13 @@ async function liveMigrate(deps: MigrateDeps, op: MigrateOp, ctx: JobContext): P
 }
 
 /** Step 1: everything that can refuse the migration, before anything is touched. */
-async function checkLiveRequirements(deps: MigrateDeps, inst: InstanceConfig, target: NodeRow, ctx: JobContext): Promise<void> {
+/** How the migration goes: disks copied or shared, stream over TLS or plain. */
+interface Transport {
+  copy: boolean;
+  tls: boolean;
+}
+
+async function checkLiveRequirements(deps: MigrateDeps, inst: InstanceConfig, target: NodeRow, ctx: JobContext): Promise<Transport> {
   const source = nodeOf(inst.node);
   const dest = nodeOf(target);
   let answers;
@@ -116,10 +127,19 @@ async function checkLiveRequirements(deps: MigrateDeps, inst: InstanceConfig, ta
   hvparamInt(inst, 'migration_bandwidth', 'MiB/s');
   hvparamInt(inst, 'migration_downtime', 'ms');
   ctx.log(`checks passed: ${inst.name} runs on ${source.name}; QEMU ${version} on both nodes; ${memory} MiB needed, ${free} MiB free on ${dest.name}`);
+  const how = { copy: needsDiskCopy(srcInfo, dstInfo), tls: migrationTlsEnabled(deps.config) };
+  if (how.copy) {
+    const total = diskSizes(inst).reduce((n, d) => n + d.sizeBytes, 0);
+    ctx.log(`storage: ${source.name} and ${dest.name} do not share storage (different storage ids): the file disks (${(total / MiB).toFixed(0)} MiB in all) are copied over NBD while the guest runs`);
+  } else ctx.log(`storage: ${source.name} and ${dest.name} share storage (the same storage id): no disk is copied`);
+  ctx.log(how.tls
+    ? 'TLS: on (the stream and any disk copy use the node certificates of the cluster CA)'
+    : 'TLS: off (cluster setting migration_tls=off): the stream and any disk copy are plain TCP');
+  return how;
 }
 
 /** Step 2: carry the runtime file, start the target paused, stream the state, wait for the end. */
-async function transfer(deps: MigrateDeps, inst: InstanceConfig, target: NodeRow, touched: Touched, ctx: JobContext): Promise<void> {
+async function transfer(deps: MigrateDeps, inst: InstanceConfig, target: NodeRow, how: Transport, touched: Touched, ctx: JobContext): Promise<void> {
   const source = nodeOf(inst.node);
   const dest = nodeOf(target);
   ctx.log(`exporting the runtime file of ${inst.name} from ${source.name} (InstanceExport)`);
@@ -127,21 +147,30 @@ async function transfer(deps: MigrateDeps, inst: InstanceConfig, target: NodeRow
   ctx.log(`starting a paused QEMU for ${inst.name} on ${dest.name}, waiting for the stream (InstanceReceive)`);
   touched.target = true;
   const received = await step(`InstanceReceive on ${dest.name}`, () =>
-    deps.rpc.instanceReceive(dest, { runtimeJson: exported.runtimeJson, sourceNode: source.name, incoming: true }),
+    deps.rpc.instanceReceive(dest, {
+      runtimeJson: exported.runtimeJson, sourceNode: source.name, incoming: true, migrationTls: how.tls,
+      ...(how.copy ? { copyDisks: true, diskSizes: diskSizes(inst) } : {}),
+    }),
   );
-  ctx.log(`${dest.name} waits for the migration stream at ${received.migrationUri}`);
+  ctx.log(`${dest.name} waits for the migration stream at ${received.migrationUri}${how.tls ? ` (TLS, certificate checked for ${received.tlsHostname})` : ''}` +
+    `${how.copy ? `; its disk copies are exported at ${received.nbdAddress}` : ''}`);
   throwIfCanceled(ctx);
   const bandwidth = hvparamInt(inst, 'migration_bandwidth', 'MiB/s');
   const downtime = hvparamInt(inst, 'migration_downtime', 'ms');
   ctx.log(`starting the migration on ${source.name} (MigrationStart; bandwidth ${bandwidth ? `${bandwidth} MiB/s` : "QEMU's default"}, ` +
     `downtime limit ${downtime ? `${downtime} ms` : "QEMU's default"})`);
   touched.source = true;
-  await step(`MigrationStart on ${source.name}`, () =>
-    deps.rpc.migrationStart(source, { instance: inst.name, targetUri: received.migrationUri, targetNode: dest.name, maxBandwidthMib: bandwidth, downtimeLimitMs: downtime }),
-  );
+  const start = {
+    instance: inst.name, targetUri: received.migrationUri, targetNode: dest.name, maxBandwidthMib: bandwidth, downtimeLimitMs: downtime,
+    migrationTls: how.tls, tlsHostname: received.tlsHostname,
+  };
+  if (how.copy) await step(`the disk copy to ${dest.name}`, () => copyDisks(deps, inst, start, received.nbdAddress, ctx));
+  const copy = how.copy ? { diskCopy: { nbdAddress: received.nbdAddress, disksOnly: false } } : {};
+  await step(`MigrationStart on ${source.name}`, () => deps.rpc.migrationStart(source, { ...start, ...copy }));
   crashPointAfterMigrationStart(ctx);
   const final = await step(`MigrationStatus on ${source.name}`, () => pollMigration(deps, inst.name, inst.node, ctx));
   if (final.state !== 'completed') throw new StepError('the migration', new JobError(`QEMU reports "${final.state}": ${final.error || 'no reason given'}`));
+  if (how.copy) await step(`MigrationDiskCopyEnd on ${source.name}`, () => endDiskCopy(deps, inst.name, inst.node, ctx));
 }
 
 /** A `gnt-job cancel` of the running job: stop here, the caller undoes what was done. */
@@ -173,6 +202,8 @@ export async function pollMigration(deps: MigrateDeps, name: string, source: Nod
     const st = await deps.rpc.migrationStatus(nodeOf(source), name);
     progress.update(st);
     if (TERMINAL.has(st.state)) return st;
+    const copyProblem = diskCopyProblem(st);
+    if (copyProblem) throw new JobError(copyProblem, 'ABORTED');
     if (!st.qemuAlive) throw new JobError(`the QEMU of ${name} on ${source.name} is gone`, 'UNAVAILABLE');
     idleMs = st.state === '' || st.state === 'none' ? idleMs + pollMs : 0;
     if (idleMs >= NO_MIGRATION_MS) throw new JobError(`QEMU on ${source.name} has reported no migration for ${NO_MIGRATION_MS / 1000} s`, 'INTERNAL');

@@ -17,7 +17,7 @@ import { diskFlavourOf, type DiskFlavourValues } from '../../common/disk-flavour
 import { excerpt } from '../../common/excerpt';
 
 export type OpType =
-  | 'node-add' | 'node-remove' | 'cluster-renew-crypto' | 'instance-add' | 'instance-start' | 'instance-stop' | 'instance-remove' | 'instance-modify' | 'instance-migrate'
+  | 'node-add' | 'node-remove' | 'cluster-renew-crypto' | 'cluster-modify' | 'instance-add' | 'instance-start' | 'instance-stop' | 'instance-remove' | 'instance-modify' | 'instance-migrate'
   | 'instance-grow-disk';
 
 export interface NicChangeOp {
@@ -83,6 +83,7 @@ export type Op =
   | { type: 'node-add'; name: string; address: string }
   | { type: 'node-remove'; name: string }
   | { type: 'cluster-renew-crypto'; newCa: boolean }
+  | { type: 'cluster-modify'; migrationTls: '' | 'on' | 'off' }
   | {
       type: 'instance-add';
       name: string;
@@ -270,6 +271,11 @@ export function prepareJob(req: SubmitJobRequest__Output): PreparedJob {
     case 'clusterRenewCrypto': {
       const newCa = req.clusterRenewCrypto!.newCa;
       return { op: { type: 'cluster-renew-crypto', newCa }, summary: `renew the cluster certificates${newCa ? ' with a new CA' : ''}`, locks: [CRYPTO_LOCK] };
+    }
+    case 'clusterModify': {
+      const tls = req.clusterModify!.migrationTls;
+      if (tls !== 'on' && tls !== 'off') throw new UsageError(`--migration-tls must be on or off, not ${excerpt(tls || '(nothing)')}`);
+      return { op: { type: 'cluster-modify', migrationTls: tls }, summary: `modify the cluster: migration TLS ${tls}`, locks: ['cluster:settings'] };
     }
     case 'instanceAdd':
       return instanceAdd(req.instanceAdd!);

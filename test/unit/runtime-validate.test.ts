@@ -45,10 +45,10 @@ describe('runtime file validator (src/hypervisor/runtime-validate.ts)', () => {
       withDisk({ uuid: 'd-3', pci: 7, path: 'rbd:rbd/img', template: 'rbd', rbd: { pool: 'rbd', image: 'img' } })(d as never);
       validateRuntime(d);
     });
-    it('refuses an unknown template', () => refused(withDisk({ path: '/dev/loop3', template: 'nfs' }), /template="nfs" is not valid: blockdev or rbd/));
+    it('refuses an unknown template', () => refused(withDisk({ path: '/dev/loop3', template: 'nfs' }), /template="nfs" is not valid: must be blockdev or rbd/));
     it('refuses an rbd path that is not its image', () =>
-      refused(withDisk({ path: 'rbd:rbd/other', template: 'rbd', rbd: { pool: 'rbd', image: 'img' } }), /rbd:POOL\/IMAGE of its rbd image/));
-    it('refuses rbd fields on a file disk', () => refused(withDisk({ path: '/srv/gnt/web1/x.img', rbd: { pool: 'rbd', image: 'img' } }), /only with template rbd/));
+      refused(withDisk({ path: 'rbd:rbd/other', template: 'rbd', rbd: { pool: 'rbd', image: 'img' } }), /rbd:POOL\/IMAGE of its rbd entry/));
+    it('refuses rbd fields on a file disk', () => refused(withDisk({ path: '/srv/gnt/web1/x.img', rbd: { pool: 'rbd', image: 'img' } }), /belongs to template rbd only/));
   });
 
   describe('resources', () => {

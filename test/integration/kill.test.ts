@@ -31,6 +31,7 @@ import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { guestFiles } from '../support/guest';
+import { rbdAdmin, startCeph, stopCeph, type TestCeph } from '../support/ceph';
 import type { CliRun } from '../support/cli-cluster';
 import {
   ConsoleFollower,
@@ -115,6 +116,9 @@ const PMEM_MIB = 128;
 /** NIC rate limits the kill test sets (Mbit/s; 0 removes the limit). */
 const RATES_MBIT = [0, 10, 100];
 const DISK_SIZES_MIB = [8, 12, 16, 20, 24, 28];
+/** RBD disks (on the one-node Ceph this test starts) and how much a grow-disk adds. */
+const MAX_RBD_DISKS = 2;
+const GROW_MIB = [4, 8];
 /** gnt-noded's TCP connections (the master's gRPC channels) above this count are reported as a leak. */
 const MAX_NODED_TCP = 12;
 /** A guest heartbeat that does not advance for this long is a paused or hung guest (TCG on a busy machine can be slow, not this slow). */
@@ -122,7 +126,7 @@ const GUEST_STALL_MS = 10_000;
 /** Guest MemTotal may differ from the expected growth by this fraction. */
 const MEM_TOLERANCE = 0.02;
 
-type OpKind = 'nic-add' | 'nic-remove' | 'nic-relink' | 'nic-link-state' | 'nic-rate' | 'disk-add' | 'scsi-add' | 'pmem-add' | 'disk-remove' | 'vcpu-up' | 'vcpu-down' | 'dimm-add';
+type OpKind = 'nic-add' | 'nic-remove' | 'nic-relink' | 'nic-link-state' | 'nic-rate' | 'disk-add' | 'scsi-add' | 'pmem-add' | 'rbd-add' | 'disk-grow' | 'disk-remove' | 'vcpu-up' | 'vcpu-down' | 'dimm-add';
 type KillMode = 'none' | 'noded-early' | 'noded-late' | 'noded-double' | 'masterd';
 
 interface CfgView {
@@ -131,7 +135,7 @@ interface CfgView {
   memoryMib: number;
   maxmemMib: number;
   nics: Array<{ index: number; uuid: string; mac: string; link: string; linkState: string; rateMbit: number; state?: string }>;
-  disks: Array<{ index: number; uuid: string; sizeBytes: number; flavour: 'virtio' | 'scsi' | 'pmem'; state?: string }>;
+  disks: Array<{ index: number; uuid: string; sizeBytes: number; flavour: 'virtio' | 'scsi' | 'pmem'; template: string; state?: string }>;
   /** Live changes the master sent whose outcome is not final (issue 10's operations table), if it shows them. */
   openOps: Array<{ id: string; jobId: string; kind: string; action: string; uuid: string; state: string }>;
   /** Configuration changes no job asked for (convergence), if the master shows them. */
@@ -148,6 +152,9 @@ interface Snapshot {
   /** Each runtime NIC's tap as the host has it: bridge and tc rate. */
   tapHost: Map<string, { bridge: string; rateMbit: number }>;
   storageFiles: string[];
+  /** The RBD images of the pool with their sizes, or why they could not be listed. */
+  rbdImages: Map<string, number>;
+  rbdError?: string;
   qemuPid?: number;
   qemuFds?: FdSample;
   /** QEMU's vCPU threads. */
@@ -161,6 +168,8 @@ interface Snapshot {
 interface Op {
   kind: OpKind;
   args: string[];
+  /** The whole CLI line when it is not `gnt-instance modify --hotplug ARGS --submit INSTANCE` (grow-disk). */
+  command?: string[];
   text: string;
   /** What a success must leave in the configuration. */
   effect: (cfg: CfgView) => string | undefined;
@@ -213,6 +222,7 @@ describe('kill test: gnt-noded and gnt-masterd SIGKILLed during hotplug jobs, ze
   const rng = new Rng(seed);
   let build: ReturnType<typeof snapshotBuild>;
   let c: KillCluster;
+  let ceph: TestCeph;
   let guest: ConsoleFollower;
   let verifyAvailable = false;
   let clusterVerifyAvailable = false;
@@ -252,7 +262,8 @@ describe('kill test: gnt-noded and gnt-masterd SIGKILLed during hotplug jobs, ze
         index: n(x.index), uuid: String(x.uuid), mac: String(x.mac).toLowerCase(), link: String(x.link ?? ''), linkState: String(x.linkState || 'up'), rateMbit: n(x.rateMbit), ...state(x),
       })),
       disks: ((i.disks as Json[]) ?? []).map((x) => ({
-        index: n(x.index), uuid: String(x.uuid), sizeBytes: n(x.sizeBytes), flavour: x.diskType === 'pmem' ? 'pmem' : x.diskBus === 'scsi' ? 'scsi' : 'virtio', ...state(x),
+        index: n(x.index), uuid: String(x.uuid), sizeBytes: n(x.sizeBytes), flavour: x.diskType === 'pmem' ? 'pmem' : x.diskBus === 'scsi' ? 'scsi' : 'virtio',
+        template: String(x.template || 'file'), ...state(x),
       })),
       openOps: ((d.operations as Json[]) ?? []).map((o) => ({
         id: String(o.id ?? ''), jobId: String(o.jobId ?? ''), kind: String(o.kind ?? ''), action: String(o.action ?? ''), uuid: String(o.deviceUuid ?? ''), state: String(o.state ?? ''),
@@ -277,8 +288,14 @@ describe('kill test: gnt-noded and gnt-masterd SIGKILLed during hotplug jobs, ze
       taps: taps(),
       tapHost: new Map(),
       storageFiles: filesUnder(storageDir()),
+      rbdImages: new Map(),
       qemuPid: pidFromFile(path.join(instDir(), 'qemu.pid')),
     };
+    try {
+      for (const i of JSON.parse(rbdAdmin(ceph, 'ls', '-l', '--format', 'json', ceph.pool) || '[]') as Array<{ image: string; size: number }>) s.rbdImages.set(i.image, i.size);
+    } catch (err) {
+      s.rbdError = `rbd ls of pool ${ceph.pool} failed: ${(err as Error).message}`;
+    }
     for (const n of s.rt.nics) if (n.tap && s.taps.includes(n.tap)) s.tapHost.set(n.uuid, tapHostState(n.tap));
     if (info.code === 0) s.cfg = cfgFrom(JSON.parse(info.stdout) as Json);
     else s.cfgError = `gnt-instance info failed (exit ${info.code}): ${(info.stderr || info.stdout).trim()}`;
@@ -331,7 +348,7 @@ describe('kill test: gnt-noded and gnt-masterd SIGKILLed during hotplug jobs, ze
       const file = r?.path ?? path.join(storageDir(), INSTANCE, `${uuid}.img`);
       let size = -1;
       try {
-        size = fs.statSync(file).size;
+        size = r?.rbdImage ? s.rbdImages.get(r.rbdImage) ?? -1 : fs.statSync(file).size;
       } catch {
         // missing
       }
@@ -342,7 +359,7 @@ describe('kill test: gnt-noded and gnt-masterd SIGKILLed during hotplug jobs, ze
       return [
         `config: ${c0 ? `disk ${c0.index}, ${c0.sizeBytes} bytes${c0.state ? ` (${c0.state})` : ''}` : 'no such disk'}`,
         `runtime file: ${r ? `PCI ${r.pci}, ${r.path}${r.state ? `, ${r.state}` : ''}` : 'no such disk'}`,
-        `host: ${size >= 0 ? `${path.basename(file)} exists (${size} bytes)` : `${path.basename(file)} missing`}`,
+        `host: ${r?.rbdImage ? `RBD image ${r.rbdImage} ${size >= 0 ? `exists (${size} bytes)` : 'missing'}` : size >= 0 ? `${path.basename(file)} exists (${size} bytes)` : `${path.basename(file)} missing`}`,
         `QEMU: ${s.qemuFds ? (open ? 'holds the file open' : 'does not hold the file open') : 'not running'}${v.length ? `; verify: ${v.join(' / ')}` : ''}`,
         `guest: ${!s.guest ? 'no state block yet' : pci === undefined || pci === null ? 'slot unknown' : g ? `${g.name} ${g.sectors * 512} bytes at ${g.pci}` : `no disk at ${slotAddr(pci)}`}`,
       ].join('; ');
@@ -428,14 +445,25 @@ describe('kill test: gnt-noded and gnt-masterd SIGKILLed during hotplug jobs, ze
       const x = cfgDisks.get(r.uuid);
       if (!x) add(`disk-rt-only:${r.uuid}`, `disk ${r.uuid} (${r.path}, PCI ${r.pci}) is in the runtime file but not in the configuration`, diskViews(r.uuid));
       if (r.state) add(`disk-rt-state:${r.uuid}`, `disk ${r.uuid} is "${r.state}" in the runtime file`, diskViews(r.uuid));
+      if (r.growTo !== undefined) add(`disk-grow-open:${r.uuid}`, `disk ${r.uuid}: the runtime file still has a grow to ${r.growTo} bytes open`, diskViews(r.uuid));
+      if (x && r.sizeBytes !== undefined && r.sizeBytes !== x.sizeBytes) add(`disk-rt-size:${r.uuid}`, `disk ${r.uuid}: configuration ${x.sizeBytes} bytes, runtime file ${r.sizeBytes} bytes`, diskViews(r.uuid));
       let size = -1;
-      try {
-        size = fs.statSync(r.path).size;
-      } catch {
-        add(`disk-file-missing:${r.uuid}`, `disk ${r.uuid}: the runtime file names ${r.path}, which does not exist`, diskViews(r.uuid));
+      if (r.rbdImage) {
+        size = s.rbdImages.get(r.rbdImage) ?? -1;
+        if (size < 0 && !s.rbdError) add(`rbd-missing:${r.uuid}`, `disk ${r.uuid}: the runtime file names RBD image ${r.rbdImage}, which the pool does not have`, diskViews(r.uuid));
+      } else {
+        try {
+          size = fs.statSync(r.path).size;
+        } catch {
+          add(`disk-file-missing:${r.uuid}`, `disk ${r.uuid}: the runtime file names ${r.path}, which does not exist`, diskViews(r.uuid));
+        }
       }
-      if (x && size >= 0 && size !== x.sizeBytes) add(`disk-size:${r.uuid}`, `disk ${r.uuid}: configuration ${x.sizeBytes} bytes, file ${size} bytes`, diskViews(r.uuid));
+      if (x && size >= 0 && size !== x.sizeBytes) add(`disk-size:${r.uuid}`, `disk ${r.uuid}: configuration ${x.sizeBytes} bytes, ${r.rbdImage ? 'RBD image' : 'file'} ${size} bytes`, diskViews(r.uuid));
     }
+    // RBD images: every image in the pool belongs to a runtime record (the node deletes the ones it made when their disk goes).
+    if (s.rbdError) add('rbd-list', s.rbdError);
+    const rtImages = new Set(rt.disks.map((r) => r.rbdImage).filter((i): i is string => !!i));
+    for (const [img, size] of s.rbdImages) if (!rtImages.has(img)) add(`rbd-orphan:${img}`, `RBD image ${img} (${size} bytes) is in the pool but no runtime file names it`);
     const rtPaths = new Set(rt.disks.map((r) => path.resolve(r.path)));
     for (const f of s.storageFiles) if (!rtPaths.has(f)) add(`disk-orphan:${f}`, `disk file ${f} is in the storage directory but no runtime file names it`, diskViews(path.basename(f).replace(/\.img$/, '')));
     if (s.qemuFds) {
@@ -506,9 +534,15 @@ describe('kill test: gnt-noded and gnt-masterd SIGKILLed during hotplug jobs, ze
    * log poller, jobs); those are only bounded by MAX_NODED_TCP.
    */
   const nodedFds = (f: FdSample): number => f.count - (f.kinds.tcp ?? 0);
+  /**
+   * QEMU's fds but its TCP connections: librados (RBD disks) opens its
+   * monitor, manager and OSD connections when it needs them and drops idle
+   * ones, so their number follows Ceph, not the device layout.
+   */
+  const qemuFds = (f: FdSample): number => f.count - (f.kinds.tcp ?? 0);
   /** A layout: what decides how many fds gnt-noded and QEMU should hold. */
   const layout = (s: Snapshot): string =>
-    `nics=${s.rt.nics.length},disks=${s.rt.disks.length} (scsi ${s.rt.disks.filter((x) => x.flavour === 'scsi').length}, pmem ${s.rt.disks.filter((x) => x.flavour === 'pmem').length}),vcpus=${s.rt.vcpus},dimms=${s.rt.dimms.length}`;
+    `nics=${s.rt.nics.length},disks=${s.rt.disks.length} (scsi ${s.rt.disks.filter((x) => x.flavour === 'scsi').length}, pmem ${s.rt.disks.filter((x) => x.flavour === 'pmem').length}, rbd ${s.rt.disks.filter((x) => x.rbdImage).length}),vcpus=${s.rt.vcpus},dimms=${s.rt.dimms.length}`;
 
   /** The maxmem room the instance's pmem devices hold (they share it with DIMMs). */
   const pmemMiB = (s: Snapshot): number => (s.cfg?.disks ?? []).filter((d) => d.flavour === 'pmem').reduce((n, d) => n + d.sizeBytes / 2 ** 20, 0);
@@ -575,6 +609,34 @@ describe('kill test: gnt-noded and gnt-masterd SIGKILLed during hotplug jobs, ze
         item: () => {
           const before = new Set(cfg.disks.map((x) => x.uuid));
           return { kind: 'pmem-add', args: ['--disk', `add:size=${PMEM_MIB}M,type=pmem`], text: `pmem add ${PMEM_MIB}M`, effect: (x) => (x.disks.some((d) => !before.has(d.uuid) && d.flavour === 'pmem') ? undefined : `the configuration has no new pmem device`) };
+        },
+      });
+    if (cfg.disks.filter((x) => x.template === 'rbd').length < MAX_RBD_DISKS)
+      options.push({
+        weight: 1.2,
+        item: () => {
+          const mib = rng.pick(DISK_SIZES_MIB);
+          const scsi = rng.int(0, 1) === 1 && byFlavour('scsi') < MAX_SCSI_DISKS;
+          const before = new Set(cfg.disks.map((x) => x.uuid));
+          return {
+            kind: 'rbd-add', args: ['--disk', `add:size=${mib}M,template=rbd${scsi ? ',bus=scsi' : ''}`], text: `RBD disk add ${mib}M${scsi ? ' (SCSI)' : ''}`,
+            effect: (x) => (x.disks.some((d) => !before.has(d.uuid) && d.template === 'rbd' && d.sizeBytes === mib << 20) ? undefined : `the configuration has no new ${mib} MiB RBD disk`),
+          };
+        },
+      });
+    const growable = cfg.disks.filter((x) => x.flavour !== 'pmem' && !x.state);
+    if (growable.length)
+      options.push({
+        weight: 1.2,
+        item: () => {
+          const x = rng.pick(growable);
+          const mib = rng.pick(GROW_MIB);
+          const to = x.sizeBytes + mib * 2 ** 20;
+          return {
+            kind: 'disk-grow', args: [], command: ['gnt-instance', 'grow-disk', '--submit', INSTANCE, String(x.index), `${mib}M`],
+            text: `disk ${x.index} (${x.template}${x.flavour === 'scsi' ? ', SCSI' : ''}) grow ${x.sizeBytes >> 20}M -> ${to >> 20}M`,
+            effect: (y) => (y.disks.find((d) => d.uuid === x.uuid)?.sizeBytes === to ? undefined : `disk ${x.uuid} is not ${to} bytes in the configuration`),
+          };
         },
       });
     if (byFlavour('virtio') < MAX_DISKS)
@@ -654,8 +716,10 @@ describe('kill test: gnt-noded and gnt-masterd SIGKILLed during hotplug jobs, ze
       spawnSync('ip', ['link', 'add', br, 'type', 'bridge']);
       spawnSync('ip', ['link', 'set', br, 'up']);
     }
+    ceph = await startCeph();
+    log(`one-node Ceph up: monitor ${ceph.monitors}, pool ${ceph.pool}, client ${ceph.clientId}`);
     await c.init();
-    await c.addNode('node1');
+    await c.addNode('node1', ['--rbd-monitors', ceph.monitors, '--rbd-pool', ceph.pool, '--rbd-id', ceph.clientId, '--rbd-keyring', ceph.keyring]);
     masterTail = new LogTail(c.masterLog);
     nodedTail = new LogTail(c.node.logFile);
     c.ok(
@@ -717,6 +781,7 @@ describe('kill test: gnt-noded and gnt-masterd SIGKILLed during hotplug jobs, ze
     const qpid = c.node ? pidFromFile(path.join(instDir(), 'qemu.pid')) : undefined;
     if (qpid && processAlive(qpid) && qpid === qemuPid0) process.kill(qpid, 'SIGKILL');
     await c.destroy();
+    if (ceph) await stopCeph(ceph);
     for (const br of [BRIDGE, BRIDGE2]) spawnSync('ip', ['link', 'del', br]);
     if (build && build.root.includes('gnt-kill-build-')) fs.rmSync(build.root, { recursive: true, force: true });
   });
@@ -773,7 +838,7 @@ describe('kill test: gnt-noded and gnt-masterd SIGKILLed during hotplug jobs, ze
           return t;
         };
         let submittedAt = 0;
-        const sub: CliRun = await c.gntAsync(['gnt-instance', 'modify', '--hotplug', ...op.args, '--submit', INSTANCE], (line) => {
+        const sub: CliRun = await c.gntAsync(op.command ?? ['gnt-instance', 'modify', '--hotplug', ...op.args, '--submit', INSTANCE], (line) => {
           if (jobId || !/^\d+$/.test(line.trim())) return;
           jobId = line.trim();
           submittedAt = Date.now();
@@ -865,12 +930,12 @@ describe('kill test: gnt-noded and gnt-masterd SIGKILLed during hotplug jobs, ze
             else {
               if (nodedFds(nf) !== nodedFds(base.noded))
                 current.set(`fd-noded:${lay}:${nodedFds(nf)}`, `gnt-noded holds ${nodedFds(nf)} fds (besides ${nf.kinds.tcp ?? 0} TCP connections) with layout ${lay}, ${nodedFds(base.noded)} after op ${base.op} with the same layout (${fdKindsDiff(base.noded, nf)})`);
-              if (qf.count !== base.qemu.count)
-                current.set(`fd-qemu:${lay}:${qf.count}`, `QEMU holds ${qf.count} fds with layout ${lay}, ${base.qemu.count} after op ${base.op} with the same layout (${fdKindsDiff(base.qemu, qf)})`);
+              if (qemuFds(qf) !== qemuFds(base.qemu))
+                current.set(`fd-qemu:${lay}:${qemuFds(qf)}`, `QEMU holds ${qemuFds(qf)} fds (besides ${qf.kinds.tcp ?? 0} TCP connections) with layout ${lay}, ${qemuFds(base.qemu)} after op ${base.op} with the same layout (${fdKindsDiff(base.qemu, qf)})`);
             }
             if ((nf.kinds.tcp ?? 0) > MAX_NODED_TCP)
               current.set(`fd-noded-tcp:${nf.kinds.tcp}`, `gnt-noded holds ${nf.kinds.tcp} TCP connections (more than ${MAX_NODED_TCP}: a connection leak?)`);
-            fdNote = ` fds noded ${nodedFds(nf)}+${nf.kinds.tcp ?? 0} tcp qemu ${qf.count}${base ? ` (as after op ${base.op})` : ' (first time)'}`;
+            fdNote = ` fds noded ${nodedFds(nf)}+${nf.kinds.tcp ?? 0} tcp qemu ${qemuFds(qf)}+${qf.kinds.tcp ?? 0} tcp${base ? ` (as after op ${base.op})` : ' (first time)'}`;
           }
         }
 

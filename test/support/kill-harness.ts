@@ -336,6 +336,12 @@ export interface RtDisk {
   flavour: 'virtio' | 'scsi' | 'pmem';
   target?: number;
   lun?: number;
+  /** 'blockdev' or 'rbd' when not a file disk; the RBD image's name (rbd only). */
+  template?: string;
+  rbdImage?: string;
+  /** The node's size_bytes (set once grown) and grow_to (a grow still open). */
+  sizeBytes?: number;
+  growTo?: number;
 }
 
 export interface RtOperation {
@@ -396,6 +402,10 @@ export function readRuntime(file: string): RuntimeView {
     ...(typeof d.state === 'string' && d.state ? { state: d.state } : {}),
     flavour,
     ...(flavour === 'scsi' ? { target: num(d.target), lun: num(d.lun) } : {}),
+    ...(typeof d.template === 'string' ? { template: d.template } : {}),
+    ...(isObj(d.rbd) && typeof d.rbd.image === 'string' ? { rbdImage: d.rbd.image } : {}),
+    ...(typeof d.size_bytes === 'number' ? { sizeBytes: d.size_bytes } : {}),
+    ...(typeof d.grow_to === 'number' ? { growTo: d.grow_to } : {}),
   });
   const disks: RtDisk[] = [
     ...list(raw.block_devices ?? raw.disks).map((d) => (Array.isArray(d) ? d[0] : d)).filter(isObj).map(diskOf('virtio')),

@@ -287,7 +287,8 @@ describe('kill test: gnt-noded and gnt-masterd SIGKILLed during hotplug jobs, ze
       tick: guest.lastTick,
       taps: taps(),
       tapHost: new Map(),
-      storageFiles: filesUnder(storageDir()),
+      // Disk files live in <storage dir>/<instance>/; the storage id (.gnt-storage-id) sits at the top.
+      storageFiles: filesUnder(storageDir()).filter((f) => path.dirname(f) !== storageDir()),
       rbdImages: new Map(),
       qemuPid: pidFromFile(path.join(instDir(), 'qemu.pid')),
     };
@@ -613,7 +614,7 @@ describe('kill test: gnt-noded and gnt-masterd SIGKILLed during hotplug jobs, ze
       });
     if (cfg.disks.filter((x) => x.template === 'rbd').length < MAX_RBD_DISKS)
       options.push({
-        weight: 1.2,
+        weight: 2,
         item: () => {
           const mib = rng.pick(DISK_SIZES_MIB);
           const scsi = rng.int(0, 1) === 1 && byFlavour('scsi') < MAX_SCSI_DISKS;

@@ -11,6 +11,7 @@ import type { GuestState } from '../hypervisor/guest-console';
 import type { InstanceSpec as MachineSpec } from '../hypervisor/qemu-command';
 import type { DiskRecord, HvParams, NicRecord, RuntimeData } from '../hypervisor/runtime-file';
 import { deviceId } from '../hypervisor/device-id';
+import { devNumbers } from '../hypervisor/disk-size';
 import { pciTopology } from '../hypervisor/pci-topology';
 import { currentMemoryMiB, currentVcpus, type ResourceState } from '../hypervisor/resize';
 import type { Resources } from '../generated/gnt/node/v1/Resources';
@@ -195,8 +196,8 @@ function fileSize(file: string): number {
     const st = fs.statSync(file);
     if (st.isFile()) return st.size;
     if (!st.isBlockDevice()) return 0;
-    const dev = `${Math.floor(st.rdev / 256) & 0xfff}:${(st.rdev & 0xff) | ((st.rdev >> 12) & 0xfff00)}`;
-    return Number(fs.readFileSync(`/sys/dev/block/${dev}/size`, 'utf8').trim()) * 512 || 0;
+    const { major, minor } = devNumbers(st.rdev);
+    return Number(fs.readFileSync(`/sys/dev/block/${major}:${minor}/size`, 'utf8').trim()) * 512 || 0;
   } catch {
     return 0;
   }

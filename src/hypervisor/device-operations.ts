@@ -25,6 +25,7 @@ import { nicReaddRequest as requestOf, runNicModify, type NicChangeRequest, type
 export type { NicModifyResult } from './nic-modify';
 import { operationError, type OperationRunner } from './operation-runner';
 import { devicePresent } from './qdev';
+import { releaseWhenFree } from './release-retry';
 import type { PciPlacement } from './pci-slots';
 import type { Monitor } from './qmp-client';
 import type { DiskRecord, NicRecord, PmemRecord, RuntimeData, ScsiDiskRecord } from './runtime-file';
@@ -310,8 +311,27 @@ export class DeviceOperations {
       this.host.warn(`the guest has not released ${kind.label} ${uuid} within ${this.host.unplugTimeout(kind.unplugKind)} ms: ${errorMessage(err)}; removal pending`);
       return result;
     }
-    await this.finishRemoval(kind, rec, mon, 'request');
+    await this.finishRemovalOrReconcile(kind, rec, mon);
     return { record: publicRecord(rec), pending: false };
+  }
+
+  /**
+   * The guest let go: the removal ends here. If freeing QEMU's backends fails
+   * now, the device is already gone from the guest, so the change is not
+   * refused: its outcome is left to the reconcile scheduled here, which ends
+   * it through the same finishRemoval and settles the operation.
+   */
+  private async finishRemovalOrReconcile(kind: DeviceKind, rec: DeviceRecord, mon: Monitor): Promise<void> {
+    try {
+      await this.finishRemoval(kind, rec, mon, 'request');
+    } catch (err) {
+      if (isOutcomeUnknown(err)) throw err;
+      this.host.scheduleReconcile();
+      throw new OutcomeUnknownError(
+        `${kind.label} ${rec.uuid} of ${this.host.name} left the guest, but releasing its QEMU backend failed: ${errorMessage(err)}; the node finishes the removal at its next reconcile (ask for the operation's outcome)`,
+        { cause: err },
+      );
+    }
   }
 
   /**
@@ -323,7 +343,7 @@ export class DeviceOperations {
    * reconcile finishes the same way, never a file that no record names.
    */
   async finishRemoval(kind: DeviceKind, rec: DeviceRecord, mon: Monitor, by: SettledBy): Promise<void> {
-    await kind.release(mon, rec, slotOf(kind, rec) as number);
+    await releaseWhenFree(mon, idOf(kind, rec), () => kind.release(mon, rec, slotOf(kind, rec) as number));
     await this.releaseHost(kind, rec);
     const wasAttaching = rec.state === 'attaching';
     kind.forget(this.host.data(), rec.uuid);

@@ -3,6 +3,7 @@
  * waits for QEMU's DEVICE_DELETED, presence checks, idempotent cleanup.
  */
 import { QmpCommandError, QmpTimeoutError } from './errors';
+import type { PipelinedStep } from './hotplug-transaction';
 import type { Monitor, QmpEvent } from './qmp-client';
 
 export const pciAddr = (slot: number): string => `0x${slot.toString(16)}`;
@@ -80,10 +81,12 @@ async function onPciBus(mon: Monitor, id: string): Promise<boolean> {
  * Whether QEMU still holds the device anywhere. A PCI device leaves
  * /machine/peripheral a moment before it leaves the bus (its children's
  * DEVICE_DELETED come in between), and its slot is not free until it has.
- * Its own DEVICE_DELETED may come later still (see deleteDevice).
+ * Its own DEVICE_DELETED may come later still (see deleteDevice). Both
+ * lists are asked for at once: one round trip (QEMU answers in order).
  */
 export async function devicePresent(mon: Monitor, id: string): Promise<boolean> {
-  return (await deviceExists(mon, id)) || (await onPciBus(mon, id));
+  const [listed, onBus] = await Promise.all([deviceExists(mon, id), onPciBus(mon, id)]);
+  return listed || onBus;
 }
 
 const POLL_MS = 200;
@@ -134,4 +137,14 @@ export async function deleteDevice(mon: Monitor, id: string, timeoutMs: number):
     if (event) poll = EVENT_POLL_MS; // the unplug is under way: look again soon
   }
   if (!done) throw new QmpTimeoutError(`unplug of ${id} (the guest did not eject it)`, 'the monitor', timeoutMs);
+}
+
+/**
+ * The device_add of a hotplug as a pipelined step. Its undo (device_del,
+ * then the wait until QEMU no longer lists it, at most `unplugMs`) runs when
+ * a later step fails, or when QEMU executed it although an earlier command
+ * of its pipeline had failed.
+ */
+export function deviceAddStep(mon: Monitor, id: string, props: Record<string, unknown>, unplugMs: number): PipelinedStep {
+  return { name: 'device_add', send: () => mon.execute('device_add', props), undo: () => deleteDevice(mon, id, unplugMs) };
 }

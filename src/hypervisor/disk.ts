@@ -22,7 +22,7 @@ import { InvalidArgumentError, isOutcomeUnknown } from './errors';
 import type { HostPathPolicy, OpenedHostFile } from './host-paths';
 import { forgetFdsets, noteFdsetAdded, removeFdset, removeFdsetsOf } from './fdset-book';
 import { inTransaction } from './hotplug-transaction';
-import { deleteDevice, deviceAddStep, ignoreNotFound, pciPlacement, pciPlacementArg } from './qdev';
+import { deleteBlockNode, deleteDevice, deviceAddStep, pciPlacement, pciPlacementArg } from './qdev';
 import { DEFAULT_UNPLUG_TIMEOUTS } from './unplug-timeouts';
 import type { Monitor } from './qmp-client';
 import type { DiskRecord } from './runtime-file';
@@ -113,7 +113,7 @@ export async function attachBlockDevice(
       const added = await tx.step('add-fd', () => addFd(mon, id, opened.fd), (r) => removeFdset(mon, r['fdset-id']));
       closeFd(); // QEMU holds its copy now
       await tx.pipeline([
-        { name: 'blockdev-add', send: () => mon.execute('blockdev-add', blockdevOptions(id, opened.kind, added['fdset-id'])), undo: () => mon.execute('blockdev-del', { 'node-name': id }) },
+        { name: 'blockdev-add', send: () => mon.execute('blockdev-add', blockdevOptions(id, opened.kind, added['fdset-id'])), undo: () => deleteBlockNode(mon, id) },
         deviceAddStep(mon, id, deviceProps, DEFAULT_UNPLUG_TIMEOUTS.disk),
       ]);
       if (ioLimits) await tx.step('block_set_io_throttle', () => setAttachLimits(mon, id, deviceProps, ioLimits));
@@ -159,7 +159,7 @@ export async function attachBacked(
 /** Frees the block node and what backs it (fdset, or the RBD secret); harmless when already gone. */
 export async function releaseBacked(mon: Monitor, id: string, rec: DiskBacking): Promise<void> {
   if (rbdImageOf(rec)) return releaseRbd(mon, id);
-  await ignoreNotFound(mon.execute('blockdev-del', { 'node-name': id }));
+  await deleteBlockNode(mon, id);
   await removeFdsetsOf(mon, id);
 }
 

@@ -10,7 +10,7 @@ import { errorMessage } from './errors';
 import { removeFdset, removeFdsetsOf } from './fdset-book';
 import type { Repair } from './inventory-findings';
 import { backendId } from './memory';
-import { deleteDevice, ignoreNotFound } from './qdev';
+import { deleteBlockNode, deleteDevice, ignoreNotFound } from './qdev';
 import type { Monitor } from './qmp-client';
 import { linkUp } from './native';
 import { moveTap, tapBridge } from './tap';
@@ -32,7 +32,7 @@ async function releaseNetdev(mon: Monitor, id: string): Promise<void> {
 
 /** A disk's backend: its block node and every fdset whose opaque is the id. */
 async function releaseBlock(mon: Monitor, id: string): Promise<void> {
-  await ignoreNotFound(mon.execute('blockdev-del', { 'node-name': id }));
+  await deleteBlockNode(mon, id);
   await removeFdsetsOf(mon, id);
 }
 

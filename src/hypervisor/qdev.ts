@@ -148,3 +148,32 @@ export async function deleteDevice(mon: Monitor, id: string, timeoutMs: number):
 export function deviceAddStep(mon: Monitor, id: string, props: Record<string, unknown>, unplugMs: number): PipelinedStep {
   return { name: 'device_add', send: () => mon.execute('device_add', props), undo: () => deleteDevice(mon, id, unplugMs) };
 }
+
+const NODE_IN_USE = /is in use/i;
+const NODE_RELEASE_MS = 5000;
+const NODE_RETRY_MS = 20;
+
+/**
+ * blockdev-del of a device's block node (named by the device id), "already
+ * gone" counting as done. A device that has left QEMU's lists still holds
+ * its node until QEMU finalizes it (its own DEVICE_DELETED, tens of ms later
+ * on a busy host): "is in use" is then retried on that event or every 20 ms,
+ * for up to 5 s.
+ */
+export async function deleteBlockNode(mon: Monitor, id: string): Promise<void> {
+  const deadline = Date.now() + NODE_RELEASE_MS;
+  for (;;) {
+    const finalized = mon.waitForEvent((e) => isDeletionOf(id, e), NODE_RETRY_MS, `release of block node ${id}`);
+    try {
+      await ignoreNotFound(mon.execute('blockdev-del', { 'node-name': id }));
+      return;
+    } catch (err) {
+      if (!(err instanceof QmpCommandError && NODE_IN_USE.test(err.message)) || Date.now() >= deadline) throw err;
+      await finalized.promise.catch((e: unknown) => {
+        if (!(e instanceof QmpTimeoutError)) throw e; // the monitor went away
+      });
+    } finally {
+      finalized.cancel();
+    }
+  }
+}

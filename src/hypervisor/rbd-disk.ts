@@ -24,7 +24,7 @@ import * as path from 'node:path';
 import { excerpt } from '../common/excerpt';
 import { InstanceStateError, InvalidArgumentError } from './errors';
 import { inTransaction } from './hotplug-transaction';
-import { deviceAddStep, ignoreNotFound } from './qdev';
+import { deleteBlockNode, deviceAddStep, ignoreNotFound } from './qdev';
 import { DEFAULT_UNPLUG_TIMEOUTS } from './unplug-timeouts';
 import { qemuOptValue } from './qemu-command';
 import type { Monitor } from './qmp-client';
@@ -140,7 +140,7 @@ export async function attachRbdDevice(
     // The three go out at once (hotplug-transaction.ts): QEMU runs them in order.
     await tx.pipeline([
       { name: 'object-add secret', send: () => mon.execute('object-add', rbdSecretObject(id, access.key)), undo: () => mon.execute('object-del', { id: rbdSecretId(id) }) },
-      { name: 'blockdev-add', send: () => mon.execute('blockdev-add', rbdBlockdevOptions(id, img, access, conf)), undo: () => mon.execute('blockdev-del', { 'node-name': id }) },
+      { name: 'blockdev-add', send: () => mon.execute('blockdev-add', rbdBlockdevOptions(id, img, access, conf)), undo: () => deleteBlockNode(mon, id) },
       deviceAddStep(mon, id, deviceProps, DEFAULT_UNPLUG_TIMEOUTS.disk),
     ]);
     if (setLimits) await tx.step('block_set_io_throttle', setLimits);
@@ -149,7 +149,7 @@ export async function attachRbdDevice(
 
 /** Frees the block node and the secret; harmless when already gone. */
 export async function releaseRbd(mon: Monitor, id: string): Promise<void> {
-  await ignoreNotFound(mon.execute('blockdev-del', { 'node-name': id }));
+  await deleteBlockNode(mon, id);
   await ignoreNotFound(mon.execute('object-del', { id: rbdSecretId(id) }));
 }
 

@@ -324,3 +324,22 @@ describe('pipelined QMP steps (scripted monitor)', () => {
     });
   });
 });
+
+describe('block node release (scripted monitor)', () => {
+  it('"is in use" (the device left the lists but is not finalized yet) is retried until QEMU lets go', async () => {
+    const { releaseBacked } = await import('../../src/hypervisor/disk');
+    const mon = new ScriptedMonitor({
+      'blockdev-del': (_a, n) => (n < 2 ? refused('Node disk-a is in use') : { ok: {} }),
+      'query-fdsets': { ok: [] },
+    });
+    await releaseBacked(mon, 'disk-a', {});
+    assert.deepEqual(mon.commands(), ['blockdev-del', 'blockdev-del', 'blockdev-del', 'query-fdsets']);
+  });
+
+  it('any other refusal of blockdev-del is not retried', async () => {
+    const { releaseBacked } = await import('../../src/hypervisor/disk');
+    const mon = new ScriptedMonitor({ 'blockdev-del': refused('Permission denied') });
+    await assert.rejects(releaseBacked(mon, 'disk-a', {}), /Permission denied/);
+    assert.deepEqual(mon.commands(), ['blockdev-del']);
+  });
+});

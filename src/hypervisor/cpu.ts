@@ -5,6 +5,12 @@
  * ejects it; on QEMU 10 DEVICE_DELETED names only its lapic child, and
  * deleteDevice waits until the vCPU has left QEMU's device list). Ids follow
  * from the topology, so an id is never in use twice at once.
+ *
+ * The slots are read from QEMU once per monitor connection (at the first
+ * vCPU add after a connect, i.e. after a start or a node daemon restart) and
+ * then kept by our own adds and removes (`cpuSlots`); the instance's records
+ * count as plugged on top. A device_add or device_del QEMU refuses, or one of
+ * unknown outcome, drops what is kept, and the next add reads QEMU again.
  */
 import { excerpt } from '../common/excerpt';
 import { InstanceStateError, InvalidArgumentError } from './errors';
@@ -64,6 +70,38 @@ export async function queryHotpluggableCpus(mon: Monitor): Promise<HotpluggableC
   return [...cpus].sort((a, b) => compareTopology(a.props, b.props));
 }
 
+/** QEMU's vCPU slots per monitor connection, kept up to date by attachCpu and detachCpu. */
+const slotsByMonitor = new WeakMap<Monitor, HotpluggableCpu[]>();
+
+const copySlots = (cpus: HotpluggableCpu[]): HotpluggableCpu[] => cpus.map((c) => ({ ...c, props: { ...c.props } }));
+
+/** The vCPU slots as QEMU has them: kept from this connection's first query-hotpluggable-cpus and our changes since. */
+export async function cpuSlots(mon: Monitor): Promise<HotpluggableCpu[]> {
+  const known = slotsByMonitor.get(mon);
+  if (known) return copySlots(known);
+  const cpus = await queryHotpluggableCpus(mon);
+  slotsByMonitor.set(mon, copySlots(cpus));
+  return cpus;
+}
+
+/** Forgets the kept slots: the next cpuSlots asks QEMU. */
+export function forgetCpuSlots(mon: Monitor): void {
+  slotsByMonitor.delete(mon);
+}
+
+function markSlot(mon: Monitor, cpu: CpuRecord, plugged: boolean): void {
+  const slot = slotsByMonitor.get(mon)?.find((c) => cpuId(c.props) === cpu.id);
+  if (!slot) return;
+  if (plugged) slot['qom-path'] = `/machine/peripheral/${cpu.id}`;
+  else delete slot['qom-path'];
+}
+
+/** The slots with every recorded vCPU (any state) counted as plugged, whatever was kept. */
+export function withRecorded(cpus: HotpluggableCpu[], records: readonly CpuRecord[]): HotpluggableCpu[] {
+  const ids = new Set(records.map((r) => r.id));
+  return cpus.map((c) => (!c['qom-path'] && ids.has(cpuId(c.props)) ? { ...c, 'qom-path': `/machine/peripheral/${cpuId(c.props)}` } : c));
+}
+
 /** Present vCPUs (booted and hot-added). */
 export const presentCount = (cpus: HotpluggableCpu[]): number => cpus.filter((c) => c['qom-path']).length;
 
@@ -77,13 +115,25 @@ export function freeCpuSlots(instance: string, cpus: HotpluggableCpu[], count: n
   return free.slice(0, count).map((c) => ({ id: cpuId(c.props), driver: c.type, props: { ...c.props } }));
 }
 
+/** Runs a vCPU change; a failure of any kind drops the kept slots (QEMU is read again at the next add). */
+async function changing(mon: Monitor, change: () => Promise<unknown>): Promise<void> {
+  try {
+    await change();
+  } catch (err) {
+    forgetCpuSlots(mon);
+    throw err;
+  }
+}
+
 export async function attachCpu(mon: Monitor, cpu: CpuRecord): Promise<void> {
   assertCpuRecord(cpu);
-  await mon.execute('device_add', { driver: cpu.driver, id: cpu.id, ...cpu.props });
+  await changing(mon, () => mon.execute('device_add', { driver: cpu.driver, id: cpu.id, ...cpu.props }));
+  markSlot(mon, cpu, true);
 }
 
 export async function detachCpu(mon: Monitor, cpu: CpuRecord, timeoutMs: number): Promise<void> {
-  await deleteDevice(mon, cpu.id, timeoutMs);
+  await changing(mon, () => deleteDevice(mon, cpu.id, timeoutMs));
+  markSlot(mon, cpu, false);
 }
 
 export function cpuBootArgs(cpu: CpuRecord): string[] {

@@ -5,10 +5,12 @@
  *   prepare  -> open it O_RDWR through the node's HostPathPolicy (host-paths.ts:
  *               beneath the storage directory by resolution, or an allow-listed
  *               block device); its kind comes from fstat of that fd
- *   attach   -> add-fd (opaque = device id), blockdev-add on /dev/fdset/N,
- *               device_add (each undone if a later one fails)
+ *   attach   -> add-fd (opaque = device id); once it answered, blockdev-add
+ *               on /dev/fdset/N and device_add sent together (a pipeline,
+ *               hotplug-transaction.ts); each undone if a later one fails
  *   detach   -> device_del, wait until QEMU no longer lists the device
- *   release  -> blockdev-del, remove-fd of the fdset whose opaque is the id
+ *   release  -> blockdev-del, remove-fd of the device's fdset (known from
+ *               add-fd: fdset-book.ts; query-fdsets only when not known)
  * A disk on an RBD image (template rbd) has no host file: QEMU's rbd driver
  * opens the image itself (rbd-disk.ts); attachBacked and releaseBacked
  * choose the way by the record, for virtio-blk and SCSI LUNs alike.
@@ -16,10 +18,12 @@
 import * as fs from 'node:fs';
 import { deviceId } from './device-id';
 import { excerpt } from '../common/excerpt';
-import { InvalidArgumentError } from './errors';
+import { InvalidArgumentError, isOutcomeUnknown } from './errors';
 import type { HostPathPolicy, OpenedHostFile } from './host-paths';
+import { forgetFdsets, noteFdsetAdded, removeFdset, removeFdsetsOf } from './fdset-book';
 import { inTransaction } from './hotplug-transaction';
-import { deleteDevice, ignoreNotFound, pciPlacement, pciPlacementArg } from './qdev';
+import { deleteBlockNode, deleteDevice, deviceAddStep, pciPlacement, pciPlacementArg } from './qdev';
+import { DEFAULT_UNPLUG_TIMEOUTS } from './unplug-timeouts';
 import type { Monitor } from './qmp-client';
 import type { DiskRecord } from './runtime-file';
 import { setAttachLimits, type DiskIoLimits } from './disk-io-limits';
@@ -35,11 +39,6 @@ export interface BackingContext {
 }
 
 export type DiskKind = 'file' | 'block';
-
-interface FdsetInfo {
-  'fdset-id': number;
-  fds: Array<{ fd: number; opaque?: string }>;
-}
 
 /**
  * A disk's kind by name only (stat, no open): used where the policy is not at
@@ -111,21 +110,29 @@ export async function attachBlockDevice(
     try {
       const opened = await tx.step('open disk', () => hostPaths.openDisk(diskPath), closeFd);
       file = opened;
-      const added = await tx.step(
-        'add-fd',
-        () => mon.execute<{ 'fdset-id': number; fd: number }>('add-fd', { opaque: id }, { fds: [opened.fd] }),
-        (r) => mon.execute('remove-fd', { 'fdset-id': r['fdset-id'] }),
-      );
+      const added = await tx.step('add-fd', () => addFd(mon, id, opened.fd), (r) => removeFdset(mon, r['fdset-id']));
       closeFd(); // QEMU holds its copy now
-      await tx.step('blockdev-add', () => mon.execute('blockdev-add', blockdevOptions(id, opened.kind, added['fdset-id'])), () =>
-        mon.execute('blockdev-del', { 'node-name': id }),
-      );
-      await tx.step('device_add', () => mon.execute('device_add', deviceProps));
+      await tx.pipeline([
+        { name: 'blockdev-add', send: () => mon.execute('blockdev-add', blockdevOptions(id, opened.kind, added['fdset-id'])), undo: () => deleteBlockNode(mon, id) },
+        deviceAddStep(mon, id, deviceProps, DEFAULT_UNPLUG_TIMEOUTS.disk),
+      ]);
       if (ioLimits) await tx.step('block_set_io_throttle', () => setAttachLimits(mon, id, deviceProps, ioLimits));
     } finally {
       closeFd();
     }
   });
+}
+
+/** add-fd of `fd` with the device id as opaque; the answer goes into the fdset book. */
+export async function addFd(mon: Monitor, id: string, fd: number): Promise<{ 'fdset-id': number; fd: number }> {
+  try {
+    const added = await mon.execute<{ 'fdset-id': number; fd: number }>('add-fd', { opaque: id }, { fds: [fd] });
+    noteFdsetAdded(mon, id, added['fdset-id']);
+    return added;
+  } catch (err) {
+    if (isOutcomeUnknown(err)) forgetFdsets(mon); // QEMU may hold a set the book does not know
+    throw err;
+  }
 }
 
 /**
@@ -152,8 +159,8 @@ export async function attachBacked(
 /** Frees the block node and what backs it (fdset, or the RBD secret); harmless when already gone. */
 export async function releaseBacked(mon: Monitor, id: string, rec: DiskBacking): Promise<void> {
   if (rbdImageOf(rec)) return releaseRbd(mon, id);
-  await ignoreNotFound(mon.execute('blockdev-del', { 'node-name': id }));
-  for (const set of await fdsetsOf(mon, id)) await ignoreNotFound(mon.execute('remove-fd', { 'fdset-id': set }));
+  await deleteBlockNode(mon, id);
+  await removeFdsetsOf(mon, id);
 }
 
 /** Hot-adds the disk at `slot`. Undoes every step on failure. */
@@ -164,12 +171,6 @@ export async function attachDisk(mon: Monitor, disk: DiskRecord, slot: number, c
 
 export async function detachDisk(mon: Monitor, disk: DiskRecord, slot: number, timeoutMs: number): Promise<void> {
   await deleteDevice(mon, diskId(disk, slot), timeoutMs);
-}
-
-/** The fdsets QEMU holds for this device id (normally one). */
-export async function fdsetsOf(mon: Monitor, id: string): Promise<number[]> {
-  const sets = await mon.execute<FdsetInfo[]>('query-fdsets');
-  return sets.filter((s) => s.fds.some((f) => f.opaque === id)).map((s) => s['fdset-id']);
 }
 
 /** Frees the disk's block node and fdset (or secret); harmless when already gone. */

@@ -6,11 +6,11 @@
 import { execFile } from 'node:child_process';
 import * as fs from 'node:fs';
 import { promisify } from 'node:util';
-import { fdsetsOf } from './disk';
 import { errorMessage } from './errors';
+import { removeFdset, removeFdsetsOf } from './fdset-book';
 import type { Repair } from './inventory-findings';
 import { backendId } from './memory';
-import { deleteDevice, ignoreNotFound } from './qdev';
+import { deleteBlockNode, deleteDevice, ignoreNotFound } from './qdev';
 import type { Monitor } from './qmp-client';
 import { linkUp } from './native';
 import { moveTap, tapBridge } from './tap';
@@ -24,7 +24,7 @@ export type QemuRepair = Extract<Repair, { kind: 'remove-device' | 'release-netd
 export const isQemuRepair = (r: Repair): r is QemuRepair =>
   ['remove-device', 'release-netdev', 'release-block-node', 'release-fdset', 'release-memory-backend'].includes(r.kind);
 
-/** A NIC's backend: its netdev and a named fd getfd may have left. */
+/** A NIC's backend: its netdev and a named fd getfd may have left (a leftover may not have reached netdev_add, so closefd stays here). */
 async function releaseNetdev(mon: Monitor, id: string): Promise<void> {
   await ignoreNotFound(mon.execute('netdev_del', { id }));
   await ignoreNotFound(mon.execute('closefd', { fdname: id }));
@@ -32,8 +32,8 @@ async function releaseNetdev(mon: Monitor, id: string): Promise<void> {
 
 /** A disk's backend: its block node and every fdset whose opaque is the id. */
 async function releaseBlock(mon: Monitor, id: string): Promise<void> {
-  await ignoreNotFound(mon.execute('blockdev-del', { 'node-name': id }));
-  for (const set of await fdsetsOf(mon, id)) await ignoreNotFound(mon.execute('remove-fd', { 'fdset-id': set }));
+  await deleteBlockNode(mon, id);
+  await removeFdsetsOf(mon, id);
 }
 
 /** device_del, the wait until QEMU's lists no longer have it, then its backends. */
@@ -53,7 +53,7 @@ export async function applyQemuRepair(mon: Monitor, r: QemuRepair, unplugTimeout
     case 'release-block-node':
       return releaseBlock(mon, r.id);
     case 'release-fdset':
-      return ignoreNotFound(mon.execute('remove-fd', { 'fdset-id': r.id }));
+      return removeFdset(mon, r.id);
     case 'release-memory-backend':
       return ignoreNotFound(mon.execute('object-del', { id: r.id }));
   }

@@ -1,6 +1,6 @@
 /**
  * Memory hotplug, two ways:
- *  - ACPI DIMMs: `object-add memory-backend-ram` + `device_add pc-dimm`, in
+ *  - ACPI DIMMs: `object-add memory-backend-ram` + `device_add pc-dimm` (sent together), in
  *    128 MiB multiples; removal needs the guest to give the memory back
  *    (only possible for memory it onlined as movable).
  *  - virtio-mem: one virtio-mem-pci device created at boot with a backend of
@@ -9,8 +9,9 @@
  */
 import { InvalidArgumentError } from './errors';
 import { inTransaction } from './hotplug-transaction';
-import { deleteDevice, ignoreNotFound, pciPlacementArg } from './qdev';
+import { deleteDevice, deviceAddStep, ignoreNotFound, pciPlacementArg } from './qdev';
 import type { Monitor, QmpEvent } from './qmp-client';
+import { DEFAULT_UNPLUG_TIMEOUTS } from './unplug-timeouts';
 
 export const ACPI_STEP_MIB = 128;
 export const VIRTIO_MEM_BLOCK_MIB = 2;
@@ -50,14 +51,17 @@ export function nextDimmId(present: Iterable<string>): string {
 
 export async function attachDimm(mon: Monitor, dimm: DimmRecord): Promise<void> {
   const backend = backendId(dimm.id);
-  await inTransaction(`hot-add of ${dimm.sizeMiB} MiB DIMM ${dimm.id}`, async (tx) => {
-    await tx.step(
-      'object-add',
-      () => mon.execute('object-add', { 'qom-type': 'memory-backend-ram', id: backend, size: dimm.sizeMiB * MiB }),
-      () => mon.execute('object-del', { id: backend }),
-    );
-    await tx.step('device_add', () => mon.execute('device_add', { driver: 'pc-dimm', id: dimm.id, memdev: backend }));
-  });
+  // Both go out at once (hotplug-transaction.ts): QEMU runs them in order.
+  await inTransaction(`hot-add of ${dimm.sizeMiB} MiB DIMM ${dimm.id}`, (tx) =>
+    tx.pipeline([
+      {
+        name: 'object-add',
+        send: () => mon.execute('object-add', { 'qom-type': 'memory-backend-ram', id: backend, size: dimm.sizeMiB * MiB }),
+        undo: () => mon.execute('object-del', { id: backend }),
+      },
+      deviceAddStep(mon, dimm.id, { driver: 'pc-dimm', id: dimm.id, memdev: backend }, DEFAULT_UNPLUG_TIMEOUTS.memory),
+    ]),
+  );
 }
 
 export async function detachDimm(mon: Monitor, dimm: DimmRecord, timeoutMs: number): Promise<void> {

@@ -1,9 +1,12 @@
 /**
  * NIC hotplug (virtio-net-pci on a tap), in libvirt's shape:
  *   prepare  -> host tap, up and on its bridge
- *   attach   -> getfd, netdev_add, device_add (each undone if a later one fails)
+ *   attach   -> getfd, netdev_add, device_add, sent together (a pipeline,
+ *               hotplug-transaction.ts; each undone if a later one fails)
  *   detach   -> device_del, wait until QEMU no longer lists the device
- *   release  -> netdev_del (QEMU closes the tap fd; the tap disappears)
+ *   release  -> netdev_del (QEMU closes the tap fd; the tap disappears);
+ *               closefd only for a record whose attach may have stopped
+ *               before netdev_add took the named fds
  * The same release path serves an API remove, a guest-initiated eject and
  * reconciliation after a restart.
  */
@@ -12,8 +15,9 @@ import { normalizeMacWith } from '../common/mac';
 import { queuesProblem } from '../common/nic-params';
 import { deviceId } from './device-id';
 import { InvalidArgumentError } from './errors';
-import { inTransaction } from './hotplug-transaction';
-import { deleteDevice, ignoreNotFound, pciPlacement } from './qdev';
+import { inTransaction, type PipelinedStep } from './hotplug-transaction';
+import { DEFAULT_UNPLUG_TIMEOUTS } from './unplug-timeouts';
+import { deleteDevice, deviceAddStep, ignoreNotFound, pciPlacement } from './qdev';
 import type { Monitor } from './qmp-client';
 import type { NicRecord } from './runtime-file';
 import { assertBridge, connectTap, createTap } from './tap';
@@ -69,7 +73,7 @@ export async function prepareNicTap(nic: NicRecord): Promise<{ fds: number[]; na
   const tap = createTap(nicQueues(nic));
   try {
     connectTap(tap.name, nic.link);
-    if (nic.rate_mbit) setTapRate(tap.name, nic.rate_mbit);
+    if (nic.rate_mbit) await setTapRate(tap.name, nic.rate_mbit);
   } catch (err) {
     for (const fd of tap.fds) fs.closeSync(fd);
     throw err;
@@ -122,21 +126,27 @@ export async function setNicLink(mon: Monitor, nic: NicRecord, slot: number, sta
  * Hot-adds the NIC at `slot` on the prepared tap (prepareNicTap: created,
  * on its bridge and named in the NIC's intent before QEMU is touched, so a
  * crash never leaves a tap that no record names). The caller keeps its fd
- * and closes it afterwards: QEMU holds its own copy from getfd on. Undoes
- * every step on failure.
+ * and closes it afterwards: QEMU holds its own copy from getfd on. All
+ * commands go out at once (QEMU runs them in order, each fd with its own
+ * getfd); every step QEMU executed is undone if one fails.
  */
 export async function attachNic(mon: Monitor, nic: NicRecord, slot: number, options: NicDeviceOptions, tapFds: number[]): Promise<void> {
   const id = nicId(nic, slot);
   const names = nicFdNames(nic, slot, tapFds.length);
   const backend = names.length > 1 ? { type: 'tap', id, fds: names.join(':'), vhost: false } : { type: 'tap', id, fd: id };
-  await inTransaction(`hot-add of NIC ${id}`, async (tx) => {
-    for (const [i, fdname] of names.entries())
-      await tx.step(`getfd ${fdname}`, () => mon.execute('getfd', { fdname }, { fds: [tapFds[i]] }), () => mon.execute('closefd', { fdname }));
-    await tx.step('netdev_add', () => mon.execute('netdev_add', backend), () => mon.execute('netdev_del', { id }));
-    for (const fdname of names) tx.forget(`getfd ${fdname}`); // netdev_add consumed the named fds
-    await tx.step('device_add', () => mon.execute('device_add', nicDeviceProps(nic, slot, options)));
-    if (nicLinkState(nic) === 'down') await tx.step('set_link', () => setNicLink(mon, nic, slot, 'down'));
-  });
+  const getfds: PipelinedStep[] = names.map((fdname, i) => ({
+    name: `getfd ${fdname}`,
+    send: () => mon.execute('getfd', { fdname }, { fds: [tapFds[i]] }),
+    undo: () => ignoreNotFound(mon.execute('closefd', { fdname })), // a netdev_add that failed may have taken it already
+  }));
+  const steps: PipelinedStep[] = [
+    ...getfds,
+    // netdev_add consumes the named fds: their closefd is no longer an undo.
+    { name: 'netdev_add', send: () => mon.execute('netdev_add', backend), undo: () => mon.execute('netdev_del', { id }), takesOver: getfds.map((g) => g.name) },
+    deviceAddStep(mon, id, nicDeviceProps(nic, slot, options), DEFAULT_UNPLUG_TIMEOUTS.nic),
+  ];
+  if (nicLinkState(nic) === 'down') steps.push({ name: 'set_link', send: () => setNicLink(mon, nic, slot, 'down') });
+  await inTransaction(`hot-add of NIC ${id}`, (tx) => tx.pipeline(steps));
 }
 
 /** Asks the guest to release the NIC and waits for QEMU to delete it. */
@@ -144,11 +154,16 @@ export async function detachNic(mon: Monitor, nic: NicRecord, slot: number, time
   await deleteDevice(mon, nicId(nic, slot), timeoutMs);
 }
 
-/** Frees the NIC's backend; harmless when it is already gone. */
+/**
+ * Frees the NIC's backend; harmless when it is already gone. A NIC whose
+ * attach went through had its named fds taken by netdev_add: only a record
+ * still "attaching" (its attach cut off, settled by reconcile) may have left
+ * one, and gets a closefd per name.
+ */
 export async function releaseNic(mon: Monitor, nic: NicRecord, slot: number): Promise<void> {
   const id = nicId(nic, slot);
   await ignoreNotFound(mon.execute('netdev_del', { id }));
-  for (const fdname of nicFdNames(nic, slot)) await ignoreNotFound(mon.execute('closefd', { fdname }));
+  if (nic.state === 'attaching') for (const fdname of nicFdNames(nic, slot)) await ignoreNotFound(mon.execute('closefd', { fdname }));
 }
 
 /** Sets every recorded link-down NIC down (a start before the guest runs, a migration target before it resumes). */

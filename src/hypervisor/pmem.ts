@@ -18,11 +18,13 @@
  */
 import * as fs from 'node:fs';
 import { deviceId } from './device-id';
-import { fdsetsOf } from './disk';
+import { addFd } from './disk';
+import { removeFdset, removeFdsetsOf } from './fdset-book';
 import { HypervisorError, InvalidArgumentError } from './errors';
 import type { HostPathPolicy, OpenedHostFile } from './host-paths';
 import { inTransaction } from './hotplug-transaction';
-import { deleteDevice, ignoreNotFound, pciPlacement } from './qdev';
+import { deleteDevice, deviceAddStep, ignoreNotFound, pciPlacement } from './qdev';
+import { DEFAULT_UNPLUG_TIMEOUTS } from './unplug-timeouts';
 import type { Monitor } from './qmp-client';
 import type { HvParams, PmemRecord, RuntimeData } from './runtime-file';
 import type { ResourceState } from './resize';
@@ -133,16 +135,14 @@ export async function attachPmem(mon: Monitor, rec: PmemRecord, slot: number, ho
     try {
       const opened = await tx.step('open pmem file', () => openPmemFile(hostPaths, rec, hv), closeFd);
       file = opened;
-      const added = await tx.step(
-        'add-fd',
-        () => mon.execute<{ 'fdset-id': number; fd: number }>('add-fd', { opaque: id }, { fds: [opened.fd] }),
-        (r) => mon.execute('remove-fd', { 'fdset-id': r['fdset-id'] }),
-      );
+      const added = await tx.step('add-fd', () => addFd(mon, id, opened.fd), (r) => removeFdset(mon, r['fdset-id']));
       closeFd();
-      await tx.step('object-add', () => mon.execute('object-add', backendProps(rec, id, added.fd)), () => mon.execute('object-del', { id: backendOf(id) }));
-      await tx.step('device_add', () => mon.execute('device_add', deviceProps(id, rec, slot)));
-      await ignoreNotFound(mon.execute('remove-fd', { 'fdset-id': added['fdset-id'] })); // the backend holds its own open
-      tx.forget('add-fd');
+      // One pipeline; the remove-fd runs whatever the two before it did, and takes the add-fd's undo over.
+      await tx.pipeline([
+        { name: 'object-add', send: () => mon.execute('object-add', backendProps(rec, id, added.fd)), undo: () => mon.execute('object-del', { id: backendOf(id) }) },
+        deviceAddStep(mon, id, deviceProps(id, rec, slot), DEFAULT_UNPLUG_TIMEOUTS.disk),
+        { name: 'remove-fd', send: () => removeFdset(mon, added['fdset-id']), takesOver: ['add-fd'] }, // the backend holds its own open
+      ]);
     } finally {
       closeFd();
     }
@@ -158,5 +158,5 @@ export async function detachPmem(mon: Monitor, rec: PmemRecord, slot: number, ti
 export async function releasePmem(mon: Monitor, rec: PmemRecord, slot: number): Promise<void> {
   const id = pmemId(rec, slot);
   await ignoreNotFound(mon.execute('object-del', { id: backendOf(id) }));
-  for (const set of await fdsetsOf(mon, id)) await ignoreNotFound(mon.execute('remove-fd', { 'fdset-id': set }));
+  await removeFdsetsOf(mon, id);
 }

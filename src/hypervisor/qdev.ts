@@ -3,6 +3,7 @@
  * waits for QEMU's DEVICE_DELETED, presence checks, idempotent cleanup.
  */
 import { QmpCommandError, QmpTimeoutError } from './errors';
+import type { PipelinedStep } from './hotplug-transaction';
 import type { Monitor, QmpEvent } from './qmp-client';
 
 export const pciAddr = (slot: number): string => `0x${slot.toString(16)}`;
@@ -80,10 +81,12 @@ async function onPciBus(mon: Monitor, id: string): Promise<boolean> {
  * Whether QEMU still holds the device anywhere. A PCI device leaves
  * /machine/peripheral a moment before it leaves the bus (its children's
  * DEVICE_DELETED come in between), and its slot is not free until it has.
- * Its own DEVICE_DELETED may come later still (see deleteDevice).
+ * Its own DEVICE_DELETED may come later still (see deleteDevice). Both
+ * lists are asked for at once: one round trip (QEMU answers in order).
  */
 export async function devicePresent(mon: Monitor, id: string): Promise<boolean> {
-  return (await deviceExists(mon, id)) || (await onPciBus(mon, id));
+  const [listed, onBus] = await Promise.all([deviceExists(mon, id), onPciBus(mon, id)]);
+  return listed || onBus;
 }
 
 const POLL_MS = 200;
@@ -134,4 +137,43 @@ export async function deleteDevice(mon: Monitor, id: string, timeoutMs: number):
     if (event) poll = EVENT_POLL_MS; // the unplug is under way: look again soon
   }
   if (!done) throw new QmpTimeoutError(`unplug of ${id} (the guest did not eject it)`, 'the monitor', timeoutMs);
+}
+
+/**
+ * The device_add of a hotplug as a pipelined step. Its undo (device_del,
+ * then the wait until QEMU no longer lists it, at most `unplugMs`) runs when
+ * a later step fails, or when QEMU executed it although an earlier command
+ * of its pipeline had failed.
+ */
+export function deviceAddStep(mon: Monitor, id: string, props: Record<string, unknown>, unplugMs: number): PipelinedStep {
+  return { name: 'device_add', send: () => mon.execute('device_add', props), undo: () => deleteDevice(mon, id, unplugMs) };
+}
+
+const NODE_IN_USE = /is in use/i;
+const NODE_RELEASE_MS = 5000;
+const NODE_RETRY_MS = 20;
+
+/**
+ * blockdev-del of a device's block node (named by the device id), "already
+ * gone" counting as done. A device that has left QEMU's lists still holds
+ * its node until QEMU finalizes it (its own DEVICE_DELETED, tens of ms later
+ * on a busy host): "is in use" is then retried on that event or every 20 ms,
+ * for up to 5 s.
+ */
+export async function deleteBlockNode(mon: Monitor, id: string): Promise<void> {
+  const deadline = Date.now() + NODE_RELEASE_MS;
+  for (;;) {
+    const finalized = mon.waitForEvent((e) => isDeletionOf(id, e), NODE_RETRY_MS, `release of block node ${id}`);
+    try {
+      await ignoreNotFound(mon.execute('blockdev-del', { 'node-name': id }));
+      return;
+    } catch (err) {
+      if (!(err instanceof QmpCommandError && NODE_IN_USE.test(err.message)) || Date.now() >= deadline) throw err;
+      await finalized.promise.catch((e: unknown) => {
+        if (!(e instanceof QmpTimeoutError)) throw e; // the monitor went away
+      });
+    } finally {
+      finalized.cancel();
+    }
+  }
 }

@@ -2,7 +2,10 @@
  * QMP client: one connection to one QEMU monitor socket.
  *
  * - negotiates capabilities on connect;
- * - matches replies to requests by `id`, so commands may overlap;
+ * - matches replies to requests by `id`, so commands may overlap: execute
+ *   writes the command before it returns, so calls made one after the other
+ *   without awaiting reach QEMU in that order, and QEMU runs them one at a
+ *   time in that order (pipelining, hotplug-transaction.ts);
  * - times out each command (QmpTimeoutError) without leaving it pending;
  * - hands events to listeners and to `waitForEvent`;
  * - when QEMU goes away every pending command and event wait rejects with
@@ -32,6 +35,11 @@ export interface ExecuteOptions {
 
 /** What the hotplug code needs of a monitor; tests may wrap a real client. */
 export interface Monitor {
+  /**
+   * Sends the command and resolves with QEMU's answer. Pipelined steps rely
+   * on it sending before it returns (a wrapper must call through at once or
+   * keep the call order).
+   */
   execute<T = unknown>(command: string, args?: QmpArgs, options?: ExecuteOptions): Promise<T>;
   hmp(commandLine: string): Promise<string>;
   waitForEvent(match: (e: QmpEvent) => boolean, timeoutMs: number, what: string): EventWait;

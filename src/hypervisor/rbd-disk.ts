@@ -14,8 +14,8 @@
  *     client_mount_timeout, 300 s by default; with it the blockdev-add
  *     fails within about 5 s;
  *   - the monitors as the `server` list, the pool, the image and the user.
- *   attach  -> object-add secret, blockdev-add rbd, device_add (each undone
- *              if a later one fails)
+ *   attach  -> object-add secret, blockdev-add rbd, device_add, sent together
+ *              (each undone if a later one fails)
  *   release -> blockdev-del, object-del (harmless when gone)
  * The secret's id is the device id with "-key" appended.
  */
@@ -24,7 +24,8 @@ import * as path from 'node:path';
 import { excerpt } from '../common/excerpt';
 import { InstanceStateError, InvalidArgumentError } from './errors';
 import { inTransaction } from './hotplug-transaction';
-import { ignoreNotFound } from './qdev';
+import { deleteBlockNode, deviceAddStep, ignoreNotFound } from './qdev';
+import { DEFAULT_UNPLUG_TIMEOUTS } from './unplug-timeouts';
 import { qemuOptValue } from './qemu-command';
 import type { Monitor } from './qmp-client';
 import type { DiskBacking, RbdImage } from './disk-template';
@@ -136,16 +137,19 @@ export async function attachRbdDevice(
 ): Promise<void> {
   await inTransaction(`hot-add of ${what} ${id} (RBD ${img.pool}/${img.image})`, async (tx) => {
     if (check) await tx.step('check image', () => check(img));
-    await tx.step('object-add secret', () => mon.execute('object-add', rbdSecretObject(id, access.key)), () => mon.execute('object-del', { id: rbdSecretId(id) }));
-    await tx.step('blockdev-add', () => mon.execute('blockdev-add', rbdBlockdevOptions(id, img, access, conf)), () => mon.execute('blockdev-del', { 'node-name': id }));
-    await tx.step('device_add', () => mon.execute('device_add', deviceProps));
+    // The three go out at once (hotplug-transaction.ts): QEMU runs them in order.
+    await tx.pipeline([
+      { name: 'object-add secret', send: () => mon.execute('object-add', rbdSecretObject(id, access.key)), undo: () => mon.execute('object-del', { id: rbdSecretId(id) }) },
+      { name: 'blockdev-add', send: () => mon.execute('blockdev-add', rbdBlockdevOptions(id, img, access, conf)), undo: () => deleteBlockNode(mon, id) },
+      deviceAddStep(mon, id, deviceProps, DEFAULT_UNPLUG_TIMEOUTS.disk),
+    ]);
     if (setLimits) await tx.step('block_set_io_throttle', setLimits);
   });
 }
 
 /** Frees the block node and the secret; harmless when already gone. */
 export async function releaseRbd(mon: Monitor, id: string): Promise<void> {
-  await ignoreNotFound(mon.execute('blockdev-del', { 'node-name': id }));
+  await deleteBlockNode(mon, id);
   await ignoreNotFound(mon.execute('object-del', { id: rbdSecretId(id) }));
 }
 

@@ -6,7 +6,7 @@
  * next start; virtio-mem grows and shrinks live and reports what the guest
  * really plugged. The resource state lives in the runtime file.
  */
-import { assertCpuReplugSafe, attachCpu, cpuBootArgs, detachCpu, freeCpuSlots, queryHotpluggableCpus, type CpuRecord } from './cpu';
+import { assertCpuReplugSafe, attachCpu, cpuBootArgs, cpuSlots, detachCpu, freeCpuSlots, withRecorded, type CpuRecord } from './cpu';
 import { HypervisorError, InstanceStateError, InvalidArgumentError, isOutcomeUnknown } from './errors';
 import { inTransaction } from './hotplug-transaction';
 import {
@@ -285,7 +285,8 @@ async function resizeCpus(ctx: ResizeContext, s: ResourceState, vcpus: number, n
   if (vcpus > now) {
     assertCpuReplugSafe(ctx.instance, ctx.qemuVersion, ctx.cpuUnplugged);
     delete s.pendingVcpus;
-    const plan = freeCpuSlots(ctx.instance, await queryHotpluggableCpus(ctx.mon), vcpus - now);
+    // The slots kept for this connection (cpu.ts), with our records on top: no query per add.
+    const plan = freeCpuSlots(ctx.instance, withRecorded(await cpuSlots(ctx.mon), s.cpus), vcpus - now);
     for (const cpu of plan) {
       // Intent first (and the thread counted: over-counting is the safe side).
       if (ctx.pid !== undefined) s.cpuThreads = { pid: ctx.pid, created: cpuThreadsCreated(s, ctx.pid) + 1 };

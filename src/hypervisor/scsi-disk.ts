@@ -16,7 +16,7 @@
  */
 import { assertValidId, uuidPart } from './device-id';
 import { attachBacked, blockdevOptions, releaseBacked, type BackingContext, type DiskKind } from './disk';
-import { deleteDevice, devicePresent, pciPlacement } from './qdev';
+import { deleteDevice, deviceExists, pciPlacement } from './qdev';
 import type { PciPlacement } from './pci-slots';
 import type { Monitor } from './qmp-client';
 import type { RuntimeData, ScsiControllerRecord, ScsiDiskRecord } from './runtime-file';
@@ -69,7 +69,9 @@ export function scsiDiskBootArgs(disk: ScsiDiskRecord, childFd: number, fdset: n
  */
 export async function ensureScsiController(mon: Monitor, data: RuntimeData, place: () => Promise<PciPlacement>, save: () => void): Promise<void> {
   const had = data.scsi_controller;
-  if (had && (await devicePresent(mon, had.id))) return;
+  // One qom-list, not the bus too: a controller still in /machine/peripheral takes LUNs (one on its way out
+  // is off that list first, and then its re-add at the same slot is refused while it still holds the slot).
+  if (had && (await deviceExists(mon, had.id))) return;
   const at = had ? undefined : await place();
   const c: ScsiControllerRecord = had ?? { id: SCSI_CONTROLLER_ID, pci: (at as PciPlacement).slot, ...(at?.bus === undefined ? {} : { bus: at.bus }) };
   if (!had) {

@@ -9,15 +9,18 @@ import { bootGuest, newUuid, REPO, SEEN_TIMEOUT_MS, type BootedGuest } from '../
 
 /**
  * Runs one hotplug operation in a child process that kills itself with
- * SIGKILL right after QEMU answers `command`: a crash of the node at that line.
+ * SIGKILL right after QEMU answers `command` (with `beforeSend`: just before
+ * `command` is sent, the commands pipelined ahead of it already written): a
+ * crash of the node at that line.
  */
-function crashAfter(g: BootedGuest, command: string, operation: string): void {
+function crashAfter(g: BootedGuest, command: string, operation: string, beforeSend = false): void {
   const script = `
     const { KvmInstance } = require(${JSON.stringify(path.join(REPO, 'dist/src/hypervisor/kvm-instance.js'))});
     const wrap = (mon) => ({
       hmp: (c) => mon.hmp(c),
       waitForEvent: (m, t, w) => mon.waitForEvent(m, t, w),
       async execute(cmd, args, opts) {
+        if (${beforeSend} && cmd === ${JSON.stringify(command)}) process.kill(process.pid, 'SIGKILL');
         const r = await mon.execute(cmd, args, opts);
         if (cmd === ${JSON.stringify(command)}) process.kill(process.pid, 'SIGKILL');
         return r;
@@ -72,10 +75,11 @@ describe('kill -9 in the middle of a hotplug, then reconcile', function () {
     g.instance = after;
   });
 
-  it('a disk whose blockdev-add went through but not its device_add is rolled back', async () => {
+  it('a disk whose blockdev-add went out but not its device_add is rolled back', async () => {
     const file = path.join(g.dataDir, 'crash.img');
     require('node:fs').writeFileSync(file, Buffer.alloc(1024 * 1024));
-    crashAfter(g, 'blockdev-add', `await inst.hotAddDisk({ uuid: '${newUuid()}', path: '${file}' });`);
+    // blockdev-add and device_add are sent together (pipelined): the crash falls between the two.
+    crashAfter(g, 'device_add', `await inst.hotAddDisk({ uuid: '${newUuid()}', path: '${file}' });`, true);
     const after = KvmInstance.open(g.dataDir, g.instance.name, { hostPaths: g.hostPaths });
     assert.equal(after.runtime.block_devices[0].state, 'attaching');
     const report = await after.reconcile();

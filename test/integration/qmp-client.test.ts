@@ -122,6 +122,36 @@ describe('QMP client against a real QEMU', function () {
     assert.deepEqual(sets.find((s) => s['fdset-id'] === set)?.fds.map((f) => f.opaque), ['disk-x']);
   });
 
+  it('pipelined commands with fds: each fd lands with its own command, in order, and a refusal in the middle does not stop the ones after it', async () => {
+    // Sent in one go, no answer awaited in between (what hotplug-transaction.ts pipeline does).
+    const files = ['a', 'b', 'c'].map((n) => path.join(dir, `${n}.img`));
+    const fds = files.map((f) => fs.openSync(f, 'w+'));
+    let answers: PromiseSettledResult<unknown>[];
+    try {
+      answers = await Promise.allSettled([
+        qmp.execute('add-fd', { opaque: 'a' }, { fds: [fds[0]] }),
+        qmp.execute('getfd', { fdname: 'b' }, { fds: [fds[1]] }),
+        qmp.execute('closefd', { fdname: 'no-such-name' }),
+        qmp.execute('add-fd', { opaque: 'c' }, { fds: [fds[2]] }),
+        qmp.execute('query-fdsets'),
+      ]);
+    } finally {
+      fds.forEach((fd) => fs.closeSync(fd));
+    }
+    assert.deepEqual(answers.map((a) => a.status), ['fulfilled', 'fulfilled', 'rejected', 'fulfilled', 'fulfilled']);
+    const value = <T>(i: number): T => (answers[i] as PromiseFulfilledResult<T>).value;
+    const pid = qemu.child.pid as number;
+    const target = (qemuFd: number): string => fs.readlinkSync(`/proc/${pid}/fd/${qemuFd}`);
+    assert.equal(target(value<{ fd: number }>(0).fd), files[0], 'add-fd a holds file a');
+    assert.equal(target(value<{ fd: number }>(3).fd), files[2], 'add-fd c holds file c');
+    const sets = value<Array<{ 'fdset-id': number; fds: Array<{ opaque?: string }> }>>(4);
+    assert.deepEqual(sets.map((s) => s.fds.map((f) => f.opaque)).flat().sort(), ['a', 'c'], 'query-fdsets, sent last, saw both');
+    // The named fd b is QEMU's until closed: it must be b's file (closefd of it succeeds once).
+    const open = fs.readdirSync(`/proc/${pid}/fd`).map((n) => { try { return fs.readlinkSync(`/proc/${pid}/fd/${n}`); } catch { return ''; } });
+    assert.ok(open.includes(files[1]), 'getfd b holds file b');
+    await qmp.execute('closefd', { fdname: 'b' });
+  });
+
   it('does not block the process when the monitor backlog is full', async () => {
     // QEMU serves one client; later ones queue in the kernel backlog until it is full.
     const queued: QmpClient[] = [];

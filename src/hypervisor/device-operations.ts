@@ -25,7 +25,6 @@ import { nicReaddRequest as requestOf, runNicModify, type NicChangeRequest, type
 export type { NicModifyResult } from './nic-modify';
 import { operationError, type OperationRunner } from './operation-runner';
 import { devicePresent } from './qdev';
-import { releaseWhenFree } from './release-retry';
 import type { PciPlacement } from './pci-slots';
 import type { Monitor } from './qmp-client';
 import type { DiskRecord, NicRecord, PmemRecord, RuntimeData, ScsiDiskRecord } from './runtime-file';
@@ -343,7 +342,7 @@ export class DeviceOperations {
    * reconcile finishes the same way, never a file that no record names.
    */
   async finishRemoval(kind: DeviceKind, rec: DeviceRecord, mon: Monitor, by: SettledBy): Promise<void> {
-    await releaseWhenFree(mon, idOf(kind, rec), () => kind.release(mon, rec, slotOf(kind, rec) as number));
+    await kind.release(mon, rec, slotOf(kind, rec) as number);
     await this.releaseHost(kind, rec);
     const wasAttaching = rec.state === 'attaching';
     kind.forget(this.host.data(), rec.uuid);

@@ -11,7 +11,6 @@ import { detachCpu, type CpuRecord } from './cpu';
 import { isOutcomeUnknown } from './errors';
 import { backendId, detachDimm, type DimmRecord } from './memory';
 import { ignoreNotFound, listDeviceIds } from './qdev';
-import { releaseWhenFree } from './release-retry';
 import type { Monitor } from './qmp-client';
 import type { ResourceState } from './resize';
 
@@ -89,7 +88,7 @@ export async function settleResourceIntents(mon: Monitor, r: ResourceState, unpl
     ids,
     {
       detach: (dimm) => detachDimm(mon, dimm, unplugTimeoutMs),
-      release: (dimm) => releaseWhenFree(mon, dimm.id, () => ignoreNotFound(mon.execute('object-del', { id: backendId(dimm.id) }))),
+      release: (dimm) => ignoreNotFound(mon.execute('object-del', { id: backendId(dimm.id) })),
     },
     note,
   );

@@ -49,8 +49,8 @@ import { type MigrationMark, type MigrationParams, type MigrationProgress } from
 import { runningPid, spawnQemu, waitForExit } from './qemu-process';
 import { QmpClient, type Monitor, type QmpEvent } from './qmp-client';
 import {
-  loadRuntimeFile,
-  saveRuntimeFile,
+  RuntimeStore,
+  removeInstanceDir,
   type DiskRecord,
   type HvParams,
   type NicRecord,
@@ -112,6 +112,8 @@ export class KvmInstance extends EventEmitter {
   readonly name: string;
   readonly paths: InstancePaths;
   private data: RuntimeData;
+  /** Writes the runtime file and its journal (runtime-store.ts). */
+  private readonly store: RuntimeStore;
   private readonly link: MonitorLink;
   /** Its part in a live migration (instance-migration.ts). */
   private readonly migrationPart: InstanceMigration;
@@ -125,11 +127,12 @@ export class KvmInstance extends EventEmitter {
   private readonly deviceOps: DeviceOperations;
   private readonly disks: DiskModifier;
 
-  private constructor(name: string, paths: InstancePaths, data: RuntimeData, options: KvmInstanceOptions) {
+  private constructor(name: string, paths: InstancePaths, data: RuntimeData, options: KvmInstanceOptions, store = RuntimeStore.fresh(paths.runtimeFile)) {
     super();
     this.name = name;
     this.paths = paths;
     this.data = data;
+    this.store = store;
     this.options = options;
     this.slots = new SlotOwner(name, (m) => void this.emit('warning', m));
     this.migrationPart = new InstanceMigration({
@@ -141,7 +144,7 @@ export class KvmInstance extends EventEmitter {
       assertNoMigration: () => this.assertNoMigration(),
       stopNow: (ms) => this.stopNow(ms),
       destroyNow: () => this.destroyNow(),
-      removeDir: () => fs.rmSync(this.paths.dir, { recursive: true, force: true }),
+      removeDir: () => removeInstanceDir(this.paths.dir, this.paths.runtimeFile),
     });
     this.link = new MonitorLink({ socketPath: paths.qmpSocket, wrap: options.wrapMonitor, onEvent: (e) => this.onEvent(e) });
     this.runner = new OperationRunner({
@@ -181,14 +184,16 @@ export class KvmInstance extends EventEmitter {
     const data = layoutRuntime(spec, devices);
     checkHostPaths(options.hostPaths ?? HostPathPolicy.denyAll(), data, { boot: false });
     fs.mkdirSync(paths.dir, { recursive: true, mode: 0o700 });
-    saveRuntimeFile(paths.runtimeFile, data);
-    return new KvmInstance(spec.name, paths, data, options);
+    const inst = new KvmInstance(spec.name, paths, data, options);
+    inst.store.save(data);
+    return inst;
   }
 
   /** Opens an instance from its runtime file. */
   static open(dataDir: string, name: string, options: KvmInstanceOptions = {}): KvmInstance {
     const paths = instancePaths(dataDir, name);
-    return new KvmInstance(name, paths, loadRuntimeFile(paths.runtimeFile, name), options);
+    const { store, data } = RuntimeStore.open(paths.runtimeFile, name);
+    return new KvmInstance(name, paths, data, options, store);
   }
 
   /** A deep copy of the runtime data as it is on disk. */
@@ -226,10 +231,10 @@ export class KvmInstance extends EventEmitter {
    */
   private save(): void {
     try {
-      saveRuntimeFile(this.paths.runtimeFile, this.data);
+      this.store.save(this.data);
     } catch (err) {
       try {
-        this.data = loadRuntimeFile(this.paths.runtimeFile, this.name);
+        this.data = this.store.reload(this.name);
       } catch {
         /* the file is unreadable too: keep memory, the error below names the save */
       }
@@ -764,7 +769,7 @@ export class KvmInstance extends EventEmitter {
     const pid = this.pid;
     if (pid !== undefined) await this.killNow(pid);
     else this.disconnect();
-    fs.rmSync(this.paths.dir, { recursive: true, force: true });
+    removeInstanceDir(this.paths.dir, this.paths.runtimeFile);
     await waitTapsGone(this.data.nics.map((n) => n.tap).filter((t): t is string => !!t));
   }
 

@@ -13,7 +13,7 @@
  * inside kvm_cmd) or [kvm_cmd, nics, hvparams, block_devices]. Both load; an
  * old-style file loads with no block devices, and every save writes version 2.
  *
- * On disk, a version 2 file also carries "journal": {"base", "seq"}, the mark
+ * On disk, a version 2 file also carries "journal_mark": {"base", "seq"}, the mark
  * of the compaction that wrote it, and most saves are records appended to the
  * journal beside it (runtime.journal; runtime-journal.ts, runtime-store.ts):
  * the instance's state is the runtime file plus the newest valid journal

@@ -67,10 +67,10 @@ interface StoreState extends Mark {
 }
 
 function markFrom(file: string, raw: unknown): Mark | undefined {
-  if (!isObject(raw) || raw.journal === undefined) return undefined;
-  const j = raw.journal;
+  if (!isObject(raw) || raw.journal_mark === undefined) return undefined;
+  const j = raw.journal_mark;
   const ok = isObject(j) && typeof j.base === 'string' && /^[0-9a-f]{32}$/.test(j.base) && Number.isSafeInteger(j.seq) && (j.seq as number) >= 0;
-  if (!ok) throw new RuntimeFileError(file, '"journal" is not a valid journal mark ({"base": 32 hex digits, "seq": a count})');
+  if (!ok) throw new RuntimeFileError(file, '"journal_mark" is not a valid journal mark ({"base": 32 hex digits, "seq": a count})');
   return { base: Buffer.from(j.base as string, 'hex'), seq: j.seq as number };
 }
 
@@ -245,7 +245,7 @@ export class RuntimeStore {
     const base = randomBytes(BASE_BYTES);
     const seq = (this.state?.seq ?? 0) + 1;
     this.state = undefined;
-    const text = JSON.stringify({ ...canonicalRuntime(data), journal: { base: base.toString('hex'), seq } }, null, 2) + '\n';
+    const text = JSON.stringify({ ...canonicalRuntime(data), journal_mark: { base: base.toString('hex'), seq } }, null, 2) + '\n';
     writeAtomic(this.file, text, hooks);
     const st = fs.statSync(this.file);
     hooks.beforeJournalReset?.();

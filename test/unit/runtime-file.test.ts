@@ -18,8 +18,8 @@ const FILE = '/srv/gnt/web-1/runtime.json';
 /** The runtime file's data without the journal mark a compaction adds (runtime-store.ts). */
 function withoutMark(file: string): unknown {
   const raw = JSON.parse(fs.readFileSync(file, 'utf8')) as Record<string, unknown>;
-  assert.match(String((raw.journal as { base?: unknown } | undefined)?.base), /^[0-9a-f]{32}$/, 'a saved file carries its journal mark');
-  delete raw.journal;
+  assert.match(String((raw.journal_mark as { base?: unknown } | undefined)?.base), /^[0-9a-f]{32}$/, 'a saved file carries its journal mark');
+  delete raw.journal_mark;
   return raw;
 }
 const asJson = (d: RuntimeData): unknown => JSON.parse(serializeRuntime(d));

@@ -27,7 +27,7 @@ function state(n: number): RuntimeData {
   };
 }
 
-const markOf = (file: string): { base: string; seq: number } => (JSON.parse(fs.readFileSync(file, 'utf8')) as { journal: { base: string; seq: number } }).journal;
+const markOf = (file: string): { base: string; seq: number } => (JSON.parse(fs.readFileSync(file, 'utf8')) as { journal_mark: { base: string; seq: number } }).journal_mark;
 
 /** Runs `body` in a child process (with `rs`, the built runtime-store module, and `state(n)`), which must die by SIGKILL. */
 function killedChild(file: string, body: string): void {
@@ -156,8 +156,8 @@ describe('runtime journal', () => {
     });
 
     it('a malformed mark is refused with what it should be', () => {
-      fs.writeFileSync(file, JSON.stringify({ ...state(0), journal: { base: 'zz', seq: 1 } }));
-      assert.throws(() => loadRuntimeFile(file, NAME), (e: unknown) => e instanceof RuntimeFileError && /"journal" is not a valid journal mark/.test(e.message));
+      fs.writeFileSync(file, JSON.stringify({ ...state(0), journal_mark: { base: 'zz', seq: 1 } }));
+      assert.throws(() => loadRuntimeFile(file, NAME), (e: unknown) => e instanceof RuntimeFileError && /"journal_mark" is not a valid journal mark/.test(e.message));
     });
 
     it('another writer (saveRuntimeFile, or a second store) is noticed: the next save is a compaction of what this store holds', () => {

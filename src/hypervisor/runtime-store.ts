@@ -190,6 +190,23 @@ export class RuntimeStore {
     return data;
   }
 
+  /**
+   * save(), and if it fails, `revert` gets the state read back from the files
+   * before the save's error is thrown: memory never stays ahead of the disk.
+   */
+  saveOrRevert(data: RuntimeData, instance: string, revert: (onDisk: RuntimeData) => void): void {
+    try {
+      this.save(data);
+    } catch (err) {
+      try {
+        revert(this.reload(instance));
+      } catch {
+        /* the files are unreadable too: memory stays, the error below names the save */
+      }
+      throw err;
+    }
+  }
+
   /** Makes `data` durable: one journal record, or a compaction (see the file comment). */
   save(data: RuntimeData, hooks: SaveHooks = {}): void {
     const s = this.state;

@@ -1,7 +1,9 @@
 /**
  * Where the hypervisor layer's time goes on a NIC and a disk add: every QMP
- * command timed through a wrapped monitor, and the runtime file saves timed
- * around the whole operation. Run inside the netns:
+ * command timed through a wrapped monitor, and the two kinds of runtime file
+ * save (a journal append, what nearly every save is; a compaction, the whole
+ * file written as every save was before the journal) timed on their own.
+ * Run inside the netns:
  *   scripts/in-netns.sh node dist/bench/profile-steps.js
  */
 import { randomUUID } from 'node:crypto';
@@ -11,7 +13,7 @@ import * as path from 'node:path';
 import { HostPathPolicy } from '../src/hypervisor/host-paths';
 import { KvmInstance } from '../src/hypervisor/kvm-instance';
 import type { Monitor } from '../src/hypervisor/qmp-client';
-import { saveRuntimeFile } from '../src/hypervisor/runtime-file';
+import { RuntimeStore, saveRuntimeFile, type RuntimeData } from '../src/hypervisor/runtime-file';
 import { GUEST_DIR } from './config';
 import { benchSpec, waitBooted } from './guest';
 import { RawLayer } from './raw-layer';
@@ -42,6 +44,25 @@ function timedMonitor(mon: Monitor): Monitor {
   };
 }
 
+function timeSync(fn: () => void): number {
+  const t = process.hrtime.bigint();
+  fn();
+  return Number(process.hrtime.bigint() - t) / 1e6;
+}
+
+/** Both kinds of save, of the instance's real runtime data, in a scratch directory beside it. */
+function timeSaves(work: string, data: RuntimeData): void {
+  console.log(`runtime data: ${Buffer.byteLength(JSON.stringify(data))} bytes as a journal record's payload`);
+  const dir = path.join(work, 'scratch');
+  fs.mkdirSync(dir);
+  const file = path.join(dir, 'runtime.json');
+  for (let i = 0; i < 40; i++) {
+    note('runtime save: compaction', timeSync(() => saveRuntimeFile(file, data)));
+    const { store } = RuntimeStore.open(file, data.instance);
+    for (let j = 0; j < 5; j++) note('runtime save: journal append', timeSync(() => store.save(data)));
+  }
+}
+
 async function main(): Promise<void> {
   const work = fs.mkdtempSync(path.join(os.tmpdir(), 'gnt-prof-'));
   const inst = KvmInstance.create(work, benchSpec('prof1'), {}, { wrapMonitor: timedMonitor, hostPaths: new HostPathPolicy({ storageDir: work, imageDir: GUEST_DIR }) });
@@ -58,8 +79,8 @@ async function main(): Promise<void> {
       note('disk add total', await time(() => inst.hotAddDisk({ uuid: d, path: disk })));
       await sleep(150);
       await inst.hotRemoveDisk(d);
-      note('runtime file save', await time(async () => saveRuntimeFile(path.join(work, 'scratch.json'), inst.runtime)));
     }
+    timeSaves(work, inst.runtime);
     for (const [k, v] of [...steps.entries()].sort()) console.log(`${k.padEnd(28)} n=${String(v.length).padStart(3)}  median ${median(v).toFixed(2)} ms`);
   } finally {
     await inst.stop().catch(() => undefined);

@@ -12,7 +12,7 @@
 import { randomUUID } from 'node:crypto';
 import { EventEmitter } from 'node:events';
 import * as fs from 'node:fs';
-import { attachDimm, type DimmRecord } from './memory';
+import { plugBootState } from './boot-plug';
 import { deviceMemoryMiB } from './pmem';
 import { allDevices, deviceKind, findDevice, idOf, isPlaced, DISK_KIND, PMEM_KIND, SCSI_DISK_KIND, type DeviceKind, type DeviceKindName, type PciDeviceRecord } from './device-kinds';
 import { DeviceOperations, type DiskRequest, type HotAddPrepare, type NicModifyResult, type NicRequest, type PrepareStep, type RemovalResult } from './device-operations';
@@ -23,10 +23,10 @@ import { DeviceExistsError, InstanceStateError, InvalidArgumentError, OutcomeUnk
 import { OperationRunner, operationError } from './operation-runner';
 import { emptyJournal, type OperationJournal, type OperationRecord } from './operations';
 import { instancePaths, type InstancePaths } from './instance-paths';
-import { applyRecordedLinks, nicBootArgs, prepareNicTap } from './nic';
+import { nicBootArgs, prepareNicTap } from './nic';
 import type { DiskChangeRequest, DiskModifyResult } from './disk-modify';
 import { DiskModifier, diskGrowers, type DiskGrowerTable } from './disk-growers';
-import { applyRecordedIoLimits, hasIoLimits } from './recorded-io-limits';
+import { hasIoLimits } from './recorded-io-limits';
 import type { PciPlacement, PciTreeMap } from './pci-slots';
 import { pciTopology } from './pci-topology';
 import { devicePresent, isDeletionOf } from './qdev';
@@ -46,11 +46,11 @@ import {
   type ResourceState,
 } from './resize';
 import { type MigrationMark, type MigrationParams, type MigrationProgress } from './migration';
-import { runningPid, spawnQemu, waitForExit } from './qemu-process';
+import { QemuPid, spawnQemu, waitForExit } from './qemu-process';
 import { QmpClient, type Monitor, type QmpEvent } from './qmp-client';
 import {
-  loadRuntimeFile,
-  saveRuntimeFile,
+  RuntimeStore,
+  removeInstanceDir,
   type DiskRecord,
   type HvParams,
   type NicRecord,
@@ -112,6 +112,10 @@ export class KvmInstance extends EventEmitter {
   readonly name: string;
   readonly paths: InstancePaths;
   private data: RuntimeData;
+  /** Writes the runtime file and its journal (runtime-store.ts). */
+  private readonly store: RuntimeStore;
+  /** Its QEMU's pid, verified once and then checked cheaply (qemu-process.ts). */
+  private readonly qemuPid: QemuPid;
   private readonly link: MonitorLink;
   /** Its part in a live migration (instance-migration.ts). */
   private readonly migrationPart: InstanceMigration;
@@ -125,11 +129,13 @@ export class KvmInstance extends EventEmitter {
   private readonly deviceOps: DeviceOperations;
   private readonly disks: DiskModifier;
 
-  private constructor(name: string, paths: InstancePaths, data: RuntimeData, options: KvmInstanceOptions) {
+  private constructor(name: string, paths: InstancePaths, data: RuntimeData, options: KvmInstanceOptions, store = RuntimeStore.fresh(paths.runtimeFile)) {
     super();
     this.name = name;
     this.paths = paths;
     this.data = data;
+    this.store = store;
+    this.qemuPid = new QemuPid(paths);
     this.options = options;
     this.slots = new SlotOwner(name, (m) => void this.emit('warning', m));
     this.migrationPart = new InstanceMigration({
@@ -141,7 +147,7 @@ export class KvmInstance extends EventEmitter {
       assertNoMigration: () => this.assertNoMigration(),
       stopNow: (ms) => this.stopNow(ms),
       destroyNow: () => this.destroyNow(),
-      removeDir: () => fs.rmSync(this.paths.dir, { recursive: true, force: true }),
+      removeDir: () => removeInstanceDir(this.paths.dir, this.paths.runtimeFile),
     });
     this.link = new MonitorLink({ socketPath: paths.qmpSocket, wrap: options.wrapMonitor, onEvent: (e) => this.onEvent(e) });
     this.runner = new OperationRunner({
@@ -181,14 +187,16 @@ export class KvmInstance extends EventEmitter {
     const data = layoutRuntime(spec, devices);
     checkHostPaths(options.hostPaths ?? HostPathPolicy.denyAll(), data, { boot: false });
     fs.mkdirSync(paths.dir, { recursive: true, mode: 0o700 });
-    saveRuntimeFile(paths.runtimeFile, data);
-    return new KvmInstance(spec.name, paths, data, options);
+    const inst = new KvmInstance(spec.name, paths, data, options);
+    inst.store.save(data);
+    return inst;
   }
 
   /** Opens an instance from its runtime file. */
   static open(dataDir: string, name: string, options: KvmInstanceOptions = {}): KvmInstance {
     const paths = instancePaths(dataDir, name);
-    return new KvmInstance(name, paths, loadRuntimeFile(paths.runtimeFile, name), options);
+    const { store, data } = RuntimeStore.open(paths.runtimeFile, name);
+    return new KvmInstance(name, paths, data, options, store);
   }
 
   /** A deep copy of the runtime data as it is on disk. */
@@ -197,7 +205,7 @@ export class KvmInstance extends EventEmitter {
   }
 
   get pid(): number | undefined {
-    return runningPid(this.paths);
+    return this.qemuPid.get();
   }
 
   /** The node's rules for host files (deny-all when none was given). */
@@ -221,20 +229,11 @@ export class KvmInstance extends EventEmitter {
 
   /**
    * Makes the in-memory state durable. Changes are made in memory and then
-   * saved; if the save fails, memory goes back to what the file holds, so it
+   * saved; if the save fails, memory goes back to what the files hold, so it
    * never stays ahead of the disk (the operation fails with the save's error).
    */
   private save(): void {
-    try {
-      saveRuntimeFile(this.paths.runtimeFile, this.data);
-    } catch (err) {
-      try {
-        this.data = loadRuntimeFile(this.paths.runtimeFile, this.name);
-      } catch {
-        /* the file is unreadable too: keep memory, the error below names the save */
-      }
-      throw err;
-    }
+    this.store.saveOrRevert(this.data, this.name, (onDisk) => (this.data = onDisk));
   }
 
   /** Runs `fn` after every earlier operation on this instance has finished. */
@@ -349,11 +348,12 @@ export class KvmInstance extends EventEmitter {
         args.push(...nicBootArgs(nic, nic.pci as number, childFds, this.nicOptions));
       }
       if (this.data.resources) args.push(...resourceBootArgs(this.data.resources));
-      const pid = await spawnQemu(this.qemuBinary, args, fds, this.paths);
+      // The session that saw QEMU come up becomes the monitor: one connect per start.
+      const pid = await spawnQemu(this.qemuBinary, args, fds, this.paths, undefined, (client) => this.link.adopt(client));
       const r = this.data.resources;
       if (r) r.cpuThreads = { pid, created: r.bootVcpus + r.cpus.length };
       this.save();
-      if (dimms.length || linkDown) await this.plugBootDimms(pid, dimms, !incoming);
+      if (dimms.length || linkDown) await this.plugBootDimms(pid, !incoming);
       return pid;
     } finally {
       boot.close();
@@ -362,13 +362,9 @@ export class KvmInstance extends EventEmitter {
   }
 
   /** Plugs the recorded DIMMs into a QEMU started with -S, then lets the guest run unless it waits for a migration. */
-  private async plugBootDimms(pid: number, dimms: DimmRecord[], run: boolean): Promise<void> {
+  private async plugBootDimms(pid: number, run: boolean): Promise<void> {
     try {
-      const mon = await this.monitor();
-      for (const dimm of dimms) await attachDimm(mon, dimm);
-      await applyRecordedLinks(mon, this.data.nics);
-      await applyRecordedIoLimits(mon, this.data);
-      if (run) await mon.execute('cont');
+      await plugBootState(await this.monitor(), this.data, run);
     } catch (err) {
       await this.killNow(pid);
       throw new InstanceStateError(`instance ${this.name}: plugging its DIMMs, setting its NICs link down or its disks' I/O limits at start failed, QEMU was stopped again: ${errorMessage(err)}`);
@@ -454,6 +450,7 @@ export class KvmInstance extends EventEmitter {
 
   disconnect(): void {
     this.link.close();
+    this.qemuPid.forget();
     this.slots.invalidate();
   }
 
@@ -764,7 +761,7 @@ export class KvmInstance extends EventEmitter {
     const pid = this.pid;
     if (pid !== undefined) await this.killNow(pid);
     else this.disconnect();
-    fs.rmSync(this.paths.dir, { recursive: true, force: true });
+    removeInstanceDir(this.paths.dir, this.paths.runtimeFile);
     await waitTapsGone(this.data.nics.map((n) => n.tap).filter((t): t is string => !!t));
   }
 

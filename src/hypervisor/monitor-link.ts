@@ -1,7 +1,8 @@
 /**
- * An instance's one connection to its QEMU monitor: connected on first use
- * and again after QEMU restarts, single-flight (callers that ask while a
- * connect is under way share it), every event handed to one listener.
+ * An instance's one connection to its QEMU monitor: the session a start
+ * opened (adopt), else connected on first use and again after QEMU restarts,
+ * single-flight (callers that ask while a connect is under way share it),
+ * every event handed to one listener.
  */
 import { QmpClient, type Monitor, type QmpEvent } from './qmp-client';
 
@@ -36,6 +37,24 @@ export class MonitorLink {
 
   private async connect(): Promise<Monitor> {
     const client = await QmpClient.connect(this.opts.socketPath);
+    if (this.client && !this.client.closed && this.mon) {
+      client.close(); // a session was handed over meanwhile (adopt)
+      return this.mon;
+    }
+    return this.attach(client);
+  }
+
+  /**
+   * Takes over a session already open to this QEMU (the one spawnQemu opened
+   * to see QEMU come up), so that a start connects once. Call it in the same
+   * tick the session was opened in: events are handed on from here.
+   */
+  adopt(client: QmpClient): void {
+    if (this.client !== client) this.client?.close();
+    this.attach(client);
+  }
+
+  private attach(client: QmpClient): Monitor {
     client.on('event', (e: QmpEvent) => this.opts.onEvent(e));
     this.client = client;
     this.mon = this.opts.wrap ? this.opts.wrap(client) : client;

@@ -9,6 +9,7 @@ import * as os from 'node:os';
 import type * as grpc from '@grpc/grpc-js';
 import { KvmInstance } from '../hypervisor/kvm-instance';
 import { assertOperationId } from '../hypervisor/operations';
+import { removeInstanceDir } from '../hypervisor/runtime-store';
 import type { OperationRef__Output } from '../generated/gnt/node/v1/OperationRef';
 import type { OperationLogRequest__Output } from '../generated/gnt/node/v1/OperationLogRequest';
 import { operationLog, operationStatus } from './operations-service';
@@ -284,7 +285,7 @@ export class NodeService {
       if (pid !== undefined) throw failedPrecondition(`instance ${inst.name} is running (pid ${pid}); stop it before removing it`);
       const images = createdImages(inst.runtime);
       this.registry.delete(inst.name);
-      fs.rmSync(inst.paths.dir, { recursive: true, force: true });
+      removeInstanceDir(inst.paths.dir, inst.paths.runtimeFile);
       this.storage.removeInstance(inst.name);
       await removeImages(this.opts.rbdPool, images, this.imageLog(inst.name));
       return {};

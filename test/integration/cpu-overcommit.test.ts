@@ -18,6 +18,7 @@ import type { InstanceSpec } from '../../src/generated/gnt/node/v1/InstanceSpec'
 import { BOOT_TIMEOUT_MS, guestFiles, newUuid, SEEN_TIMEOUT_MS, tempDir } from '../support/guest';
 import { freePort, makePki, spawnNoded, type Noded, type TestPki } from '../support/noded';
 import { rejectsWith } from '../support/grpc-assert';
+import { runtimeTextOf } from '../support/runtime-text';
 
 const NODE = 'node1';
 /** What gnt-noded counts as the node's CPUs (as NodeInfo reports them). */
@@ -93,7 +94,7 @@ describe(`vCPU overcommit through gnt-noded (${HOST_CPUS} host CPUs), against th
   it('ratio 1: a grow above the node CPU count is refused with the numbers, and nothing changes', async function () {
     this.timeout(60_000);
     await startDaemon(['--cpu-overcommit-ratio', '1']);
-    const before = fs.readFileSync(paths().runtimeFile, 'utf8');
+    const before = runtimeTextOf(paths().runtimeFile);
     await rejectsWith(
       call('InstanceResize', { instance: name, vcpus: ABOVE + 1 }),
       grpc.status.RESOURCE_EXHAUSTED,
@@ -102,7 +103,7 @@ describe(`vCPU overcommit through gnt-noded (${HOST_CPUS} host CPUs), against th
           `so its instances may have ${HOST_CPUS} vCPUs together; the others have 0, so ${ABOVE + 1} asked in all\\. Ask for at most ${HOST_CPUS}`,
       ),
     );
-    assert.equal(fs.readFileSync(paths().runtimeFile, 'utf8'), before);
+    assert.equal(runtimeTextOf(paths().runtimeFile), before);
     await guestSees(ABOVE, `still ${ABOVE} CPUs`);
   });
 

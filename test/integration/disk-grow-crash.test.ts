@@ -13,6 +13,7 @@ import * as path from 'node:path';
 import { guestFiles } from '../support/guest';
 import { TestCluster } from '../support/cli-cluster';
 import type { RuntimeData } from '../../src/hypervisor/runtime-file';
+import { runtimeOf } from '../support/runtime-text';
 
 interface Details {
   instance: { disks: { uuid: string; sizeBytes: string }[] };
@@ -28,7 +29,7 @@ const sectors = (d: Details): number[] => d.runtime.guest.disks.map((s) => Numbe
 describe('grow-disk converges after a kill of gnt-noded or gnt-masterd mid-grow (real guest)', function () {
   this.timeout(600_000);
   const c = new TestCluster();
-  const runtime = (): RuntimeData => JSON.parse(fs.readFileSync(path.join(c.node('node1').dataDir, NAME, 'runtime.json'), 'utf8')) as RuntimeData;
+  const runtime = (): RuntimeData => runtimeOf(path.join(c.node('node1').dataDir, NAME, 'runtime.json'));
   const diskFile = (): string => runtime().block_devices[0].path;
   /** Config, node record, file and guest all have `bytes`, and no grow is left open. */
   const assertAgree = async (bytes: number): Promise<void> => {

@@ -13,6 +13,7 @@ import {
   SEEN_TIMEOUT_MS,
   type BootedGuest,
 } from '../support/guest';
+import { runtimeTextOf } from '../support/runtime-text';
 
 const MiB = 1024 * 1024;
 
@@ -30,7 +31,7 @@ describe('disk hotplug against the real guest', function () {
     fs.rmSync(storage, { recursive: true, force: true });
   });
 
-  const runtimeText = (): string => fs.readFileSync(g.instance.paths.runtimeFile, 'utf8');
+  const runtimeText = (): string => runtimeTextOf(g.instance.paths.runtimeFile);
 
   async function qemuFdsets(): Promise<Array<{ 'fdset-id': number; fds: Array<{ opaque?: string }> }>> {
     const mon = await g.instance.monitor();

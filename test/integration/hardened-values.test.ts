@@ -19,6 +19,7 @@ import type { InstanceSpec } from '../../src/generated/gnt/node/v1/InstanceSpec'
 import { BOOT_TIMEOUT_MS, guestFiles, newUuid, SEEN_TIMEOUT_MS, slotAddr, tempDir } from '../support/guest';
 import { freePort, makePki, spawnNoded, type Noded, type TestPki } from '../support/noded';
 import { rejectsWith } from '../support/grpc-assert';
+import { runtimeTextOf } from '../support/runtime-text';
 
 const MiB = 1024 * 1024;
 const POOL = { start: 40100, end: 40109 };
@@ -79,7 +80,7 @@ describe('hardened values and unprivileged QEMU through gnt-noded', function () 
   const call = <M extends Parameters<typeof callNode>[1]>(n: TestNode, method: M, req: Parameters<typeof callNode<M>>[2]) =>
     callNode(n.client, method, req, { deadline: deadlineIn(60_000) });
   const dirsOf = (n: TestNode): string[] => [...fs.readdirSync(n.dataDir), ...fs.readdirSync(n.storageDir)].sort();
-  const runtimeText = (n: TestNode, inst: string): string => fs.readFileSync(instancePaths(n.dataDir, inst).runtimeFile, 'utf8');
+  const runtimeText = (n: TestNode, inst: string): string => runtimeTextOf(instancePaths(n.dataDir, inst).runtimeFile);
 
   async function startNode(nodeName: string, args: string[], port?: number, dirs?: { dataDir: string; storageDir: string }): Promise<TestNode> {
     const dataDir = dirs?.dataDir ?? path.join(root, `${nodeName}-data`);

@@ -762,7 +762,7 @@ describe('kill test: gnt-noded and gnt-masterd SIGKILLed during hotplug jobs, ze
     if (keep) {
       artifacts = fs.mkdtempSync(path.join(os.tmpdir(), `gnt-kill-artifacts-${seed}-`));
       for (const [from, to] of [
-        [c.masterLog, 'masterd.log'], [c.node?.logFile, 'noded.log'], [path.join(instDir(), 'runtime.json'), 'runtime.json'],
+        [c.masterLog, 'masterd.log'], [c.node?.logFile, 'noded.log'], [path.join(instDir(), 'runtime.json'), 'runtime.json'], [path.join(instDir(), 'runtime.journal'), 'runtime.journal'],
         [path.join(instDir(), 'console.log'), 'console.log'], [path.join(instDir(), 'qemu.log'), 'qemu.log'],
       ] as Array<[string | undefined, string]>)
         if (from && fs.existsSync(from)) fs.copyFileSync(from, path.join(artifacts, to));

@@ -3,6 +3,7 @@ import * as fs from 'node:fs';
 import { HotplugStepError, InvalidArgumentError, DeviceNotFoundError, PciSlotTakenError } from '../../src/hypervisor/errors';
 import type { Monitor, QmpArgs, ExecuteOptions } from '../../src/hypervisor/qmp-client';
 import { bootGuest, netInterfaces, newUuid, openFds, sh, slotAddr, SEEN_TIMEOUT_MS, type BootedGuest } from '../support/guest';
+import { runtimeTextOf } from '../support/runtime-text';
 
 describe('NIC hotplug against the real guest', function () {
   let g: BootedGuest;
@@ -14,7 +15,7 @@ describe('NIC hotplug against the real guest', function () {
     await g?.destroy();
   });
 
-  const runtimeText = (): string => fs.readFileSync(g.instance.paths.runtimeFile, 'utf8');
+  const runtimeText = (): string => runtimeTextOf(g.instance.paths.runtimeFile);
 
   it('hot-adds a NIC the guest sees with the requested MAC, and removes it', async () => {
     await g.instance.monitor();

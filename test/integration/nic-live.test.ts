@@ -13,6 +13,7 @@ import type { ExecuteOptions, Monitor, QmpArgs } from '../../src/hypervisor/qmp-
 import type { NicRecord } from '../../src/hypervisor/runtime-file';
 import { readTapRate } from '../../src/hypervisor/tap-rate';
 import { bootGuest, newUuid, sh, slotAddr, BOOT_TIMEOUT_MS, SEEN_TIMEOUT_MS, type BootedGuest } from '../support/guest';
+import { runtimeOf, runtimeTextOf } from '../support/runtime-text';
 
 const BR_A = 'gntlive0';
 const BR_B = 'gntlive1';
@@ -148,7 +149,7 @@ describe('live NIC changes against the real guest', function () {
         mon.execute<T>(command, command === 'set_link' && args?.up === false ? { ...args, name: 'no-such-nic' } : args, options),
     });
     const faulty = KvmInstance.open(g.dataDir, g.instance.name, { wrapMonitor: wrap, hostPaths: g.hostPaths });
-    const before = fs.readFileSync(g.instance.paths.runtimeFile, 'utf8');
+    const before = runtimeTextOf(g.instance.paths.runtimeFile);
     try {
       await assert.rejects(faulty.hotModifyNic(uuid, { link: BR_B, rate_mbit: 25, link_state: 'down' }), (err: unknown) => {
         assert.ok(err instanceof HotplugStepError, String(err));
@@ -159,7 +160,7 @@ describe('live NIC changes against the real guest', function () {
     } finally {
       faulty.disconnect();
     }
-    const recorded = (JSON.parse(fs.readFileSync(g.instance.paths.runtimeFile, 'utf8')) as { nics: NicRecord[] }).nics.find((n) => n.uuid === uuid);
+    const recorded = runtimeOf(g.instance.paths.runtimeFile).nics.find((n) => n.uuid === uuid);
     const was = (JSON.parse(before) as { nics: NicRecord[] }).nics.find((n) => n.uuid === uuid);
     assert.deepEqual(recorded, was, 'the NIC record is unchanged');
     assert.equal(masterOf(tap), BR_A, 'the tap is back on its bridge');

@@ -18,6 +18,7 @@ import type { InstanceSpec } from '../../src/generated/gnt/node/v1/InstanceSpec'
 import { BOOT_TIMEOUT_MS, guestFiles, newUuid, SEEN_TIMEOUT_MS, slotAddr, tempDir } from '../support/guest';
 import { freePort, makePki, spawnNoded, type Noded, type TestPki } from '../support/noded';
 import { rejectsWith } from '../support/grpc-assert';
+import { runtimeTextOf } from '../support/runtime-text';
 
 const NODE = 'node1';
 const MiB = 1024 * 1024;
@@ -36,7 +37,7 @@ describe('gnt-noded over gRPC with mutual TLS, against the real guest', function
 
   const call = <M extends Parameters<typeof callNode>[1]>(method: M, req: Parameters<typeof callNode<M>>[2]) =>
     callNode(client, method, req, { deadline: deadlineIn(60_000) });
-  const runtimeText = (): string => fs.readFileSync(instancePaths(dataDir, name).runtimeFile, 'utf8');
+  const runtimeText = (): string => runtimeTextOf(instancePaths(dataDir, name).runtimeFile);
   const storageFiles = (): string[] => fs.readdirSync(path.join(storageDir, name)).sort();
   const mode = (p: string): number => fs.statSync(p).mode & 0o777;
 

@@ -23,6 +23,7 @@ import type { OperationRecord__Output } from '../../src/generated/gnt/node/v1/Op
 import { BOOT_TIMEOUT_MS, guestFiles, newUuid, SEEN_TIMEOUT_MS, tempDir } from '../support/guest';
 import { freePort, makePki, spawnNoded, type Noded, type TestPki } from '../support/noded';
 import { rejectsWith } from '../support/grpc-assert';
+import { runtimeTextOf } from '../support/runtime-text';
 
 const NODE = 'node1';
 const MiB = 1024 * 1024;
@@ -136,14 +137,14 @@ describe('operation ids and the operation log, against the real guest', function
     const op = randomUUID();
     const uuid = newUuid();
     await addNic(op, uuid, '52:54:00:0b:00:03');
-    const before = fs.readFileSync(instancePaths(dataDir, name).runtimeFile, 'utf8');
+    const before = runtimeTextOf(instancePaths(dataDir, name).runtimeFile);
     await rejectsWith(
       call('HotplugDevice', { instance: name, deviceType: 'DISK', action: 'REMOVE', disk: { uuid: newUuid() }, operationId: op }),
       grpc.status.INVALID_ARGUMENT,
       /was used for nic add of .*, not for disk remove of .*: give a new change a new operation id/,
     );
     await rejectsWith(removeNic(op, uuid), grpc.status.INVALID_ARGUMENT, /not for nic remove/);
-    assert.equal(fs.readFileSync(instancePaths(dataDir, name).runtimeFile, 'utf8'), before);
+    assert.equal(runtimeTextOf(instancePaths(dataDir, name).runtimeFile), before);
     assert.equal((await status(op)).state, 'OPERATION_SUCCEEDED');
     await removeNic(randomUUID(), uuid);
   });

@@ -3,6 +3,7 @@ import * as fs from 'node:fs';
 import { countCpuList, GuestConsole } from '../../src/hypervisor/guest-console';
 import { KvmInstance } from '../../src/hypervisor/kvm-instance';
 import { bootGuest, guestFiles, tempDir, BOOT_TIMEOUT_MS, SEEN_TIMEOUT_MS, type BootedGuest } from '../support/guest';
+import { runtimeTextOf } from '../support/runtime-text';
 
 const NODE = { freeMemoryMiB: 16384, cpus: 8 };
 const MiB_KB = 1024;
@@ -41,7 +42,7 @@ describe('live vCPU and memory resize through the instance (ACPI DIMMs)', functi
   });
 
   it('refuses bad requests with a clear error and changes nothing', async () => {
-    const before = fs.readFileSync(g.instance.paths.runtimeFile, 'utf8');
+    const before = runtimeTextOf(g.instance.paths.runtimeFile);
     await assert.rejects(g.instance.resize({ vcpus: 5 }, NODE), /at most 4 vCPUs \(maxvcpus\); 5 asked/);
     await assert.rejects(g.instance.resize({ vcpus: 0 }, NODE), /vcpus must be at least 1/);
     await assert.rejects(g.instance.resize({ memoryMiB: 700 }, NODE), /multiples of 128 MiB; 60 MiB is not one/);
@@ -50,7 +51,7 @@ describe('live vCPU and memory resize through the instance (ACPI DIMMs)', functi
       e instanceof Error && (e as { code?: string }).code === 'RESOURCE_EXHAUSTED' && /64 MiB of memory free; .* cannot grow by 128 MiB/.test(e.message));
     // 1 boot vCPU + 3 adds (one of them after a remove) = 4 threads created of maxvcpus 4: a 5th would abort QEMU.
     await assert.rejects(g.instance.resize({ vcpus: 4 }, NODE), /QEMU under TCG creates at most 4 vCPU threads .*can add 0 more, 1 asked/);
-    assert.equal(fs.readFileSync(g.instance.paths.runtimeFile, 'utf8'), before);
+    assert.equal(runtimeTextOf(g.instance.paths.runtimeFile), before);
     assert.ok(g.instance.pid !== undefined, 'QEMU is still alive');
   });
 

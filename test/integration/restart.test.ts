@@ -5,7 +5,6 @@ import { KvmInstance } from '../../src/hypervisor/kvm-instance';
 import { GuestConsole } from '../../src/hypervisor/guest-console';
 import { instancePaths } from '../../src/hypervisor/instance-paths';
 import { buildFixedCommand } from '../../src/hypervisor/qemu-command';
-import type { RuntimeData } from '../../src/hypervisor/runtime-file';
 import {
   bootGuest,
   guestFiles,
@@ -19,6 +18,7 @@ import {
   type BootedGuest,
   testHostPaths,
 } from '../support/guest';
+import { runtimeOf, runtimeTextOf } from '../support/runtime-text';
 
 const MiB = 1024 * 1024;
 
@@ -91,7 +91,7 @@ describe('stop and start from the runtime file', function () {
       await inst.start();
       const con = new GuestConsole(inst.paths.consoleLog);
       await con.waitFor((s) => s.nets.some((n) => n.mac === '52:54:00:66:00:01'), BOOT_TIMEOUT_MS, 'the legacy NIC');
-      const saved = JSON.parse(fs.readFileSync(paths.runtimeFile, 'utf8')) as RuntimeData;
+      const saved = runtimeOf(paths.runtimeFile);
       assert.equal(saved.version, 2);
       assert.deepEqual(saved.block_devices, []);
       assert.equal(saved.nics[0].pci, 4, 'given the first free slot');
@@ -111,13 +111,13 @@ describe('stop and start from the runtime file', function () {
     try {
       const probe = KvmInstance.create(dataDir, { name: 'not-running', memoryMiB: 128, vcpus: 1, kernel: '/nonexistent' });
       const taps = netInterfaces();
-      const text = fs.readFileSync(probe.paths.runtimeFile, 'utf8');
+      const text = runtimeTextOf(probe.paths.runtimeFile);
       await assert.rejects(probe.hotAddNic({ uuid: newUuid(), mac: '52:54:00:55:00:09' }), /instance not-running is not running/);
       const mon = probe.monitor();
       await assert.rejects(mon, (e: unknown) =>
         e instanceof QmpUnavailableError && /cannot reach the QEMU monitor at .*qmp\.sock: .*No such file or directory \(is the instance running\?\)/.test(e.message),
       );
-      assert.equal(fs.readFileSync(probe.paths.runtimeFile, 'utf8'), text);
+      assert.equal(runtimeTextOf(probe.paths.runtimeFile), text);
       assert.deepEqual(netInterfaces(), taps);
     } finally {
       fs.rmSync(dataDir, { recursive: true, force: true });

@@ -16,6 +16,8 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { deleteDevice } from '../../src/hypervisor/qdev';
 import { QmpClient } from '../../src/hypervisor/qmp-client';
+import { saveRuntimeFile } from '../../src/hypervisor/runtime-file';
+import { runtimeOf } from '../support/runtime-text';
 import { guestFiles } from '../support/guest';
 import { TestCluster, type CliRun } from '../support/cli-cluster';
 
@@ -111,7 +113,7 @@ describe('gnt-cluster verify and gnt-instance verify (masterd, noded, CLI, a rea
     // gnt-noded stopped (QEMU keeps running): the QMP socket is free for one raw client.
     await c.killNode('node1', 'SIGTERM');
     const file = path.join(dir, 'runtime.json');
-    const vcpu = (JSON.parse(fs.readFileSync(file, 'utf8')) as { resources: { cpus: Array<{ id: string }> } }).resources.cpus[0].id;
+    const vcpu = runtimeOf(file).resources?.cpus[0]?.id ?? assert.fail("no hot-added vCPU recorded");
     const qmp = await QmpClient.connect(path.join(dir, 'qmp.sock'));
     try {
       await deleteDevice(qmp, added.deviceId, 30_000); // device only: its netdev stays behind
@@ -121,11 +123,12 @@ describe('gnt-cluster verify and gnt-instance verify (masterd, noded, CLI, a rea
     }
     // The runtime file edited: a settled NIC record QEMU never had.
     const fake = randomUUID();
-    const rt = JSON.parse(fs.readFileSync(file, 'utf8')) as { nics: unknown[]; block_devices: Array<{ uuid: string }> };
+    // Edited as an operator would: loaded (journal included) and written whole again.
+    const rt = runtimeOf(file);
     rt.nics.push({ uuid: fake, mac: '52:54:00:7e:00:99', pci: 21, link: BRIDGE });
     // ... and the record of a disk QEMU has removed: QEMU's device, its file and the configuration's disk lose their record.
     rt.block_devices = rt.block_devices.filter((d) => d.uuid !== disk.uuid);
-    fs.writeFileSync(file, JSON.stringify(rt, null, 2));
+    saveRuntimeFile(file, rt);
     // A stray tap (persistent, nobody holds it) and a disk file nothing references.
     execFileSync('ip', ['tuntap', 'add', 'dev', STRAY, 'mode', 'tap']);
     const orphan = path.join(node.storageDir, NAME, `${randomUUID()}.img`);

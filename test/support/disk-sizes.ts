@@ -4,8 +4,8 @@
  * (size_bytes, and grow_to while a grow is open), the backing file, QEMU's
  * block node (query-block virtual-size) and the guest's sector count.
  */
-import * as fs from 'node:fs';
 import type { Monitor } from '../../src/hypervisor/qmp-client';
+import { runtimeOf } from './runtime-text';
 
 /** Every block node QEMU has that belongs to a device, with its size (bytes). */
 export async function qemuDiskSizes(mon: Monitor): Promise<Map<string, number>> {
@@ -21,11 +21,10 @@ export async function qemuDiskSizes(mon: Monitor): Promise<Map<string, number>> 
 
 /** A runtime file record's size fields (disk or SCSI disk, by uuid); undefined when the file has no such disk. */
 export function recordedDiskSize(runtimeFile: string, uuid: string): { sizeBytes?: number; growTo?: number; path: string } | undefined {
-  const raw = JSON.parse(fs.readFileSync(runtimeFile, 'utf8')) as { block_devices?: Array<Record<string, unknown>>; scsi_disks?: Array<Record<string, unknown>> };
-  const rec = [...(raw.block_devices ?? []), ...(raw.scsi_disks ?? [])].find((d) => d.uuid === uuid);
+  const rt = runtimeOf(runtimeFile);
+  const rec = [...rt.block_devices, ...(rt.scsi_disks ?? [])].find((d) => d.uuid === uuid);
   if (!rec) return undefined;
-  const n = (v: unknown): number | undefined => (typeof v === 'number' ? v : undefined);
-  return { sizeBytes: n(rec.size_bytes), growTo: n(rec.grow_to), path: String(rec.path) };
+  return { sizeBytes: rec.size_bytes, growTo: rec.grow_to, path: rec.path };
 }
 
 export interface DiskSizeViews {

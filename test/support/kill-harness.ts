@@ -20,6 +20,7 @@ import { GUEST_DIR, REPO, tempDir } from './guest';
 import { startDaemon, stopDaemon, type CliRun, type Daemon } from './cli-cluster';
 import { freePort } from './noded';
 import { countCpuList, emptyState, parseLine, type GuestState } from '../../src/hypervisor/guest-console';
+import { runtimeTextOf } from './runtime-text';
 
 // ---------------------------------------------------------------- randomness
 
@@ -387,7 +388,8 @@ export function readRuntime(file: string): RuntimeView {
   const empty: RuntimeView = { nics: [], disks: [], bootVcpus: 0, vcpus: 0, maxVcpus: 0, bootMemoryMiB: 0, memoryMiB: 0, maxMemoryMiB: 0, dimms: [], operations: [] };
   let raw: unknown;
   try {
-    raw = JSON.parse(fs.readFileSync(file, 'utf8'));
+    // As the node reads it: the runtime file with its journal folded in.
+    raw = JSON.parse(runtimeTextOf(file));
   } catch (err) {
     return { ...empty, error: `cannot read ${file}: ${(err as Error).message}` };
   }

@@ -8,6 +8,7 @@ import * as os from 'node:os';
 import * as path from 'node:path';
 import { instancePaths } from '../../src/hypervisor/instance-paths';
 import { KvmInstance } from '../../src/hypervisor/kvm-instance';
+import { loadRuntimeFile, saveRuntimeFile } from '../../src/hypervisor/runtime-file';
 
 describe('instance state and its runtime file', () => {
   let dir: string;
@@ -19,7 +20,9 @@ describe('instance state and its runtime file', () => {
   it('a save that fails puts memory back to what the file holds', async () => {
     const inst = KvmInstance.create(dir, { name: 'st1', memoryMiB: 128, vcpus: 1, kernel: '/nonexistent' });
     const paths = instancePaths(dir, 'st1');
-    // The save's temp file cannot be created: a directory is in its place.
+    // Another writer rewrites the file (the same state): the instance's next save is then a whole-file write ...
+    saveRuntimeFile(paths.runtimeFile, loadRuntimeFile(paths.runtimeFile, 'st1'));
+    // ... whose temp file cannot be created: a directory is in its place.
     const temp = path.join(paths.dir, `.runtime.json.tmp-${process.pid}`);
     fs.mkdirSync(temp);
     await assert.rejects(inst.fenceOperation('op-1'), /could not be written/);

@@ -58,7 +58,7 @@ describe('kill harness', () => {
         scsi_disks: [{ uuid: 's1', path: '/s/i/s1.img', target: 1, lun: 0 }],
         pmem_devices: [{ uuid: 'p1', path: '/s/i/p1.img', sizeMiB: 32, pci: 7 }],
         resources: { bootVcpus: 1, maxVcpus: 8, bootMemoryMiB: 256, maxMemoryMiB: 768, memoryHotplug: 'acpi', cpus: [{}], dimms: [{ id: 'dimm0', sizeMiB: 128 }], cpuThreads: { pid: 7, created: 3 } },
-        operations: { revision: 3, records: [{ id: 'op1', kind: 'nic', action: 'add', uuid: 'n1', state: 'running' }] },
+        operations: { revision: 3, records: [{ id: 'op1', kind: 'nic', action: 'add', uuid: 'n1', state: 'running', revision: 3 }] },
       }),
     );
     const rt = readRuntime(file);

@@ -10,10 +10,12 @@
  * For each change it writes one line at once,
  *   gnt-guest event <ms of CLOCK_BOOTTIME> <kind> <fields...>
  * to stdout (the console), reacts where the guest must (onlines a new vCPU
- * and a new offline memory block, brings a new ethN up), and writes a
+ * and a new offline memory block), and writes a
  * newline to the wake-up FIFO so that init's report loop prints its full
- * state block now instead of at its next second. One wake-up is pending at
- * most (FIONREAD), so a burst of events costs the loop one extra round.
+ * state block now instead of at its next second: once the burst of events
+ * of one change is over (20 ms without one, at most 100 ms), so that each
+ * round of the loop, which costs the guest's CPU, sees a whole change. One
+ * wake-up is pending at most (FIONREAD).
  *
  * Usage: gnt-uevent MEMORY-POLICY WAKE-FIFO
  * Exits 2 when the netlink sockets cannot be had (init then stops
@@ -36,6 +38,8 @@
 #include <unistd.h>
 
 #define BUF_SIZE 16384
+#define QUIET_MS 20  /* a wake-up waits for this long a pause in the events... */
+#define BURST_MS 100 /* ...but no longer than this after the first */
 #ifndef IFF_LOWER_UP
 #define IFF_LOWER_UP 0x10000 /* linux/if.h, which clashes with net/if.h */
 #endif
@@ -147,20 +151,6 @@ static long mem_total_kib(void) {
 	return strncmp(buf, "MemTotal:", 9) == 0 ? strtol(buf + 9, NULL, 10) : -1;
 }
 
-/* Sets IFF_UP on an interface that is down (init's up_nics does the same each second). */
-static void bring_up(const char *ifname) {
-	struct ifreq ifr;
-	int s = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
-	if (s < 0) return;
-	memset(&ifr, 0, sizeof ifr);
-	snprintf(ifr.ifr_name, sizeof ifr.ifr_name, "%s", ifname);
-	if (ioctl(s, SIOCGIFFLAGS, &ifr) == 0 && !(ifr.ifr_flags & IFF_UP)) {
-		ifr.ifr_flags |= IFF_UP;
-		ioctl(s, SIOCSIFFLAGS, &ifr);
-	}
-	close(s);
-}
-
 struct uevent {
 	const char *action, *devpath, *subsystem, *devtype, *devname, *interface, *resize;
 };
@@ -200,7 +190,6 @@ static void on_net(const struct uevent *ev) {
 	char path[600];
 	snprintf(path, sizeof path, "%s/address", dir);
 	report("net-add %s %s %s", name, or_dash(read_attr(path, mac, sizeof mac)), pci_of(dir, pci, sizeof pci));
-	if (!strncmp(name, "eth", 3)) bring_up(name);
 }
 
 static void on_block(const struct uevent *ev) {
@@ -334,13 +323,24 @@ int main(int argc, char **argv) {
 		printf("gnt-guest warning: gnt-uevent: no uevent socket: %s\n", strerror(errno));
 		return 2;
 	}
+	long long first = 0; /* when the first change of a pending wake-up was reported */
 	for (;;) {
-		if (poll(fds, fds[1].fd < 0 ? 1 : 2, -1) < 0) {
+		/* A change's events come in a burst (a NIC: pci, virtio, net, queues, link):
+		 * the wake-up waits until QUIET_MS pass without one, at most BURST_MS. */
+		int timeout = -1;
+		if (woke) {
+			long long left = first + BURST_MS - now_ms();
+			timeout = left < 0 ? 0 : left < QUIET_MS ? (int)left : QUIET_MS;
+		}
+		int n = poll(fds, fds[1].fd < 0 ? 1 : 2, timeout);
+		if (n < 0) {
 			if (errno == EINTR) continue;
 			return 1;
 		}
+		int had = woke;
 		if (drain(fds[0].fd, on_uevent) < 0) return 1;
 		if (fds[1].fd >= 0 && drain(fds[1].fd, on_route) < 0) return 1;
-		wake();
+		if (woke && !had) first = now_ms();
+		if (woke && (n == 0 || now_ms() - first >= BURST_MS)) wake();
 	}
 }

@@ -43,7 +43,7 @@ build_id() {
   {
     (cd "$ROOT/guest" && LC_ALL=C ls -A | while IFS= read -r f; do printf '%s\n' "$f"; cat "$f"; done)
     cat "$SELF"
-    "$CC" --version 2>/dev/null | head -1
+    { "$CC" --version 2>/dev/null || echo "no $CC"; } | sed -n 1p
   } | sha256sum | cut -d' ' -f1
 }
 

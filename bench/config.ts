@@ -18,8 +18,8 @@ export const BENCH = {
   rounds: Math.max(1, num('GNT_BENCH_ROUNDS', 4)),
   /** Samples per DIMM add line (4 fit in one boot; then the guest is restarted). */
   dimmIterations: num('GNT_BENCH_DIMM_ITERATIONS', 12),
-  /** Samples per "the guest sees it" line (each waits for the guest's once-a-second report). */
-  guestIterations: num('GNT_BENCH_GUEST_ITERATIONS', 8),
+  /** Samples per "the guest reports it" line (its event line and its next state block, in the same sample). */
+  guestIterations: num('GNT_BENCH_GUEST_ITERATIONS', 16),
   /** Seconds of concurrent hotplug per throughput step. */
   throughputSeconds: num('GNT_BENCH_THROUGHPUT_SECONDS', 8),
   /** Guests booted for the throughput steps (1, 2, 4, ... up to this). */

@@ -12,7 +12,7 @@ import * as os from 'node:os';
 import * as path from 'node:path';
 import { BENCH, REPO } from './config';
 import { BenchGuest } from './guest';
-import { benchGuestVisible, GUEST_SEES } from './guest-visible';
+import { benchGuestVisible, GUEST_BLOCK, GUEST_EVENT } from './guest-visible';
 import { HypervisorLayer, LIB } from './hypervisor-layer';
 import { benchList, LIST_LEVELS, listOp } from './list-bench';
 import { API, CLI, MasterCluster, MasterLayer, INSTANCE } from './master-layer';
@@ -101,7 +101,7 @@ async function throughput(rig: Rig): Promise<ThroughputRow[]> {
 }
 
 const OP_ORDER = [NODE_STARTUP_OP, RPC_OP, ...OPS, ...LEVELS.map(scalingOp), ...LIST_LEVELS.map(listOp)];
-const LAYER_ORDER = [NODE_STARTUP, RAW, LIB, NODED, API, CLI, GUEST_SEES];
+const LAYER_ORDER = [NODE_STARTUP, RAW, LIB, NODED, API, CLI, GUEST_EVENT, GUEST_BLOCK];
 
 function ordered(rows: Summary[]): Summary[] {
   return [...rows].sort((a, b) => OP_ORDER.indexOf(a.op) - OP_ORDER.indexOf(b.op) || LAYER_ORDER.indexOf(a.layer) - LAYER_ORDER.indexOf(b.layer));

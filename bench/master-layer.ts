@@ -161,7 +161,7 @@ export class MasterLayer implements LayerOps {
     this.mc.cpuAdds++;
   }
 
-  cpuRemove = (): Promise<void> => this.mc.modify(CHANGES.cpuRemove.api);
+  cpuRemove = (): Promise<void> => this.run(CHANGES.cpuRemove);
 
   async dimmAdd(): Promise<void> {
     await this.run(dimmChange(SHAPE.memoryMiB + SHAPE.dimmMiB * (this.mc.dimms + 1)));

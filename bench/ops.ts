@@ -5,7 +5,9 @@
 import { BENCH } from './config';
 import { sleep, type Recorder } from './stats';
 
-export const OPS = ['NIC add', 'NIC remove', 'disk add', 'disk remove', 'CPU add', 'DIMM add'] as const;
+export const OPS = ['NIC add', 'NIC remove', 'disk add', 'disk remove', 'CPU add', 'CPU remove', 'DIMM add'] as const;
+/** The operations judged as removes (their floor ends when QEMU no longer has the device). */
+export const REMOVES = ['NIC remove', 'disk remove', 'CPU remove'] as const;
 export type Op = (typeof OPS)[number];
 
 export interface LayerOps {
@@ -20,7 +22,7 @@ export interface LayerOps {
   diskAdd(): Promise<void>;
   diskRemove(): Promise<void>;
   cpuAdd(): Promise<void>;
-  /** Untimed: takes the vCPU away again, so that the next cpuAdd has room. */
+  /** Takes the vCPU away again (1 -> the boot count), until QEMU no longer lists it. */
   cpuRemove(): Promise<void>;
   /** Adds one 128 MiB DIMM. */
   dimmAdd(): Promise<void>;
@@ -37,7 +39,7 @@ async function resetBetween(ops: LayerOps): Promise<void> {
   await ops.begin?.();
 }
 
-/** NIC, disk and vCPU: `n` add/remove pairs; removes follow a short untimed pause. */
+/** NIC, disk and vCPU: `n` add/remove pairs, each timed; removes follow a short untimed pause. */
 export async function benchDevices(ops: LayerOps, n: number, rec: Recorder): Promise<void> {
   await ops.begin?.();
   try {
@@ -51,7 +53,7 @@ export async function benchDevices(ops: LayerOps, n: number, rec: Recorder): Pro
       if (ops.room().cpuAdds === 0) await resetBetween(ops);
       await rec.time(ops.layer, 'CPU add', () => ops.cpuAdd());
       await sleep(BENCH.settleMs);
-      await ops.cpuRemove();
+      await rec.time(ops.layer, 'CPU remove', () => ops.cpuRemove());
     }
   } finally {
     await ops.end?.();

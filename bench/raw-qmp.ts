@@ -49,6 +49,23 @@ export class RawQmp {
     return this.next((m) => 'event' in m && match(m));
   }
 
+  /** The next event that `match` accepts, or undefined after `ms` (the waiter is then dropped). */
+  eventWithin(match: (m: Record<string, unknown>) => boolean, ms: number): Promise<Record<string, unknown> | undefined> {
+    return new Promise((resolve) => {
+      const w = (m: Record<string, unknown>): boolean => {
+        if (!('event' in m) || !match(m)) return false;
+        clearTimeout(timer);
+        resolve(m);
+        return true;
+      };
+      const timer = setTimeout(() => {
+        this.waiters = this.waiters.filter((x) => x !== w);
+        resolve(undefined);
+      }, ms);
+      this.waiters.push(w);
+    });
+  }
+
   deleted(id: string): Promise<unknown> {
     return this.next((m) => m.event === 'DEVICE_DELETED' && (m.data as { device?: string }).device === id);
   }
@@ -115,15 +132,25 @@ export async function rawCpuAdd(q: RawQmp, id: string): Promise<void> {
   await q.cmd('device_add', { driver: free.type, id, ...free.props });
 }
 
-/** vCPU remove: device_del, then until the guest has ejected it (on QEMU 10 DEVICE_DELETED carries only the QOM path). */
+/** Events after which an ejected vCPU may be gone: its lapic's DEVICE_DELETED (QEMU 10 names only the QOM path) or ACPI_DEVICE_OST. */
+const mayEndCpuUnplug = (id: string) => (m: Record<string, unknown>): boolean =>
+  m.event === 'ACPI_DEVICE_OST' ||
+  (m.event === 'DEVICE_DELETED' && String((m.data as { path?: string }).path ?? '').startsWith(`/machine/peripheral/${id}`));
+
+/**
+ * vCPU remove: device_del, then until QEMU no longer lists the vCPU in
+ * /machine/peripheral (the guest has ejected it). QEMU's list is read after
+ * every related event and at least every 10 ms.
+ */
 export async function rawCpuRemove(q: RawQmp, id: string, timeoutMs = 20_000): Promise<void> {
   await q.cmd('device_del', { id });
   const deadline = Date.now() + timeoutMs;
   for (;;) {
+    const next = q.eventWithin(mayEndCpuUnplug(id), 10); // before the look, so that no event falls in between
     const children = (await q.cmd('qom-list', { path: '/machine/peripheral' })) as Array<{ name: string }>;
     if (!children.some((c) => c.name === id)) return;
     if (Date.now() > deadline) throw new Error(`the guest did not eject vCPU ${id}`);
-    await new Promise((r) => setTimeout(r, 10));
+    await next;
   }
 }
 

@@ -1,18 +1,22 @@
 #!/usr/bin/env bash
 # Builds the tiny QEMU test guest: a Debian cloud kernel plus a busybox initramfs
-# whose /init is guest/init. Results land in .cache/guest/ (vmlinuz, initrd.gz,
+# whose /init is guest/init, plus /bin/gnt-uevent compiled statically from
+# guest/gnt-uevent.c. Results land in .cache/guest/ (vmlinuz, initrd.gz,
 # KERNEL, BUILD_ID). Nothing is rebuilt when vmlinuz and initrd.gz exist and
-# BUILD_ID matches the hash of guest/init and this script; pass --force to
-# rebuild anyway.
+# BUILD_ID matches the hash of every file in guest/, this script and the C
+# compiler's version; pass --force to rebuild anyway.
 #
 # Needs: apt-get (with lists updated), dpkg-deb, busybox-static, cpio, kmod
-# (modinfo), gzip. Runs as root or as a normal user.
+# (modinfo), gzip, gcc and libc6-dev (a static libc). Runs as root or as a
+# normal user.
 set -euo pipefail
 PATH="$PATH:/usr/sbin:/sbin"   # modinfo lives in sbin, not in a normal user's PATH
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 SELF="$ROOT/scripts/build-guest.sh"
 INIT="$ROOT/guest/init"
+UEVENT_SRC="$ROOT/guest/gnt-uevent.c"
+CC="${CC:-gcc}"
 CACHE="$ROOT/.cache/guest"
 BUSYBOX=/bin/busybox
 KERNEL_META=linux-image-cloud-amd64
@@ -34,7 +38,14 @@ LOAD_ORDER=()
 log() { printf '[build-guest] %s\n' "$*" >&2; }
 die() { log "error: $*"; exit 1; }
 
-build_id() { cat "$INIT" "$SELF" | sha256sum | cut -d' ' -f1; }
+# Every input: the guest's files (by name and content), this script, the compiler.
+build_id() {
+  {
+    (cd "$ROOT/guest" && LC_ALL=C ls -A | while IFS= read -r f; do printf '%s\n' "$f"; cat "$f"; done)
+    cat "$SELF"
+    { "$CC" --version 2>/dev/null || echo "no $CC"; } | sed -n 1p
+  } | sha256sum | cut -d' ' -f1
+}
 
 cache_is_fresh() {
   [ -f "$CACHE/vmlinuz" ] && [ -f "$CACHE/initrd.gz" ] && [ -f "$CACHE/BUILD_ID" ] &&
@@ -43,13 +54,21 @@ cache_is_fresh() {
 
 check_tools() {
   local t
-  for t in apt-get apt-cache dpkg-deb cpio gzip modinfo sha256sum flock; do
+  for t in apt-get apt-cache dpkg-deb cpio gzip modinfo sha256sum flock "$CC"; do
     command -v "$t" >/dev/null || die "missing tool: $t"
   done
   [ -x "$BUSYBOX" ] || die "$BUSYBOX not found (install busybox-static)"
   dpkg-query -W -f='${Status}' busybox-static 2>/dev/null | grep -q 'ok installed' ||
     die "busybox-static is not installed (a dynamic busybox cannot run in the guest)"
   [ -f "$INIT" ] || die "missing $INIT"
+  [ -f "$UEVENT_SRC" ] || die "missing $UEVENT_SRC"
+}
+
+# The guest's uevent reporter: static, so that it needs nothing else in the initramfs.
+compile_helpers() {
+  log "compiling $(basename "$UEVENT_SRC")"
+  "$CC" -static -Os -s -Wall -Wextra -Werror -o "$WORK/root/bin/gnt-uevent" "$UEVENT_SRC" ||
+    die "cannot compile $UEVENT_SRC statically (needs gcc and libc6-dev)"
 }
 
 # Prints the versioned kernel package the cloud meta-package currently points at.
@@ -152,6 +171,7 @@ populate_root() {
     [ -e "$r/$applet" ] || ln -s /bin/busybox "$r/$applet"
   done
   install -m 0755 "$INIT" "$r/init"
+  compile_helpers
 }
 
 pack_initrd() {

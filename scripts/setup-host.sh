@@ -5,7 +5,7 @@
 # Debian entry, so no package host is named here.
 set -euo pipefail
 
-PACKAGES=(busybox-static cpio iproute2 kmod gzip util-linux passwd openssl)
+PACKAGES=(busybox-static cpio iproute2 kmod gzip util-linux passwd openssl gcc libc6-dev)
 SOURCES=/etc/apt/sources.list.d/debian.sources
 BACKPORTS=/etc/apt/sources.list.d/gnt-hotplug-backports.sources
 STAMP=/var/lib/gnt-hotplug-host-setup.done

@@ -342,4 +342,26 @@ describe('block node release (scripted monitor)', () => {
     await assert.rejects(releaseBacked(mon, 'disk-a', {}), /Permission denied/);
     assert.deepEqual(mon.commands(), ['blockdev-del']);
   });
+
+  it('a blockdev-del slower than the retry interval (an RBD close) leaves no unhandled rejection behind', async () => {
+    const { releaseBacked } = await import('../../src/hypervisor/disk');
+    const unhandled: unknown[] = [];
+    const onUnhandled = (r: unknown): void => void unhandled.push(r);
+    process.on('unhandledRejection', onUnhandled);
+    try {
+      const inner = new ScriptedMonitor({ 'query-fdsets': { ok: [] } });
+      const slow = Object.assign(Object.create(inner) as ScriptedMonitor, {
+        execute: async <T>(command: string, args?: Record<string, unknown>): Promise<T> => {
+          const p = inner.execute<T>(command, args);
+          if (command === 'blockdev-del') await new Promise((r) => setTimeout(r, 60));
+          return p;
+        },
+      });
+      await releaseBacked(slow, 'disk-a', {});
+      await new Promise((r) => setTimeout(r, 50));
+    } finally {
+      process.off('unhandledRejection', onUnhandled);
+    }
+    assert.deepEqual(unhandled, []);
+  });
 });

@@ -164,19 +164,18 @@ export async function deleteBlockNode(mon: Monitor, id: string): Promise<void> {
   const deadline = Date.now() + NODE_RELEASE_MS;
   for (;;) {
     const finalized = mon.waitForEvent((e) => isDeletionOf(id, e), NODE_RETRY_MS, `release of block node ${id}`);
-    // Handled at once: the wait may time out while blockdev-del is still
-    // under way, and an unhandled rejection would end the daemon.
-    const ended = finalized.promise.then(
+    // Handled at once: the wait may end (time out) while blockdev-del is still running (an RBD image's close).
+    const waited = finalized.promise.then(
       () => undefined,
-      (e: unknown) => (e instanceof QmpTimeoutError ? undefined : e), // anything else: the monitor went away
+      (e: unknown) => (e instanceof QmpTimeoutError ? undefined : e),
     );
     try {
       await ignoreNotFound(mon.execute('blockdev-del', { 'node-name': id }));
       return;
     } catch (err) {
       if (!(err instanceof QmpCommandError && NODE_IN_USE.test(err.message)) || Date.now() >= deadline) throw err;
-      const gone = await ended;
-      if (gone !== undefined) throw gone;
+      const gone = await waited;
+      if (gone) throw gone; // the monitor went away
     } finally {
       finalized.cancel();
     }

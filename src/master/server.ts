@@ -11,8 +11,7 @@ import { CHANNEL_LIMITS, guardService } from '../common/rpc-guard';
 import type { CertFacts, CertRole } from '../common/cert-roles';
 import { CertStore, revokedMessage } from './config/cert-store';
 import { RENEW_CRYPTO_OP, runRenewCrypto } from './jobs/renew-crypto';
-import { loadProto } from '../common/proto';
-import type { ProtoGrpcType as MasterProto } from '../generated/master';
+import { loadMasterProto } from '../common/proto';
 import type { MasterHandlers } from '../generated/gnt/master/v1/Master';
 import type { Job } from '../generated/gnt/master/v1/Job';
 import type { Instance } from '../generated/gnt/master/v1/Instance';
@@ -36,7 +35,7 @@ import type { InstanceDetails } from '../generated/gnt/master/v1/InstanceDetails
 import { checkAddress, UsageError } from './validate';
 import { VERIFY_OP, Verifier } from './verify';
 
-export const loadMasterProto = (): MasterProto => loadProto<MasterProto>('master.proto');
+export { loadMasterProto };
 
 function toJob(row: JobRow, log?: { seq: number; time: string; message: string }[]): Job {
   return {

@@ -8,6 +8,7 @@
  *   pki/master.pem, .key  the master's certificate (server, and client to nodes)
  *   pki/cli.pem, .key     the CLI's client certificate
  *   pki/old-ca-TIME/      an earlier CA kept after renew-crypto --new-ca
+ *   masterd.sock          the master's local socket for the CLI (0600; local-socket.ts)
  *
  * Each certificate carries its role as a SAN URI (common/cert-roles.ts):
  * urn:gnt-hotplug:master, urn:gnt-hotplug:cli, urn:gnt-hotplug:node:NAME.
@@ -57,6 +58,10 @@ export class ClusterDir {
   }
   get masterIdentity(): Identity {
     return { ca: this.ca.cert, cert: path.join(this.pkiDir, 'master.pem'), key: path.join(this.pkiDir, 'master.key') };
+  }
+  /** The master's local unix socket for the CLI (master/local-socket.ts). */
+  get localSocket(): string {
+    return path.join(this.dir, 'masterd.sock');
   }
   get cliIdentity(): Identity {
     return { ca: this.ca.cert, cert: path.join(this.pkiDir, 'cli.pem'), key: path.join(this.pkiDir, 'cli.key') };

@@ -78,6 +78,22 @@ export function probeSocket(socketPath: string, timeoutMs = PROBE_TIMEOUT_MS): P
   });
 }
 
+/**
+ * Fails when a live master answers on `socketPath`: gnt-masterd checks this
+ * before it opens the configuration, so a second master stops before it
+ * touches anything (installSocket checks again when it binds).
+ */
+export async function refuseLiveMaster(socketPath: string): Promise<void> {
+  let st: fs.Stats;
+  try {
+    st = fs.lstatSync(socketPath);
+  } catch {
+    return;
+  }
+  if (st.isSocket() && (await probeSocket(socketPath)) === 'live')
+    throw new LocalSocketError(`another gnt-masterd is serving on ${socketPath}; stop it first (${DISABLE_HINT})`);
+}
+
 /** What an installed socket needs at a clean stop. */
 export interface InstalledSocket {
   path: string;

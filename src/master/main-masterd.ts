@@ -22,6 +22,7 @@
 import * as path from 'node:path';
 import { ClusterDir } from './cluster-dir';
 import { MasterDaemon } from './server';
+import { refuseLiveMaster } from './local-socket';
 import { parseArgs } from './cli/args';
 import { checkCount, UsageError } from './validate';
 import type { ParsedArgs } from './cli/args';
@@ -72,6 +73,7 @@ export async function masterdMain(argv: string[]): Promise<number> {
   try {
     const maxInFlight = args.value('max-in-flight') ?? process.env.GNT_MASTERD_MAX_IN_FLIGHT;
     const socket = localSocket(args, dir);
+    if (socket) await refuseLiveMaster(socket);
     master = new MasterDaemon({
       clusterDir: dir, listen: args.value('listen'), ...timings(args),
       ...(socket ? { localSocket: socket } : {}),

@@ -22,6 +22,9 @@ import type { ProtoGrpcType as MasterProto } from '../generated/master';
 export const PROTO_DIR = path.resolve(__dirname, '../../../proto');
 export const CODECS_DIR = path.resolve(__dirname, '../../codecs');
 
+/** Largest message a daemon or client sends or accepts (4 MiB, gRPC's usual default made explicit). */
+export const MAX_MESSAGE_BYTES = 4 * 1024 * 1024;
+
 /** What proto-loader is given, and what toObject is given here (types: src/generated). */
 export const LOADER_OPTIONS = {
   keepCase: false,

@@ -25,8 +25,9 @@ import * as grpc from '@grpc/grpc-js';
 import { CertRoleError, describeRole, peerFacts, type CertFacts, type CertRole } from './cert-roles';
 import { boundedDetails, excerpt } from './excerpt';
 
-/** Largest message a daemon or client sends or accepts (4 MiB, gRPC's usual default made explicit). */
-export const MAX_MESSAGE_BYTES = 4 * 1024 * 1024;
+import { MAX_MESSAGE_BYTES } from './proto';
+
+export { MAX_MESSAGE_BYTES };
 
 /** Channel and server options every gnt-hotplug server and client uses. */
 export const CHANNEL_LIMITS: grpc.ChannelOptions = {

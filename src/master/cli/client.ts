@@ -4,15 +4,19 @@
  * GNT_MASTER_SOCKET): no certificate, the caller is the local
  * administrator. Elsewhere, or with GNT_CLI_TRANSPORT=tls: mutual TLS with
  * the CLI certificate of the cluster dir.
+ *
+ * The socket is spoken by light-client.ts over Node's own HTTP/2, so a
+ * command on the master loads neither @grpc/grpc-js nor the TLS stack;
+ * TLS uses grpc-js, loaded only then (GNT_CLI_CLIENT=grpc-js uses grpc-js on
+ * the socket too, to compare the two).
  */
-import * as grpc from '@grpc/grpc-js';
+import type * as grpc from '@grpc/grpc-js';
 import * as fs from 'node:fs';
-import { CHANNEL_LIMITS } from '../../common/rpc-guard';
 import type { MasterClient } from '../../generated/gnt/master/v1/Master';
 import type { Job__Output } from '../../generated/gnt/master/v1/Job';
 import type { SubmitJobRequest } from '../../generated/gnt/master/v1/SubmitJobRequest';
 import type { ClusterDir } from '../cluster-dir';
-import { loadMasterProto } from '../../common/proto';
+import { LightChannel, lightClient, Status } from './light-client';
 
 export class CliError extends Error {
   constructor(message: string, readonly exitCode = 1) {
@@ -46,10 +50,12 @@ export function chooseTransport(dir: ClusterDir): { transport: Transport; socket
 
 export function connectMaster(dir: ClusterDir): { client: MasterClient; address: string } {
   const { transport, socket } = chooseTransport(dir);
-  const Ctor = loadMasterProto().gnt.master.v1.Master;
   if (transport === 'socket') {
     const address = `unix:${socket}`;
-    return { client: new Ctor(address, grpc.credentials.createInsecure(), CHANNEL_LIMITS), address };
+    if (process.env.GNT_CLI_CLIENT !== 'grpc-js')
+      return { client: lightClient(new LightChannel(socket), 'master.proto', 'gnt.master.v1.Master') as unknown as MasterClient, address };
+    const { grpcJs, Ctor, limits } = grpcMaster();
+    return { client: new Ctor(address, grpcJs.credentials.createInsecure(), limits), address };
   }
   const { master_address: address } = dir.readClusterFile();
   const id = dir.cliIdentity;
@@ -62,7 +68,16 @@ export function connectMaster(dir: ClusterDir): { client: MasterClient; address:
   } catch (err) {
     throw new CliError(`cannot read the CLI certificate: ${(err as Error).message}`);
   }
-  return { client: new Ctor(address, grpc.credentials.createSsl(tls.ca, tls.key, tls.cert), CHANNEL_LIMITS), address };
+  const { grpcJs, Ctor, limits } = grpcMaster();
+  return { client: new Ctor(address, grpcJs.credentials.createSsl(tls.ca, tls.key, tls.cert), limits), address };
+}
+
+/** grpc-js and the Master client constructor, loaded on first use. */
+function grpcMaster() {
+  const grpcJs = require('@grpc/grpc-js') as typeof grpc;
+  const { loadMasterProto } = require('../../common/proto') as typeof import('../../common/proto');
+  const { CHANNEL_LIMITS } = require('../../common/rpc-guard') as typeof import('../../common/rpc-guard');
+  return { grpcJs, Ctor: loadMasterProto().gnt.master.v1.Master, limits: CHANNEL_LIMITS };
 }
 
 type Unary<Req, Rep> = (req: Req, options: grpc.CallOptions, cb: grpc.requestCallback<Rep>) => grpc.ClientUnaryCall;
@@ -76,8 +91,8 @@ export function call<Req, Rep>(client: MasterClient, address: string, method: ke
 
 export function masterError(err: grpc.ServiceError, address: string): CliError {
   const detail = (err.details || err.message).replace(/\s*Resolution note:\s*$/, '').trim();
-  if (err.code === grpc.status.UNAVAILABLE) return new CliError(`cannot reach the master at ${address}: ${detail} (is gnt-masterd running?)`);
-  if (err.code === grpc.status.DEADLINE_EXCEEDED) return new CliError(`the master at ${address} did not answer in time`);
+  if (err.code === Status.UNAVAILABLE) return new CliError(`cannot reach the master at ${address}: ${detail} (is gnt-masterd running?)`);
+  if (err.code === Status.DEADLINE_EXCEEDED) return new CliError(`the master at ${address} did not answer in time`);
   return new CliError(detail, 1);
 }
 

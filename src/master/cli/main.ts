@@ -6,12 +6,13 @@
  * stderr as one line "Failure: ...".
  *
  * Only the program's own command group is loaded (and gnt-masterd's daemon
- * code only for gnt-masterd): a CLI line pays for what it runs.
+ * code only for gnt-masterd): a CLI line pays for what it runs. Before
+ * anything else is loaded, a CLI command installs the V8 code cache
+ * (common/compile-cache.ts); gnt-masterd does not.
  */
 import * as path from 'node:path';
-import { parseCommand, type CommandGroup } from './common';
-import { CliError } from './client';
-import { UsageError } from '../validate';
+import type { CommandGroup } from './common';
+import { installCompileCache } from '../../common/compile-cache';
 
 const GROUPS: Record<string, () => CommandGroup> = {
   'gnt-cluster': () => (require('./cluster') as typeof import('./cluster')).clusterCommands,
@@ -38,6 +39,10 @@ export async function main(argv: string[]): Promise<number> {
     rest = argv.slice(1);
   }
   if (prog === 'gnt-masterd') return (require('../main-masterd') as typeof import('../main-masterd')).masterdMain(rest);
+  installCompileCache();
+  const { parseCommand } = require('./common') as typeof import('./common');
+  const { CliError } = require('./client') as typeof import('./client');
+  const { UsageError } = require('../validate') as typeof import('../validate');
   const load = Object.prototype.hasOwnProperty.call(GROUPS, prog) ? GROUPS[prog] : undefined;
   if (!load) {
     process.stderr.write(`Failure: unknown program "${prog}"; use one of ${[...Object.keys(GROUPS), 'gnt-masterd'].join(', ')}\n`);

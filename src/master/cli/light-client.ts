@@ -127,7 +127,8 @@ export class LightChannel {
     };
     if (options.deadline !== undefined) {
       const ms = Math.max(1, Math.ceil(Number(options.deadline) - Date.now()));
-      headers['grpc-timeout'] = `${ms}m`;
+      // The gRPC timeout header has at most 8 digits.
+      headers['grpc-timeout'] = ms <= 99_999_999 ? `${ms}m` : `${Math.min(99_999_999, Math.ceil(ms / 1000))}S`;
       timer = setTimeout(() => end(new LightCallError(Status.DEADLINE_EXCEEDED, 'Deadline exceeded')), ms);
     }
     const session = this.open();

@@ -4,7 +4,8 @@
  * proto/*.proto, so that no process parses .proto files at run time
  * (src/common/proto.ts loads what this writes).
  *
- * For each proto/NAME.proto it writes into dist/codecs/:
+ * For each proto/NAME.proto it writes into dist/src/codecs/ (beside the
+ * compiled code, so that a copy of dist/src carries them):
  *   NAME.js            protobufjs static code (pbjs -t static-module) with
  *                      encode, decode, fromObject and toObject per message
  *   NAME.services.json the file's services: per method its request and
@@ -22,7 +23,7 @@ const { pbjs } = require('protobufjs-cli');
 
 const REPO = path.resolve(__dirname, '..');
 const PROTO_DIR = path.join(REPO, 'proto');
-const OUT_DIR = path.join(REPO, 'dist', 'codecs');
+const OUT_DIR = path.join(REPO, 'dist', 'src', 'codecs');
 
 function runPbjs(args) {
   return new Promise((resolve, reject) => pbjs.main(args, (err, out) => (err ? reject(err) : resolve(out))));

@@ -1,6 +1,6 @@
 /**
  * The gRPC contracts of proto/*.proto, from static codecs made at build time
- * (scripts/gen-codecs.js writes dist/codecs/NAME.js and
+ * (scripts/gen-codecs.js writes dist/src/codecs/NAME.js and
  * NAME.services.json): nothing parses a .proto file at run time.
  *
  * A message crosses the wire exactly as @grpc/proto-loader would carry it
@@ -20,7 +20,7 @@ import type { ProtoGrpcType as NodeProto } from '../generated/node';
 import type { ProtoGrpcType as MasterProto } from '../generated/master';
 
 export const PROTO_DIR = path.resolve(__dirname, '../../../proto');
-export const CODECS_DIR = path.resolve(__dirname, '../../codecs');
+export const CODECS_DIR = path.resolve(__dirname, '../codecs');
 
 /** Largest message a daemon or client sends or accepts (4 MiB, gRPC's usual default made explicit). */
 export const MAX_MESSAGE_BYTES = 4 * 1024 * 1024;

@@ -101,6 +101,14 @@ export function altNamesOf(san: string): { dns: string[]; ip: string[] } {
   };
 }
 
+/**
+ * The caller on the master's local unix socket (master/local-socket.ts):
+ * root on the master node, who presents no certificate and has the rights
+ * of the cluster's CLI certificate. Its fingerprint is no certificate's, so
+ * no revocation applies to it.
+ */
+export const LOCAL_ADMIN: CertFacts = Object.freeze({ role: CLI_ROLE, fingerprint: 'local-socket', subjectAltName: '' });
+
 /** Role and fingerprint of a PEM certificate (the first in the text). */
 export function certFacts(pem: Buffer | string): CertFacts {
   const x = new crypto.X509Certificate(pem);

@@ -3,7 +3,8 @@
  * handler runs, in one wrapper around a service definition and its handlers
  * (used by src/noded/server.ts and src/master/server.ts):
  *
- *  1. who: the peer certificate's role (cert-roles.ts) must be allowed for
+ *  1. who: the peer certificate's role (cert-roles.ts), or the local
+ *     administrator on the master's unix socket (policy.caller), must be allowed for
  *     the method (policy.allow); no usable certificate or no role is
  *     UNAUTHENTICATED, a role not allowed or a revoked certificate is
  *     PERMISSION_DENIED, the message naming the role presented and what is
@@ -24,8 +25,9 @@ import * as grpc from '@grpc/grpc-js';
 import { CertRoleError, describeRole, peerFacts, type CertFacts, type CertRole } from './cert-roles';
 import { boundedDetails, excerpt } from './excerpt';
 
-/** Largest message a daemon or client sends or accepts (4 MiB, gRPC's usual default made explicit). */
-export const MAX_MESSAGE_BYTES = 4 * 1024 * 1024;
+import { MAX_MESSAGE_BYTES } from './proto';
+
+export { MAX_MESSAGE_BYTES };
 
 /** Channel and server options every gnt-hotplug server and client uses. */
 export const CHANNEL_LIMITS: grpc.ChannelOptions = {
@@ -57,6 +59,12 @@ export interface GuardPolicy {
   longFields?: Record<string, string[]>;
   /** Refusals are reported here (one line each). */
   log?: (line: string) => void;
+  /**
+   * Who the caller is. Default: the TLS peer certificate (callerOf). The
+   * master's local unix socket, which only root can open, answers
+   * cert-roles.ts LOCAL_ADMIN: never give this for a TCP listener.
+   */
+  caller?: (call: { getAuthContext(): { sslPeerCertificate?: object } | null }) => CertFacts;
 }
 
 /** The error a guard check raises, with its status code. */
@@ -161,7 +169,7 @@ export function guardService(definition: grpc.ServiceDefinition, handlers: objec
 
     /** Runs the checks; returns the caller's fingerprint, or throws a GuardError. */
     const admit = (call: AnyCall): string => {
-      const caller = callerOf(call as unknown as Parameters<typeof callerOf>[0]);
+      const caller = (policy.caller ?? callerOf)(call as unknown as Parameters<typeof callerOf>[0]);
       const needed = policy.allow(method, caller.role);
       if (needed)
         throw new GuardError(grpc.status.PERMISSION_DENIED, `${policy.service}: ${method} needs ${needed}; the caller presented the certificate of ${describeRole(caller.role)}`);

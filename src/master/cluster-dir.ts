@@ -8,6 +8,7 @@
  *   pki/master.pem, .key  the master's certificate (server, and client to nodes)
  *   pki/cli.pem, .key     the CLI's client certificate
  *   pki/old-ca-TIME/      an earlier CA kept after renew-crypto --new-ca
+ *   masterd.sock          the master's local socket for the CLI (0600; local-socket.ts)
  *
  * Each certificate carries its role as a SAN URI (common/cert-roles.ts):
  * urn:gnt-hotplug:master, urn:gnt-hotplug:cli, urn:gnt-hotplug:node:NAME.
@@ -16,11 +17,18 @@
  */
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { CLI_ROLE, MASTER_ROLE, nodeRole } from '../common/cert-roles';
-import { createCa, issueCertificate, writeFileDurably, type Identity } from '../common/pki';
-import { openDb, nowIso } from './config/db';
-import { ConfigStore } from './config/config-store';
+import type { Identity } from '../common/pki';
 import { checkAddress, checkName } from './validate';
+
+/*
+ * Certificates, the database and the role names are loaded only by the
+ * methods that make a cluster or certificates: every CLI command resolves
+ * a ClusterDir, few of them write one.
+ */
+const pki = () => require('../common/pki') as typeof import('../common/pki');
+const roles = () => require('../common/cert-roles') as typeof import('../common/cert-roles');
+const db = () => require('./config/db') as typeof import('./config/db');
+const configStore = () => require('./config/config-store') as typeof import('./config/config-store');
 
 export const DEFAULT_CLUSTER_DIR = '/var/lib/gnt-hotplug';
 
@@ -58,6 +66,10 @@ export class ClusterDir {
   get masterIdentity(): Identity {
     return { ca: this.ca.cert, cert: path.join(this.pkiDir, 'master.pem'), key: path.join(this.pkiDir, 'master.key') };
   }
+  /** The master's local unix socket for the CLI (master/local-socket.ts). */
+  get localSocket(): string {
+    return path.join(this.dir, 'masterd.sock');
+  }
   get cliIdentity(): Identity {
     return { ca: this.ca.cert, cert: path.join(this.pkiDir, 'cli.pem'), key: path.join(this.pkiDir, 'cli.key') };
   }
@@ -81,19 +93,22 @@ export class ClusterDir {
     checkName('node', options.name);
     if (this.exists() || fs.existsSync(this.dbFile))
       throw new Error(`${this.dir} already holds a cluster; remove it first or use another --cluster-dir`);
+    const { createCa, issueCertificate } = pki();
+    const { CLI_ROLE, MASTER_ROLE } = roles();
+    const { openDb, nowIso } = db();
     fs.mkdirSync(this.dir, { recursive: true, mode: 0o700 });
     fs.chmodSync(this.dir, 0o700);
     fs.mkdirSync(this.pkiDir, { recursive: true, mode: 0o700 });
     createCa(this.pkiDir, `gnt-hotplug CA ${options.name}`);
     issueCertificate(this.ca, this.pkiDir, 'master', MASTER_ROLE, masterAltNames(host));
     issueCertificate(this.ca, this.pkiDir, 'cli', CLI_ROLE, { dns: ['localhost'], ip: ['127.0.0.1'] });
-    const db = openDb(this.dbFile, { create: true });
-    const store = new ConfigStore(db);
+    const database = openDb(this.dbFile, { create: true });
+    const store = new (configStore().ConfigStore)(database);
     const file: ClusterFile = { name: options.name, master_address: options.masterAddress, created_at: nowIso() };
     store.setClusterValue('name', file.name);
     store.setClusterValue('master_address', file.master_address);
     store.setClusterValue('created_at', file.created_at);
-    db.close();
+    database.close();
     const tmp = `${this.clusterFile}.tmp-${process.pid}`;
     fs.writeFileSync(tmp, JSON.stringify(file, null, 2) + '\n', { mode: 0o600 });
     fs.renameSync(tmp, this.clusterFile);
@@ -110,6 +125,8 @@ export class ClusterDir {
     if (!fs.existsSync(this.ca.key)) throw new Error(`no cluster CA in ${this.pkiDir}: run "gnt-cluster init" first`);
     const { host } = checkAddress(this.readClusterFile().master_address, 'master address');
     const alt = masterAltNames(host);
+    const { issueCertificate, writeFileDurably } = pki();
+    const { CLI_ROLE, MASTER_ROLE } = roles();
     const staging = fs.mkdtempSync(path.join(this.pkiDir, 'local-'));
     try {
       const m = issueCertificate(this.ca, staging, 'master', MASTER_ROLE, alt);
@@ -134,7 +151,7 @@ export class ClusterDir {
     if (!fs.existsSync(this.ca.key)) throw new Error(`no cluster CA in ${this.pkiDir}: run "gnt-cluster init" first`);
     fs.mkdirSync(outDir, { recursive: true, mode: 0o700 });
     fs.chmodSync(outDir, 0o700);
-    const issued = issueCertificate(this.ca, outDir, name, nodeRole(name), {
+    const issued = pki().issueCertificate(this.ca, outDir, name, roles().nodeRole(name), {
       dns: alt.dns?.length ? alt.dns : [name, 'localhost'],
       ip: alt.ip?.length ? alt.ip : ['127.0.0.1'],
     });

@@ -1,8 +1,12 @@
 /**
  * gnt-masterd --cluster-dir DIR [--listen HOST:PORT] [--outcome-window-ms MS]
  *             [--converge-interval-ms MS] [--fence-after-ms MS] [--max-in-flight N]
+ *             [--local-socket PATH|none]
  *
- * Serves the master API with mutual TLS and runs jobs. Jobs left queued or
+ * Serves the master API with mutual TLS and runs jobs. The local CLI is
+ * also served without certificates on a unix socket only root can open
+ * (local-socket.ts): CLUSTER_DIR/masterd.sock unless --local-socket (or
+ * GNT_MASTERD_SOCKET) gives another path, or "none" for TLS only. Jobs left queued or
  * running by an earlier master are marked failed at start-up; the outcomes
  * of their operations are settled by the convergence loop (convergence.ts),
  * whose first pass runs before serving, and older interrupted jobs without
@@ -15,8 +19,10 @@
  * client certificate may have running at once (default 64); the excess is
  * answered RESOURCE_EXHAUSTED.
  */
+import * as path from 'node:path';
 import { ClusterDir } from './cluster-dir';
 import { MasterDaemon } from './server';
+import { refuseLiveMaster } from './local-socket';
 import { parseArgs } from './cli/args';
 import { checkCount, UsageError } from './validate';
 import type { ParsedArgs } from './cli/args';
@@ -39,12 +45,21 @@ function timings(args: ParsedArgs): Timings {
   return out;
 }
 
+/** The local socket's path, or undefined for "none". */
+function localSocket(args: ParsedArgs, dir: ClusterDir): string | undefined {
+  const given = args.value('local-socket') ?? process.env.GNT_MASTERD_SOCKET;
+  if (given === 'none') return undefined;
+  if (given === undefined || given === '') return dir.localSocket;
+  if (!path.isAbsolute(given)) throw new UsageError(`--local-socket (or GNT_MASTERD_SOCKET) must be an absolute path or "none", not "${given}"`);
+  return given;
+}
+
 export async function masterdMain(argv: string[]): Promise<number> {
   let args;
   try {
-    args = parseArgs(argv, { values: ['cluster-dir', 'listen', 'max-in-flight', ...Object.values(TIMINGS).map(([o]) => o)], flags: ['help'] });
+    args = parseArgs(argv, { values: ['cluster-dir', 'listen', 'max-in-flight', 'local-socket', ...Object.values(TIMINGS).map(([o]) => o)], flags: ['help'] });
     if (args.flags.has('help')) {
-      process.stdout.write('usage: gnt-masterd [--cluster-dir DIR] [--listen HOST:PORT] [--outcome-window-ms MS] [--converge-interval-ms MS] [--fence-after-ms MS] [--max-in-flight N]\n');
+      process.stdout.write('usage: gnt-masterd [--cluster-dir DIR] [--listen HOST:PORT] [--outcome-window-ms MS] [--converge-interval-ms MS] [--fence-after-ms MS] [--max-in-flight N] [--local-socket PATH|none]\n');
       return 0;
     }
     if (args.positional.length) throw new UsageError(`unexpected argument "${args.positional[0]}"`);
@@ -57,8 +72,12 @@ export async function masterdMain(argv: string[]): Promise<number> {
   let bound: string;
   try {
     const maxInFlight = args.value('max-in-flight') ?? process.env.GNT_MASTERD_MAX_IN_FLIGHT;
+    const socket = localSocket(args, dir);
+    if (socket) await refuseLiveMaster(socket);
     master = new MasterDaemon({
       clusterDir: dir, listen: args.value('listen'), ...timings(args),
+      ...(socket ? { localSocket: socket } : {}),
+      report: (line) => process.stderr.write(`gnt-masterd: ${line}\n`),
       ...(maxInFlight ? { maxInFlight: checkCount(maxInFlight, '--max-in-flight (or GNT_MASTERD_MAX_IN_FLIGHT)', 1, 10_000) } : {}),
     });
     for (const id of master.interrupted) process.stderr.write(`gnt-masterd: job ${id} was interrupted by a master restart; marked failed\n`);
@@ -71,6 +90,7 @@ export async function masterdMain(argv: string[]): Promise<number> {
     process.stderr.write(`Failure: ${(err as Error).message}\n`);
     return 1;
   }
+  if (master.localSocketPath) process.stderr.write(`gnt-masterd: the local CLI socket is ${master.localSocketPath}\n`);
   process.stdout.write(`gnt-masterd listening on ${bound}\n`);
   return new Promise<number>((resolve) => {
     const stop = (signal: string) => {

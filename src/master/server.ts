@@ -8,11 +8,10 @@ import * as grpc from '@grpc/grpc-js';
 import { LiveTls, readIdentity } from '../common/pki';
 import { boundedDetails } from '../common/excerpt';
 import { CHANNEL_LIMITS, guardService } from '../common/rpc-guard';
-import type { CertFacts, CertRole } from '../common/cert-roles';
+import { LOCAL_ADMIN, type CertFacts, type CertRole } from '../common/cert-roles';
 import { CertStore, revokedMessage } from './config/cert-store';
 import { RENEW_CRYPTO_OP, runRenewCrypto } from './jobs/renew-crypto';
-import { loadProto } from '../common/proto';
-import type { ProtoGrpcType as MasterProto } from '../generated/master';
+import { loadMasterProto } from '../common/proto';
 import type { MasterHandlers } from '../generated/gnt/master/v1/Master';
 import type { Job } from '../generated/gnt/master/v1/Job';
 import type { Instance } from '../generated/gnt/master/v1/Instance';
@@ -35,8 +34,10 @@ import { openOperations } from './jobs/operations';
 import type { InstanceDetails } from '../generated/gnt/master/v1/InstanceDetails';
 import { checkAddress, UsageError } from './validate';
 import { VERIFY_OP, Verifier } from './verify';
+import { checkSocketDir, checkSocketPath, installSocket, tmpSocketPath, type InstalledSocket } from './local-socket';
+import * as path from 'node:path';
 
-export const loadMasterProto = (): MasterProto => loadProto<MasterProto>('master.proto');
+export { loadMasterProto };
 
 function toJob(row: JobRow, log?: { seq: number; time: string; message: string }[]): Job {
   return {
@@ -84,6 +85,35 @@ export interface MasterOptions {
   fenceAfterMs?: number;
   /** Calls one client certificate may have running at once (default common/rpc-guard DEFAULT_MAX_IN_FLIGHT). */
   maxInFlight?: number;
+  /**
+   * Also serve the CLI on this unix socket, without certificates
+   * (local-socket.ts; gnt-masterd's default is ClusterDir.localSocket).
+   * Unset: TCP with mutual TLS only.
+   */
+  localSocket?: string;
+  /** Lines about the local socket (a stale one removed). */
+  report?: (line: string) => void;
+}
+
+/** Binds `server` to `address`; resolves to the port. */
+function bind(server: grpc.Server, address: string, creds: grpc.ServerCredentials): Promise<number> {
+  return new Promise<number>((resolve, reject) =>
+    server.bindAsync(address, creds, (err, p) => (err ? reject(new Error(`cannot listen on ${address}: ${err.message}`)) : resolve(p))),
+  );
+}
+
+/** Lets running calls finish for up to 2 s, then cuts them. */
+function shutdown(s: grpc.Server): Promise<void> {
+  return new Promise<void>((resolve) => {
+    const t = setTimeout(() => {
+      s.forceShutdown();
+      resolve();
+    }, 2000);
+    s.tryShutdown(() => {
+      clearTimeout(t);
+      resolve();
+    });
+  });
 }
 
 export class MasterDaemon {
@@ -101,6 +131,8 @@ export class MasterDaemon {
   readonly inflight = new Set<string>();
   private convergence?: Convergence;
   private server?: grpc.Server;
+  private localServer?: grpc.Server;
+  private local?: InstalledSocket;
   /** Ids of the jobs found unfinished at start-up and marked failed. */
   readonly interrupted: number[];
 
@@ -188,37 +220,54 @@ export class MasterDaemon {
     const address = this.options.listen ?? this.options.clusterDir.readClusterFile().master_address;
     const { host } = checkAddress(address.replace(/:0$/, ':1'), 'master address');
     this.liveTls = new LiveTls(readIdentity(this.options.clusterDir.masterIdentity));
-    const guarded = guardService(loadMasterProto().gnt.master.v1.Master.service, this.handlers(), {
+    const handlers = this.handlers();
+    const server = this.guardedServer(handlers);
+    const port = await bind(server, address, this.liveTls.serverCredentials());
+    this.server = server;
+    // After the TCP address: a second master of this cluster has already failed there.
+    if (this.options.localSocket) await this.listenLocal(this.options.localSocket, handlers);
+    return `${host}:${port}`;
+  }
+
+  /** The path of the local socket being served, if any. */
+  get localSocketPath(): string | undefined {
+    return this.local?.path;
+  }
+
+  /** A server with the Master service, every call through rpc-guard; `caller` for the local socket. */
+  private guardedServer(handlers: MasterHandlers, caller?: () => CertFacts): grpc.Server {
+    const guarded = guardService(loadMasterProto().gnt.master.v1.Master.service, handlers, {
       service: 'master',
       allow: masterPolicy,
       refuse: (facts) => this.refusal(facts),
       ...(this.options.maxInFlight ? { maxInFlight: this.options.maxInFlight } : {}),
       log: (line) => process.stderr.write(`gnt-masterd: ${line}\n`),
+      ...(caller ? { caller } : {}),
     });
     const server = new grpc.Server(CHANNEL_LIMITS);
     server.addService(guarded.definition, guarded.handlers);
-    const creds = this.liveTls.serverCredentials();
-    const port = await new Promise<number>((resolve, reject) =>
-      server.bindAsync(address, creds, (err, p) => (err ? reject(new Error(`cannot listen on ${address}: ${err.message}`)) : resolve(p))),
-    );
-    this.server = server;
-    return `${host}:${port}`;
+    return server;
+  }
+
+  /** Serves the CLI without certificates on a 0600 unix socket (local-socket.ts). */
+  private async listenLocal(socketPath: string, handlers: MasterHandlers): Promise<void> {
+    checkSocketPath(socketPath);
+    checkSocketDir(path.dirname(socketPath));
+    const tmp = tmpSocketPath(socketPath);
+    const server = this.guardedServer(handlers, () => LOCAL_ADMIN);
+    try {
+      await bind(server, `unix:${tmp}`, grpc.ServerCredentials.createInsecure());
+      this.local = await installSocket(tmp, socketPath, this.options.report);
+    } catch (err) {
+      server.forceShutdown();
+      throw err;
+    }
+    this.localServer = server;
   }
 
   async close(): Promise<void> {
-    if (this.server) {
-      const s = this.server;
-      await new Promise<void>((resolve) => {
-        const t = setTimeout(() => {
-          s.forceShutdown();
-          resolve();
-        }, 2000);
-        s.tryShutdown(() => {
-          clearTimeout(t);
-          resolve();
-        });
-      });
-    }
+    this.local?.remove();
+    await Promise.all([this.server, this.localServer].map((s) => (s ? shutdown(s) : undefined)));
     await this.convergence?.stop();
     const running = this.queue.runningIds();
     this.rpc.close();

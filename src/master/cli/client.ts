@@ -1,13 +1,22 @@
-/** The CLI's connection to gnt-masterd: mutual TLS with the CLI certificate of the cluster dir. */
-import * as grpc from '@grpc/grpc-js';
+/**
+ * The CLI's connection to gnt-masterd. On the master node, as root, the
+ * master's local unix socket (CLUSTER_DIR/masterd.sock, or
+ * GNT_MASTER_SOCKET): no certificate, the caller is the local
+ * administrator. Elsewhere, or with GNT_CLI_TRANSPORT=tls: mutual TLS with
+ * the CLI certificate of the cluster dir.
+ *
+ * The socket is spoken by light-client.ts over Node's own HTTP/2, so a
+ * command on the master loads neither @grpc/grpc-js nor the TLS stack;
+ * TLS uses grpc-js, loaded only then (GNT_CLI_CLIENT=grpc-js uses grpc-js on
+ * the socket too, to compare the two).
+ */
+import type * as grpc from '@grpc/grpc-js';
 import * as fs from 'node:fs';
-import { readIdentity } from '../../common/pki';
-import { CHANNEL_LIMITS } from '../../common/rpc-guard';
 import type { MasterClient } from '../../generated/gnt/master/v1/Master';
 import type { Job__Output } from '../../generated/gnt/master/v1/Job';
 import type { SubmitJobRequest } from '../../generated/gnt/master/v1/SubmitJobRequest';
-import { ClusterDir } from '../cluster-dir';
-import { loadMasterProto } from '../server';
+import type { ClusterDir } from '../cluster-dir';
+import { LightChannel, lightClient, Status } from './light-client';
 
 export class CliError extends Error {
   constructor(message: string, readonly exitCode = 1) {
@@ -16,19 +25,59 @@ export class CliError extends Error {
   }
 }
 
+export type Transport = 'socket' | 'tls';
+
+/**
+ * Which way to the master: GNT_CLI_TRANSPORT "tls" or "socket" forces one;
+ * otherwise the local socket when it exists and this user may open it.
+ */
+export function chooseTransport(dir: ClusterDir): { transport: Transport; socket: string } {
+  const socket = process.env.GNT_MASTER_SOCKET || dir.localSocket;
+  const forced = process.env.GNT_CLI_TRANSPORT;
+  if (forced && forced !== 'tls' && forced !== 'socket' && forced !== 'auto')
+    throw new CliError(`GNT_CLI_TRANSPORT must be "tls", "socket" or "auto", not "${forced}"`, 2);
+  if (forced === 'tls' || forced === 'socket') return { transport: forced, socket };
+  try {
+    if (fs.statSync(socket).isSocket()) {
+      fs.accessSync(socket, fs.constants.R_OK | fs.constants.W_OK);
+      return { transport: 'socket', socket };
+    }
+  } catch {
+    /* no socket here, or not ours to open: TLS */
+  }
+  return { transport: 'tls', socket };
+}
+
 export function connectMaster(dir: ClusterDir): { client: MasterClient; address: string } {
+  const { transport, socket } = chooseTransport(dir);
+  if (transport === 'socket') {
+    const address = `unix:${socket}`;
+    if (process.env.GNT_CLI_CLIENT !== 'grpc-js')
+      return { client: lightClient(new LightChannel(socket), 'master.proto', 'gnt.master.v1.Master') as unknown as MasterClient, address };
+    const { grpcJs, Ctor, limits } = grpcMaster();
+    return { client: new Ctor(address, grpcJs.credentials.createInsecure(), limits), address };
+  }
   const { master_address: address } = dir.readClusterFile();
   const id = dir.cliIdentity;
   for (const f of [id.ca, id.cert, id.key])
     if (!fs.existsSync(f)) throw new CliError(`missing ${f}: the CLI certificate of the cluster is needed to talk to the master`);
   let tls;
   try {
-    tls = readIdentity(id);
+    // pki (and its crypto) only for TLS.
+    tls = (require('../../common/pki') as typeof import('../../common/pki')).readIdentity(id);
   } catch (err) {
     throw new CliError(`cannot read the CLI certificate: ${(err as Error).message}`);
   }
-  const Ctor = loadMasterProto().gnt.master.v1.Master;
-  return { client: new Ctor(address, grpc.credentials.createSsl(tls.ca, tls.key, tls.cert), CHANNEL_LIMITS), address };
+  const { grpcJs, Ctor, limits } = grpcMaster();
+  return { client: new Ctor(address, grpcJs.credentials.createSsl(tls.ca, tls.key, tls.cert), limits), address };
+}
+
+/** grpc-js and the Master client constructor, loaded on first use. */
+function grpcMaster() {
+  const grpcJs = require('@grpc/grpc-js') as typeof grpc;
+  const { loadMasterProto } = require('../../common/proto') as typeof import('../../common/proto');
+  const { CHANNEL_LIMITS } = require('../../common/rpc-guard') as typeof import('../../common/rpc-guard');
+  return { grpcJs, Ctor: loadMasterProto().gnt.master.v1.Master, limits: CHANNEL_LIMITS };
 }
 
 type Unary<Req, Rep> = (req: Req, options: grpc.CallOptions, cb: grpc.requestCallback<Rep>) => grpc.ClientUnaryCall;
@@ -42,8 +91,8 @@ export function call<Req, Rep>(client: MasterClient, address: string, method: ke
 
 export function masterError(err: grpc.ServiceError, address: string): CliError {
   const detail = (err.details || err.message).replace(/\s*Resolution note:\s*$/, '').trim();
-  if (err.code === grpc.status.UNAVAILABLE) return new CliError(`cannot reach the master at ${address}: ${detail} (is gnt-masterd running?)`);
-  if (err.code === grpc.status.DEADLINE_EXCEEDED) return new CliError(`the master at ${address} did not answer in time`);
+  if (err.code === Status.UNAVAILABLE) return new CliError(`cannot reach the master at ${address}: ${detail} (is gnt-masterd running?)`);
+  if (err.code === Status.DEADLINE_EXCEEDED) return new CliError(`the master at ${address} did not answer in time`);
   return new CliError(detail, 1);
 }
 

@@ -4,22 +4,21 @@
  *   main.js gnt-instance modify --net add web1
  * Exit codes: 0 ok, 1 error or failed job, 2 usage error. Errors go to
  * stderr as one line "Failure: ...".
+ *
+ * Only the program's own command group is loaded (and gnt-masterd's daemon
+ * code only for gnt-masterd): a CLI line pays for what it runs. Before
+ * anything else is loaded, a CLI command installs the V8 code cache
+ * (common/compile-cache.ts); gnt-masterd does not.
  */
 import * as path from 'node:path';
-import { clusterCommands } from './cluster';
-import { nodeCommands } from './node';
-import { instanceCommands } from './instance';
-import { jobCommands } from './job';
-import { parseCommand, type CommandGroup } from './common';
-import { CliError } from './client';
-import { UsageError } from '../validate';
-import { masterdMain } from '../main-masterd';
+import type { CommandGroup } from './common';
+import { installCompileCache } from '../../common/compile-cache';
 
-const GROUPS: Record<string, CommandGroup> = {
-  'gnt-cluster': clusterCommands,
-  'gnt-node': nodeCommands,
-  'gnt-instance': instanceCommands,
-  'gnt-job': jobCommands,
+const GROUPS: Record<string, () => CommandGroup> = {
+  'gnt-cluster': () => (require('./cluster') as typeof import('./cluster')).clusterCommands,
+  'gnt-node': () => (require('./node') as typeof import('./node')).nodeCommands,
+  'gnt-instance': () => (require('./instance') as typeof import('./instance')).instanceCommands,
+  'gnt-job': () => (require('./job') as typeof import('./job')).jobCommands,
 };
 
 const oneLine = (s: string): string => s.replace(/\s*\n\s*/g, '; ').trim();
@@ -35,16 +34,21 @@ export async function main(argv: string[]): Promise<number> {
   process.noDeprecation = true;
   let prog = path.basename(process.argv[1] ?? '').replace(/\.js$/, '');
   let rest = argv;
-  if (argv[0] && (argv[0] in GROUPS || argv[0] === 'gnt-masterd')) {
+  if (argv[0] && (Object.prototype.hasOwnProperty.call(GROUPS, argv[0]) || argv[0] === 'gnt-masterd')) {
     prog = argv[0];
     rest = argv.slice(1);
   }
-  if (prog === 'gnt-masterd') return masterdMain(rest);
-  const group = GROUPS[prog];
-  if (!group) {
+  if (prog === 'gnt-masterd') return (require('../main-masterd') as typeof import('../main-masterd')).masterdMain(rest);
+  installCompileCache();
+  const { parseCommand } = require('./common') as typeof import('./common');
+  const { CliError } = require('./client') as typeof import('./client');
+  const { UsageError } = require('../validate') as typeof import('../validate');
+  const load = Object.prototype.hasOwnProperty.call(GROUPS, prog) ? GROUPS[prog] : undefined;
+  if (!load) {
     process.stderr.write(`Failure: unknown program "${prog}"; use one of ${[...Object.keys(GROUPS), 'gnt-masterd'].join(', ')}\n`);
     return 2;
   }
+  const group = load();
   const sub = rest[0];
   if (!sub || sub === '--help' || sub === '-h' || sub === 'help') {
     (sub ? process.stdout : process.stderr).write(groupUsage(prog, group));

@@ -4,7 +4,7 @@ import { positionals } from './common';
 import { call, connectMaster } from './client';
 import { json } from './output';
 import { checkName } from '../validate';
-import { formatLine, type Line } from '../verify';
+import type { Line } from '../verify';
 import type { ClusterDir } from '../cluster-dir';
 import type { VerifyReport__Output } from '../../generated/gnt/master/v1/VerifyReport';
 import type { VerifyRequest } from '../../generated/gnt/master/v1/VerifyRequest';
@@ -18,6 +18,8 @@ async function runVerify(dir: ClusterDir, req: VerifyRequest, output: string): P
     const r = await call<VerifyRequest, VerifyReport__Output>(client, address, 'Verify', req, VERIFY_TIMEOUT_MS);
     if (output === 'json') process.stdout.write(json(r));
     else {
+      // The master's verifier (config store, node RPC) is loaded only for its formatter, and only here.
+      const { formatLine } = require('../verify') as typeof import('../verify');
       for (const l of r.lines) process.stdout.write(`${formatLine(l as Line)}\n`);
       const notes = r.lines.filter((l) => l.severity === 'NOTE').length;
       const repaired = r.differences - r.unrepaired;

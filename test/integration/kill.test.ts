@@ -543,7 +543,7 @@ describe('kill test: gnt-noded and gnt-masterd SIGKILLed during hotplug jobs, ze
   const qemuFds = (f: FdSample): number => f.count - (f.kinds.tcp ?? 0);
   /** A layout: what decides how many fds gnt-noded and QEMU should hold. */
   const layout = (s: Snapshot): string =>
-    `nics=${s.rt.nics.length},disks=${s.rt.disks.length} (scsi ${s.rt.disks.filter((x) => x.flavour === 'scsi').length}, pmem ${s.rt.disks.filter((x) => x.flavour === 'pmem').length}, rbd ${s.rt.disks.filter((x) => x.rbdImage).length}),vcpus=${s.rt.vcpus},dimms=${s.rt.dimms.length}`;
+    `nics=${s.rt.nics.length},disks=${s.rt.disks.length} (scsi ${s.rt.disks.filter((x) => x.flavour === 'scsi').length}, pmem ${s.rt.disks.filter((x) => x.flavour === 'pmem').length}, rbd ${s.rt.disks.filter((x) => x.rbdImage).length}${s.rt.scsiController ? ', SCSI controller' : ''}),vcpus=${s.rt.vcpus},dimms=${s.rt.dimms.length}`;
 
   /** The maxmem room the instance's pmem devices hold (they share it with DIMMs). */
   const pmemMiB = (s: Snapshot): number => (s.cfg?.disks ?? []).filter((d) => d.flavour === 'pmem').reduce((n, d) => n + d.sizeBytes / 2 ** 20, 0);

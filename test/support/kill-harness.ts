@@ -370,6 +370,8 @@ export interface RuntimeView {
   cpuThreads?: { pid: number; created: number };
   /** Operation records (issue 10's journal), if the file has any. */
   operations: RtOperation[];
+  /** The virtio-scsi controller is recorded: while QEMU runs it stays when its last LUN goes or when the LUN add that brought it rolled back. */
+  scsiController?: boolean;
   migration?: unknown;
 }
 
@@ -434,6 +436,7 @@ export function readRuntime(file: string): RuntimeView {
     ...(r.pendingMemoryMiB !== undefined ? { pendingMemoryMiB: num(r.pendingMemoryMiB) } : {}),
     ...(ct ? { cpuThreads: ct } : {}),
     operations,
+    ...(isObj(raw.scsi_controller) ? { scsiController: true } : {}),
     ...(raw.migration ? { migration: raw.migration } : {}),
   };
 }

@@ -110,7 +110,7 @@ class ModifyRun {
       op: row,
       node,
       log: ctx.log,
-      send: () => k.send({ rpc, node, request, log: ctx.log }),
+      send: () => k.send({ rpc, node, request, log: ctx.log, flush: () => ctx.commit(() => undefined) }),
       fromReply: (r) => k.fromReply(r),
     });
     const final = res.settle.op;

@@ -5,7 +5,7 @@
  * submission order and jobs on different instances run in parallel.
  */
 import { EventEmitter } from 'node:events';
-import { FINISHED, JobStore, type JobRow, type LogLine } from './job-store';
+import { JobStore, type JobRow, type LogLine } from './job-store';
 
 export interface JobContext {
   readonly jobId: number;
@@ -106,10 +106,6 @@ export class JobQueue {
   onDone(id: number, fn: (job: JobRow) => void): () => void {
     this.events.on(`done:${id}`, fn);
     return () => this.events.off(`done:${id}`, fn);
-  }
-
-  isFinished(job: JobRow): boolean {
-    return FINISHED.has(job.status);
   }
 
   /** Ids of the jobs running now. */

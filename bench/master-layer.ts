@@ -2,13 +2,13 @@
  * The master layer: a one-node cluster as real processes (gnt-cluster init,
  * gnt-masterd, a gnt-noded with a certificate from the cluster, gnt-node add,
  * gnt-instance add), and `gnt-instance modify --hotplug` end to end, either
- * through the master's gRPC API as the CLI uses it (SubmitJob, then WatchJob
- * until the job has ended) or as a CLI process.
+ * through the master's gRPC API as the CLI uses it (RunJob: submitted and
+ * streamed until the job has ended, in one call) or as a CLI process.
  */
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { Writable } from 'node:stream';
-import { call, connectMaster, watchJob } from '../src/master/cli/client';
+import { connectMaster, submitAndWatch } from '../src/master/cli/client';
 import { ClusterDir } from '../src/master/cluster-dir';
 import type { MasterClient } from '../src/generated/gnt/master/v1/Master';
 import type { InstanceModifyOp } from '../src/generated/gnt/master/v1/InstanceModifyOp';
@@ -90,12 +90,11 @@ export class MasterCluster {
     return this.api;
   }
 
-  /** Submits a job and watches it to its end, as `runJob` in the CLI does; throws unless it succeeded. */
+  /** Submits a job and streams it to its end in one RunJob call, as `runJob` in the CLI does; throws unless it succeeded. */
   async job(req: SubmitJobRequest): Promise<void> {
     const { client, address } = this.client;
-    const { jobId } = await call<SubmitJobRequest, { jobId: string }>(client, address, 'SubmitJob', req);
     const sink = new Writable({ write: (_chunk, _enc, cb) => cb() });
-    const job = await watchJob(client, address, jobId, sink);
+    const job = await submitAndWatch(client, address, req, sink);
     if (job.status !== 'success') throw new Error(`job ${job.id} ${job.status}: ${job.error}`);
   }
 

@@ -13,7 +13,6 @@ import { CertStore, revokedMessage } from './config/cert-store';
 import { RENEW_CRYPTO_OP, runRenewCrypto } from './jobs/renew-crypto';
 import { loadMasterProto } from '../common/proto';
 import type { MasterHandlers } from '../generated/gnt/master/v1/Master';
-import type { Job } from '../generated/gnt/master/v1/Job';
 import type { Instance } from '../generated/gnt/master/v1/Instance';
 import type { InstanceRuntimeView } from '../generated/gnt/master/v1/InstanceRuntimeView';
 import type { NodeLive } from '../generated/gnt/master/v1/NodeLive';
@@ -26,10 +25,13 @@ import { JobStore, type JobRow } from './jobs/job-store';
 import { JobError, JobQueue } from './jobs/queue';
 import { addPending, reconcilePending, type ReconcileResult } from './jobs/reconcile';
 import { prepareJob } from './jobs/ops';
+import { streamJob, toJob } from './jobs/job-stream';
+import type { SubmitJobRequest__Output } from '../generated/gnt/master/v1/SubmitJobRequest';
 import { checkMigrationConflict } from './jobs/submit-guard';
 import { NodeRpc, NodeRpcError, type NodeRpcOptions } from './node-rpc';
 import { Convergence, DEFAULT_CONVERGE_INTERVAL_MS } from './convergence';
 import { recentHistory } from './config/history';
+import { listInstanceSummaries } from './config/instance-list';
 import { openOperations } from './jobs/operations';
 import type { InstanceDetails } from '../generated/gnt/master/v1/InstanceDetails';
 import { checkAddress, UsageError } from './validate';
@@ -38,13 +40,6 @@ import { checkSocketDir, checkSocketPath, installSocket, tmpSocketPath, type Ins
 import * as path from 'node:path';
 
 export { loadMasterProto };
-
-function toJob(row: JobRow, log?: { seq: number; time: string; message: string }[]): Job {
-  return {
-    id: row.id, opType: row.op_type, summary: row.summary, status: row.status, error: row.error, errorCode: row.error_code,
-    createdAt: row.created_at, startedAt: row.started_at, endedAt: row.ended_at, opJson: row.op_json, log: log ?? [],
-  };
-}
 
 function toInstance(i: InstanceConfig): Instance {
   return {
@@ -271,6 +266,7 @@ export class MasterDaemon {
     await this.convergence?.stop();
     const running = this.queue.runningIds();
     this.rpc.close();
+    this.jobs.flush();
     // A job still running keeps writing its log until the process exits; its
     // row stays "running" and the next master marks it interrupted.
     if (running.length === 0) this.db.close();
@@ -296,6 +292,30 @@ export class MasterDaemon {
     }
   }
 
+  /**
+   * With `live`, asks every node which instances run (in parallel): an
+   * instance is "running" or "stopped" as its node says (not listed by a
+   * node that answered: "stopped"), "unknown" when its node did not answer.
+   * Without, every instance is "unknown".
+   */
+  private async operStates(live: boolean): Promise<(node: string, name: string) => string> {
+    const states = new Map<string, string>();
+    const reachable = new Set<string>();
+    if (live)
+      await Promise.all(
+        this.config.listNodes().map(async (n) => {
+          try {
+            const list = await this.rpc.instanceList(n);
+            reachable.add(n.name);
+            for (const rt of list.instances) states.set(`${n.name}/${rt.name}`, rt.running ? 'running' : 'stopped');
+          } catch {
+            /* the node's instances stay "unknown" */
+          }
+        }),
+      );
+    return (node, name) => states.get(`${node}/${name}`) ?? (reachable.has(node) ? 'stopped' : 'unknown');
+  }
+
   private handlers(): MasterHandlers {
     const unary =
       <Req, Rep>(fn: (req: Req) => Rep | Promise<Rep>): grpc.handleUnaryCall<Req, Rep> =>
@@ -309,20 +329,32 @@ export class MasterDaemon {
       if (!row) throw new ConfigError(`job ${id} does not exist`, 'NOT_FOUND');
       return row;
     };
+    const submit = (req: SubmitJobRequest__Output): JobRow => {
+      const prepared = prepareJob(req);
+      // Limits that need the configuration fail the submission, not a job (checked again when the job runs).
+      const op = prepared.op;
+      if (op.type === 'instance-modify' && (op.vcpus || op.memoryMib)) {
+        const inst = this.config.findInstance(op.name);
+        if (inst) checkResizeLimits(inst, op.vcpus, op.memoryMib);
+      }
+      // Checked and submitted in one synchronous step: no other submission can slip in between.
+      checkMigrationConflict(this.jobs, op);
+      return this.queue.submit(prepared.op.type, prepared.op, prepared.summary, prepared.locks);
+    };
+    const streams = { queue: this.queue, store: this.jobs };
     return {
-      SubmitJob: unary((req) => {
-        const prepared = prepareJob(req);
-        // Limits that need the configuration fail the submission, not a job (checked again when the job runs).
-        const op = prepared.op;
-        if (op.type === 'instance-modify' && (op.vcpus || op.memoryMib)) {
-          const inst = this.config.findInstance(op.name);
-          if (inst) checkResizeLimits(inst, op.vcpus, op.memoryMib);
+      SubmitJob: unary((req) => ({ jobId: submit(req).id })),
+      RunJob: (call) => {
+        let job: JobRow;
+        try {
+          job = submit(call.request);
+        } catch (err) {
+          call.emit('error', toStatus(err));
+          return;
         }
-        // Checked and submitted in one synchronous step: no other submission can slip in between.
-        checkMigrationConflict(this.jobs, op);
-        const job = this.queue.submit(prepared.op.type, prepared.op, prepared.summary, prepared.locks);
-        return { jobId: job.id };
-      }),
+        call.write({ submittedJobId: job.id });
+        streamJob(streams, call, job.id);
+      },
       GetJob: unary((req) => {
         const row = getJobRow(req.id);
         return toJob(row, this.jobs.logs(row.id));
@@ -340,32 +372,7 @@ export class MasterDaemon {
           call.emit('error', toStatus(err));
           return;
         }
-        const id = row.id;
-        let lastSeq = Number(call.request.afterSeq) || 0;
-        let finished = false;
-        const send = (line: { seq: number; time: string; message: string }) => {
-          if (line.seq <= lastSeq || finished) return;
-          lastSeq = line.seq;
-          call.write({ line });
-        };
-        const finish = () => {
-          if (finished) return;
-          for (const l of this.jobs.logs(id, lastSeq)) send(l);
-          finished = true;
-          offLog();
-          offDone();
-          call.write({ done: toJob(this.jobs.get(id)!) });
-          call.end();
-        };
-        const offLog = this.queue.onLog(id, send);
-        const offDone = this.queue.onDone(id, finish);
-        call.on('cancelled', () => {
-          finished = true;
-          offLog();
-          offDone();
-        });
-        for (const l of this.jobs.logs(id, lastSeq)) send(l);
-        if (this.queue.isFinished(this.jobs.get(id)!)) finish();
+        streamJob(streams, call, row.id, Number(call.request.afterSeq) || 0);
       },
       ListNodes: unary(() => ({
         nodes: this.config.listNodes().map((n) => ({ uuid: n.uuid, name: n.name, address: n.address, createdAt: n.created_at, instanceCount: n.instance_count })),
@@ -379,29 +386,16 @@ export class MasterDaemon {
         };
       }),
       ListInstances: unary(async (req) => {
-        const instances = this.config.listInstances();
-        const states = new Map<string, string>();
-        if (req.live) {
-          const reachable = new Set<string>();
-          await Promise.all(
-            this.config.listNodes().map(async (n) => {
-              try {
-                const list = await this.rpc.instanceList(n);
-                reachable.add(n.name);
-                for (const rt of list.instances) states.set(`${n.name}/${rt.name}`, rt.running ? 'running' : 'stopped');
-              } catch {
-                /* the node's instances stay "unknown" */
-              }
-            }),
-          );
-          for (const i of instances) {
-            const key = `${i.node.name}/${i.name}`;
-            if (!states.has(key) && reachable.has(i.node.name)) states.set(key, 'stopped');
-          }
-        }
-        return {
-          instances: instances.map((i) => ({ instance: toInstance(i), operState: states.get(`${i.node.name}/${i.name}`) ?? 'unknown' })),
-        };
+        const operState = await this.operStates(req.live);
+        if (req.summary)
+          return {
+            instances: listInstanceSummaries(this.db).map((i) => ({
+              instance: { name: i.name, node: i.node, adminState: i.admin_state, vcpus: i.vcpus, maxvcpus: i.maxvcpus, memoryMib: i.memory_mib, maxmemMib: i.maxmem_mib },
+              operState: operState(i.node, i.name),
+              nicCount: i.nic_count, diskCount: i.disk_count, nicsRemovalPending: i.nics_removal_pending, disksRemovalPending: i.disks_removal_pending,
+            })),
+          };
+        return { instances: this.config.listInstances().map((i) => ({ instance: toInstance(i), operState: operState(i.node.name, i.name) })) };
       }),
       Verify: unary((req) => this.verifier.request(this.queue, req)),
       GetInstance: unary(async (req): Promise<InstanceDetails> => {

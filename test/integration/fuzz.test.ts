@@ -40,11 +40,11 @@ const CLI_PARALLEL = 2;
 /** Node methods that legitimately wait longer than 2 s (boot, guest unplug acknowledgement, QEMU shutdown, verify queue). */
 const NODE_LONG_POLL = new Set(['InstanceStart', 'InstanceStop', 'InstanceRemove', 'InstanceRelease', 'HotplugDevice', 'InstanceResize',
   'InstanceReceive', 'InstanceVerify', 'MigrationAbort', 'MigrationFinish']);
-/** Master methods that wait: the stream of a running job, and a verification job that answers when it has finished. */
 /** New /tmp entries that would come from our requests (decoy and target names) or from a daemon's own files. */
 const SUSPICIOUS_TMP = /fz|fuzz|pwned|decoy|\.img$|mig|sock|runtime|qemu|qmp|console|\.pid$|\.key$|\.pem$|tap|x,|=/i;
 const MKDTEMP = /^gnt-[a-z-]+-[A-Za-z0-9]{6}$/;
-const MASTER_LONG_POLL = new Set(['WatchJob', 'Verify']);
+/** Master methods that wait: the stream of a running job, and a verification job that answers when it has finished. */
+const MASTER_LONG_POLL = new Set(['WatchJob', 'RunJob', 'Verify']);
 
 describe('fuzzing hostile input: every RPC of gnt-noded and gnt-masterd, and the CLI', function () {
   this.timeout(FULL ? 4 * 3600_000 : 900_000);

@@ -254,12 +254,21 @@ export class MasterWorld {
       name: M_VICTIM, node: 'node1', vcpus: 1, memoryMib: '128', kernel, initrd, kernelArgs: KERNEL_ARGS,
       disks: [{ sizeBytes: String(8 * MiB) }], nics: [], noStart: true,
     };
+    // SubmitJob and RunJob take the same request
+    const jobs = [
+      { instanceModify: { name: M_MAIN, nics: [{ action: 'ADD', link: BRIDGE }], hotplug: 'HOTPLUG' } },
+      { instanceModify: { name: M_MAIN, disks: [{ action: 'ADD', sizeBytes: String(16 * MiB) }], hotplug: 'HOTPLUG_IF_POSSIBLE' } },
+      { instanceModify: { name: M_MAIN, vcpus: 2, hotplug: 'HOTPLUG' } },
+      { instanceAdd: victimAdd }, { instanceStart: { name: M_VICTIM } }, { instanceStop: { name: M_VICTIM, timeoutMs: 1000 } },
+      { instanceRemove: { name: M_VICTIM } }, { nodeAdd: { name: 'node2', address: '127.0.0.1:1' } },
+      { instanceMigrate: { name: M_VICTIM, cleanup: true } },
+    ];
     return {
       hostile: hostileStrings(decoys, true),
       protectedNames: [M_MAIN, 'node1'],
-      destructive: (p) => /^SubmitJob\.(instanceRemove|instanceStop|instanceMigrate|nodeAdd|nodeRemove)\./.test(p),
+      destructive: (p) => /^(SubmitJob|RunJob)\.(instanceRemove|instanceStop|instanceMigrate|nodeAdd|nodeRemove)\./.test(p),
       // renew-crypto would revoke the CLI certificate this run calls with (renew-crypto.test.ts covers it).
-      excluded: (p) => /^SubmitJob\.clusterRenewCrypto(\.|$)/.test(p),
+      excluded: (p) => /^(SubmitJob|RunJob)\.clusterRenewCrypto(\.|$)/.test(p),
       byField: {
         name: names, node: names, target: names, instance: names,
         address: [this.nodeAddress, '127.0.0.1:1', 'localhost:0', '[::1]:1', '256.1.1.1:1', 'host:99999', this.masterAddress],
@@ -269,16 +278,9 @@ export class MasterWorld {
         'hvparams.value': ['none', 'user', '/', decoys.near, 'q35', 'kvm', 'tcg', 'acpi', '-1', 'x,id=y'],
       },
       templates: {
-        SubmitJob: [
-          { instanceModify: { name: M_MAIN, nics: [{ action: 'ADD', link: BRIDGE }], hotplug: 'HOTPLUG' } },
-          { instanceModify: { name: M_MAIN, disks: [{ action: 'ADD', sizeBytes: String(16 * MiB) }], hotplug: 'HOTPLUG_IF_POSSIBLE' } },
-          { instanceModify: { name: M_MAIN, vcpus: 2, hotplug: 'HOTPLUG' } },
-          { instanceAdd: victimAdd }, { instanceStart: { name: M_VICTIM } }, { instanceStop: { name: M_VICTIM, timeoutMs: 1000 } },
-          { instanceRemove: { name: M_VICTIM } }, { nodeAdd: { name: 'node2', address: '127.0.0.1:1' } },
-          { instanceMigrate: { name: M_VICTIM, cleanup: true } },
-        ],
+        SubmitJob: jobs, RunJob: jobs,
         GetJob: [{ id: '1' }, { id: '2' }], CancelJob: [{ id: '3' }], WatchJob: [{ id: '1', afterSeq: '0' }, { id: '2', afterSeq: '1' }],
-        ListJobs: [{}], ListNodes: [{}], GetNode: [{ name: 'node1' }], ListInstances: [{ live: true }],
+        ListJobs: [{}], ListNodes: [{}], GetNode: [{ name: 'node1' }], ListInstances: [{ live: true }, { live: true, summary: true }],
         GetInstance: [{ name: M_MAIN }], Verify: [{ instance: M_MAIN }, { instance: '' }, { instance: M_MAIN, fix: true }],
       },
     };

@@ -111,7 +111,7 @@ describe('instance-migrate job', () => {
   let jobs: JobStore;
   let lines: string[];
   let clock: number;
-  const ctx = (): JobContext => ({ jobId: 1, log: (m) => void lines.push(m), recordHotplug: () => undefined, signal: new AbortController().signal, allowCancel: () => undefined });
+  const ctx = (): JobContext => ({ jobId: 1, log: (m) => void lines.push(m), commit: (fn) => fn(), recordHotplug: () => undefined, signal: new AbortController().signal, allowCancel: () => undefined });
   const op = (o: Partial<MigrateOp> = {}): MigrateOp => ({ type: 'instance-migrate', name: 'web1', target: '', cleanup: false, failover: false, ...o });
   const run = (rpc: FakeNodes, o: Partial<MigrateOp> = {}) =>
     runMigrate({ config, rpc, pollMs: 200, sleep: async (ms) => void (clock += ms), now: () => clock }, op(o), ctx());

@@ -112,17 +112,38 @@ export function watchJob(client: MasterClient, address: string, id: number | str
   });
 }
 
-/** Submits; with `submitOnly` prints the job id, else watches it. Exit code 0 on success, 1 on failure. */
+type JobEventOut = { line?: { time: string; message: string } | null; done?: Job__Output | null; submittedJobId?: string };
+
+/**
+ * Submits and streams the job in one call (RunJob): its log lines to `out`
+ * until it ends; returns the finished job. The job runs on if this client
+ * goes away (gnt-job watch ID).
+ */
+export function submitAndWatch(client: MasterClient, address: string, req: SubmitJobRequest, out: NodeJS.WritableStream = process.stdout): Promise<Job__Output> {
+  return new Promise((resolve, reject) => {
+    let done: Job__Output | undefined;
+    let id = '';
+    const stream = client.RunJob(req);
+    stream.on('data', (ev: JobEventOut) => {
+      if (ev.submittedJobId) id = ev.submittedJobId;
+      if (ev.line) out.write(`${time(ev.line.time)} ${ev.line.message}\n`);
+      if (ev.done) done = ev.done;
+    });
+    stream.on('error', (err: grpc.ServiceError) => reject(masterError(err, address)));
+    stream.on('end', () =>
+      done ? resolve(done) : reject(new CliError(`the master ended the stream of job ${id || '(not submitted)'} before it finished${id ? `; see "gnt-job watch ${id}"` : ''}`)),
+    );
+  });
+}
+
+/** Submits; with `submitOnly` prints the job id, else streams it to its end (RunJob). Exit code 0 on success, 1 on failure. */
 export async function runJob(dir: ClusterDir, req: SubmitJobRequest, submitOnly: boolean): Promise<number> {
   const { client, address } = connectMaster(dir);
   try {
+    if (!submitOnly) return finishedJobExit(await submitAndWatch(client, address, req));
     const reply = await call<SubmitJobRequest, { jobId: string }>(client, address, 'SubmitJob', req);
-    if (submitOnly) {
-      process.stdout.write(`${reply.jobId}\n`);
-      return 0;
-    }
-    const job = await watchJob(client, address, reply.jobId);
-    return finishedJobExit(job);
+    process.stdout.write(`${reply.jobId}\n`);
+    return 0;
   } finally {
     client.close();
   }

@@ -12,6 +12,7 @@ import type { InstanceGrowDiskOp } from '../../generated/gnt/master/v1/InstanceG
 import { describeIoLimits } from '../../common/io-limits';
 import { ioLimitsOfApi } from './io-limits';
 import type { ListInstancesReply__Output } from '../../generated/gnt/master/v1/ListInstancesReply';
+import type { ListInstancesRequest } from '../../generated/gnt/master/v1/ListInstancesRequest';
 import type { InstanceDetails__Output } from '../../generated/gnt/master/v1/InstanceDetails';
 import type { InstanceModifyOp } from '../../generated/gnt/master/v1/InstanceModifyOp';
 import type { InstanceMigrateOp } from '../../generated/gnt/master/v1/InstanceMigrateOp';
@@ -169,14 +170,17 @@ export const instanceCommands: CommandGroup = {
       positionals(args, []);
       const { client, address } = connectMaster(dir);
       try {
-        const reply = await call<object, ListInstancesReply__Output>(client, address, 'ListInstances', { live: !args.flags.has('no-live') });
-        if (output === 'json') process.stdout.write(json(reply.instances));
+        // the table needs only the summary (no devices, no other fields); --output json keeps the full configuration
+        const summary = output !== 'json';
+        const reply = await call<ListInstancesRequest, ListInstancesReply__Output>(client, address, 'ListInstances', { live: !args.flags.has('no-live'), summary });
+        if (!summary) process.stdout.write(json(reply.instances));
         else
           process.stdout.write(
             table(
               ['Instance', 'Node', 'Admin', 'Status', 'VCPUs', 'Memory', 'NICs', 'Disks'],
-              reply.instances.map(({ instance: i, operState }) => [
-                i!.name, i!.node, i!.adminState, operState, `${i!.vcpus}/${i!.maxvcpus}`, `${i!.memoryMib}M/${i!.maxmemMib}M`, deviceCount(i!.nics), deviceCount(i!.disks),
+              reply.instances.map(({ instance: i, operState, nicCount, diskCount, nicsRemovalPending, disksRemovalPending }) => [
+                i!.name, i!.node, i!.adminState, operState, `${i!.vcpus}/${i!.maxvcpus}`, `${i!.memoryMib}M/${i!.maxmemMib}M`,
+                countText(nicCount, nicsRemovalPending), countText(diskCount, disksRemovalPending),
               ]),
             ),
           );
@@ -209,8 +213,12 @@ export const instanceCommands: CommandGroup = {
 
 /** "2", or "2 (1 removal pending)". */
 export function deviceCount(devices: { removalPending: boolean }[]): string {
-  const pending = devices.filter((x) => x.removalPending).length;
-  return pending ? `${devices.length} (${pending} removal pending)` : String(devices.length);
+  return countText(devices.length, devices.filter((x) => x.removalPending).length);
+}
+
+/** "3", or "3 (1 removal pending)". */
+export function countText(total: number, pending: number): string {
+  return pending ? `${total} (${pending} removal pending)` : String(total);
 }
 
 /** A device's state as config and node see it: "removal pending", "attaching" or "-". */

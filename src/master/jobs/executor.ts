@@ -118,11 +118,11 @@ export class Executor {
     if (this.config.findInstance(op.name)) throw new ConfigError(`instance "${op.name}" already exists`, 'ALREADY_EXISTS');
     const node = this.config.getNode(op.node);
     const nics = op.nics.map((n) => ({ ...n, mac: n.mac ? this.reserveMac(n.mac, macs) : this.generateMac(macs) }));
-    const inst = this.config.addInstance({
+    const inst = ctx.commit(() => this.config.addInstance({
       name: op.name, nodeUuid: node.uuid, vcpus: op.vcpus, maxvcpus: op.maxvcpus, memoryMib: op.memoryMib,
       maxmemMib: op.maxmemMib, kernel: op.kernel, initrd: op.initrd, kernelArgs: op.kernelArgs, hvparams: op.hvparams,
       nics, disks: op.disks,
-    });
+    }));
     ctx.log(`instance ${inst.name} (${inst.uuid}) added to the configuration on node ${node.name}`);
     inst.nics.forEach((n) => ctx.log(`nic/${n.idx} ${n.uuid}: ${n.mac}${n.link ? ` on ${n.link}` : ''}${describeNicParams(n) ? ` (${describeNicParams(n)})` : ''}`));
     inst.disks.forEach((d) => ctx.log(`disk/${d.idx} ${d.uuid}: ${formatSize(d.size_bytes)}`));
@@ -144,7 +144,7 @@ export class Executor {
   private async instanceStart(inst: InstanceConfig, ctx: JobContext): Promise<void> {
     ctx.log(`starting instance ${inst.name} on node ${inst.node.name}`);
     const rt = await this.rpc.instanceStart(nodeTarget(inst), instanceSpec(inst));
-    this.config.setAdminState(inst.name, 'up');
+    ctx.commit(() => this.config.setAdminState(inst.name, 'up'));
     describeRuntime(rt).forEach((l) => ctx.log(l));
     this.settleStartedRemovals(inst, rt, ctx);
     ctx.log(`instance ${inst.name} started`);
@@ -160,7 +160,7 @@ export class Executor {
     const inst = this.config.getInstance(name);
     ctx.log(`stopping instance ${name} on node ${inst.node.name}`);
     await this.rpc.instanceStop(nodeTarget(inst), name, timeoutMs);
-    this.config.setAdminState(name, 'down');
+    ctx.commit(() => this.config.setAdminState(name, 'down'));
     ctx.log(`instance ${name} stopped`);
   }
 

@@ -1,5 +1,12 @@
-/** Jobs and their log lines in SQLite. Every state change is written before it is announced. */
+/**
+ * Jobs and their log lines in SQLite. Every state change is written before
+ * it is announced. Each state change is one transaction that also carries
+ * the lines logged since the last one (job-log.ts).
+ */
 import { nowIso, type Db } from '../config/db';
+import { JobLogBuffer, LOG_FLUSH_MS, type LineListener, type LogLine } from './job-log';
+
+export type { LogLine } from './job-log';
 
 export type JobStatus = 'queued' | 'running' | 'success' | 'error' | 'canceled';
 
@@ -21,22 +28,52 @@ export interface JobRow {
   ended_at: string;
 }
 
-export interface LogLine {
-  seq: number;
-  time: string;
-  message: string;
-}
-
 export class JobStore {
-  constructor(readonly db: Db) {}
+  private readonly buffer: JobLogBuffer;
 
-  create(opType: string, op: unknown, summary: string, locks: string[]): JobRow {
-    const info = this.db
-      .prepare(
-        `INSERT INTO jobs (op_type, op_json, summary, locks, status, created_at) VALUES (?, ?, ?, ?, 'queued', ?)`,
-      )
-      .run(opType, JSON.stringify(op), summary, JSON.stringify(locks), nowIso());
-    return this.get(Number(info.lastInsertRowid))!;
+  constructor(readonly db: Db, flushMs = LOG_FLUSH_MS) {
+    this.buffer = new JobLogBuffer(db, flushMs);
+  }
+
+  /** Inserts a queued job; with `firstLine`, its first log line in the same transaction. */
+  create(opType: string, op: unknown, summary: string, locks: string[], firstLine?: string): JobRow {
+    const id = this.commit(() => {
+      const info = this.db
+        .prepare(`INSERT INTO jobs (op_type, op_json, summary, locks, status, created_at) VALUES (?, ?, ?, ?, 'queued', ?)`)
+        .run(opType, JSON.stringify(op), summary, JSON.stringify(locks), nowIso());
+      const jobId = Number(info.lastInsertRowid);
+      if (firstLine !== undefined) this.buffer.add(jobId, firstLine);
+      return jobId;
+    });
+    return this.get(id)!;
+  }
+
+  /**
+   * Runs `fn` in one transaction together with every buffered log line (a
+   * job step's state change); the lines reach watchers once it committed.
+   */
+  commit<T>(fn: () => T): T {
+    return this.buffer.commit(fn);
+  }
+
+  /** Buffers a log line: committed with the job's next state change (commit()), at the latest after the flush delay. */
+  log(id: number, message: string): LogLine {
+    return this.buffer.add(id, message);
+  }
+
+  /** Called with every log line once it is committed. */
+  onLine(fn: LineListener): () => void {
+    return this.buffer.onLine(fn);
+  }
+
+  /** Commits the buffered log lines now (before closing the database). */
+  flush(): void {
+    this.buffer.flush();
+  }
+
+  /** Log lines of the job not committed yet. */
+  pendingLines(id: number): number {
+    return this.buffer.pendingCount(id);
   }
 
   get(id: number): JobRow | undefined {
@@ -54,20 +91,21 @@ export class JobStore {
   }
 
   setRunning(id: number): void {
-    this.db.prepare(`UPDATE jobs SET status = 'running', started_at = ? WHERE id = ? AND status = 'queued'`).run(nowIso(), id);
+    this.commit(() => this.db.prepare(`UPDATE jobs SET status = 'running', started_at = ? WHERE id = ? AND status = 'queued'`).run(nowIso(), id));
   }
 
   finish(id: number, status: 'success' | 'error' | 'canceled', error = '', errorCode = ''): void {
-    this.db.prepare('UPDATE jobs SET status = ?, error = ?, error_code = ?, ended_at = ? WHERE id = ?').run(status, error, errorCode, nowIso(), id);
+    this.commit(() => this.db.prepare('UPDATE jobs SET status = ?, error = ?, error_code = ?, ended_at = ? WHERE id = ?').run(status, error, errorCode, nowIso(), id));
+    this.buffer.ended(id);
   }
 
+  /**
+   * A log line written now, with the job's buffered ones: in its own commit,
+   * or in the caller's transaction when one is open (for writers outside the
+   * job: convergence, reconcile, start-up).
+   */
   appendLog(id: number, message: string): LogLine {
-    return this.db.transaction(() => {
-      const { next } = this.db.prepare('SELECT COALESCE(MAX(seq), 0) + 1 AS next FROM job_log WHERE job_id = ?').get(id) as { next: number };
-      const line: LogLine = { seq: next, time: nowIso(), message };
-      this.db.prepare('INSERT INTO job_log (job_id, seq, time, message) VALUES (?, ?, ?, ?)').run(id, line.seq, line.time, line.message);
-      return line;
-    })();
+    return this.buffer.writeNow(id, message);
   }
 
   /** Records that job `id` is about to hot-plug a device (before the node is called). */

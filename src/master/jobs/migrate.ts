@@ -186,6 +186,7 @@ function throwIfCanceled(ctx: JobContext): void {
 function crashPointAfterMigrationStart(ctx: JobContext): void {
   if (process.env.GNT_MASTERD_CRASH_POINT !== 'after-migration-start') return;
   ctx.log('fault injection: GNT_MASTERD_CRASH_POINT=after-migration-start, killing the master while the migration runs');
+  ctx.commit(() => undefined); // the job's lines so far are committed before the kill
   process.kill(process.pid, 'SIGKILL');
 }
 

@@ -80,16 +80,18 @@ class ModifyRun {
 
   private configOnly<K extends ChangeKindName>(kind: K, s: StepOf<K>): void {
     const k = changeKind(kind);
-    k.commit(this.deps.config, this.inst, s);
     const text = k.configOnlyText(s);
-    this.ctx.log(`${text.log}; it applies at the next start of ${this.inst.name}`);
+    this.ctx.commit(() => {
+      k.commit(this.deps.config, this.inst, s);
+      this.ctx.log(`${text.log}; it applies at the next start of ${this.inst.name}`);
+    });
     this.done.push(text.done);
     this.pending.push(s.what);
   }
 
   private opDeps(): OpCallDeps {
     const { config, rpc, inflight, windowMs } = this.deps;
-    return { config, rpc, inflight, windowMs };
+    return { config, rpc, inflight, windowMs, commit: this.ctx.commit };
   }
 
   /** One live change: its operation is committed before the node is called and settled by runOperation, exactly once. */
@@ -97,14 +99,18 @@ class ModifyRun {
     const { config, rpc } = this.deps;
     const { ctx, inst, node } = this;
     const k = changeKind(kind);
-    const row = createOperation(config, ctx.jobId, inst, s.change);
-    ctx.log(`${k.liveStart(s, inst, node)} (operation ${row.id})`);
+    // the operation record and the line that announces it, with the lines before, in one commit before the node is called
+    const row = ctx.commit(() => {
+      const r = createOperation(config, ctx.jobId, inst, s.change);
+      ctx.log(`${k.liveStart(s, inst, node)} (operation ${r.id})`);
+      return r;
+    });
     const request = k.request(s, inst, row.id);
     const res = await runOperation(this.opDeps(), {
       op: row,
       node,
       log: ctx.log,
-      send: () => k.send({ rpc, node, request, log: ctx.log }),
+      send: () => k.send({ rpc, node, request, log: ctx.log, flush: () => ctx.commit(() => undefined) }),
       fromReply: (r) => k.fromReply(r),
     });
     const final = res.settle.op;

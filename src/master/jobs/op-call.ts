@@ -38,6 +38,14 @@ export interface OpCallDeps {
   windowMs?: number;
   sleep?: (ms: number) => Promise<void>;
   now?: () => number;
+  /** Runs a settlement in one transaction with the job's buffered log lines (JobContext.commit); default: as is. */
+  commit?: <T>(fn: () => T) => T;
+}
+
+/** Settles through deps.commit, so that the job's lines are committed with the configuration change. */
+function settle(deps: OpCallDeps, id: string, outcome: Outcome): SettleResult {
+  const fn = (): SettleResult => settleOperation(deps.config, id, outcome);
+  return deps.commit ? deps.commit(fn) : fn();
 }
 
 export interface OpCall<R> {
@@ -95,7 +103,7 @@ export async function runOperation<R>(deps: OpCallDeps, call: OpCall<R>): Promis
   try {
     try {
       const reply = await call.send();
-      return { settle: settleOperation(deps.config, id, call.fromReply(reply)), reply };
+      return { settle: settle(deps, id, call.fromReply(reply)), reply };
     } catch (err) {
       if (!outcomeUnknown(err)) {
         const answered = await settleAnswered(deps, call, err);
@@ -133,10 +141,10 @@ async function settleAnswered<R>(deps: OpCallDeps, call: OpCall<R>, err: unknown
     return 'unsettled';
   }
   const recorded = rec && rec.state !== 'OPERATION_FAILED' ? outcomeFromRecord(rec) : undefined;
-  if (recorded) return { settle: settleOperation(deps.config, call.op.id, recorded), record: rec };
+  if (recorded) return { settle: settle(deps, call.op.id, recorded), record: rec };
   const resources = rec?.state === 'OPERATION_FAILED' ? resourcesOf(rec) : undefined;
   const outcome: Outcome = { state: 'failed', settledBy: 'request', errorCode: errorCode(err), error: errorText(err), resources };
-  return { settle: settleOperation(deps.config, call.op.id, outcome), record: rec };
+  return { settle: settle(deps, call.op.id, outcome), record: rec };
 }
 
 /** One OperationStatus poll: the settled result, or undefined to keep waiting. */
@@ -146,7 +154,7 @@ async function pollOnce<R>(deps: OpCallDeps, call: OpCall<R>): Promise<OpCallRes
     call.log(`node ${call.node.name} has no record of operation ${call.op.id}: sending it again with the same id`);
     try {
       const reply = await call.send();
-      return { settle: settleOperation(deps.config, call.op.id, call.fromReply(reply)), reply };
+      return { settle: settle(deps, call.op.id, call.fromReply(reply)), reply };
     } catch (err) {
       if (!outcomeUnknown(err)) {
         const answered = await settleAnswered(deps, call, err);
@@ -156,7 +164,7 @@ async function pollOnce<R>(deps: OpCallDeps, call: OpCall<R>): Promise<OpCallRes
     }
   }
   const outcome = outcomeFromRecord(rec);
-  return outcome && { settle: settleOperation(deps.config, call.op.id, outcome), record: rec };
+  return outcome && { settle: settle(deps, call.op.id, outcome), record: rec };
 }
 
 async function resolveAmbiguous<R>(deps: OpCallDeps, call: OpCall<R>, first: unknown): Promise<OpCallResult<R>> {

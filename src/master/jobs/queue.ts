@@ -5,11 +5,18 @@
  * submission order and jobs on different instances run in parallel.
  */
 import { EventEmitter } from 'node:events';
-import { FINISHED, JobStore, type JobRow, type LogLine } from './job-store';
+import { JobStore, type JobRow, type LogLine } from './job-store';
 
 export interface JobContext {
   readonly jobId: number;
+  /** Buffers a log line: it is committed with the job's next state change (commit), and only then shown to watchers. */
   log(message: string): void;
+  /**
+   * Runs `fn` (a state change of the job: an operation record, a
+   * configuration commit) in one transaction with the lines logged so far;
+   * durable when it returns.
+   */
+  commit<T>(fn: () => T): T;
   /** Durably notes that the job is about to hot-plug this device (read by start-up reconciliation). */
   recordHotplug(deviceUuid: string, action: 'add' | 'remove' | 'modify'): void;
   /** Aborted when `gnt-job cancel` stops this running job (only while it allows it). */
@@ -43,11 +50,12 @@ export class JobQueue {
 
   constructor(readonly store: JobStore, private readonly runner: JobRunner) {
     this.events.setMaxListeners(0);
+    store.onLine((id, line) => this.events.emit(`log:${id}`, line));
   }
 
+  /** Persists the job with its first line in one commit and queues it. */
   submit(opType: string, op: unknown, summary: string, locks: string[]): JobRow {
-    const job = this.store.create(opType, op, summary, locks);
-    this.log(job.id, `submitted: ${summary}`);
+    const job = this.store.create(opType, op, summary, locks, `submitted: ${summary}`);
     this.pending.push({ id: job.id, locks });
     setImmediate(() => this.pump());
     return job;
@@ -79,24 +87,25 @@ export class JobQueue {
     return this.store.get(id);
   }
 
+  /** Buffers a line (job-log.ts): watchers get it once it is committed. */
   log(id: number, message: string): LogLine {
-    const line = this.store.appendLog(id, message);
-    this.events.emit(`log:${id}`, line);
-    return line;
+    return this.store.log(id, message);
   }
 
+  /** `fn` is called with each line of job `id` once it is committed, in seq order. */
   onLog(id: number, fn: (line: LogLine) => void): () => void {
     this.events.on(`log:${id}`, fn);
     return () => this.events.off(`log:${id}`, fn);
   }
 
+  /** How many log and done listeners (watch streams) job `id` has now: 0 once every watcher has gone. */
+  watchers(id: number): number {
+    return this.events.listenerCount(`log:${id}`) + this.events.listenerCount(`done:${id}`);
+  }
+
   onDone(id: number, fn: (job: JobRow) => void): () => void {
     this.events.on(`done:${id}`, fn);
     return () => this.events.off(`done:${id}`, fn);
-  }
-
-  isFinished(job: JobRow): boolean {
-    return FINISHED.has(job.status);
   }
 
   /** Ids of the jobs running now. */
@@ -129,6 +138,7 @@ export class JobQueue {
 
   private start(id: number, locks: string[]): void {
     locks.forEach((l) => this.held.add(l));
+    this.log(id, 'started');
     this.store.setRunning(id);
     const job = this.store.get(id)!;
     const live: Live = { controller: new AbortController(), cancellable: false };
@@ -136,13 +146,13 @@ export class JobQueue {
     const ctx: JobContext = {
       jobId: id,
       log: (m) => void this.log(id, m),
+      commit: (fn) => this.store.commit(fn),
       recordHotplug: (uuid, action) => this.store.recordHotplug(id, uuid, action),
       signal: live.controller.signal,
       allowCancel: (on) => void (live.cancellable = on),
     };
     const run = (async () => {
       try {
-        this.log(id, `started`);
         await this.runner(job, ctx);
         this.log(id, 'finished: success');
         this.store.finish(id, 'success');

@@ -63,6 +63,8 @@ export interface SendContext<Req> {
   node: NodeTarget;
   request: Req;
   log(line: string): void;
+  /** Commits the job's buffered lines now (JobContext.commit), e.g. before a fault-injection kill. */
+  flush(): void;
 }
 
 /** What the job says of a change that succeeded live (or reached removal pending). */

@@ -58,9 +58,10 @@ export function outOfRange(inst: InstanceConfig, kind: string, i: number, n: num
  * settled, the window the convergence loop (convergence.ts) repairs after
  * the restart. Does nothing unless the variable is set.
  */
-function crashPoint(log: (line: string) => void): void {
+function crashPoint(log: (line: string) => void, flush: () => void): void {
   if (process.env.GNT_MASTERD_CRASH_POINT !== 'after-node-hotplug') return;
   log(`fault injection: GNT_MASTERD_CRASH_POINT=after-node-hotplug, killing the master before the configuration commit`);
+  flush(); // the job's lines so far are committed: they are what the test reads after the kill
   process.kill(process.pid, 'SIGKILL');
 }
 
@@ -101,9 +102,9 @@ export function hotplugKind<C extends DeviceChangeRecord>(spec: DeviceKindSpec<C
     request: (s, inst, operationId) => ({
       instance: inst.name, deviceType: spec.deviceType, action: ACTION[s.change.action], operationId, ...spec.device(s.change),
     }),
-    async send({ rpc, node, request, log }) {
+    async send({ rpc, node, request, log, flush }) {
       const reply = await rpc.hotplugDevice(node, request);
-      crashPoint(log);
+      crashPoint(log, flush);
       return reply;
     },
     fromReply: (r) => ({ state: r.removalPending ? 'removal_pending' : 'succeeded', settledBy: 'request' }),

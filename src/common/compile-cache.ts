@@ -14,7 +14,7 @@
  * corrupt) is ignored and rewritten; the module then compiles from its
  * source as without the cache. Entries are written to a temporary file and
  * renamed. The cache directory must belong to this process's user and be
- * writable by nobody else (mode 0700 is made; anything looser is not used),
+ * writable by nobody else (it is made 0700; one that group or others may write to is not used),
  * so that no other user can plant code in it.
  *
  * Directory: GNT_COMPILE_CACHE_DIR, default /var/cache/gnt-hotplug/v8;

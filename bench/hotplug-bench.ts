@@ -51,7 +51,9 @@ async function setUp(): Promise<Rig> {
   cleanups.push(async () => {
     const killed = reapQemus(work);
     if (killed.length) log(`killed QEMU processes left behind: ${killed.join(', ')}`);
-    fs.rmSync(work, { recursive: true, force: true });
+    // GNT_BENCH_KEEP=1 keeps the daemons' logs and runtime files (QEMUs are still killed).
+    if (process.env.GNT_BENCH_KEEP === '1') log(`kept ${work}`);
+    else fs.rmSync(work, { recursive: true, force: true });
   });
   const disk = RawLayer.diskFile(work);
   const nd = await NodedBench.start(work);

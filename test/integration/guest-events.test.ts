@@ -57,8 +57,14 @@ describe('the test guest reports each change at once (gnt-guest event lines)', f
     const ev = await log.waitFor(match, mark.index, SEEN_TIMEOUT_MS, what);
     await g.console.waitFor(block, SEEN_TIMEOUT_MS, `a state block with ${what}`);
     if (!ordered) return ev;
+    // A report round that was already reading sysfs when the device appeared
+    // may print it before gnt-uevent's line (seen in CI under load): at most
+    // that one block may come first; the block after it may not.
     const at = firstBlockAfter(g.instance.paths.consoleLog, mark.bytes, block);
-    assert.ok(at > ev.offset, `the event line (byte ${ev.offset}) comes before the first state block with ${what} (byte ${at})`);
+    if (at >= 0 && at < ev.offset) {
+      const next = firstBlockAfter(g.instance.paths.consoleLog, at + 1, block);
+      assert.ok(next < 0 || next > ev.offset, `the event line (byte ${ev.offset}) comes after two state blocks with ${what} (bytes ${at}, ${next})`);
+    }
     return ev;
   }
 

@@ -70,7 +70,8 @@ describe('live NIC changes against the real guest', function () {
     const nic = await g.instance.hotAddNic({ uuid, mac, link: BR_A, link_state: 'down', rate_mbit: 5 });
     assert.deepEqual([nicOf(uuid).link_state, nicOf(uuid).rate_mbit], ['down', 5]);
     assert.equal(readTapRate(nic.tap as string), 5);
-    const s = await g.console.waitFor((st) => !!netOf(st, mac), SEEN_TIMEOUT_MS, 'the NIC');
+    // The guest reports the NIC at once, before its init brought the interface up (carrier "-"): wait until it is up.
+    const s = await g.console.waitFor((st) => !!netOf(st, mac) && netOf(st, mac)?.carrier !== '-', SEEN_TIMEOUT_MS, 'the NIC, up in the guest');
     assert.equal(netOf(s, mac)?.carrier, '0', 'no carrier from the start');
     await g.instance.hotRemoveNic(uuid);
   });

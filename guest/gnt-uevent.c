@@ -45,7 +45,8 @@
 #endif
 #define LINK_SLOTS 64
 
-static const char *mem_policy = "online";
+static const char *mem_policy = "online"; /* "offline": leave hot-added memory offline */
+static int cpu_online = 1; /* GNT_CPU_ONLINE=0: leave hot-added vCPUs offline */
 static int wake_fd = -1;
 static int woke; /* a change was reported in this batch */
 
@@ -212,7 +213,7 @@ static void on_cpu(const struct uevent *ev) {
 	if (strncmp(name, "cpu", 3) || name[3] < '0' || name[3] > '9' || !ev->action) return;
 	if (!is(ev->action, "add") && !is(ev->action, "remove") && !is(ev->action, "online") && !is(ev->action, "offline")) return;
 	report("cpu-%s %s", ev->action, name + 3);
-	if (!is(ev->action, "add")) return;
+	if (!is(ev->action, "add") || !cpu_online) return;
 	snprintf(path, sizeof path, "/sys%s/online", ev->devpath);
 	if (!strcmp(read_attr(path, v, sizeof v), "0")) write_attr(path, "1");
 }
@@ -221,7 +222,7 @@ static void on_cpu(const struct uevent *ev) {
 static void on_memory(const struct uevent *ev) {
 	char path[512], state[32];
 	if (strncmp(base(ev->devpath), "memory", 6)) return;
-	if (is(ev->action, "add")) {
+	if (is(ev->action, "add") && strcmp(mem_policy, "offline")) {
 		snprintf(path, sizeof path, "/sys%s/state", ev->devpath);
 		if (!strcmp(read_attr(path, state, sizeof state), "offline")) write_attr(path, mem_policy);
 	}
@@ -314,6 +315,8 @@ int main(int argc, char **argv) {
 		return 2;
 	}
 	mem_policy = argv[1];
+	const char *co = getenv("GNT_CPU_ONLINE");
+	if (co && !strcmp(co, "0")) cpu_online = 0;
 	wake_fd = open(argv[2], O_RDWR | O_NONBLOCK | O_CLOEXEC);
 	struct pollfd fds[2] = {
 		{ .fd = open_netlink(NETLINK_KOBJECT_UEVENT, 1), .events = POLLIN },

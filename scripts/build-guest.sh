@@ -26,7 +26,7 @@ KERNEL_META=linux-image-cloud-amd64
 # at build time from each module's "depends" field, never hard-coded.
 WANTED_MODULES=(virtio_ring virtio virtio_pci_modern_dev virtio_pci_legacy_dev
   virtio_pci failover net_failover virtio_net virtio_blk virtio_mem
-  virtio_scsi sd_mod virtio_pmem nd_pmem)
+  virtio_scsi sd_mod virtio_pmem nd_pmem virtio_console)
 
 WORK=""          # temp build dir, removed on exit
 MODDIR=""        # unpacked lib/modules/<version>
@@ -172,6 +172,30 @@ populate_root() {
   done
   install -m 0755 "$INIT" "$r/init"
   compile_helpers
+  add_guest_agent
+}
+
+# Debian's qemu-guest-agent: the binary, the libraries ldd names for it (resolved
+# here, from the build host's copies, never a fixed list) and the loader, each at
+# its own path; and an /sbin/shutdown for guest-shutdown (busybox has none).
+add_guest_agent() {
+  local r="$WORK/root" lib
+  mkdir -p "$WORK/qga-deb"
+  (cd "$WORK/qga-deb" && apt-get -qq -o APT::Sandbox::User=root download qemu-guest-agent >&2) ||
+    die "cannot download qemu-guest-agent (has apt-get update been run?)"
+  dpkg-deb -x "$WORK"/qga-deb/qemu-guest-agent_*.deb "$WORK/qga"
+  install -D -m 0755 "$WORK/qga/usr/sbin/qemu-ga" "$r/usr/sbin/qemu-ga"
+  if ldd "$WORK/qga/usr/sbin/qemu-ga" | grep -q 'not found'; then
+    die "qemu-ga needs libraries this host lacks: $(ldd "$WORK/qga/usr/sbin/qemu-ga" | grep 'not found' | tr -s ' \t' ' ')"
+  fi
+  for lib in $(ldd "$WORK/qga/usr/sbin/qemu-ga" | grep -o '/[^ ]*'); do
+    mkdir -p "$r$(dirname "$lib")"
+    cp -L "$lib" "$r$lib"
+  done
+  rm -f "$r/sbin/shutdown"
+  printf '#!/bin/sh\n# guest-shutdown runs /sbin/shutdown -h|-P|-r +0 ...\ncase " $* " in *" -r "*) exec reboot -f ;; esac\nexec poweroff -f\n' >"$r/sbin/shutdown"
+  chmod 0755 "$r/sbin/shutdown"
+  log "qemu-guest-agent $(dpkg-deb -f "$WORK"/qga-deb/qemu-guest-agent_*.deb Version) with $(ldd "$WORK/qga/usr/sbin/qemu-ga" | grep -c '/') libraries"
 }
 
 pack_initrd() {

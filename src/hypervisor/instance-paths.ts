@@ -7,6 +7,8 @@ export interface InstancePaths extends NodePaths {
   dir: string;
   runtimeFile: string;
   qemuLog: string;
+  /** Host end of the guest agent's virtio-serial port (guest-agent-channel.ts). */
+  agentSocket: string;
 }
 
 const NAME_RULE = /^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$/;
@@ -30,5 +32,6 @@ export function instancePaths(dataDir: string, name: string): InstancePaths {
     consoleLog: path.join(dir, 'console.log'),
     pidFile: path.join(dir, 'qemu.pid'),
     qemuLog: path.join(dir, 'qemu.log'),
+    agentSocket: path.join(dir, 'qga.sock'),
   };
 }

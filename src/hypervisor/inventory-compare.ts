@@ -25,6 +25,7 @@ import { backendId } from './memory';
 import { NIC_MODELS, nicModel } from './nic';
 import type { MemoryDevice, QemuInventory } from './qemu-inventory';
 import type { NicRecord, RuntimeData } from './runtime-file';
+import { AGENT_CONTROLLER_ID, AGENT_PORT_ID } from './guest-agent-channel';
 
 type Resources = NonNullable<RuntimeData['resources']>;
 
@@ -59,6 +60,7 @@ export function recordedIds(rt: RuntimeData): Set<string> {
   if (r?.virtioMem) ids.add(r.virtioMem.id);
   for (const id of controllerIds(rt)) ids.add(id);
   if (rt.scsi_controller) ids.add(rt.scsi_controller.id);
+  if (rt.agent_channel) for (const id of [AGENT_CONTROLLER_ID, AGENT_PORT_ID]) ids.add(id);
   return ids;
 }
 

@@ -28,7 +28,8 @@ import type { DiskChangeRequest, DiskModifyResult } from './disk-modify';
 import { DiskModifier, diskGrowers, type DiskGrowerTable } from './disk-growers';
 import { hasIoLimits } from './recorded-io-limits';
 import type { PciPlacement, PciTreeMap } from './pci-slots';
-import { pciTopology } from './pci-topology';
+import { machineFamily, machineOf, pciTopology } from './pci-topology';
+import { agentChannelArgs } from './guest-agent-channel';
 import { devicePresent, isDeletionOf } from './qdev';
 import { DEFAULT_QEMU, qemuFeatures } from './qemu-binary';
 import { memoryOption, nodeLocalArgs, securityArgs, withOption, type InstanceSpec } from './qemu-command';
@@ -332,7 +333,10 @@ export class KvmInstance extends EventEmitter {
     const dimms = this.data.resources?.dimms ?? [];
     const rbd = rbdBootFor(this.options.rbd, this.data, this.paths.dir);
     const boot = openBootFiles(this.hostPaths, this.data, rbd); // closed in the finally below, nothing throws before it
-    const args = [...boot.cmd, ...local, ...pciTopology(this.data).args];
+    // Every fresh start has the agent channel; a migration target has it when the source's QEMU has.
+    if (!incoming) this.data.agent_channel = true;
+    const agent = this.data.agent_channel ? agentChannelArgs(this.paths.agentSocket, machineFamily(machineOf(this.data.kvm_cmd))) : [];
+    const args = [...boot.cmd, ...local, ...pciTopology(this.data).args, ...agent];
     // A link-down NIC is set down by QMP before the guest runs, as DIMMs are plugged.
     const linkDown = this.data.nics.some((n) => n.link_state === 'down') || hasIoLimits(this.data);
     if (incoming || dimms.length || linkDown) args.push('-S');

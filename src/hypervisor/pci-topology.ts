@@ -20,6 +20,7 @@
 import { HVPARAM_LIMITS, isQ35Machine } from '../common/hvparams';
 import { InvalidArgumentError } from './errors';
 import type { HvParams } from './runtime-file';
+import { agentChannelSlot } from './guest-agent-channel';
 
 export type MachineFamily = 'pc' | 'q35';
 
@@ -95,6 +96,7 @@ const BRIDGE_RESERVE = 'io-reserve=4K,mem-reserve=16M,pref64-reserve=16M';
 
 function pcTopology(bridges: number): PciTopology {
   const reserved = new Map<number, string>(PC_RESERVED.map((s) => [s, 'the machine (reserved)']));
+  reserved.set(agentChannelSlot('pc'), 'the guest agent channel (virtio-serial)');
   const buses: PciBus[] = [];
   const args: string[] = [];
   for (let i = 1; i <= bridges; i++) {
@@ -108,7 +110,7 @@ function pcTopology(bridges: number): PciTopology {
 }
 
 function q35Topology(ports: number): PciTopology {
-  const reserved = new Map<number, string>([[0, 'the host bridge'], [0x1f, 'the ICH9 functions']]);
+  const reserved = new Map<number, string>([[0, 'the host bridge'], [0x1f, 'the ICH9 functions'], [agentChannelSlot('q35'), 'the guest agent channel (virtio-serial)']]);
   const buses: PciBus[] = [];
   const args: string[] = [];
   for (let k = 1; k <= ports; k++) {

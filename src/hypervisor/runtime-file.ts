@@ -134,5 +134,7 @@ export interface RuntimeData {
   migration?: MigrationMark;
   /** Operation ids and outcomes (operations.ts); absent in older files. */
   operations?: OperationJournal;
+  /** QEMU runs with the guest agent channel (guest-agent-channel.ts): set by every start; absent in older files. */
+  agent_channel?: true;
 }
 

@@ -132,7 +132,14 @@ export function parseRuntimeValue(file: string, raw: unknown, instance: string):
     ...(raw.resources === undefined ? {} : { resources: resourcesFrom(file, raw.resources) }),
     ...(raw.migration === undefined ? {} : { migration: migrationFrom(file, raw.migration) }),
     ...(raw.operations === undefined ? {} : { operations: journalFrom(raw.operations, (m) => new RuntimeFileError(file, m)) }),
+    ...agentChannelFrom(file, raw.agent_channel),
   };
+}
+
+function agentChannelFrom(file: string, raw: unknown): { agent_channel?: true } {
+  if (raw === undefined || raw === false) return {};
+  if (raw !== true) throw new RuntimeFileError(file, '"agent_channel" must be true or absent');
+  return { agent_channel: true };
 }
 
 const intOf = (v: unknown): number | undefined => (typeof v === 'number' && Number.isInteger(v) && v >= 0 ? v : undefined);
@@ -230,6 +237,7 @@ export function canonicalRuntime(data: RuntimeData): RuntimeData {
     ...(data.resources ? { resources: data.resources } : {}),
     ...(data.migration ? { migration: data.migration } : {}),
     ...(data.operations ? { operations: data.operations } : {}),
+    ...(data.agent_channel ? { agent_channel: true as const } : {}),
   };
 }
 

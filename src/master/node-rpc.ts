@@ -31,6 +31,9 @@ import type { InstanceVerifyReply__Output } from '../generated/gnt/node/v1/Insta
 import type { OperationRecord__Output } from '../generated/gnt/node/v1/OperationRecord';
 import type { OperationCursor } from '../generated/gnt/node/v1/OperationCursor';
 import type { OperationLogReply__Output } from '../generated/gnt/node/v1/OperationLogReply';
+import type { GuestAgentView__Output } from '../generated/gnt/node/v1/GuestAgentView';
+import type { GuestWaitReply__Output } from '../generated/gnt/node/v1/GuestWaitReply';
+import type { GuestWaitRequest } from '../generated/gnt/node/v1/GuestWaitRequest';
 
 /** Codes the node's handlers answer after deciding that nothing was (or stays) applied. */
 const DEFINITIVE = new Set(['INVALID_ARGUMENT', 'NOT_FOUND', 'ALREADY_EXISTS', 'FAILED_PRECONDITION', 'RESOURCE_EXHAUSTED',
@@ -185,6 +188,13 @@ export class NodeRpc {
   }
   instanceInfo(node: NodeTarget, name: string, timeoutMs?: number): Promise<InstanceRuntime__Output> {
     return this.call(node, 'InstanceInfo', { name }, timeoutMs ?? this.shortMs);
+  }
+  guestInfo(node: NodeTarget, name: string): Promise<GuestAgentView__Output> {
+    return this.call(node, 'GuestInfo', { name }, this.shortMs);
+  }
+  /** Waits on the node up to `request.timeoutMs` (plus the RPC's margin). */
+  guestWait(node: NodeTarget, request: GuestWaitRequest): Promise<GuestWaitReply__Output> {
+    return this.call(node, 'GuestWait', request, (request.timeoutMs || 60_000) + this.shortMs);
   }
   instanceStart(node: NodeTarget, spec: InstanceSpec): Promise<InstanceRuntime__Output> {
     return this.call(node, 'InstanceStart', { spec }, this.longMs);

@@ -34,6 +34,7 @@ import { recentHistory } from './config/history';
 import { listInstanceSummaries } from './config/instance-list';
 import { openOperations } from './jobs/operations';
 import type { InstanceDetails } from '../generated/gnt/master/v1/InstanceDetails';
+import type { GuestAgentView } from '../generated/gnt/master/v1/GuestAgentView';
 import { checkAddress, UsageError } from './validate';
 import { VERIFY_OP, Verifier } from './verify';
 import { checkSocketDir, checkSocketPath, installSocket, tmpSocketPath, type InstalledSocket } from './local-socket';
@@ -281,6 +282,15 @@ export class MasterDaemon {
     }
   }
 
+  /** The guest agent's view from the node; an unreachable node or an unknown instance is "not answering" with the reason. */
+  private async guestAgentView(inst: InstanceConfig): Promise<GuestAgentView> {
+    try {
+      return await this.rpc.guestInfo(nodeTarget(inst), inst.name);
+    } catch (err) {
+      return { answers: false, error: (err as Error).message };
+    }
+  }
+
   private async runtimeView(inst: InstanceConfig): Promise<InstanceRuntimeView> {
     try {
       const rt = await this.rpc.instanceInfo(nodeTarget(inst), inst.name);
@@ -400,9 +410,11 @@ export class MasterDaemon {
       Verify: unary((req) => this.verifier.request(this.queue, req)),
       GetInstance: unary(async (req): Promise<InstanceDetails> => {
         const inst = this.config.getInstance(req.name);
+        const [runtime, guestAgent] = await Promise.all([this.runtimeView(inst), this.guestAgentView(inst)]);
         return {
           instance: toInstance(inst),
-          runtime: await this.runtimeView(inst),
+          runtime,
+          guestAgent,
           history: recentHistory(this.db, inst.uuid),
           operations: openOperations(this.config)
             .filter((o) => o.instance_uuid === inst.uuid)

@@ -9,6 +9,8 @@
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { errorMessage } from '../hypervisor/errors';
+import { GuestAgent } from '../hypervisor/guest-agent';
+import { GuestAgentCalls } from '../hypervisor/guest-agent-calls';
 import { GuestConsole, type GuestState } from '../hypervisor/guest-console';
 import { assertInstanceName } from '../hypervisor/instance-paths';
 import { KvmInstance, type KvmInstanceOptions, type ReconcileReport } from '../hypervisor/kvm-instance';
@@ -23,6 +25,8 @@ export function describeReconcile(r: ReconcileReport): string {
 interface Entry {
   instance: KvmInstance;
   console: GuestConsole;
+  /** The one client of the instance's guest agent (the agent serves one at a time), made on first use. */
+  agent?: GuestAgentCalls;
 }
 
 export class InstanceRegistry {
@@ -105,12 +109,23 @@ export class InstanceRegistry {
   /** Forgets what the guest said before: call when QEMU (re)starts, as the console log starts over. */
   resetConsole(name: string): void {
     const e = this.entries.get(name);
-    if (e) e.console = new GuestConsole(e.instance.paths.consoleLog);
+    if (!e) return;
+    e.console = new GuestConsole(e.instance.paths.consoleLog);
+    e.agent?.agent.close(); // the socket is a new QEMU's
+    delete e.agent;
+  }
+
+  /** The guest agent client of a registered instance (the caller checks that it runs with a channel). */
+  guestAgent(name: string): GuestAgentCalls {
+    const e = this.entries.get(name);
+    if (!e) throw notFound(`no instance ${name} on node ${this.nodeName}`);
+    return (e.agent ??= new GuestAgentCalls(new GuestAgent(e.instance.paths.agentSocket)));
   }
 
   delete(name: string): void {
     const e = this.entries.get(name);
     if (!e) return;
+    e.agent?.agent.close();
     e.instance.disconnect();
     e.instance.removeAllListeners();
     this.entries.delete(name);

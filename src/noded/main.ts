@@ -5,7 +5,7 @@
  *     --storage-dir DIR --ca FILE --cert FILE --key FILE [--qemu BINARY]
  *     [--migration-address HOST] [--cpu-overcommit-ratio R]
  *     [--unplug-timeout KIND=SECONDS,...] [--qemu-user NAME] [--uid-pool START-END]
- *     [--max-in-flight N] [--test-monitor] [--image-dir DIR] [--block-device PATH_OR_GLOB]...
+ *     [--max-in-flight N] [--test-monitor] [--wait-guest-default] [--image-dir DIR] [--block-device PATH_OR_GLOB]...
  *     [--rbd-monitors HOST:PORT[,HOST:PORT] --rbd-pool POOL --rbd-keyring FILE [--rbd-id CLIENT]]
  *
  * --migration-address: the address incoming live migrations listen on (one
@@ -61,6 +61,7 @@ interface Args {
   qemuUser?: string;
   uidPool?: UidRange;
   testMonitor: boolean;
+  waitGuestDefault: boolean;
   maxInFlight?: number;
   imageDir?: string;
   blockDevices: string[];
@@ -74,11 +75,16 @@ function parseArgs(argv: string[]): Args {
   const flags = new Map<string, string>();
   const known = ['--name', '--listen', '--data-dir', '--storage-dir', '--ca', '--cert', '--key', '--qemu', '--migration-address', '--cpu-overcommit-ratio', '--unplug-timeout', '--qemu-user', '--uid-pool', '--max-in-flight', '--image-dir', '--block-device', '--rbd-monitors', '--rbd-pool', '--rbd-id', '--rbd-keyring'];
   let testMonitor = false;
+  let waitGuestDefault = false;
   const blockDevices: string[] = [];
   for (let i = 0; i < argv.length; i++) {
     const flag = argv[i];
     if (flag === '--test-monitor') {
       testMonitor = true;
+      continue;
+    }
+    if (flag === '--wait-guest-default') {
+      waitGuestDefault = true;
       continue;
     }
     if (!known.includes(flag)) throw new Error(`unknown argument "${flag}"\n${USAGE}`);
@@ -108,6 +114,7 @@ function parseArgs(argv: string[]): Args {
     ...(flags.has('--qemu-user') ? { qemuUser: parseQemuUser(flags.get('--qemu-user') as string) } : {}),
     ...(flags.has('--uid-pool') ? { uidPool: parseUidPool(flags.get('--uid-pool') as string) } : {}),
     testMonitor,
+    waitGuestDefault,
     ...(flags.has('--max-in-flight') ? { maxInFlight: parseMaxInFlight(flags.get('--max-in-flight') as string) } : {}),
     imageDir: flags.get('--image-dir'),
     blockDevices,
@@ -150,6 +157,7 @@ async function main(): Promise<void> {
     ...(args.qemuUser ? { qemuUser: args.qemuUser } : {}),
     ...(args.uidPool ? { uidPool: args.uidPool } : {}),
     testMonitor: args.testMonitor,
+    ...(args.waitGuestDefault ? { waitGuestDefault: true } : {}),
     ...(args.imageDir ? { imageDir: args.imageDir } : {}),
     blockDevices: args.blockDevices,
     ...(args.rbd ? { rbd: args.rbd } : {}),

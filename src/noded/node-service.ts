@@ -37,6 +37,7 @@ import type { MigrationStartRequest__Output } from '../generated/gnt/node/v1/Mig
 import type { InstanceRegistry, Logger } from './instance-registry';
 import { MigrationService } from './migration-service';
 import { verifyHandler } from './verify-service';
+import { guestHandlers } from './guest-service';
 import { assertPlanHostPaths, int64, planStart, runtimeToProto, type StartPlan } from './spec';
 import { failedPrecondition, invalidArgument, notFound, statusName, toStatus } from './status';
 import type { Storage } from './storage';
@@ -49,6 +50,8 @@ import { ensureStorageId } from './storage-id';
 
 export interface NodeServiceOptions {
   nodeName: string;
+  /** gnt-noded --wait-guest-default (reported in NodeInfo). */
+  waitGuestDefault?: boolean;
   registry: InstanceRegistry;
   storage: Storage;
   qemuBinary?: string;
@@ -116,6 +119,7 @@ export class NodeService {
       OperationLog: this.unary('OperationLog', () => '', async (r: OperationLogRequest__Output) => operationLog(this.registry, r)),
       ...this.migrationHandlers(),
       InstanceVerify: verifyHandler(this.opts, (method, instanceOf, fn) => this.unary(method, instanceOf, fn)),
+      ...guestHandlers(this.registry, (method, instanceOf, fn) => this.unary(method, instanceOf, fn)),
     };
   }
 
@@ -187,6 +191,7 @@ export class NodeService {
       storageFreeBytes: String(this.storage.freeBytes()),
       rbdPool: this.opts.rbdPool?.pool ?? '',
       storageId: this.storageId,
+      waitGuestDefault: this.opts.waitGuestDefault === true,
     };
   }
 

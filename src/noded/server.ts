@@ -44,6 +44,8 @@ export interface NodeServerOptions {
   cpuOvercommitRatio?: number;
   /** Test hook: a second QMP socket per instance (qmp-test.sock in its runtime dir). */
   testMonitor?: boolean;
+  /** Hot-adds wait for the guest agent unless the modify says otherwise (NodeInfoReply.wait_guest_default). */
+  waitGuestDefault?: boolean;
   /** Unplug timeouts per device kind (an instance's hvparam unplug_timeout overrides them). */
   unplugTimeouts?: UnplugTimeouts;
   /** The unprivileged user QEMU runs as by default (--qemu-user; default gnt-qemu). */
@@ -124,7 +126,7 @@ export async function startNodeServer(opts: NodeServerOptions): Promise<NodeServ
   const security = new QemuSecurity({ user: opts.qemuUser ?? DEFAULT_QEMU_USER, ...(opts.uidPool ? { uidPool: opts.uidPool } : {}) }, registry);
   checkOwnCertificate(opts.name, opts.tls);
   const live = new LiveTls(opts.tls);
-  const service = new NodeService({ nodeName: opts.name, registry, storage, qemuBinary: opts.qemuBinary, migrationHost, vcpus, security, tls: () => live.material, ...(rbdPool ? { rbdPool } : {}), log: opts.log });
+  const service = new NodeService({ nodeName: opts.name, registry, storage, qemuBinary: opts.qemuBinary, migrationHost, vcpus, security, tls: () => live.material, ...(rbdPool ? { rbdPool } : {}), ...(opts.waitGuestDefault ? { waitGuestDefault: true } : {}), log: opts.log });
   const renew = renewCertificateHandler({ nodeName: opts.name, live, ...(opts.tlsFiles ? { files: opts.tlsFiles } : {}), log: opts.log });
   const guarded = guardedNodeService(opts, { ...service.handlers(), NodeRenewCertificate: renew });
   const server = new grpc.Server(CHANNEL_LIMITS);

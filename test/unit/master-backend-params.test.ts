@@ -45,7 +45,7 @@ describe('gnt-instance modify -B (backend parameters)', () => {
 
   describe('in the master', () => {
     const modify = (m: object): SubmitJobRequest__Output =>
-      ({ op: 'instanceModify', instanceModify: { name: 'web1', nics: [], disks: [], hotplug: 'HOTPLUG', vcpus: 0, memoryMib: '0', ...m } }) as SubmitJobRequest__Output;
+      ({ op: 'instanceModify', instanceModify: { name: 'web1', nics: [], disks: [], hotplug: 'HOTPLUG', vcpus: 0, memoryMib: '0', waitGuest: 'WAIT_GUEST_MODE_UNSPECIFIED', waitGuestTimeoutS: 0, ...m } }) as SubmitJobRequest__Output;
 
     it('a -B change alone is a modify op carrying vcpus and memory', () => {
       const p = prepareJob(modify({ vcpus: 2, memoryMib: '384' }));

@@ -31,7 +31,7 @@ const status = (o: Partial<MigrationStatus__Output>): MigrationStatus__Output =>
 const runtime = (o: Partial<InstanceRuntime__Output> = {}): InstanceRuntime__Output =>
   ({ name: 'web1', running: true, pid: 42, nics: [], disks: [], guest: null, resources: null, ...o }) as InstanceRuntime__Output;
 const info = (name: string, o: Partial<NodeInfoReply__Output> = {}): NodeInfoReply__Output => ({
-  name, memoryTotalMib: '4096', memoryFreeMib: '2048', cpus: 2, qemuVersion: '10.0.2', storageDir: '/s', storageFreeBytes: '1', storageId: 'shared', rbdPool: '', ...o,
+  name, memoryTotalMib: '4096', memoryFreeMib: '2048', cpus: 2, qemuVersion: '10.0.2', storageDir: '/s', storageFreeBytes: '1', storageId: 'shared', rbdPool: '', waitGuestDefault: false, ...o,
 });
 
 type Handler = (node: string, arg: unknown) => unknown;

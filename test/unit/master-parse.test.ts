@@ -116,7 +116,7 @@ describe('master CLI parsing', () => {
 
   describe('master-side request checks (prepareJob)', () => {
     const modify = (m: object): SubmitJobRequest__Output =>
-      ({ op: 'instanceModify', instanceModify: { name: 'web1', nics: [], disks: [], hotplug: 'HOTPLUG', vcpus: 0, memoryMib: '0', ...m } }) as SubmitJobRequest__Output;
+      ({ op: 'instanceModify', instanceModify: { name: 'web1', nics: [], disks: [], hotplug: 'HOTPLUG', vcpus: 0, memoryMib: '0', waitGuest: 'WAIT_GUEST_MODE_UNSPECIFIED', waitGuestTimeoutS: 0, ...m } }) as SubmitJobRequest__Output;
     it('turns a modify into an op locked on the instance', () => {
       const p = prepareJob(modify({ nics: [{ action: 'ADD', index: -1, mac: '', link: 'br0' }] }));
       assert.deepEqual(p.locks, ['instance:web1']);

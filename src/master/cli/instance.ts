@@ -17,6 +17,7 @@ import type { InstanceDetails__Output } from '../../generated/gnt/master/v1/Inst
 import type { InstanceModifyOp } from '../../generated/gnt/master/v1/InstanceModifyOp';
 import type { InstanceMigrateOp } from '../../generated/gnt/master/v1/InstanceMigrateOp';
 import { describeBacking } from '../jobs/disk-backing';
+import { formatGuestAgent } from './guest-agent-view';
 
 const nameArg = (args: ParsedArgs): string => checkName('instance', positionals(args, ['INSTANCE'])[0]);
 
@@ -123,12 +124,16 @@ export const instanceCommands: CommandGroup = {
     usage:
       'gnt-instance modify [--hotplug | --hotplug-if-possible] [--net add[:mac=MAC,link=BR] | --net N:mac=MAC[,link=BR] | --net N:remove]...\n' +
       '    [--disk add:size=SIZE|add:adopt=DEV|POOL/IMAGE[,template=rbd][,iops_max=N,...] | --disk N:remove\n' +
-      '     | --disk N:iops_max=N,iops_rd_max=N,iops_wr_max=N,bps_max=N,bps_rd_max=N,bps_wr_max=N]... [-B vcpus=N,memory=SIZE] [--submit] INSTANCE',
-    spec: { multi: ['net', 'disk', 'backend-parameters'], flags: ['hotplug', 'hotplug-if-possible', 'submit'], aliases: { B: 'backend-parameters' } },
+      '     | --disk N:iops_max=N,iops_rd_max=N,iops_wr_max=N,bps_max=N,bps_rd_max=N,bps_wr_max=N]... [-B vcpus=N,memory=SIZE]\n' +
+      '    [--wait-guest | --no-wait-guest] [--wait-guest-timeout SECONDS] [--submit] INSTANCE',
+    spec: { multi: ['net', 'disk', 'backend-parameters'], values: ['wait-guest-timeout'], flags: ['hotplug', 'hotplug-if-possible', 'submit', 'wait-guest', 'no-wait-guest'], aliases: { B: 'backend-parameters' } },
     async run(args, { dir }) {
       const name = nameArg(args);
       if (args.flags.has('hotplug') && args.flags.has('hotplug-if-possible'))
         throw new UsageError('--hotplug and --hotplug-if-possible exclude each other');
+      if (args.flags.has('wait-guest') && args.flags.has('no-wait-guest')) throw new UsageError('--wait-guest and --no-wait-guest exclude each other');
+      const waitTimeout = args.value('wait-guest-timeout');
+      if (waitTimeout !== undefined && !/^[1-9]\d{0,2}$/.test(waitTimeout)) throw new UsageError(`--wait-guest-timeout ${waitTimeout.slice(0, 20)} is not a number of seconds from 1 to 600`);
       const be = parseBackendParams(args.all('backend-parameters'));
       const op: InstanceModifyOp = {
         name,
@@ -137,6 +142,8 @@ export const instanceCommands: CommandGroup = {
         nics: args.all('net').map(parseNicChange),
         disks: args.all('disk').map(parseDiskChange),
         hotplug: args.flags.has('hotplug') ? 'HOTPLUG' : args.flags.has('hotplug-if-possible') ? 'HOTPLUG_IF_POSSIBLE' : 'HOTPLUG_MODE_UNSPECIFIED',
+        waitGuest: args.flags.has('wait-guest') ? 'WAIT_GUEST' : args.flags.has('no-wait-guest') ? 'NO_WAIT_GUEST' : 'WAIT_GUEST_MODE_UNSPECIFIED',
+        waitGuestTimeoutS: waitTimeout ? Number(waitTimeout) : 0,
       };
       if (!op.nics!.length && !op.disks!.length && !be.vcpus && !be.memoryMib) throw new UsageError('nothing to change: give --net, --disk or -B');
       return runJob(dir, { instanceModify: op }, args.flags.has('submit'));
@@ -288,9 +295,7 @@ export function formatInstanceInfo(d: InstanceDetails__Output): string {
   const extra = [...rt.nics, ...rt.disks].filter((x) => !cfgUuids.has(x.uuid));
   if (extra.length)
     out += `Devices on the node but not in the configuration (pending removal at the next start):\n${extra.map((x) => `  ${x.uuid} PCI ${x.pci} ${x.deviceId}\n`).join('')}`;
-  const g = rt.guest;
-  if (g?.known)
-    out += block([['Guest view', { 'CPUs online': g.cpusOnline, 'MemTotal': `${g.memTotalKib} KiB`, NICs: g.nics, Disks: g.disks }]]);
+  out += formatGuestAgent(d.guestAgent);
   if (d.operations.length)
     out += `Open operations (outcome not settled yet; the master settles them from the node, with no command):\n${d.operations
       .map((o) => `  ${o.id} job ${o.jobId} ${o.kind} ${o.action}${o.deviceUuid ? ` ${o.deviceUuid}` : ''}: ${o.state === 'sent' ? 'outcome unknown' : 'removal pending'} since ${o.createdAt}\n`)

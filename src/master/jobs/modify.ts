@@ -14,6 +14,8 @@ import { nodeTarget } from './spec';
 import { createOperation } from './operations';
 import { runOperation, type OpCallDeps } from './op-call';
 import type { MacSource, ModifyOp } from './device-changes/change-kind';
+import { confirmInGuest, shouldWaitGuest } from './guest-confirm';
+import type { GuestWaitTarget } from './device-changes/change-kind';
 import { CHANGE_ORDER, changeKind, type ChangeKindName, type ModifyStep, type StepOf } from './device-changes/registry';
 
 export interface ModifyDeps {
@@ -40,7 +42,7 @@ export function planModify(inst: InstanceConfig, op: ModifyOp, macs: MacSource):
 export async function runModify(deps: ModifyDeps, op: ModifyOp, ctx: JobContext): Promise<void> {
   const inst = deps.config.getInstance(op.name);
   const steps = planModify(inst, op, deps.macs);
-  const run = new ModifyRun(deps, inst, op.hotplug, ctx);
+  const run = new ModifyRun(deps, inst, op, ctx);
   for (const s of steps) await run.step(s.kind, s);
   if (run.pending.length) ctx.log(`${run.pending.length} change(s) apply at the next start of instance ${inst.name}`);
 }
@@ -51,14 +53,18 @@ class ModifyRun {
   readonly pending: string[] = [];
   private readonly live = new Map<ChangeKindName, boolean>();
   private readonly node: NodeTarget;
+  private readonly hotplug: ModifyOp['hotplug'];
+  /** --wait-guest (or the node's default), decided at the first live change; false once no agent answered. */
+  private waitGuest: boolean | undefined;
 
   constructor(
     private readonly deps: ModifyDeps,
     private readonly inst: InstanceConfig,
-    private readonly hotplug: ModifyOp['hotplug'],
+    private readonly op: ModifyOp,
     private readonly ctx: JobContext,
   ) {
     this.node = nodeTarget(inst);
+    this.hotplug = op.hotplug;
   }
 
   async step<K extends ChangeKindName>(kind: K, s: StepOf<K>): Promise<void> {
@@ -119,5 +125,15 @@ class ModifyRun {
     ctx.log(out.line);
     out.notes.forEach((n) => ctx.log(`note: ${n}`));
     this.done.push(out.line);
+    if (final.state === 'succeeded' && k.guestWait) await this.confirm(k.guestWait(s, res.reply ?? k.replyOfRecord(res.record)), s.what);
+  }
+
+  /** --wait-guest: the guest agent reports the change (guest-confirm.ts). */
+  private async confirm(targets: GuestWaitTarget[] | string, what: string): Promise<void> {
+    if (Array.isArray(targets) && !targets.length) return;
+    this.waitGuest ??= await shouldWaitGuest(this.op, this.deps.rpc, this.node);
+    if (!this.waitGuest) return;
+    const deps = { rpc: this.deps.rpc, node: this.node, instance: this.inst.name, log: (l: string) => this.ctx.log(l) };
+    this.waitGuest = await confirmInGuest(deps, targets, what, this.op.waitGuestTimeoutMs);
   }
 }

@@ -113,6 +113,10 @@ export type Op =
       vcpus: number;
       /** -B memory=SIZE in MiB: 0 unchanged. */
       memoryMib: number;
+      /** --wait-guest (yes) / --no-wait-guest (no); absent: the node's default (gnt-noded --wait-guest-default). */
+      waitGuest?: 'yes' | 'no';
+      /** --wait-guest-timeout, ms (absent: 60 s). */
+      waitGuestTimeoutMs?: number;
     }
   | MigrateOp
   | GrowDiskOp;
@@ -238,8 +242,12 @@ function instanceModify(o: InstanceModifyOp__Output): PreparedJob {
   const memoryMib = int64(o.memoryMib, 'memory');
   if (nics.length === 0 && disks.length === 0 && !vcpus && !memoryMib) throw new UsageError('nothing to change: give --net, --disk or -B');
   const hotplug = o.hotplug === 'HOTPLUG' ? 'HOTPLUG' : o.hotplug === 'HOTPLUG_IF_POSSIBLE' ? 'IF_POSSIBLE' : 'NONE';
+  const waitGuest = o.waitGuest === 'WAIT_GUEST' ? { waitGuest: 'yes' as const } : o.waitGuest === 'NO_WAIT_GUEST' ? { waitGuest: 'no' as const } : {};
+  if (o.waitGuestTimeoutS && (!Number.isInteger(o.waitGuestTimeoutS) || o.waitGuestTimeoutS < 1 || o.waitGuestTimeoutS > 600))
+    throw new UsageError(`--wait-guest-timeout ${o.waitGuestTimeoutS} is not a number of seconds from 1 to 600`);
+  const waitTimeout = o.waitGuestTimeoutS ? { waitGuestTimeoutMs: o.waitGuestTimeoutS * 1000 } : {};
   return {
-    op: { type: 'instance-modify', name: o.name, nics, disks, hotplug, vcpus, memoryMib },
+    op: { type: 'instance-modify', name: o.name, nics, disks, hotplug, vcpus, memoryMib, ...waitGuest, ...waitTimeout },
     summary: `modify instance ${o.name}`,
     locks: [`instance:${o.name}`],
   };

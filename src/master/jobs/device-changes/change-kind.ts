@@ -11,6 +11,7 @@ import type { NodeRpc, NodeTarget } from '../../node-rpc';
 import type { OperationRecord__Output } from '../../../generated/gnt/node/v1/OperationRecord';
 import type { Op } from '../ops';
 import type { OperationRow, Outcome } from '../operations';
+import type { GuestWaitRequest } from '../../../generated/gnt/node/v1/GuestWaitRequest';
 
 export type ModifyOp = Extract<Op, { type: 'instance-modify' }>;
 
@@ -37,6 +38,9 @@ export interface KindTypes {
 }
 
 /** MACs for the job's new NICs, reserved until the job ends. */
+/** What GuestWait asks the guest agent for (GuestWaitRequest without instance and timeout). */
+export type GuestWaitTarget = Omit<GuestWaitRequest, 'instance' | 'timeoutMs'> & { kind: 'nic' | 'disk' | 'vcpus' | 'memory' };
+
 export interface MacSource {
   /** Reserves `mac`; throws ConfigError ALREADY_EXISTS when it is used or reserved. */
   reserve(mac: string): string;
@@ -103,6 +107,13 @@ export interface ChangeKind<T extends KindTypes> {
   failedMessage(step: T['step'], final: OperationRow, ctx: { config: ConfigStore; inst: InstanceConfig; done: readonly string[] }): string;
   /** `reply` is the node's reply or its record; `confirmed`: from the record (the reply was lost). */
   succeeded(step: T['step'], final: OperationRow, reply: T['reply'] | undefined, confirmed: boolean): LiveResult;
+  /**
+   * With --wait-guest: what the guest agent must report once the live change
+   * succeeded (a hot-added NIC's MAC, a disk's address, the vCPU count,
+   * memory online); none for removals and modifies. A string says why this
+   * change cannot be confirmed by the guest.
+   */
+  guestWait?(step: T['step'], reply: T['reply'] | undefined): GuestWaitTarget[] | string;
 
   /** The change in words, e.g. "hot-add of new NIC 3f.. (52:54:00:.. on br0)". */
   describe(c: T['change']): string;

@@ -8,7 +8,7 @@
 import { ConfigError, type ConfigStore, type DeviceTable, type InstanceConfig } from '../../config/config-store';
 import type { HotplugDeviceReply__Output } from '../../../generated/gnt/node/v1/HotplugDeviceReply';
 import type { HotplugDeviceRequest } from '../../../generated/gnt/node/v1/HotplugDeviceRequest';
-import type { ChangeKind, LiveResult, PlanContext, PlannedChange } from './change-kind';
+import type { ChangeKind, GuestWaitTarget, LiveResult, PlanContext, PlannedChange } from './change-kind';
 
 /** The change record of a device kind: which device, and what happens to it. */
 export interface DeviceChangeRecord {
@@ -65,6 +65,23 @@ function crashPoint(log: (line: string) => void, flush: () => void): void {
   process.kill(process.pid, 'SIGKILL');
 }
 
+/** What the guest agent must list after a hot-add: the NIC's MAC, the disk's PCI address (root bus) or SCSI address. */
+export function guestWaitOf(c: DeviceChangeRecord, reply: HotplugDeviceReply__Output | undefined): GuestWaitTarget[] | string {
+  if (c.action !== 'add') return [];
+  if (!reply) return 'the node\'s reply was lost, so the device\'s address is not known';
+  if (reply.nic?.mac) return [{ kind: 'nic', mac: reply.nic.mac }];
+  const scsi = reply.disk?.scsiAddress;
+  if (scsi) {
+    const [, target, lun] = scsi.split(':');
+    return [{ kind: 'disk', scsi: `0:${target}:${lun}` }];
+  }
+  const bus = reply.disk?.pciBus || '';
+  if (reply.disk && reply.pci >= 0 && (!bus || /^(pci|pcie)\.0$/.test(bus)))
+    return [{ kind: 'disk', pci: `0000:00:${reply.pci.toString(16).padStart(2, '0')}.0` }];
+  if (reply.disk) return `the disk sits behind ${bus}, whose bus number only the guest's firmware knows`;
+  return [];
+}
+
 /** Where the node put the device: a PCI slot (of a bridge or root port when not on the root bus) or a SCSI address. */
 function placeOf(reply: HotplugDeviceReply__Output): string {
   const scsi = reply.disk?.scsiAddress;
@@ -113,6 +130,7 @@ export function hotplugKind<C extends DeviceChangeRecord>(spec: DeviceKindSpec<C
       `hot-${s.change.action} of ${s.what} failed: ${final.error}; the configuration of this change is unchanged` +
       (done.length ? ` (already done: ${done.join('; ')})` : ''),
     succeeded: (s, final, reply, confirmed) => liveLine(s, final.state, reply, confirmed),
+    guestWait: (s, reply) => guestWaitOf(s.change, reply),
     describe: (c) => spec.describe(c),
     commitSettled: (config, inst, c) => spec.commitSettled(config, inst, c),
     markRemovalPending: (config, c, opId) => config.setRemovalPending(spec.table, c.uuid, opId),

@@ -104,6 +104,10 @@ export const resourcesChanges: ChangeKind<ResourcesTypes> = {
   replyOfRecord: (rec) => rec?.resize ?? undefined,
   failedMessage: (s, final, { config, inst }) => failedMessage(s, final.error, config, inst.name),
   succeeded: (s, _final, reply, confirmed) => ({ line: liveLine(s, reply, confirmed), notes: reply?.notes ?? [] }),
+  guestWait: (s) => [
+    ...(s.change.vcpus > s.change.oldVcpus ? [{ kind: 'vcpus' as const, vcpus: s.change.vcpus }] : []),
+    ...(s.change.memoryMib > s.change.oldMemoryMib ? [{ kind: 'memory' as const }] : []),
+  ],
   describe: (c) => `live resize to ${c.vcpus} vCPUs, ${c.memoryMib} MiB (from ${c.oldVcpus} vCPUs, ${c.oldMemoryMib} MiB)`,
   commitSettled: (config, inst, c) => config.setResources(inst.name, c.vcpus, c.memoryMib),
   markRemovalPending: () => undefined,

@@ -30,6 +30,7 @@ export function instancePaths(dataDir: string, name: string): InstancePaths {
     qmpSocket: path.join(dir, 'qmp.sock'),
     testQmpSocket: path.join(dir, 'qmp-test.sock'),
     consoleLog: path.join(dir, 'console.log'),
+    consoleSocket: path.join(dir, 'console.sock'),
     pidFile: path.join(dir, 'qemu.pid'),
     qemuLog: path.join(dir, 'qemu.log'),
     agentSocket: path.join(dir, 'qga.sock'),

@@ -76,6 +76,8 @@ export function memoryOption(memoryMiB: number, maxMemoryMiB: number, slots = 4)
 export interface NodePaths {
   qmpSocket: string;
   consoleLog: string;
+  /** The serial console's unix socket (QEMU serves one client; src/hypervisor/serial-console.ts). */
+  consoleSocket: string;
   pidFile: string;
   /** The second monitor's socket (test hook), when enabled. */
   testQmpSocket?: string;
@@ -98,7 +100,10 @@ export function nodeLocalArgs(paths: NodePaths, options: { testMonitor?: boolean
     // A second monitor for tests and debugging (gnt-noded --test-monitor): QEMU's
     // QMP socket serves one client at a time, and the node daemon holds the first.
     ...(options.testMonitor && paths.testQmpSocket ? ['-qmp', `unix:${qemuOptValue(paths.testQmpSocket, 'the test QMP socket path')},server=on,wait=off`] : []),
-    '-chardev', `file,id=console,path=${qemuOptValue(paths.consoleLog, 'the console log path')}`,
+    // The serial port is a unix socket server (one interactive client at a
+    // time, never waited for) that also logs all guest output to console.log
+    // from QEMU's start, whether or not a client is connected.
+    '-chardev', `socket,id=console,path=${qemuOptValue(paths.consoleSocket, 'the console socket path')},server=on,wait=off,logfile=${qemuOptValue(paths.consoleLog, 'the console log path')}`,
     '-serial', 'chardev:console',
     '-pidfile', paths.pidFile,
   ];

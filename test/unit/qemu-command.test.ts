@@ -106,16 +106,16 @@ describe('qemu-command', () => {
 
   describe('nodeLocalArgs', () => {
     it('adds monitor, console and pid file', () => {
-      assert.deepEqual(nodeLocalArgs({ qmpSocket: '/d/qmp.sock', consoleLog: '/d/console.log', pidFile: '/d/qemu.pid' }), [
+      assert.deepEqual(nodeLocalArgs({ qmpSocket: '/d/qmp.sock', consoleLog: '/d/console.log', consoleSocket: '/d/console.sock', pidFile: '/d/qemu.pid' }), [
         '-qmp', 'unix:/d/qmp.sock,server=on,wait=off',
-        '-chardev', 'file,id=console,path=/d/console.log',
+        '-chardev', 'socket,id=console,path=/d/console.sock,server=on,wait=off,logfile=/d/console.log',
         '-serial', 'chardev:console',
         '-pidfile', '/d/qemu.pid',
       ]);
     });
 
     it('adds the test monitor only when asked (gnt-noded --test-monitor)', () => {
-      const paths = { qmpSocket: '/d/qmp.sock', consoleLog: '/d/console.log', pidFile: '/d/qemu.pid', testQmpSocket: '/d/qmp-test.sock' };
+      const paths = { qmpSocket: '/d/qmp.sock', consoleLog: '/d/console.log', consoleSocket: '/d/console.sock', pidFile: '/d/qemu.pid', testQmpSocket: '/d/qmp-test.sock' };
       assert.ok(!nodeLocalArgs(paths).includes('unix:/d/qmp-test.sock,server=on,wait=off'));
       assert.deepEqual(nodeLocalArgs(paths, { testMonitor: true }).slice(0, 4), [
         '-qmp', 'unix:/d/qmp.sock,server=on,wait=off',

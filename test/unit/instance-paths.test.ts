@@ -51,6 +51,8 @@ describe('instance-paths', () => {
         consoleLog: '/var/lib/gnt/web-1.example/console.log',
         pidFile: '/var/lib/gnt/web-1.example/qemu.pid',
         qemuLog: '/var/lib/gnt/web-1.example/qemu.log',
+        agentSocket: '/var/lib/gnt/web-1.example/qga.sock',
+        consoleSocket: '/var/lib/gnt/web-1.example/console.sock',
       });
     });
 

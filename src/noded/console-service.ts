@@ -16,6 +16,8 @@ import { invalidArgument, toStatus } from './status';
 
 /** Recent output replayed when the request leaves replay_bytes at 0. */
 export const DEFAULT_REPLAY_BYTES = 16 * 1024;
+/** Input a client may send before the console is attached (kept, then written in order). */
+const MAX_EARLY_BYTES = 64 * 1024;
 /** At most this much is replayed, whatever is asked. */
 const MAX_REPLAY_BYTES = 1024 * 1024;
 
@@ -46,6 +48,8 @@ export function instanceConsoleHandler(registry: InstanceRegistry): (call: Conso
     };
     let first = true;
     let tail = false;
+    /** Input sent before QEMU's socket is connected: written once it is, in order. */
+    const early: Buffer[] = [];
     call.on('data', (msg: ConsoleInput__Output | MalformedRequest) => {
       if (over) return;
       if (msg instanceof MalformedRequest) return end('', invalidArgument(`malformed InstanceConsole message: ${msg.reason}`));
@@ -72,13 +76,17 @@ export function instanceConsoleHandler(registry: InstanceRegistry): (call: Conso
             const replayer = tailConsoleLog(paths.consoleLog, replay, send);
             replayer.stop(); // one read of the recent output; the socket carries what follows
             if (msg.data.length) s.write(msg.data);
+            for (const b of early.splice(0)) s.write(b); // input that came while the socket was opening
           },
           (err) => end('', err),
         );
         return;
       }
       if (tail && msg.data.length) return end('', invalidArgument('a --tail console session is read-only: input is refused'));
-      if (msg.data.length) session?.write(msg.data);
+      if (!msg.data.length) return;
+      if (session) session.write(msg.data);
+      else if (early.reduce((n, b) => n + b.length, 0) + msg.data.length <= MAX_EARLY_BYTES) early.push(Buffer.from(msg.data));
+      else end('', invalidArgument(`more than ${MAX_EARLY_BYTES} bytes of input before the console was attached`));
     });
     call.on('end', () => end('the client ended the session'));
     call.on('cancelled', () => end('the client went away'));

@@ -17,6 +17,7 @@ import type { InstanceDetails__Output } from '../../generated/gnt/master/v1/Inst
 import type { InstanceModifyOp } from '../../generated/gnt/master/v1/InstanceModifyOp';
 import type { InstanceMigrateOp } from '../../generated/gnt/master/v1/InstanceMigrateOp';
 import { describeBacking } from '../jobs/disk-backing';
+import { instanceAudit } from './audit';
 
 const nameArg = (args: ParsedArgs): string => checkName('instance', positionals(args, ['INSTANCE'])[0]);
 
@@ -49,6 +50,7 @@ export function parseGrowDiskArgs(args: ParsedArgs): InstanceGrowDiskOp {
 }
 
 export const instanceCommands: CommandGroup = {
+  audit: instanceAudit,
   verify: instanceVerifyCommand,
   add: {
     usage:

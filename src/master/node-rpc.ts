@@ -34,6 +34,13 @@ import type { OperationLogReply__Output } from '../generated/gnt/node/v1/Operati
 import type { GuestAgentView__Output } from '../generated/gnt/node/v1/GuestAgentView';
 import type { GuestWaitReply__Output } from '../generated/gnt/node/v1/GuestWaitReply';
 import type { GuestWaitRequest } from '../generated/gnt/node/v1/GuestWaitRequest';
+import type { AuditLogRequest } from '../generated/gnt/node/v1/AuditLogRequest';
+import type { AuditLogReply__Output } from '../generated/gnt/node/v1/AuditLogReply';
+import { currentRequestedBy } from './jobs/requested-by';
+
+/** Node methods that change an instance: their requests carry requested_by (the node audits them). */
+const CHANGES: ReadonlySet<string> = new Set(['InstanceStart', 'InstanceStop', 'InstanceRemove', 'HotplugDevice', 'InstanceResize',
+  'InstanceReceive', 'MigrationStart', 'MigrationFinish', 'MigrationAbort', 'InstanceRelease']);
 
 /** Codes the node's handlers answer after deciding that nothing was (or stays) applied. */
 const DEFINITIVE = new Set(['INVALID_ARGUMENT', 'NOT_FOUND', 'ALREADY_EXISTS', 'FAILED_PRECONDITION', 'RESOURCE_EXHAUSTED',
@@ -160,6 +167,9 @@ export class NodeRpc {
   }
 
   private async call<M extends NodeMethod>(node: NodeTarget, method: M, req: NodeRequest<M>, timeoutMs: number): Promise<NodeReply<M>> {
+    // A change to an instance names who asked for the job (docs/audit.md).
+    const requestedBy = CHANGES.has(method) ? currentRequestedBy() : '';
+    if (requestedBy) req = { ...(req as object), requestedBy } as NodeRequest<M>;
     try {
       return await this.send(node, method, req, Date.now() + timeoutMs);
     } catch (e) {
@@ -178,6 +188,11 @@ export class NodeRpc {
       const answered = (err.code === grpc.status.UNAVAILABLE || err.code === grpc.status.DEADLINE_EXCEEDED) && !unreachable && !rpcDeadline;
       throw new NodeRpcError(message, name, err.code, answered ? false : undefined);
     }
+  }
+
+  /** The node's audit records (docs/audit.md). */
+  auditLog(node: NodeTarget, req: AuditLogRequest): Promise<AuditLogReply__Output> {
+    return this.call(node, 'AuditLog', req, this.shortMs);
   }
 
   nodeInfo(node: NodeTarget): Promise<NodeInfoReply__Output> {

@@ -7,7 +7,9 @@
 import * as grpc from '@grpc/grpc-js';
 import { LiveTls, readIdentity } from '../common/pki';
 import { boundedDetails } from '../common/excerpt';
-import { CHANNEL_LIMITS, guardService } from '../common/rpc-guard';
+import { CHANNEL_LIMITS, callerOf, guardService } from '../common/rpc-guard';
+import { identityOfFacts, LOCAL_ADMIN_IDENTITY } from '../common/cert-identity';
+import { masterAuditLog } from './audit';
 import { LOCAL_ADMIN, type CertFacts, type CertRole } from '../common/cert-roles';
 import { CertStore, revokedMessage } from './config/cert-store';
 import { RENEW_CRYPTO_OP, runRenewCrypto } from './jobs/renew-crypto';
@@ -41,6 +43,17 @@ import { checkSocketDir, checkSocketPath, installSocket, tmpSocketPath, type Ins
 import * as path from 'node:path';
 
 export { loadMasterProto };
+
+type AuthCall = Parameters<typeof callerOf>[0];
+
+/** The TLS caller's identity ("cli certificate AB:CD:..."); the guard has already admitted it. */
+const callerOfTls = (call: AuthCall): string => {
+  try {
+    return identityOfFacts(callerOf(call));
+  } catch {
+    return '';
+  }
+};
 
 function toInstance(i: InstanceConfig): Instance {
   return {
@@ -216,12 +229,11 @@ export class MasterDaemon {
     const address = this.options.listen ?? this.options.clusterDir.readClusterFile().master_address;
     const { host } = checkAddress(address.replace(/:0$/, ':1'), 'master address');
     this.liveTls = new LiveTls(readIdentity(this.options.clusterDir.masterIdentity));
-    const handlers = this.handlers();
-    const server = this.guardedServer(handlers);
+    const server = this.guardedServer(this.handlers(callerOfTls));
     const port = await bind(server, address, this.liveTls.serverCredentials());
     this.server = server;
     // After the TCP address: a second master of this cluster has already failed there.
-    if (this.options.localSocket) await this.listenLocal(this.options.localSocket, handlers);
+    if (this.options.localSocket) await this.listenLocal(this.options.localSocket, this.handlers(() => LOCAL_ADMIN_IDENTITY));
     return `${host}:${port}`;
   }
 
@@ -326,7 +338,8 @@ export class MasterDaemon {
     return (node, name) => states.get(`${node}/${name}`) ?? (reachable.has(node) ? 'stopped' : 'unknown');
   }
 
-  private handlers(): MasterHandlers {
+  /** The handlers; `identity` names the caller of a call (recorded with the jobs it submits, docs/audit.md). */
+  private handlers(identity: (call: AuthCall) => string): MasterHandlers {
     const unary =
       <Req, Rep>(fn: (req: Req) => Rep | Promise<Rep>): grpc.handleUnaryCall<Req, Rep> =>
       (call, callback) => {
@@ -339,7 +352,7 @@ export class MasterDaemon {
       if (!row) throw new ConfigError(`job ${id} does not exist`, 'NOT_FOUND');
       return row;
     };
-    const submit = (req: SubmitJobRequest__Output): JobRow => {
+    const submit = (req: SubmitJobRequest__Output, requestedBy: string): JobRow => {
       const prepared = prepareJob(req);
       // Limits that need the configuration fail the submission, not a job (checked again when the job runs).
       const op = prepared.op;
@@ -349,15 +362,15 @@ export class MasterDaemon {
       }
       // Checked and submitted in one synchronous step: no other submission can slip in between.
       checkMigrationConflict(this.jobs, op);
-      return this.queue.submit(prepared.op.type, prepared.op, prepared.summary, prepared.locks);
+      return this.queue.submit(prepared.op.type, prepared.op, prepared.summary, prepared.locks, requestedBy);
     };
     const streams = { queue: this.queue, store: this.jobs };
     return {
-      SubmitJob: unary((req) => ({ jobId: submit(req).id })),
+      SubmitJob: (call, callback) => unary((req: SubmitJobRequest__Output) => ({ jobId: submit(req, identity(call)).id }))(call, callback),
       RunJob: (call) => {
         let job: JobRow;
         try {
-          job = submit(call.request);
+          job = submit(call.request, identity(call));
         } catch (err) {
           call.emit('error', toStatus(err));
           return;
@@ -408,6 +421,7 @@ export class MasterDaemon {
         return { instances: this.config.listInstances().map((i) => ({ instance: toInstance(i), operState: operState(i.node.name, i.name) })) };
       }),
       Verify: unary((req) => this.verifier.request(this.queue, req)),
+      AuditLog: unary((req) => masterAuditLog(this.config, this.rpc, req)),
       GetInstance: unary(async (req): Promise<InstanceDetails> => {
         const inst = this.config.getInstance(req.name);
         const [runtime, guestAgent] = await Promise.all([this.runtimeView(inst), this.guestAgentView(inst)]);

@@ -47,6 +47,9 @@ import type { RbdImage } from '../hypervisor/disk-template';
 import { createdImages, ensureImages, removeImages, type RbdPool } from './rbd-pool';
 import type { TlsMaterial } from '../hypervisor/migration-tls';
 import { ensureStorageId } from './storage-id';
+import { AuditLog } from './audit-log';
+import { auditCall, auditLogReply } from './audit-service';
+import type { AuditLogRequest__Output } from '../generated/gnt/node/v1/AuditLogRequest';
 
 export interface NodeServiceOptions {
   nodeName: string;
@@ -66,6 +69,8 @@ export interface NodeServiceOptions {
   /** The node's current TLS material (LiveTls), for TLS migration. */
   tls: () => TlsMaterial;
   log: Logger;
+  /** Where audit.log is written (the node's state dir; docs/audit.md). Unset: no audit trail. */
+  auditDir?: string;
 }
 
 const DEFAULT_STOP_TIMEOUT_MS = 10_000;
@@ -83,11 +88,13 @@ export class NodeService {
   private readonly migration: MigrationService;
   /** The storage directory's id (storage-id.ts): equal ids, shared storage. */
   private readonly storageId: string;
+  private readonly audit?: AuditLog;
 
   constructor(private readonly opts: NodeServiceOptions) {
     this.registry = opts.registry;
     this.storage = opts.storage;
     this.storageId = ensureStorageId(opts.storage.dir);
+    if (opts.auditDir) this.audit = new AuditLog(opts.auditDir);
     this.migration = new MigrationService({
       nodeName: opts.nodeName,
       registry: opts.registry,
@@ -121,6 +128,7 @@ export class NodeService {
       ...this.migrationHandlers(),
       InstanceVerify: verifyHandler(this.opts, (method, instanceOf, fn) => this.unary(method, instanceOf, fn)),
       ...guestHandlers(this.registry, (method, instanceOf, fn) => this.unary(method, instanceOf, fn)),
+      AuditLog: this.unary('AuditLog', (r: AuditLogRequest__Output) => r.instance, async (r) => auditLogReply(this.audit, r)),
     };
   }
 
@@ -160,11 +168,13 @@ export class NodeService {
         .then(
           (reply) => {
             this.opts.log(`${what} ${Date.now() - started}ms OK`);
+            auditCall(this.audit, method, call, req, reply);
             callback(null, reply);
           },
           (err: unknown) => {
             const st = toStatus(err);
             this.opts.log(`${what} ${Date.now() - started}ms ${statusName(st.code)}: ${st.details}`);
+            auditCall(this.audit, method, call, req, undefined, { name: statusName(st.code), message: st.details });
             callback({ code: st.code, details: st.details, name: statusName(st.code), message: st.details }, null);
           },
         );

@@ -109,7 +109,9 @@ describe('RunJob: submit and stream a job in one call (in-process master, real g
     assert.ok(lines.every((e) => e.event === 'line'));
     const inDb = master.jobs.logs(id);
     assert.deepEqual(lines.map((e) => [Number(e.line!.seq), e.line!.time, e.line!.message]), inDb.map((l) => [l.seq, l.time, l.message]));
-    assert.deepEqual(inDb.map((l) => l.message).slice(0, 3), [`submitted: modify instance ${NAME}`, 'started', inDb[2].message]);
+    assert.deepEqual(inDb.map((l) => l.message).slice(1, 3), ['started', inDb[2].message]);
+    // The first line names who asked (docs/audit.md): this client's certificate.
+    assert.match(inDb[0].message, new RegExp(`^submitted: modify instance ${NAME}; requested by (cli|master) certificate [0-9A-F:]{95}$`));
     assert.match(inDb[2].message, /^hot-add of new NIC .* on node node1 \(operation [0-9a-f-]{36}\)$/);
     assert.equal(inDb[inDb.length - 1].message, 'finished: success');
     assert.equal(master.queue.watchers(id), 0, 'the stream ended: no listener is left');

@@ -18,6 +18,7 @@ import type { InstanceModifyOp } from '../../generated/gnt/master/v1/InstanceMod
 import type { InstanceMigrateOp } from '../../generated/gnt/master/v1/InstanceMigrateOp';
 import { describeBacking } from '../jobs/disk-backing';
 import { formatGuestAgent } from './guest-agent-view';
+import { instanceAudit } from './audit';
 
 const nameArg = (args: ParsedArgs): string => checkName('instance', positionals(args, ['INSTANCE'])[0]);
 
@@ -50,6 +51,7 @@ export function parseGrowDiskArgs(args: ParsedArgs): InstanceGrowDiskOp {
 }
 
 export const instanceCommands: CommandGroup = {
+  audit: instanceAudit,
   verify: instanceVerifyCommand,
   add: {
     usage:

@@ -47,6 +47,7 @@ export const jobCommands: CommandGroup = {
               ['Status', j.status],
               ['Operation', j.opType],
               ['Summary', j.summary],
+              ['Requested by', j.requestedBy || '(not recorded)'],
               ['Error', j.error + (j.errorCode ? ` (${j.errorCode})` : '')],
               ['Created', j.createdAt],
               ['Started', j.startedAt],

@@ -6,8 +6,10 @@ import { block, json, table } from './output';
 import { checkAddress, checkName, formatSize, UsageError } from '../validate';
 import type { ListNodesReply__Output } from '../../generated/gnt/master/v1/ListNodesReply';
 import type { NodeDetails__Output } from '../../generated/gnt/master/v1/NodeDetails';
+import { nodeAudit } from './audit';
 
 export const nodeCommands: CommandGroup = {
+  audit: nodeAudit,
   add: {
     usage: 'gnt-node add NODE --address HOST:PORT [--submit]',
     spec: { values: ['address'], flags: ['submit'] },

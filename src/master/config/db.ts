@@ -190,6 +190,11 @@ const MIGRATIONS: string[] = [
   ALTER TABLE disks_v9 RENAME TO disks;
   CREATE INDEX disks_instance ON disks(instance_uuid, idx);
   `,
+  // 10 (issue 15, audit trail): who submitted a job (the client certificate's
+  // identity, or the local administrator on the unix socket; '' before).
+  `
+  ALTER TABLE jobs ADD COLUMN requested_by TEXT NOT NULL DEFAULT '';
+  `,
 ];
 
 export const SCHEMA_VERSION = MIGRATIONS.length;

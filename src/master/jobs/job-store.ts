@@ -26,6 +26,8 @@ export interface JobRow {
   created_at: string;
   started_at: string;
   ended_at: string;
+  /** Who submitted it (docs/audit.md); '' for jobs from before migration 10. */
+  requested_by: string;
 }
 
 export class JobStore {
@@ -36,11 +38,11 @@ export class JobStore {
   }
 
   /** Inserts a queued job; with `firstLine`, its first log line in the same transaction. */
-  create(opType: string, op: unknown, summary: string, locks: string[], firstLine?: string): JobRow {
+  create(opType: string, op: unknown, summary: string, locks: string[], firstLine?: string, requestedBy = ''): JobRow {
     const id = this.commit(() => {
       const info = this.db
-        .prepare(`INSERT INTO jobs (op_type, op_json, summary, locks, status, created_at) VALUES (?, ?, ?, ?, 'queued', ?)`)
-        .run(opType, JSON.stringify(op), summary, JSON.stringify(locks), nowIso());
+        .prepare(`INSERT INTO jobs (op_type, op_json, summary, locks, status, created_at, requested_by) VALUES (?, ?, ?, ?, 'queued', ?, ?)`)
+        .run(opType, JSON.stringify(op), summary, JSON.stringify(locks), nowIso(), requestedBy);
       const jobId = Number(info.lastInsertRowid);
       if (firstLine !== undefined) this.buffer.add(jobId, firstLine);
       return jobId;

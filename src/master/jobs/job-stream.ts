@@ -20,7 +20,7 @@ import type { JobQueue } from './queue';
 export function toJob(row: JobRow, log?: LogLine[]): Job {
   return {
     id: row.id, opType: row.op_type, summary: row.summary, status: row.status, error: row.error, errorCode: row.error_code,
-    createdAt: row.created_at, startedAt: row.started_at, endedAt: row.ended_at, opJson: row.op_json, log: log ?? [],
+    createdAt: row.created_at, startedAt: row.started_at, endedAt: row.ended_at, opJson: row.op_json, log: log ?? [], requestedBy: row.requested_by ?? '',
   };
 }
 

@@ -6,6 +6,7 @@
  */
 import { EventEmitter } from 'node:events';
 import { JobStore, type JobRow, type LogLine } from './job-store';
+import { runRequestedBy } from './requested-by';
 
 export interface JobContext {
   readonly jobId: number;
@@ -54,8 +55,9 @@ export class JobQueue {
   }
 
   /** Persists the job with its first line in one commit and queues it. */
-  submit(opType: string, op: unknown, summary: string, locks: string[]): JobRow {
-    const job = this.store.create(opType, op, summary, locks, `submitted: ${summary}`);
+  submit(opType: string, op: unknown, summary: string, locks: string[], requestedBy = ''): JobRow {
+    const first = `submitted: ${summary}${requestedBy ? `; requested by ${requestedBy}` : ''}`;
+    const job = this.store.create(opType, op, summary, locks, first, requestedBy);
     this.pending.push({ id: job.id, locks });
     setImmediate(() => this.pump());
     return job;
@@ -153,7 +155,8 @@ export class JobQueue {
     };
     const run = (async () => {
       try {
-        await this.runner(job, ctx);
+        // Every node request the job sends carries who asked (requested-by.ts).
+        await runRequestedBy(job.requested_by, () => this.runner(job, ctx));
         this.log(id, 'finished: success');
         this.store.finish(id, 'success');
       } catch (err) {

@@ -35,6 +35,8 @@ export interface AuditQuery {
 
 export const MAX_RECORDS = 10_000;
 export const AUDIT_FILE = 'audit.log';
+/** The audit trail's directory under the node's data dir: a name no instance can have (instance names start with a letter or digit). */
+export const AUDIT_DIR = '.audit';
 
 const OUTCOMES: ReadonlySet<string> = new Set(['ok', 'failed', 'pending', 'unknown']);
 
@@ -43,6 +45,7 @@ export class AuditLog {
 
   constructor(stateDir: string, private readonly warn: (line: string) => void = (l) => process.stderr.write(`gnt-noded: ${l}\n`)) {
     this.file = path.join(stateDir, AUDIT_FILE);
+    fs.mkdirSync(stateDir, { recursive: true, mode: 0o700 });
   }
 
   /** Appends one record durably; returns false (after a loud warning) when it could not be written. */

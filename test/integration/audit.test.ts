@@ -79,7 +79,7 @@ describe('audit trail (gnt-job info, node audit.log, gnt-instance audit)', funct
     assert.ok(rec.operationId, 'the record has the operation id');
     assert.ok(text.includes(rec.operationId), `gnt-job info names operation ${rec.operationId} (found ${opId ?? 'none'}):\n${text}`);
     // And the file itself on the node.
-    const lines = fs.readFileSync(path.join(c.node('node1').dataDir, 'audit.log'), 'utf8').trimEnd().split('\n');
+    const lines = fs.readFileSync(path.join(c.node('node1').dataDir, '.audit', 'audit.log'), 'utf8').trimEnd().split('\n');
     assert.ok(lines.some((l) => (JSON.parse(l) as Rec).operationId === rec.operationId));
   });
 

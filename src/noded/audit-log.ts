@@ -45,7 +45,6 @@ export class AuditLog {
 
   constructor(stateDir: string, private readonly warn: (line: string) => void = (l) => process.stderr.write(`gnt-noded: ${l}\n`)) {
     this.file = path.join(stateDir, AUDIT_FILE);
-    fs.mkdirSync(stateDir, { recursive: true, mode: 0o700 });
   }
 
   /** Appends one record durably; returns false (after a loud warning) when it could not be written. */

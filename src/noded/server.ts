@@ -128,6 +128,7 @@ export async function startNodeServer(opts: NodeServerOptions): Promise<NodeServ
   const security = new QemuSecurity({ user: opts.qemuUser ?? DEFAULT_QEMU_USER, ...(opts.uidPool ? { uidPool: opts.uidPool } : {}) }, registry);
   checkOwnCertificate(opts.name, opts.tls);
   const live = new LiveTls(opts.tls);
+  fs.mkdirSync(path.join(opts.dataDir, AUDIT_DIR), { recursive: true, mode: 0o700 });
   const service = new NodeService({ nodeName: opts.name, registry, storage, qemuBinary: opts.qemuBinary, migrationHost, vcpus, security, tls: () => live.material, ...(rbdPool ? { rbdPool } : {}), ...(opts.waitGuestDefault ? { waitGuestDefault: true } : {}), log: opts.log, auditDir: path.join(opts.dataDir, AUDIT_DIR) });
   const renew = renewCertificateHandler({ nodeName: opts.name, live, ...(opts.tlsFiles ? { files: opts.tlsFiles } : {}), log: opts.log });
   const guarded = guardedNodeService(opts, { ...service.handlers(), NodeRenewCertificate: renew, InstanceConsole: instanceConsoleHandler(registry) });

@@ -108,7 +108,7 @@ describe('hardened values and unprivileged QEMU through gnt-noded', function () 
       if (!n) continue;
       n.client.close();
       await n.noded.kill('SIGTERM');
-      for (const inst of fs.existsSync(n.dataDir) ? fs.readdirSync(n.dataDir) : []) {
+      for (const inst of fs.existsSync(n.dataDir) ? fs.readdirSync(n.dataDir).filter((f) => !f.startsWith('.')) : []) {
         if (!fs.existsSync(instancePaths(n.dataDir, inst).runtimeFile)) continue;
         await KvmInstance.open(n.dataDir, inst).stop(5_000).catch(() => undefined);
       }

@@ -93,6 +93,24 @@ async function connectSocket(socketPath: string, timeoutMs: number, retryRefused
   }
 }
 
+/** A command's name, its latency in seconds and whether QEMU answered without error. */
+export type QmpObserver = (command: string, seconds: number, ok: boolean) => void;
+
+function observed<T>(command: string, p: Promise<T>): Promise<T> {
+  const obs = QmpClient.observer;
+  if (!obs) return p;
+  const t0 = process.hrtime.bigint();
+  const report = (ok: boolean): void => {
+    try {
+      obs(command, Number(process.hrtime.bigint() - t0) / 1e9, ok);
+    } catch {
+      /* an observer's fault never fails a command */
+    }
+  };
+  p.then(() => report(true), () => report(false));
+  return p;
+}
+
 export class QmpClient extends EventEmitter implements Monitor {
   readonly socketPath: string;
   private readonly socket: net.Socket;
@@ -104,6 +122,8 @@ export class QmpClient extends EventEmitter implements Monitor {
   private greeting: { QMP: { version: { qemu: QmpVersion } } } | undefined;
   private greetingWaiter: ((err?: Error) => void) | undefined;
   readonly defaultTimeoutMs: number;
+  /** Told of every command's latency and outcome (the node daemon sets it for its metrics; none by default). */
+  static observer: QmpObserver | undefined;
 
   private constructor(socketPath: string, fd: number, defaultTimeoutMs: number) {
     super();
@@ -154,7 +174,7 @@ export class QmpClient extends EventEmitter implements Monitor {
     const message: Record<string, unknown> = { execute: command, id };
     if (args && Object.keys(args).length > 0) message.arguments = args;
     const timeoutMs = options.timeoutMs ?? this.defaultTimeoutMs;
-    return new Promise<T>((resolve, reject) => {
+    return observed(command, new Promise<T>((resolve, reject) => {
       const timer = setTimeout(() => {
         this.pending.delete(id);
         reject(new QmpTimeoutError(command, this.socketPath, timeoutMs));
@@ -167,7 +187,7 @@ export class QmpClient extends EventEmitter implements Monitor {
         this.pending.delete(id);
         reject(new QmpUnavailableError(`cannot send ${command} to ${this.socketPath}: ${errorMessage(err)}`));
       }
-    });
+    }));
   }
 
   async hmp(commandLine: string): Promise<string> {

@@ -26,6 +26,8 @@ import { refuseLiveMaster } from './local-socket';
 import { parseArgs } from './cli/args';
 import { checkCount, UsageError } from './validate';
 import type { ParsedArgs } from './cli/args';
+import { parseMetricsAddress, startMetricsServer, type MetricsServer } from '../common/metrics-http';
+import { enableMasterMetrics, MasterMetrics } from './metrics';
 
 const TIMINGS = {
   outcomeWindowMs: ['outcome-window-ms', 'GNT_MASTERD_OUTCOME_WINDOW_MS'],
@@ -56,13 +58,16 @@ function localSocket(args: ParsedArgs, dir: ClusterDir): string | undefined {
 
 export async function masterdMain(argv: string[]): Promise<number> {
   let args;
+  let metricsAddr: ReturnType<typeof parseMetricsAddress> | undefined;
+  let metrics: MetricsServer | undefined;
   try {
-    args = parseArgs(argv, { values: ['cluster-dir', 'listen', 'max-in-flight', 'local-socket', ...Object.values(TIMINGS).map(([o]) => o)], flags: ['help'] });
+    args = parseArgs(argv, { values: ['cluster-dir', 'listen', 'max-in-flight', 'local-socket', 'metrics-listen', ...Object.values(TIMINGS).map(([o]) => o)], flags: ['help'] });
     if (args.flags.has('help')) {
-      process.stdout.write('usage: gnt-masterd [--cluster-dir DIR] [--listen HOST:PORT] [--outcome-window-ms MS] [--converge-interval-ms MS] [--fence-after-ms MS] [--max-in-flight N] [--local-socket PATH|none]\n');
+      process.stdout.write('usage: gnt-masterd [--cluster-dir DIR] [--listen HOST:PORT] [--outcome-window-ms MS] [--converge-interval-ms MS] [--fence-after-ms MS] [--max-in-flight N] [--local-socket PATH|none] [--metrics-listen HOST:PORT]\n');
       return 0;
     }
     if (args.positional.length) throw new UsageError(`unexpected argument "${args.positional[0]}"`);
+    if (args.value('metrics-listen') !== undefined) metricsAddr = parseMetricsAddress(args.value('metrics-listen') as string);
   } catch (err) {
     process.stderr.write(`Failure: ${(err as Error).message}\n`);
     return 2;
@@ -86,6 +91,15 @@ export async function masterdMain(argv: string[]): Promise<number> {
     await master.reconcile(report);
     await master.startConvergence(report);
     bound = await master.listen();
+    if (metricsAddr) {
+      const m = new MasterMetrics(master.jobs);
+      enableMasterMetrics(m);
+      metrics = await startMetricsServer(m.registry, metricsAddr).catch(async (err: unknown) => {
+        await master.close();
+        throw err;
+      });
+      process.stderr.write(`gnt-masterd: metrics on http://${metrics.address}/metrics\n`);
+    }
   } catch (err) {
     process.stderr.write(`Failure: ${(err as Error).message}\n`);
     return 1;
@@ -99,7 +113,7 @@ export async function masterdMain(argv: string[]): Promise<number> {
         `gnt-masterd: ${signal}, shutting down` +
           (running.length ? `; running jobs ${running.join(', ')} will be marked interrupted at the next start` : '') + '\n',
       );
-      master.close().then(() => resolve(0), () => resolve(1));
+      Promise.all([master.close(), metrics?.close()]).then(() => resolve(0), () => resolve(1));
     };
     process.once('SIGTERM', () => stop('SIGTERM'));
     process.once('SIGINT', () => stop('SIGINT'));

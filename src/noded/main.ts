@@ -44,6 +44,8 @@ import { parseUnplugTimeouts, type UnplugTimeouts } from '../hypervisor/unplug-t
 import { parseQemuUser, parseUidPool, type UidRange } from './qemu-user';
 import { rbdConfigFromFlags, type RbdPoolConfig } from './rbd-pool';
 import { startNodeServer } from './server';
+import { parseMetricsAddress, startMetricsServer, type MetricsAddress, type MetricsServer } from '../common/metrics-http';
+import { enableNodeMetrics, NodeMetrics } from './metrics';
 import { parseCpuOvercommitRatio } from './vcpu-policy';
 
 interface Args {
@@ -66,14 +68,15 @@ interface Args {
   imageDir?: string;
   blockDevices: string[];
   rbd?: RbdPoolConfig;
+  metricsListen?: MetricsAddress;
 }
 
 const USAGE =
-  'usage: gnt-noded --name NAME --listen HOST:PORT --data-dir DIR --storage-dir DIR --ca FILE --cert FILE --key FILE [--qemu BINARY] [--migration-address HOST] [--cpu-overcommit-ratio R] [--unplug-timeout KIND=SECONDS,...] [--qemu-user NAME] [--uid-pool START-END] [--max-in-flight N] [--test-monitor] [--image-dir DIR] [--block-device PATH_OR_GLOB]... [--rbd-monitors HOST:PORT[,HOST:PORT] --rbd-pool POOL --rbd-keyring FILE [--rbd-id CLIENT]]';
+  'usage: gnt-noded --name NAME --listen HOST:PORT --data-dir DIR --storage-dir DIR --ca FILE --cert FILE --key FILE [--qemu BINARY] [--migration-address HOST] [--cpu-overcommit-ratio R] [--unplug-timeout KIND=SECONDS,...] [--qemu-user NAME] [--uid-pool START-END] [--max-in-flight N] [--test-monitor] [--image-dir DIR] [--block-device PATH_OR_GLOB]... [--rbd-monitors HOST:PORT[,HOST:PORT] --rbd-pool POOL --rbd-keyring FILE [--rbd-id CLIENT]] [--metrics-listen HOST:PORT]';
 
 function parseArgs(argv: string[]): Args {
   const flags = new Map<string, string>();
-  const known = ['--name', '--listen', '--data-dir', '--storage-dir', '--ca', '--cert', '--key', '--qemu', '--migration-address', '--cpu-overcommit-ratio', '--unplug-timeout', '--qemu-user', '--uid-pool', '--max-in-flight', '--image-dir', '--block-device', '--rbd-monitors', '--rbd-pool', '--rbd-id', '--rbd-keyring'];
+  const known = ['--name', '--listen', '--data-dir', '--storage-dir', '--ca', '--cert', '--key', '--qemu', '--migration-address', '--cpu-overcommit-ratio', '--unplug-timeout', '--qemu-user', '--uid-pool', '--max-in-flight', '--image-dir', '--block-device', '--rbd-monitors', '--rbd-pool', '--rbd-id', '--rbd-keyring', '--metrics-listen'];
   let testMonitor = false;
   let waitGuestDefault = false;
   const blockDevices: string[] = [];
@@ -119,6 +122,7 @@ function parseArgs(argv: string[]): Args {
     imageDir: flags.get('--image-dir'),
     blockDevices,
     ...rbdOf(flags),
+    ...(flags.has('--metrics-listen') ? { metricsListen: parseMetricsAddress(flags.get('--metrics-listen') as string) } : {}),
   };
 }
 
@@ -163,6 +167,16 @@ async function main(): Promise<void> {
     ...(args.rbd ? { rbd: args.rbd } : {}),
     log,
   });
+  let metrics: MetricsServer | undefined;
+  if (args.metricsListen) {
+    const m = new NodeMetrics(() => node.registry.all().filter((i) => i.pid !== undefined).length);
+    enableNodeMetrics(m);
+    metrics = await startMetricsServer(m.registry, args.metricsListen).catch(async (err: unknown) => {
+      await node.shutdown();
+      throw err;
+    });
+    log(`metrics on http://${metrics.address}/metrics`);
+  }
   const host = args.listen.slice(0, args.listen.lastIndexOf(':'));
   process.stdout.write(`gnt-noded ${args.name} listening on ${host}:${node.port}\n`);
   const ratio = args.cpuOvercommitRatio ?? DEFAULT_CPU_OVERCOMMIT_RATIO;
@@ -178,7 +192,7 @@ async function main(): Promise<void> {
     if (stopping) return;
     stopping = true;
     log(`${signal}: shutting down (QEMU processes keep running)`);
-    void node.shutdown().then(() => process.exit(0));
+    void Promise.all([node.shutdown(), metrics?.close()]).then(() => process.exit(0));
   };
   process.on('SIGTERM', () => stop('SIGTERM'));
   process.on('SIGINT', () => stop('SIGINT'));

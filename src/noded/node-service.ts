@@ -15,6 +15,7 @@ import type { OperationLogRequest__Output } from '../generated/gnt/node/v1/Opera
 import { operationLog, operationStatus } from './operations-service';
 import { crashPoint } from './fault-injection';
 import { HOTPLUG_HANDLERS, hotplugKindOf } from './hotplug-handlers';
+import { timedHotplug } from './metrics';
 import { DEFAULT_QEMU, qemuFeatures } from '../hypervisor/qemu-binary';
 import type { HotplugDeviceReply } from '../generated/gnt/node/v1/HotplugDeviceReply';
 import type { HotplugDeviceRequest__Output } from '../generated/gnt/node/v1/HotplugDeviceRequest';
@@ -317,7 +318,7 @@ export class NodeService {
     if (!req.vcpus && !memoryMiB) throw invalidArgument('nothing to resize: give vcpus and/or memory_mib');
     const inst = this.registry.get(req.instance);
     const want = { ...(req.vcpus ? { vcpus: req.vcpus } : {}), ...(memoryMiB ? { memoryMiB } : {}) };
-    const r = await this.opts.vcpus.whileResizing(inst.name, req.vcpus, hostMemoryMiB().free, (capacity) => inst.resize(want, capacity, { operationId: assertOperationId(req.operationId) }));
+    const r = await timedHotplug(req.vcpus ? 'vcpu' : 'memory', 'modify', () => this.opts.vcpus.whileResizing(inst.name, req.vcpus, hostMemoryMiB().free, (capacity) => inst.resize(want, capacity, { operationId: assertOperationId(req.operationId) })));
     return { vcpus: r.vcpus, memoryMib: String(r.memoryMiB), pluggedMib: String(r.pluggedMiB ?? -1), notes: r.notes };
   }
 
@@ -337,7 +338,8 @@ export class NodeService {
   private async hotplugDevice(req: HotplugDeviceRequest__Output): Promise<HotplugDeviceReply> {
     const inst = this.registry.get(req.instance);
     const opts = { operationId: assertOperationId(req.operationId) };
-    const reply = await HOTPLUG_HANDLERS[hotplugKindOf(req)](inst, req, opts, { storage: this.storage, ...(this.opts.rbdPool ? { rbdPool: this.opts.rbdPool } : {}), log: this.opts.log });
+    const kind = hotplugKindOf(req);
+    const reply = await timedHotplug(kind, req.action, () => HOTPLUG_HANDLERS[kind](inst, req, opts, { storage: this.storage, ...(this.opts.rbdPool ? { rbdPool: this.opts.rbdPool } : {}), log: this.opts.log }));
     crashPoint('after-hotplug-applied', this.opts.log);
     return reply;
   }

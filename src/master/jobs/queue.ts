@@ -7,6 +7,7 @@
 import { EventEmitter } from 'node:events';
 import { JobStore, type JobRow, type LogLine } from './job-store';
 import { runRequestedBy } from './requested-by';
+import { masterMetrics } from '../metrics';
 
 export interface JobContext {
   readonly jobId: number;
@@ -153,6 +154,7 @@ export class JobQueue {
       signal: live.controller.signal,
       allowCancel: (on) => void (live.cancellable = on),
     };
+    const t0 = process.hrtime.bigint();
     const run = (async () => {
       try {
         // Every node request the job sends carries who asked (requested-by.ts).
@@ -173,7 +175,9 @@ export class JobQueue {
         locks.forEach((l) => this.held.delete(l));
         this.running.delete(id);
         this.live.delete(id);
-        this.events.emit(`done:${id}`, this.store.get(id));
+        const done = this.store.get(id);
+        if (done) masterMetrics?.jobDone(done, Number(process.hrtime.bigint() - t0) / 1e9);
+        this.events.emit(`done:${id}`, done);
         this.pump();
       }
     })();

@@ -163,11 +163,15 @@ export class TestCluster {
   }
 
   /** gnt-cluster init and a running gnt-masterd (with `env`, e.g. { GNT_MASTERD_CRASH_POINT: 'after-migration-start' }). */
-  async init(env: Record<string, string> = {}): Promise<void> {
+  async init(env: Record<string, string> = {}, masterArgs: string[] = []): Promise<void> {
     const port = await freePort();
     this.ok(this.gnt('gnt-cluster', 'init', '--master-address', `127.0.0.1:${port}`, '--name', 'e2e'));
+    this.masterArgs = masterArgs;
     await this.startMaster(env);
   }
+
+  /** Extra gnt-masterd arguments given to init(), used at every (re)start. */
+  private masterArgs: string[] = [];
 
   /** The running master daemon, if any. */
   get masterDaemon(): Daemon | undefined {
@@ -177,7 +181,7 @@ export class TestCluster {
   /** Starts gnt-masterd (it must not be running); resolves once it listens. */
   async startMaster(env: Record<string, string> = {}): Promise<Daemon> {
     if (isAlive(this.master)) throw new Error('gnt-masterd is already running');
-    this.master = await startDaemon([CLI, 'gnt-masterd', '--cluster-dir', this.clusterDir], /gnt-masterd listening on/, this.masterLog, env);
+    this.master = await startDaemon([CLI, 'gnt-masterd', '--cluster-dir', this.clusterDir, ...this.masterArgs], /gnt-masterd listening on/, this.masterLog, env);
     return this.master;
   }
 

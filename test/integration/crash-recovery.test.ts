@@ -5,6 +5,7 @@ import * as path from 'node:path';
 import { KvmInstance } from '../../src/hypervisor/kvm-instance';
 import { listDeviceIds } from '../../src/hypervisor/qdev';
 import { CONTROLLER_BUS_RULE } from '../../src/hypervisor/device-id';
+import { AGENT_CONTROLLER_ID, AGENT_PORT_ID } from '../../src/hypervisor/guest-agent-channel';
 import { bootGuest, newUuid, REPO, SEEN_TIMEOUT_MS, type BootedGuest } from '../support/guest';
 
 /**
@@ -90,8 +91,9 @@ describe('kill -9 in the middle of a hotplug, then reconcile', function () {
     assert.ok(!nodes.some((n) => n['node-name'].startsWith('disk-')), 'block node released');
     const fdsets = await mon.execute<unknown[]>('query-fdsets');
     assert.deepEqual(fdsets, [], 'fdset released');
-    // The PCI bridges of the instance's tree (pcib1, pcib2 by default) are the machine's, not a leftover.
-    assert.deepEqual([...(await listDeviceIds(mon))].filter((id) => !CONTROLLER_BUS_RULE.test(id)), [], 'no device left');
+    // The PCI bridges of the instance's tree (pcib1, pcib2 by default) and the guest agent's channel are the machine's, not a leftover.
+    const own = (id: string): boolean => CONTROLLER_BUS_RULE.test(id) || id === AGENT_CONTROLLER_ID || id === AGENT_PORT_ID;
+    assert.deepEqual([...(await listDeviceIds(mon))].filter((id) => !own(id)), [], 'no device left');
     g.instance = after;
   });
 });

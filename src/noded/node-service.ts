@@ -112,7 +112,6 @@ export class NodeService {
   handlers(): NodeDaemonHandlers {
     return {
       NodeRenewCertificate: (_call, callback) => callback({ code: 12, details: 'NodeRenewCertificate is served by cert-service.ts (wired in server.ts)' }, null),
-      InstanceConsole: (call) => call.emit('error', { code: 12, details: 'InstanceConsole is served by console-service.ts (wired in server.ts)' }),
       NodeInfo: this.unary('NodeInfo', () => '', async () => this.nodeInfo()),
       InstanceList: this.unary('InstanceList', () => '', async (): Promise<InstanceListReply> => ({
         instances: this.registry.all().map((i) => this.runtimeOf(i)),

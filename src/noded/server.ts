@@ -14,7 +14,6 @@ import { certFacts, describeRole, nodeRole, sameRole } from '../common/cert-role
 import { CHANNEL_LIMITS, guardService } from '../common/rpc-guard';
 import { HostPathPolicy } from '../hypervisor/host-paths';
 import { renewCertificateHandler } from './cert-service';
-import { instanceConsoleHandler } from './console-service';
 import { DEFAULT_CPU_OVERCOMMIT_RATIO } from '../hypervisor/resize';
 import type { UnplugTimeouts } from '../hypervisor/unplug-timeouts';
 import { InstanceRegistry, type Logger } from './instance-registry';
@@ -131,7 +130,7 @@ export async function startNodeServer(opts: NodeServerOptions): Promise<NodeServ
   fs.mkdirSync(path.join(opts.dataDir, AUDIT_DIR), { recursive: true, mode: 0o700 });
   const service = new NodeService({ nodeName: opts.name, registry, storage, qemuBinary: opts.qemuBinary, migrationHost, vcpus, security, tls: () => live.material, ...(rbdPool ? { rbdPool } : {}), ...(opts.waitGuestDefault ? { waitGuestDefault: true } : {}), log: opts.log, auditDir: path.join(opts.dataDir, AUDIT_DIR) });
   const renew = renewCertificateHandler({ nodeName: opts.name, live, ...(opts.tlsFiles ? { files: opts.tlsFiles } : {}), log: opts.log });
-  const guarded = guardedNodeService(opts, { ...service.handlers(), NodeRenewCertificate: renew, InstanceConsole: instanceConsoleHandler(registry) });
+  const guarded = guardedNodeService(opts, { ...service.handlers(), NodeRenewCertificate: renew });
   const server = new grpc.Server(CHANNEL_LIMITS);
   server.addService(guarded.definition, guarded.handlers);
   const port = await new Promise<number>((resolve, reject) =>

@@ -39,7 +39,7 @@ const CLI_PARALLEL = 2;
 
 /** Node methods that legitimately wait longer than 2 s (boot, guest unplug acknowledgement, QEMU shutdown, verify queue). */
 const NODE_LONG_POLL = new Set(['InstanceStart', 'InstanceStop', 'InstanceRemove', 'InstanceRelease', 'HotplugDevice', 'InstanceResize',
-  'InstanceReceive', 'InstanceVerify', 'MigrationAbort', 'MigrationFinish']);
+  'InstanceReceive', 'InstanceVerify', 'MigrationAbort', 'MigrationFinish', 'GuestWait']);
 /** New /tmp entries that would come from our requests (decoy and target names) or from a daemon's own files. */
 const SUSPICIOUS_TMP = /fz|fuzz|pwned|decoy|\.img$|mig|sock|runtime|qemu|qmp|console|\.pid$|\.key$|\.pem$|tap|x,|=/i;
 const MKDTEMP = /^gnt-[a-z-]+-[A-Za-z0-9]{6}$/;

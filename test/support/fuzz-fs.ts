@@ -80,7 +80,7 @@ export interface RuntimeCheck {
 export function checkRuntimeFiles(dataDir: string): RuntimeCheck {
   const res: RuntimeCheck = { broken: {}, orphanDirs: [], ownedTaps: [], instances: [] };
   for (const e of fs.readdirSync(dataDir, { withFileTypes: true })) {
-    if (!e.isDirectory()) continue;
+    if (!e.isDirectory() || e.name.startsWith('.')) continue; // .audit: the node's audit trail, not an instance
     let file: string;
     try {
       file = instancePaths(dataDir, e.name).runtimeFile;

@@ -187,6 +187,9 @@ export class NodeWorld {
         InstanceReceive: [{ runtimeJson: this.receiveJsons()[0], sourceNode: 'node2', incoming: true }],
         MigrationStart: [{ instance: VICTIM, targetUri: 'tcp:127.0.0.1:1', targetNode: 'node2' }],
         InstanceVerify: [{ instances: [MAIN] }, { nodeWide: true }, { instances: [MAIN], fix: true }],
+        GuestInfo: [{ name: MAIN }],
+        GuestWait: [{ instance: MAIN, kind: 'vcpus', vcpus: 1, timeoutMs: 500 }, { instance: MAIN, kind: 'nic', mac: '52:54:00:f2:00:0a', timeoutMs: 500 }],
+        AuditLog: [{ instance: MAIN }, {}],
       },
     };
   }

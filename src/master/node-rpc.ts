@@ -204,8 +204,9 @@ export class NodeRpc {
   instanceInfo(node: NodeTarget, name: string, timeoutMs?: number): Promise<InstanceRuntime__Output> {
     return this.call(node, 'InstanceInfo', { name }, timeoutMs ?? this.shortMs);
   }
-  guestInfo(node: NodeTarget, name: string): Promise<GuestAgentView__Output> {
-    return this.call(node, 'GuestInfo', { name }, this.shortMs);
+  /** `timeoutMs`: gnt-instance info gives the agent a short time (the rest of the view must not wait for it). */
+  guestInfo(node: NodeTarget, name: string, timeoutMs = this.shortMs): Promise<GuestAgentView__Output> {
+    return this.call(node, 'GuestInfo', { name }, timeoutMs);
   }
   /** Waits on the node up to `request.timeoutMs` (plus the RPC's margin). */
   guestWait(node: NodeTarget, request: GuestWaitRequest): Promise<GuestWaitReply__Output> {

@@ -42,6 +42,9 @@ import { VERIFY_OP, Verifier } from './verify';
 import { checkSocketDir, checkSocketPath, installSocket, tmpSocketPath, type InstalledSocket } from './local-socket';
 import * as path from 'node:path';
 
+/** How long GetInstance waits for the guest agent's view (an agent that does not answer must not slow the rest). */
+const GUEST_INFO_MS = 1_000;
+
 export { loadMasterProto };
 
 type AuthCall = Parameters<typeof callerOf>[0];
@@ -294,10 +297,10 @@ export class MasterDaemon {
     }
   }
 
-  /** The guest agent's view from the node; an unreachable node or an unknown instance is "not answering" with the reason. */
+  /** The guest agent's view from the node, within GUEST_INFO_MS; an unreachable node or an unknown instance is "not answering" with the reason. */
   private async guestAgentView(inst: InstanceConfig): Promise<GuestAgentView> {
     try {
-      return await this.rpc.guestInfo(nodeTarget(inst), inst.name);
+      return await this.rpc.guestInfo(nodeTarget(inst), inst.name, GUEST_INFO_MS);
     } catch (err) {
       return { answers: false, error: (err as Error).message };
     }

@@ -15,8 +15,9 @@ import type { InstanceRegistry } from './instance-registry';
 import { invalidArgument } from './status';
 import type { UnaryWrapper } from './verify-service';
 
-const DEFAULT_WAIT_MS = 60_000;
-const MAX_WAIT_MS = 600_000;
+/** One GuestWait call waits at most this long (a short call: the master repeats it up to its --wait-guest-timeout). */
+export const MAX_WAIT_MS = 10_000;
+const DEFAULT_WAIT_MS = MAX_WAIT_MS;
 const MAC_RULE = /^[0-9a-fA-F]{2}(:[0-9a-fA-F]{2}){5}$/;
 const PCI_RULE = /^[0-9a-f]{4}:[0-9a-f]{2}:[0-9a-f]{2}\.[0-7]$/;
 const SCSI_RULE = /^\d{1,3}:\d{1,5}:\d{1,5}$/;

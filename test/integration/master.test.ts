@@ -278,7 +278,7 @@ describe('gnt-masterd and the gnt-* CLI (processes, mTLS, SQLite)', function () 
       assert.equal(rtNic.deviceId, slot[2]);
       const text = ok(gnt('gnt-instance', 'info', 'web1')).stdout;
       assert.match(text, new RegExp(`52:54:00:12:34:56.*${slot[2]}`));
-      assert.match(text, /Guest view:/);
+      assert.match(text, /Guest agent: /);
     });
 
     it('refuses a duplicate MAC, an index out of range and a too large disk, changing nothing', () => {

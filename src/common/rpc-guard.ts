@@ -76,7 +76,7 @@ export class GuardError extends Error {
 }
 
 /** What requestDeserialize returns for bytes that are not a valid message. */
-export class MalformedRequest {
+class MalformedRequest {
   constructor(readonly reason: string) {}
 }
 
@@ -151,7 +151,7 @@ export function guardService(definition: grpc.ServiceDefinition, handlers: objec
   const impl = handlers as Record<string, grpc.UntypedHandleCall>;
 
   for (const [method, def] of Object.entries(definition)) {
-    if (def.requestStream && !def.responseStream) throw new Error(`rpc-guard: ${method} streams requests only, which this guard does not serve`);
+    if (def.requestStream) throw new Error(`rpc-guard: ${method} streams requests, which this guard does not serve`);
     const requestType = (def as { requestType?: { type?: { name?: string } } }).requestType?.type?.name ?? 'request';
     guardedDef[method] = {
       ...def,
@@ -220,27 +220,6 @@ export function guardService(definition: grpc.ServiceDefinition, handlers: objec
           finish(statusOf(grpc.status.INTERNAL, (err as Error).message), null);
         }
       }) as grpc.handleUnaryCall<unknown, unknown>;
-    } else if (def.requestStream) {
-      // Bidi (InstanceConsole): who and how many at admission; each message
-      // may be a MalformedRequest, which the handler must refuse.
-      const bidi = handler as grpc.handleBidiStreamingCall<unknown, unknown>;
-      guardedHandlers[method] = ((call: grpc.ServerDuplexStream<unknown, unknown>) => {
-        let fingerprint: string;
-        try {
-          fingerprint = admit(call as unknown as AnyCall);
-        } catch (err) {
-          call.emit('error', refusal(err));
-          return;
-        }
-        let done = false;
-        const finish = (): void => {
-          if (done) return;
-          done = true;
-          release(fingerprint);
-        };
-        for (const ev of ['finish', 'cancelled', 'close', 'error']) call.once(ev, finish);
-        bidi(call);
-      }) as grpc.handleBidiStreamingCall<unknown, unknown>;
     } else {
       const stream = handler as grpc.handleServerStreamingCall<unknown, unknown>;
       guardedHandlers[method] = ((call: grpc.ServerWritableStream<unknown, unknown>) => {
